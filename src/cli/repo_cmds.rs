@@ -1,0 +1,236 @@
+//! Commands that read the change repository: `validate`, `plan`, `digest`, `schema`.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use super::{exit, Format, RepoArgs};
+use crate::git::{ChangeRepo, Snapshot};
+use crate::model::schema::{json_schema, SchemaKind};
+use crate::model::{covered_paths, policies_in_force, ChangeSet, Digest, PoliciesInForce, Policy, RepoModel};
+
+fn fail(message: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {message}");
+    exit::USAGE
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+pub(super) fn validate(args: &RepoArgs, format: Format) -> u8 {
+    let repo = match ChangeRepo::open(&args.repo) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let (snapshot, model) = match repo.at(&args.rev).and_then(|s| s.load_model().map(|m| (s, m))) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    match format {
+        Format::Json => println!(
+            "{}",
+            json!({
+                "valid": model.is_valid(),
+                "rev": args.rev,
+                "commit": snapshot.commit_id(),
+                "change_sets": model.change_files,
+                "policies": model.policy_files,
+                "errors": model.diagnostics,
+            })
+        ),
+        Format::Text => {
+            let mut out = std::io::stdout().lock();
+            for d in &model.diagnostics {
+                let _ = writeln!(out, "{d}");
+            }
+            let verdict = if model.is_valid() {
+                "all valid".to_string()
+            } else {
+                let n = model.diagnostics.len();
+                format!("{n} error{}", if n == 1 { "" } else { "s" })
+            };
+            let _ = writeln!(
+                out,
+                "checked {} change sets and {} policies at {} ({}): {verdict}",
+                model.change_files,
+                model.policy_files,
+                args.rev,
+                short(snapshot.commit_id())
+            );
+        }
+    }
+    if model.is_valid() {
+        exit::OK
+    } else {
+        exit::INVALID
+    }
+}
+
+/// The change `id` at the requested rev, or the exit code already reported.
+fn load_change(args: &RepoArgs, id: &str, f: impl FnOnce(&ChangeRepo, &Snapshot<'_>, &RepoModel, &ChangeSet) -> u8) -> u8 {
+    let repo = match ChangeRepo::open(&args.repo) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let snapshot = match repo.at(&args.rev) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let model = match snapshot.load_model() {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let own_path = format!("changes/{id}.yaml");
+    match model.changes.get(id) {
+        Some(change) => f(&repo, &snapshot, &model, change),
+        None if model.diagnostics.iter().any(|d| d.path == own_path) => {
+            for d in model.diagnostics.iter().filter(|d| d.path == own_path) {
+                eprintln!("{d}");
+            }
+            eprintln!("error: change `{id}` is invalid at {}; fix the errors above", args.rev);
+            exit::INVALID
+        }
+        None => fail(format!("no change `{id}` at {}: there is no {own_path}", args.rev)),
+    }
+}
+
+pub(super) fn digest(id: &str, args: &RepoArgs) -> u8 {
+    load_change(args, id, |_, snapshot, _, change| match covered_paths(change, snapshot) {
+        Ok(covered) => {
+            println!("{}", Digest::of(&covered));
+            exit::OK
+        }
+        Err(e) => fail(e),
+    })
+}
+
+fn describe_policy(policy: &Policy) -> String {
+    let a = &policy.approvals;
+    let from = if a.from.is_empty() {
+        "any reviewer".to_string()
+    } else {
+        a.from.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    };
+    let mut parts = vec![format!(
+        "{} approval{} from {from}{}",
+        a.required,
+        if a.required == 1 { "" } else { "s" },
+        if a.author_may_approve { " (authors may approve)" } else { ", not an author" }
+    )];
+    let e = &policy.execution;
+    if e.confirm_each_step {
+        parts.push("a go-ahead before every step".into());
+    }
+    if !e.windows.is_empty() {
+        parts.push(format!("only in {}", e.windows.iter().map(ToString::to_string).collect::<Vec<_>>().join(" or ")));
+    }
+    if let Some(max) = e.max_targets_per_step {
+        parts.push(format!("at most {max} target(s) per step"));
+    }
+    parts.join("; ")
+}
+
+pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Format) -> u8 {
+    load_change(args, id, |repo, snapshot, model, change| {
+        let covered = match covered_paths(change, snapshot) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let digest = Digest::of(&covered);
+        // Policies in force come from the default branch, never from the rev being planned.
+        let base = repo.at(default_branch).ok();
+        let (policy_source, base_model) = match &base {
+            Some(b) => match b.load_model() {
+                Ok(m) => (format!("{default_branch} ({})", short(b.commit_id())), Some(m)),
+                Err(e) => return fail(e),
+            },
+            None => (format!("{} (no branch `{default_branch}`)", args.rev), None),
+        };
+        let policies = base_model.as_ref().map_or(&model.policies, |m| &m.policies);
+        let in_force = policies_in_force(change, policies);
+        let rules = in_force.approval_rules();
+        let confirm_all = matches!(&in_force, PoliciesInForce::Matched { policies } if policies.iter().any(|p| p.execution.confirm_each_step));
+
+        if format == Format::Json {
+            println!(
+                "{}",
+                json!({
+                    "id": change.id,
+                    "rev": args.rev,
+                    "commit": snapshot.commit_id(),
+                    "change": change,
+                    "covered_paths": covered,
+                    "digest": digest,
+                    "policies_from": policy_source,
+                    "policies_in_force": in_force,
+                    "approvals_needed": rules.iter().map(|(name, a)| json!({"policy": name, "required": a.required, "from": a.from, "author_may_approve": a.author_may_approve})).collect::<Vec<_>>(),
+                })
+            );
+            return exit::OK;
+        }
+
+        let mut o = String::new();
+        let mut line = |s: String| {
+            o.push_str(&s);
+            o.push('\n');
+        };
+        line(format!("{} — {}", change.id, change.title));
+        line(format!("  at {} ({})", args.rev, short(snapshot.commit_id())));
+        line(format!("  kind {} · targets {}", change.kind, change.targets.join(", ")));
+        if !change.depends_on.is_empty() {
+            line(format!("  depends on {} (each must be completed first)", change.depends_on.join(", ")));
+        }
+        line(String::new());
+        line("steps, run one at a time in this order:".into());
+        for (n, step) in change.steps.iter().enumerate() {
+            let mut gates = Vec::new();
+            if let Some(t) = step.timeout.or(change.timeout) {
+                gates.push(format!("timeout {t}"));
+            }
+            if step.confirm || confirm_all {
+                gates.push("needs a go-ahead".into());
+            }
+            gates.push(format!("targets {}", step.effective_targets(change).join(", ")));
+            line(format!("  {}. {}  [{}]", n + 1, step.id, gates.join("; ")));
+            for (role, cmd) in step.commands() {
+                line(format!("       {role:<6}  {}", cmd.trim_end().replace('\n', "\n               ")));
+            }
+        }
+        line(String::new());
+        line("covered paths (bound into the digest):".into());
+        for c in &covered {
+            line(format!("  {}  {}", c.blob, c.path));
+        }
+        line(format!("digest {digest}"));
+        line(String::new());
+        line(format!("policies in force, from {policy_source}:"));
+        match &in_force {
+            PoliciesInForce::Matched { policies } => {
+                for p in policies {
+                    line(format!("  {}: {}", p.name, describe_policy(p)));
+                }
+            }
+            PoliciesInForce::BuiltinDefault => {
+                line("  built-in default: 1 approval from anyone who is not an author".into())
+            }
+        }
+        let total: u32 = rules.iter().map(|(_, a)| a.required).max().unwrap_or(1);
+        line(format!(
+            "approvals needed: every policy above must hold (at least {total} approval{} at {digest})",
+            if total == 1 { "" } else { "s" }
+        ));
+        print!("{o}");
+        exit::OK
+    })
+}
+
+pub(super) fn schema(kind: SchemaKind) -> u8 {
+    match serde_json::to_string_pretty(&json_schema(kind)) {
+        Ok(s) => {
+            println!("{s}");
+            exit::OK
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,129 @@
+//! Reading change sets and policies from git objects (never a working tree).
+
+use std::path::Path;
+
+use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
+
+use crate::model::{load_repo, Entry, RepoModel, SourceFile, TreeView};
+
+/// Why the repository or revision could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// No git repository at or above the path.
+    #[error("{path} is not inside a git repository")]
+    NotARepository {
+        /// The path given.
+        path: String,
+    },
+    /// The revision does not name a commit.
+    #[error("unknown revision `{rev}`: {message}")]
+    UnknownRev {
+        /// The rev-spec given.
+        rev: String,
+        /// git's explanation.
+        message: String,
+    },
+    /// Any other libgit2 failure.
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+}
+
+/// A git repository holding `changes/` and `policies/`.
+pub struct ChangeRepo {
+    repo: Repository,
+}
+
+impl ChangeRepo {
+    /// Opens the repository containing `dir` (a work tree or a bare repository).
+    pub fn open(dir: &Path) -> Result<Self, GitError> {
+        Repository::discover(dir)
+            .map(|repo| ChangeRepo { repo })
+            .map_err(|_| GitError::NotARepository { path: dir.display().to_string() })
+    }
+
+    /// The commit named by `rev` (any rev-spec: `HEAD`, a branch, a sha).
+    pub fn at(&self, rev: &str) -> Result<Snapshot<'_>, GitError> {
+        let commit = self
+            .repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|e| GitError::UnknownRev { rev: rev.to_string(), message: e.message().to_string() })?;
+        Ok(Snapshot { repo: &self.repo, commit_id: commit.id().to_string(), tree: commit.tree()? })
+    }
+
+    /// The underlying libgit2 repository.
+    pub fn git(&self) -> &Repository {
+        &self.repo
+    }
+}
+
+/// The tree of one commit.
+pub struct Snapshot<'r> {
+    repo: &'r Repository,
+    commit_id: String,
+    tree: Tree<'r>,
+}
+
+impl<'r> Snapshot<'r> {
+    /// The full commit id, hex.
+    pub fn commit_id(&self) -> &str {
+        &self.commit_id
+    }
+
+    /// The blobs directly in folder `dir` (not below it), sorted by name.
+    pub fn files_in(&self, dir: &str) -> Result<Vec<SourceFile>, GitError> {
+        let Ok(entry) = self.tree.get_path(Path::new(dir)) else {
+            return Ok(Vec::new());
+        };
+        let Ok(subtree) = entry.to_object(self.repo)?.peel_to_tree() else {
+            return Ok(Vec::new());
+        };
+        let mut files = Vec::new();
+        for entry in subtree.iter().filter(|e| e.kind() == Some(ObjectType::Blob)) {
+            let blob = self.repo.find_blob(entry.id())?;
+            files.push(SourceFile {
+                path: format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes())),
+                bytes: blob.content().to_vec(),
+            });
+        }
+        Ok(files)
+    }
+
+    /// Every change set and policy at this commit, checked.
+    pub fn load_model(&self) -> Result<RepoModel, GitError> {
+        let changes = self.files_in("changes")?;
+        let policies = self.files_in("policies")?;
+        Ok(load_repo(&changes, &policies, self))
+    }
+}
+
+impl TreeView for Snapshot<'_> {
+    fn entry(&self, path: &str) -> Option<Entry> {
+        let entry = self.tree.get_path(Path::new(path)).ok()?;
+        match entry.kind()? {
+            ObjectType::Blob => Some(Entry::Blob(entry.id().to_string())),
+            ObjectType::Tree => Some(Entry::Tree),
+            _ => None,
+        }
+    }
+
+    fn blobs_under(&self, dir: &str) -> Vec<(String, String)> {
+        let subtree = self
+            .tree
+            .get_path(Path::new(dir))
+            .ok()
+            .and_then(|e| e.to_object(self.repo).ok())
+            .and_then(|o| o.peel_to_tree().ok());
+        let mut out = Vec::new();
+        if let Some(subtree) = subtree {
+            let _ = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
+                if entry.kind() == Some(ObjectType::Blob) {
+                    let name = String::from_utf8_lossy(entry.name_bytes());
+                    out.push((format!("{dir}/{root}{name}"), entry.id().to_string()));
+                }
+                TreeWalkResult::Ok
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,135 @@
+//! The digest an approval binds to (SPEC §1).
+//!
+//! The covered paths of change `C` are `changes/C.yaml`, every `./PATH`
+//! token in its commands, and every blob under its `include` entries. The
+//! digest is `sha256:` + hex(sha256(concat over the sorted covered paths of
+//! `PATH \0 BLOB_OID_HEX \n`)).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use super::{ChangeSet, Entry, TreeView};
+
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')
+}
+
+/// The `PATH` of every `./PATH` token in a command, without the `./` and
+/// without a trailing `/`. A token starts where the previous character is
+/// not itself a path character, so `../x` and `a./b` are not tokens.
+pub fn command_paths(command: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut prev: Option<char> = None;
+    for (i, c) in command.char_indices() {
+        if c == '.' && !prev.is_some_and(is_path_char) && command[i..].starts_with("./") {
+            let rest = &command[i + 2..];
+            let end = rest.find(|c: char| !is_path_char(c)).unwrap_or(rest.len());
+            let path = rest[..end].trim_end_matches('/');
+            if !path.is_empty() {
+                out.push(path);
+            }
+        }
+        prev = Some(c);
+    }
+    out
+}
+
+/// Does the path have a `..` component?
+pub fn has_parent_component(path: &str) -> bool {
+    path.split('/').any(|part| part == "..")
+}
+
+/// A covered path and the id of its blob at the commit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct CoveredPath {
+    /// Slash-separated path from the repository root.
+    pub path: String,
+    /// The git blob id, hex.
+    pub blob: String,
+}
+
+/// The covered paths of `change` in `tree`, sorted by path, each once.
+///
+/// A `./PATH` or `include` entry naming a folder covers every blob below it.
+/// Fails with the offending path when one is not in the tree; `validate`
+/// reports that case with its position.
+pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<CoveredPath>, String> {
+    let own = format!("changes/{}.yaml", change.id);
+    let mut wanted: Vec<&str> = vec![own.as_str()];
+    for step in &change.steps {
+        for (_, cmd) in step.commands() {
+            wanted.extend(command_paths(cmd));
+        }
+    }
+    wanted.extend(change.include.iter().map(|p| p.trim_end_matches('/')));
+
+    let mut covered = BTreeMap::new();
+    for path in wanted {
+        if has_parent_component(path) {
+            return Err(format!("`{path}` contains `..`"));
+        }
+        match tree.entry(path) {
+            Some(Entry::Blob(oid)) => {
+                covered.insert(path.to_string(), oid);
+            }
+            Some(Entry::Tree) => covered.extend(tree.blobs_under(path)),
+            None => return Err(format!("`{path}` is not in the tree")),
+        }
+    }
+    Ok(covered.into_iter().map(|(path, blob)| CoveredPath { path, blob }).collect())
+}
+
+/// `sha256:<hex>`: what an approval binds to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Digest(String);
+
+impl Digest {
+    /// The digest over covered paths, which must be sorted and unique.
+    pub fn of(covered: &[CoveredPath]) -> Digest {
+        let mut hasher = Sha256::new();
+        for c in covered {
+            hasher.update(c.path.as_bytes());
+            hasher.update([0]);
+            hasher.update(c.blob.as_bytes());
+            hasher.update(b"\n");
+        }
+        Digest(format!("sha256:{}", hex::encode(hasher.finalize())))
+    }
+
+    /// The `sha256:<hex>` text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tokens() {
+        assert_eq!(
+            command_paths(r#"./changes/scripts/pg_backup.sh "$OLD_DB" && ./bin/x --out=./tmp/"#),
+            vec!["changes/scripts/pg_backup.sh", "bin/x", "tmp"]
+        );
+        assert_eq!(command_paths("cat ../secret a./b ./ echo"), Vec::<&str>::new());
+        assert_eq!(command_paths("sh -c './a.sh;./b.sh'"), vec!["a.sh", "b.sh"]);
+    }
+
+    #[test]
+    fn digest_matches_the_documented_formula() {
+        let covered = vec![CoveredPath { path: "changes/a.yaml".into(), blob: "ab".into() }];
+        let expected = hex::encode(Sha256::digest(b"changes/a.yaml\0ab\n"));
+        assert_eq!(Digest::of(&covered).as_str(), format!("sha256:{expected}"));
+    }
+}

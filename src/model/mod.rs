@@ -1,0 +1,336 @@
+//! The change repository's format: change sets, policies and the digest.
+//!
+//! Everything here is pure: it reads bytes and a [`TreeView`] of one commit
+//! and knows nothing of git, HTTP or storage.
+
+mod decode;
+pub mod digest;
+mod duration;
+pub mod policy;
+pub mod repo;
+pub mod schema;
+mod window;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+pub use decode::{decode_change_set, decode_policy, RepoContext};
+pub use digest::{covered_paths, CoveredPath, Digest};
+pub use duration::Duration;
+pub use policy::{policies_in_force, PoliciesInForce};
+pub use repo::{load_repo, RepoModel, SourceFile};
+pub use window::Window;
+pub use yaml::Pos;
+
+/// The pattern every change id (a file stem under `changes/`) must match.
+pub const CHANGE_ID_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,99}$";
+
+/// Is `id` a valid change id: `[a-z0-9][a-z0-9._-]{0,99}`?
+pub fn is_valid_change_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id.len() <= 100
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Is `id` a valid step id: `[a-z0-9-]+`?
+pub fn is_valid_step_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// One declared change: `changes/<id>.yaml` (schema v1).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "changegate change set (schema v1)")]
+pub struct ChangeSet {
+    /// The file stem; not written in the file.
+    #[serde(skip)]
+    pub id: String,
+    /// One line saying what the change does.
+    #[schemars(length(min = 1))]
+    pub title: String,
+    /// Longer explanation, markdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// What kind of change this is; policies match on it.
+    #[schemars(length(min = 1))]
+    pub kind: String,
+    /// What the change touches; these are locked while it runs.
+    #[schemars(length(min = 1))]
+    pub targets: Vec<String>,
+    /// Ids of changes that must be completed before this one may start.
+    #[serde(default)]
+    #[schemars(inner(pattern(r"^[a-z0-9][a-z0-9._-]{0,99}$")))]
+    pub depends_on: Vec<String>,
+    /// Non-secret variables passed to every step.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Extra paths (a folder covers everything below it) bound into the digest.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Default step timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// The steps, run one at a time in this order.
+    #[schemars(length(min = 1))]
+    pub steps: Vec<Step>,
+}
+
+/// One step of a change set.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Unique within the change.
+    #[schemars(pattern(r"^[a-z0-9-]+$"))]
+    pub id: String,
+    /// The command, run with `sh -c` at the root of the approved checkout.
+    pub run: String,
+    /// Precondition: a non-zero exit fails the step and `run` is not started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// Postcondition: a non-zero exit fails the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    /// Overrides the change's default timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// An operator must record a go-ahead before this step can be claimed.
+    #[serde(default)]
+    pub confirm: bool,
+    /// The subset of the change's targets this step touches (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<String>>,
+}
+
+impl Step {
+    /// The commands of this step in the order they run, with their role.
+    pub fn commands(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("check", self.check.as_deref()),
+            ("run", Some(self.run.as_str())),
+            ("verify", self.verify.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(role, cmd)| cmd.map(|c| (role, c)))
+    }
+
+    /// The targets this step touches: its own list, or all of the change's.
+    pub fn effective_targets<'a>(&'a self, change: &'a ChangeSet) -> &'a [String] {
+        self.targets.as_deref().unwrap_or(&change.targets)
+    }
+}
+
+/// An approval and execution policy: `policies/<name>.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "changegate policy (schema v1)")]
+pub struct Policy {
+    /// The file stem; not written in the file.
+    #[serde(skip)]
+    pub name: String,
+    /// False for a file holding only `actions:`, which governs no changes.
+    #[serde(skip)]
+    pub governs_changes: bool,
+    /// What the policy is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Which changes the policy applies to.
+    #[serde(default, rename = "match")]
+    pub matches: Match,
+    /// Who must approve.
+    #[serde(default)]
+    pub approvals: Approvals,
+    /// How the change may run.
+    #[serde(default)]
+    pub execution: Execution,
+    /// Alert sinks by name; absent means every configured sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Vec<String>>,
+    /// Budgets for the fleet monitor's automated actions.
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionBudget>,
+}
+
+/// A policy's `match:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Change kinds (globs); default `["*"]`.
+    #[serde(default = "star")]
+    pub kinds: Vec<String>,
+    /// Target globs; the policy matches when any change target matches.
+    #[serde(default = "star")]
+    pub targets: Vec<String>,
+}
+
+fn star() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+impl Default for Match {
+    fn default() -> Self {
+        Match {
+            kinds: star(),
+            targets: star(),
+        }
+    }
+}
+
+/// A policy's `approvals:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    /// How many eligible approvals are needed; default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub required: u32,
+    /// GitHub logins or `team:org/slug`; empty means any reviewer.
+    #[serde(default)]
+    #[schemars(inner(pattern(r"^(team:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|[A-Za-z0-9_.-]+)$")))]
+    pub from: Vec<Approver>,
+    /// Whether an author's own approval counts; default false.
+    #[serde(default)]
+    pub author_may_approve: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Approvals {
+            required: 1,
+            from: Vec::new(),
+            author_may_approve: false,
+        }
+    }
+}
+
+/// Someone whose approval a policy accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[schemars(with = "String")]
+pub enum Approver {
+    /// A GitHub login (or a token identity's name).
+    User(String),
+    /// Every member of a GitHub team: `team:org/slug`.
+    Team {
+        /// The organisation.
+        org: String,
+        /// The team's slug.
+        slug: String,
+    },
+}
+
+impl fmt::Display for Approver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Approver::User(login) => f.write_str(login),
+            Approver::Team { org, slug } => write!(f, "team:{org}/{slug}"),
+        }
+    }
+}
+
+impl Serialize for Approver {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A policy's `execution:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Execution {
+    /// Every step needs an operator's go-ahead; default false.
+    #[serde(default)]
+    pub confirm_each_step: bool,
+    /// When steps may be claimed, e.g. `mon-thu 09:00-17:00 UTC`; empty means always.
+    #[serde(default)]
+    pub windows: Vec<Window>,
+    /// The most targets one step may touch; absent means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_targets_per_step: Option<u32>,
+    /// A retry after a failure needs a fresh approval; default true.
+    #[serde(default = "yes")]
+    pub retry_requires_approval: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Execution {
+    fn default() -> Self {
+        Execution {
+            confirm_each_step: false,
+            windows: Vec::new(),
+            max_targets_per_step: None,
+            retry_requires_approval: true,
+        }
+    }
+}
+
+/// How often the fleet monitor may take one kind of automated action.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBudget {
+    /// At most this many actions...
+    #[schemars(range(min = 1))]
+    pub max: u32,
+    /// ...within this sliding period.
+    pub per: Duration,
+}
+
+/// A validation problem, printed as `path:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Diagnostic {
+    /// Repository path of the file.
+    pub path: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// A diagnostic at `pos` in `path`.
+    pub fn new(path: &str, pos: Pos, message: impl Into<String>) -> Self {
+        Diagnostic {
+            path: path.to_string(),
+            line: pos.line,
+            column: pos.col,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.path, self.line, self.column, self.message)
+    }
+}
+
+/// What a path names in the commit being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A file, with its git blob id in hex.
+    Blob(String),
+    /// A folder.
+    Tree,
+}
+
+/// A read-only view of one commit's tree. The git layer implements it over
+/// git objects; tests may implement it over a map.
+pub trait TreeView {
+    /// What `path` (slash-separated, relative to the root) names, if anything.
+    fn entry(&self, path: &str) -> Option<Entry>;
+    /// Every blob below the folder `dir`, as (path, blob id hex).
+    fn blobs_under(&self, dir: &str) -> Vec<(String, String)>;
+}

@@ -1,0 +1,143 @@
+//! Which policies govern a change (SPEC §1, "Policy").
+
+use serde::Serialize;
+
+use super::{Approvals, ChangeSet, Policy};
+
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    glob::Pattern::new(pattern).is_ok_and(|p| p.matches(text))
+}
+
+impl Policy {
+    /// Does this policy apply to `change`? Its kind must match one of
+    /// `match.kinds`, and at least one change target one of `match.targets`.
+    /// A file holding only `actions:` applies to no change.
+    pub fn applies_to(&self, change: &ChangeSet) -> bool {
+        self.governs_changes
+            && self.matches.kinds.iter().any(|k| glob_matches(k, &change.kind))
+            && change
+                .targets
+                .iter()
+                .any(|t| self.matches.targets.iter().any(|g| glob_matches(g, t)))
+    }
+}
+
+/// The policies that must all be satisfied for a change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "source", rename_all = "kebab-case")]
+pub enum PoliciesInForce<'p> {
+    /// One or more policies from the default branch match; each must hold.
+    Matched {
+        /// The matching policies, by file name.
+        policies: Vec<&'p Policy>,
+    },
+    /// No policy matches: one approval from someone who is not an author.
+    BuiltinDefault,
+}
+
+impl PoliciesInForce<'_> {
+    /// Each governing rule as (policy name, its approvals section).
+    pub fn approval_rules(&self) -> Vec<(&str, Approvals)> {
+        match self {
+            PoliciesInForce::Matched { policies } => {
+                policies.iter().map(|p| (p.name.as_str(), p.approvals.clone())).collect()
+            }
+            PoliciesInForce::BuiltinDefault => vec![("builtin-default", Approvals::default())],
+        }
+    }
+}
+
+/// The policies governing `change`: every matching one, or the built-in
+/// default when none matches. `policies` must come from the default branch.
+pub fn policies_in_force<'p>(change: &ChangeSet, policies: &'p [Policy]) -> PoliciesInForce<'p> {
+    let matched: Vec<&Policy> = policies.iter().filter(|p| p.applies_to(change)).collect();
+    if matched.is_empty() {
+        PoliciesInForce::BuiltinDefault
+    } else {
+        PoliciesInForce::Matched { policies: matched }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Match, Step};
+
+    fn change(kind: &str, targets: &[&str]) -> ChangeSet {
+        ChangeSet {
+            id: "c".into(),
+            title: "t".into(),
+            description: None,
+            kind: kind.into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            depends_on: vec![],
+            env: Default::default(),
+            include: vec![],
+            timeout: None,
+            steps: vec![Step {
+                id: "s".into(),
+                run: "true".into(),
+                check: None,
+                verify: None,
+                timeout: None,
+                confirm: false,
+                targets: None,
+            }],
+        }
+    }
+
+    fn policy(name: &str, kinds: &[&str], targets: &[&str]) -> Policy {
+        Policy {
+            name: name.into(),
+            governs_changes: true,
+            description: None,
+            matches: Match {
+                kinds: kinds.iter().map(|s| s.to_string()).collect(),
+                targets: targets.iter().map(|s| s.to_string()).collect(),
+            },
+            approvals: Default::default(),
+            execution: Default::default(),
+            alerts: None,
+            actions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn every_matching_policy_is_in_force() {
+        let policies = [
+            policy("pg", &["postgres-upgrade"], &["*"]),
+            policy("dbs", &["*"], &["*-db"]),
+            policy("dns", &["dns"], &["*"]),
+        ];
+        let c = change("postgres-upgrade", &["web", "state-machine-db"]);
+        let PoliciesInForce::Matched { policies: m } = policies_in_force(&c, &policies) else {
+            panic!("expected matches")
+        };
+        assert_eq!(m.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["pg", "dbs"]);
+    }
+
+    #[test]
+    fn target_globs_match_when_any_target_matches() {
+        let p = policy("dbs", &["*"], &["*-db"]);
+        assert!(p.applies_to(&change("x", &["web", "a-db"])));
+        assert!(!p.applies_to(&change("x", &["web", "db-a"])));
+    }
+
+    #[test]
+    fn no_match_falls_back_to_the_builtin_default() {
+        let policies = [policy("dns", &["dns"], &["*"])];
+        let c = change("postgres-upgrade", &["db"]);
+        let in_force = policies_in_force(&c, &policies);
+        assert_eq!(in_force, PoliciesInForce::BuiltinDefault);
+        let rules = in_force.approval_rules();
+        assert_eq!(rules[0].1.required, 1);
+        assert!(!rules[0].1.author_may_approve);
+    }
+
+    #[test]
+    fn an_actions_only_policy_governs_no_change() {
+        let mut p = policy("budgets", &["*"], &["*"]);
+        p.governs_changes = false;
+        assert!(!p.applies_to(&change("anything", &["x"])));
+    }
+}
