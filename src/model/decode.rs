@@ -185,11 +185,13 @@ impl<'p> Decoder<'p> {
     }
 
     /// Reports a path that reaches outside the tree or is not in it.
-    fn check_path(&mut self, pos: Pos, path: &str, ctx: &RepoContext<'_>, what: &str) {
+    /// `subject` reads like "`run` runs" or "`include` names".
+    fn check_path(&mut self, pos: Pos, path: &str, ctx: &RepoContext<'_>, subject: &str) {
+        let lookup = path.trim_start_matches("./").trim_end_matches('/');
         if has_parent_component(path) {
-            self.error(pos, format!("{what} `{path}` contains `..`; paths must stay inside the repository"));
-        } else if ctx.tree.entry(path.trim_end_matches('/')).is_none() {
-            self.error(pos, format!("{what} `{path}` is not in the tree at this revision"));
+            self.error(pos, format!("{subject} `{path}`, which contains `..`; paths must stay inside the repository"));
+        } else if lookup.is_empty() || ctx.tree.entry(lookup).is_none() {
+            self.error(pos, format!("{subject} `{path}`, but that path is not in the tree at this revision"));
         }
     }
 }
@@ -241,7 +243,7 @@ pub fn decode_change_set(
     let env = d.optional(&f, "env", |d, n| decode_env(d, n)).unwrap_or_default();
     let include = d.optional(&f, "include", |d, n| d.string_list(n, "include")).unwrap_or_default();
     for (p, pos) in &include {
-        d.check_path(*pos, p, ctx, "`include` entry");
+        d.check_path(*pos, p, ctx, "`include` names");
     }
     let timeout = d.optional(&f, "timeout", |d, n| d.parsed::<Duration>(n, "timeout"));
 

@@ -158,7 +158,9 @@ pub fn load(text: &str) -> Result<Option<Node>, LoadError> {
                     value: Value::Seq(items),
                 },
                 Some(Frame::Map(pos, entries, _)) => Node {
-                    pos,
+                    // A block mapping's start event is marked at its first
+                    // `:`; people expect the first key.
+                    pos: entries.first().map_or(pos, |(k, _)| k.pos.min(pos)),
                     value: Value::Map(entries),
                 },
                 None => return refuse("unbalanced YAML structure"),
