@@ -1,0 +1,133 @@
+//! The digest an approval binds to (SPEC §1, "Digest").
+
+mod common;
+
+use changegate::git::ChangeRepo;
+use changegate::model::{covered_paths, Digest};
+use common::TestRepo;
+use sha2::{Digest as _, Sha256};
+
+const CHANGE: &str = "title: t\nkind: k\ntargets: [web]\ninclude: [lib/]\nsteps:\n  - id: a\n    run: ./scripts/apply.sh && ./scripts/tools\n    verify: ./scripts/check.sh\n";
+
+fn repo() -> TestRepo {
+    let repo = TestRepo::new();
+    repo.write("changes/c.yaml", CHANGE)
+        .write("scripts/apply.sh", "echo apply\n")
+        .write("scripts/check.sh", "echo check\n")
+        .write("scripts/tools/a.sh", "a\n")
+        .write("scripts/tools/nested/b.sh", "b\n")
+        .write("lib/common.sh", "common\n")
+        .write("README.md", "unrelated\n");
+    repo.commit("initial");
+    repo
+}
+
+fn digest(repo: &TestRepo, rev: &str) -> String {
+    let repo = ChangeRepo::open(repo.path()).unwrap();
+    let snap = repo.at(rev).unwrap();
+    let model = snap.load_model().unwrap();
+    assert!(model.is_valid(), "{:?}", model.diagnostics);
+    Digest::of(&covered_paths(&model.changes["c"], &snap).unwrap()).to_string()
+}
+
+#[test]
+fn covered_paths_are_the_change_file_command_paths_and_included_blobs() {
+    let repo = repo();
+    let change_repo = ChangeRepo::open(repo.path()).unwrap();
+    let snap = change_repo.at("HEAD").unwrap();
+    let model = snap.load_model().unwrap();
+    let paths: Vec<String> = covered_paths(&model.changes["c"], &snap).unwrap().into_iter().map(|c| c.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "changes/c.yaml",
+            "lib/common.sh",
+            "scripts/apply.sh",
+            "scripts/check.sh",
+            "scripts/tools/a.sh",
+            "scripts/tools/nested/b.sh"
+        ]
+    );
+}
+
+#[test]
+fn digest_is_sha256_over_sorted_path_nul_blob_id_lines() {
+    let repo = repo();
+    // Recompute independently from git objects, as another program would.
+    let head = repo.repo.head().unwrap().peel_to_tree().unwrap();
+    let mut lines = Vec::new();
+    head.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        let path = format!("{root}{}", entry.name().unwrap());
+        let covered = path == "changes/c.yaml"
+            || path.starts_with("lib/")
+            || path.starts_with("scripts/tools/")
+            || path == "scripts/apply.sh"
+            || path == "scripts/check.sh";
+        if covered && entry.kind() == Some(git2::ObjectType::Blob) {
+            lines.push(format!("{path}\0{}\n", entry.id()));
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .unwrap();
+    lines.sort();
+    let expected = format!("sha256:{}", hex::encode(Sha256::digest(lines.concat().as_bytes())));
+    assert_eq!(digest(&repo, "HEAD"), expected);
+}
+
+#[test]
+fn changing_a_covered_script_changes_the_digest() {
+    let repo = repo();
+    let before = digest(&repo, "HEAD");
+    repo.write("scripts/apply.sh", "echo apply --force\n");
+    repo.commit("edit the script a step runs");
+    assert_ne!(digest(&repo, "HEAD"), before);
+}
+
+#[test]
+fn changing_a_blob_under_an_include_folder_changes_the_digest() {
+    let repo = repo();
+    let before = digest(&repo, "HEAD");
+    repo.write("lib/new.sh", "new\n");
+    repo.commit("add to an included folder");
+    assert_ne!(digest(&repo, "HEAD"), before);
+}
+
+#[test]
+fn changing_an_unrelated_file_keeps_the_digest() {
+    let repo = repo();
+    let before = digest(&repo, "HEAD");
+    repo.write("README.md", "still unrelated, but edited\n").write("other/x.sh", "x\n");
+    repo.commit("unrelated edits");
+    assert_eq!(digest(&repo, "HEAD"), before);
+}
+
+#[test]
+fn the_same_content_committed_again_on_another_branch_has_the_same_digest() {
+    let repo = repo();
+    let first = repo.repo.head().unwrap().target().unwrap();
+    let before = digest(&repo, "HEAD");
+    // Re-create the same files in a new commit on a different branch with a different parent.
+    repo.write("README.md", "changed first\n");
+    let changed = repo.commit("move on");
+    repo.branch("other", changed);
+    repo.write("README.md", "unrelated\n");
+    repo.commit("same content again");
+    assert_eq!(digest(&repo, "other"), before);
+    assert_eq!(digest(&repo, &first.to_string()), before);
+}
+
+#[test]
+fn the_digest_reads_git_objects_not_the_work_tree() {
+    let repo = repo();
+    let before = digest(&repo, "HEAD");
+    repo.write("scripts/apply.sh", "uncommitted edit\n");
+    assert_eq!(digest(&repo, "HEAD"), before);
+}
+
+#[test]
+fn digest_command_prints_the_digest_alone() {
+    let repo = repo();
+    let out = repo.run(&["digest", "c"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", digest(&repo, "HEAD")));
+}
