@@ -1,5 +1,7 @@
 //! Reading change sets and policies from git objects (never a working tree).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
@@ -48,7 +50,12 @@ impl ChangeRepo {
             .revparse_single(rev)
             .and_then(|o| o.peel_to_commit())
             .map_err(|e| GitError::UnknownRev { rev: rev.to_string(), message: e.message().to_string() })?;
-        Ok(Snapshot { repo: &self.repo, commit_id: commit.id().to_string(), tree: commit.tree()? })
+        Ok(Snapshot {
+            repo: &self.repo,
+            commit_id: commit.id().to_string(),
+            tree: commit.tree()?,
+            entries: RefCell::default(),
+        })
     }
 
     /// The underlying libgit2 repository.
@@ -62,6 +69,10 @@ pub struct Snapshot<'r> {
     repo: &'r Repository,
     commit_id: String,
     tree: Tree<'r>,
+    /// Lookups by path. Every lookup re-reads each tree object on the way,
+    /// so without this, 10,000 change sets running the same scripts would
+    /// re-parse the 10,000-entry `changes/` tree once per command.
+    entries: RefCell<HashMap<String, Option<Entry>>>,
 }
 
 impl<'r> Snapshot<'r> {
@@ -79,12 +90,12 @@ impl<'r> Snapshot<'r> {
             return Ok(Vec::new());
         };
         let mut files = Vec::new();
+        let mut known = self.entries.borrow_mut();
         for entry in subtree.iter().filter(|e| e.kind() == Some(ObjectType::Blob)) {
             let blob = self.repo.find_blob(entry.id())?;
-            files.push(SourceFile {
-                path: format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes())),
-                bytes: blob.content().to_vec(),
-            });
+            let path = format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes()));
+            known.insert(path.clone(), Some(Entry::Blob(entry.id().to_string())));
+            files.push(SourceFile { path, bytes: blob.content().to_vec() });
         }
         Ok(files)
     }
@@ -99,12 +110,16 @@ impl<'r> Snapshot<'r> {
 
 impl TreeView for Snapshot<'_> {
     fn entry(&self, path: &str) -> Option<Entry> {
-        let entry = self.tree.get_path(Path::new(path)).ok()?;
-        match entry.kind()? {
-            ObjectType::Blob => Some(Entry::Blob(entry.id().to_string())),
+        if let Some(known) = self.entries.borrow().get(path) {
+            return known.clone();
+        }
+        let entry = self.tree.get_path(Path::new(path)).ok().and_then(|e| match e.kind()? {
+            ObjectType::Blob => Some(Entry::Blob(e.id().to_string())),
             ObjectType::Tree => Some(Entry::Tree),
             _ => None,
-        }
+        });
+        self.entries.borrow_mut().insert(path.to_string(), entry.clone());
+        entry
     }
 
     fn blobs_under(&self, dir: &str) -> Vec<(String, String)> {
