@@ -26,7 +26,11 @@ fn generate(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir.join("changes/scripts")).unwrap();
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     for s in ["backup", "apply", "verify", "release"] {
-        std::fs::write(dir.join(format!("changes/scripts/{s}.sh")), format!("#!/bin/sh\necho {s}\n")).unwrap();
+        std::fs::write(
+            dir.join(format!("changes/scripts/{s}.sh")),
+            format!("#!/bin/sh\necho {s}\n"),
+        )
+        .unwrap();
     }
     std::fs::write(
         dir.join("policies/default.yaml"),
@@ -34,7 +38,11 @@ fn generate(dir: &Path, n: usize) {
     )
     .unwrap();
     for i in 0..n {
-        let dep = if i > 0 { format!("depends_on: [change-{:06}]\n", i - 1) } else { String::new() };
+        let dep = if i > 0 {
+            format!("depends_on: [change-{:06}]\n", i - 1)
+        } else {
+            String::new()
+        };
         let text = format!(
             "title: Generated change {i}\nkind: config\ntargets: [host-{i}, shared-db]\n{dep}env:\n  HOST: host-{i}\ntimeout: 10m\nsteps:\n  - id: backup\n    run: ./changes/scripts/backup.sh \"$HOST\"\n    targets: [host-{i}]\n  - id: apply\n    check: ./changes/scripts/verify.sh\n    run: ./changes/scripts/apply.sh \"$HOST\"\n    timeout: 5m\n  - id: verify\n    run: ./changes/scripts/verify.sh \"$HOST\"\n  - id: release\n    confirm: true\n    run: ./changes/scripts/release.sh \"$HOST\"\n    verify: ./changes/scripts/verify.sh\n"
         );
@@ -44,19 +52,26 @@ fn generate(dir: &Path, n: usize) {
     index.add_all(["*"], IndexAddOption::DEFAULT, None).unwrap();
     let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
     let sig = Signature::now("bench", "bench@example.com").unwrap();
-    repo.commit(Some("HEAD"), &sig, &sig, "generated", &tree, &[]).unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "generated", &tree, &[])
+        .unwrap();
 }
 
 fn validate_in_process(dir: &Path) -> usize {
     let repo = ChangeRepo::open(dir).unwrap();
     let model = repo.at("HEAD").unwrap().load_model().unwrap();
-    assert!(model.is_valid(), "{:?}", &model.diagnostics[..model.diagnostics.len().min(3)]);
+    assert!(
+        model.is_valid(),
+        "{:?}",
+        &model.diagnostics[..model.diagnostics.len().min(3)]
+    );
     model.changes.len()
 }
 
 fn bench_validate(c: &mut Criterion) {
     let mut group = c.benchmark_group("validate");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     for n in sizes() {
         let dir = tempfile::tempdir().unwrap();
         generate(dir.path(), n);
@@ -92,9 +107,14 @@ fn compare_with_check_jsonschema() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), n);
     let schema = dir.path().join("change-set.schema.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_changegate")).args(["schema", "change-set"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_changegate"))
+        .args(["schema", "change-set"])
+        .output()
+        .unwrap();
     std::fs::write(&schema, out.stdout).unwrap();
-    let files: Vec<String> = (0..n).map(|i| format!("changes/change-{i:06}.yaml")).collect();
+    let files: Vec<String> = (0..n)
+        .map(|i| format!("changes/change-{i:06}.yaml"))
+        .collect();
 
     let ours = median_of(5, || {
         Command::new(env!("CARGO_BIN_EXE_changegate"))
@@ -128,5 +148,7 @@ criterion_group!(benches, bench_validate);
 fn main() {
     benches();
     compare_with_check_jsonschema();
-    criterion::Criterion::default().configure_from_args().final_summary();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
 }

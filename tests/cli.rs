@@ -14,7 +14,8 @@ fn stderr(out: &std::process::Output) -> String {
 
 fn valid_repo() -> TestRepo {
     let repo = TestRepo::new();
-    repo.write("run.sh", "").write("changes/c.yaml", simple_change("c"));
+    repo.write("run.sh", "")
+        .write("changes/c.yaml", simple_change("c"));
     repo.commit("valid");
     repo
 }
@@ -24,19 +25,32 @@ fn validate_exits_0_when_everything_is_valid() {
     let repo = valid_repo();
     let out = repo.run(&["validate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("checked 1 change sets and 0 policies at HEAD"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("checked 1 change sets and 0 policies at HEAD"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn validate_exits_1_and_prints_every_error_when_invalid() {
     let repo = valid_repo();
-    repo.write("changes/d.yaml", "title: t\nkind: k\ntargets: [x]\nsteps:\n  - id: a\n    run: ./nope.sh\n    verfy: x\n");
+    repo.write(
+        "changes/d.yaml",
+        "title: t\nkind: k\ntargets: [x]\nsteps:\n  - id: a\n    run: ./nope.sh\n    verfy: x\n",
+    );
     repo.commit("invalid");
     let out = repo.run(&["validate"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("changes/d.yaml:6:10: `run` runs `./nope.sh`"), "{text}");
-    assert!(text.contains("changes/d.yaml:7:5: unknown key `verfy` in a step: did you mean `verify`?"), "{text}");
+    assert!(
+        text.contains("changes/d.yaml:6:10: `run` runs `./nope.sh`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("changes/d.yaml:7:5: unknown key `verfy` in a step: did you mean `verify`?"),
+        "{text}"
+    );
     assert!(text.contains(": 2 errors"), "{text}");
 }
 
@@ -45,7 +59,11 @@ fn validate_exits_2_outside_a_repository() {
     let dir = tempfile::tempdir().unwrap();
     let out = changegate(dir.path(), &["validate"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("is not inside a git repository"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not inside a git repository"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -53,13 +71,20 @@ fn validate_exits_2_on_an_unknown_revision() {
     let repo = valid_repo();
     let out = repo.run(&["validate", "--rev", "no-such-branch"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown revision `no-such-branch`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown revision `no-such-branch`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn validate_exits_2_on_a_usage_error() {
     let repo = valid_repo();
-    assert_eq!(repo.run(&["validate", "--no-such-flag"]).status.code(), Some(2));
+    assert_eq!(
+        repo.run(&["validate", "--no-such-flag"]).status.code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -70,9 +95,30 @@ fn validate_reads_any_revision_and_another_directory() {
     repo.commit("break it");
     let elsewhere = tempfile::tempdir().unwrap();
     let repo_arg = repo.path().to_str().unwrap();
-    assert_eq!(changegate(elsewhere.path(), &["validate", "--repo", repo_arg]).status.code(), Some(1));
-    assert_eq!(changegate(elsewhere.path(), &["validate", "--repo", repo_arg, "--rev", &good]).status.code(), Some(0));
-    assert_eq!(changegate(elsewhere.path(), &["validate", "--repo", repo_arg, "--rev", "HEAD~1"]).status.code(), Some(0));
+    assert_eq!(
+        changegate(elsewhere.path(), &["validate", "--repo", repo_arg])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        changegate(
+            elsewhere.path(),
+            &["validate", "--repo", repo_arg, "--rev", &good]
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_eq!(
+        changegate(
+            elsewhere.path(),
+            &["validate", "--repo", repo_arg, "--rev", "HEAD~1"]
+        )
+        .status
+        .code(),
+        Some(0)
+    );
 }
 
 #[test]
@@ -99,7 +145,12 @@ fn the_projects_own_examples_validate_clean() {
     let repo = TestRepo::new();
     for dir in ["changes", "policies"] {
         for entry in walk(&project_root().join(dir)) {
-            let rel = entry.strip_prefix(project_root()).unwrap().to_str().unwrap().to_string();
+            let rel = entry
+                .strip_prefix(project_root())
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
             repo.write(&rel, std::fs::read(&entry).unwrap());
         }
     }
@@ -107,11 +158,18 @@ fn the_projects_own_examples_validate_clean() {
     let model = repo.model("HEAD");
     assert!(model.is_valid(), "{:#?}", model.diagnostics);
     assert_eq!(model.change_files, 2);
-    assert!(model.changes["2017-12-14-decommission-pg96"].depends_on == ["2017-12-12-state-machine-pg10"]);
+    assert!(
+        model.changes["2017-12-14-decommission-pg96"].depends_on
+            == ["2017-12-12-state-machine-pg10"]
+    );
     let upgrade = &model.changes["2017-12-12-state-machine-pg10"];
     let last = upgrade.steps.last().unwrap();
     assert_eq!(last.id, "release");
-    assert!(last.verify.as_deref().unwrap().contains("assert_primary.sh \"$NEW_DB\""));
+    assert!(last
+        .verify
+        .as_deref()
+        .unwrap()
+        .contains("assert_primary.sh \"$NEW_DB\""));
     assert_eq!(model.policies.len(), 3);
 }
 
@@ -172,7 +230,11 @@ fn plan_takes_policies_from_the_default_branch_not_the_planned_rev() {
 fn plan_falls_back_to_the_builtin_default_when_no_policy_matches() {
     let repo = valid_repo();
     let out = repo.run(&["plan", "c"]);
-    assert!(stdout(&out).contains("built-in default: 1 approval from anyone who is not an author"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("built-in default: 1 approval from anyone who is not an author"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -181,7 +243,11 @@ fn plan_and_digest_of_an_unknown_change_exit_2() {
     for cmd in ["plan", "digest"] {
         let out = repo.run(&[cmd, "nope"]);
         assert_eq!(out.status.code(), Some(2));
-        assert!(stderr(&out).contains("no change `nope` at HEAD"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("no change `nope` at HEAD"),
+            "{}",
+            stderr(&out)
+        );
     }
 }
 
@@ -192,7 +258,12 @@ fn plan_of_an_invalid_change_prints_its_errors_and_exits_1() {
     repo.commit("break");
     let out = repo.run(&["plan", "c"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("changes/c.yaml:1:1: the change set is missing the required key `kind`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("changes/c.yaml:1:1: the change set is missing the required key `kind`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

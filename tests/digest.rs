@@ -36,7 +36,11 @@ fn covered_paths_are_the_change_file_command_paths_and_included_blobs() {
     let change_repo = ChangeRepo::open(repo.path()).unwrap();
     let snap = change_repo.at("HEAD").unwrap();
     let model = snap.load_model().unwrap();
-    let paths: Vec<String> = covered_paths(&model.changes["c"], &snap).unwrap().into_iter().map(|c| c.path).collect();
+    let paths: Vec<String> = covered_paths(&model.changes["c"], &snap)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.path)
+        .collect();
     assert_eq!(
         paths,
         [
@@ -70,7 +74,10 @@ fn digest_is_sha256_over_sorted_path_nul_blob_id_lines() {
     })
     .unwrap();
     lines.sort();
-    let expected = format!("sha256:{}", hex::encode(Sha256::digest(lines.concat().as_bytes())));
+    let expected = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(lines.concat().as_bytes()))
+    );
     assert_eq!(digest(&repo, "HEAD"), expected);
 }
 
@@ -96,7 +103,8 @@ fn changing_a_blob_under_an_include_folder_changes_the_digest() {
 fn changing_an_unrelated_file_keeps_the_digest() {
     let repo = repo();
     let before = digest(&repo, "HEAD");
-    repo.write("README.md", "still unrelated, but edited\n").write("other/x.sh", "x\n");
+    repo.write("README.md", "still unrelated, but edited\n")
+        .write("other/x.sh", "x\n");
     repo.commit("unrelated edits");
     assert_eq!(digest(&repo, "HEAD"), before);
 }
@@ -128,6 +136,13 @@ fn the_digest_reads_git_objects_not_the_work_tree() {
 fn digest_command_prints_the_digest_alone() {
     let repo = repo();
     let out = repo.run(&["digest", "c"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", digest(&repo, "HEAD")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", digest(&repo, "HEAD"))
+    );
 }

@@ -6,7 +6,8 @@ use common::{assert_error, simple_change, TestRepo};
 
 fn repo_with(change: &str) -> TestRepo {
     let repo = TestRepo::new();
-    repo.write("run.sh", "#!/bin/sh\n").write("changes/c.yaml", change);
+    repo.write("run.sh", "#!/bin/sh\n")
+        .write("changes/c.yaml", change);
     repo.commit("change");
     repo
 }
@@ -32,7 +33,14 @@ fn unknown_key_names_the_nearest_valid_key_with_line_and_column() {
 #[test]
 fn an_unknown_key_far_from_any_valid_one_lists_the_valid_keys() {
     let repo = repo_with(&(simple_change("t") + "zzzzzzzz: 1\n"));
-    assert_error(&repo.errors(), &["changes/c.yaml:7:1:", "unknown key `zzzzzzzz`", "expected one of: title, description"]);
+    assert_error(
+        &repo.errors(),
+        &[
+            "changes/c.yaml:7:1:",
+            "unknown key `zzzzzzzz`",
+            "expected one of: title, description",
+        ],
+    );
 }
 
 #[test]
@@ -40,7 +48,13 @@ fn missing_required_keys_are_each_reported() {
     let repo = repo_with("description: nothing else\n");
     let errors = repo.errors();
     for key in ["title", "kind", "targets", "steps"] {
-        assert_error(&errors, &["changes/c.yaml:1:1:", &format!("missing the required key `{key}`")]);
+        assert_error(
+            &errors,
+            &[
+                "changes/c.yaml:1:1:",
+                &format!("missing the required key `{key}`"),
+            ],
+        );
     }
     assert_eq!(errors.len(), 4, "{errors:?}");
 }
@@ -52,10 +66,23 @@ fn all_errors_in_a_file_are_reported_not_just_the_first() {
     );
     let errors = repo.errors();
     assert_error(&errors, &["c.yaml:4:10:", "invalid duration `5x`"]);
-    assert_error(&errors, &["c.yaml:5:1:", "unknown key `stepz`", "did you mean `steps`?"]);
+    assert_error(
+        &errors,
+        &[
+            "c.yaml:5:1:",
+            "unknown key `stepz`",
+            "did you mean `steps`?",
+        ],
+    );
     assert_error(&errors, &["c.yaml:7:9:", "step id `Bad_Id` must match"]);
-    assert_error(&errors, &["c.yaml:8:10:", "`./missing.sh`", "not in the tree"]);
-    assert_error(&errors, &["c.yaml:9:14:", "`confirm` must be true or false"]);
+    assert_error(
+        &errors,
+        &["c.yaml:8:10:", "`./missing.sh`", "not in the tree"],
+    );
+    assert_error(
+        &errors,
+        &["c.yaml:9:14:", "`confirm` must be true or false"],
+    );
     assert_eq!(errors.len(), 5, "{errors:?}");
 }
 
@@ -64,7 +91,10 @@ fn duplicate_step_ids_are_rejected() {
     let repo = repo_with(
         "title: t\nkind: k\ntargets: [web]\nsteps:\n  - id: a\n    run: ./run.sh\n  - id: a\n    run: ./run.sh\n",
     );
-    assert_eq!(repo.errors(), ["changes/c.yaml:7:9: duplicate step id `a` (first used at 5:9)"]);
+    assert_eq!(
+        repo.errors(),
+        ["changes/c.yaml:7:9: duplicate step id `a` (first used at 5:9)"]
+    );
 }
 
 #[test]
@@ -72,7 +102,10 @@ fn depends_on_must_name_an_existing_change() {
     let repo = TestRepo::new();
     repo.write("run.sh", "")
         .write("changes/base.yaml", simple_change("base"))
-        .write("changes/c.yaml", simple_change("c") + "depends_on: [bsae]\n");
+        .write(
+            "changes/c.yaml",
+            simple_change("c") + "depends_on: [bsae]\n",
+        );
     repo.commit("c");
     assert_eq!(
         repo.errors(),
@@ -96,7 +129,10 @@ fn depends_on_cycles_are_rejected() {
 #[test]
 fn a_change_may_not_depend_on_itself() {
     let repo = repo_with(&(simple_change("c") + "depends_on: [c]\n"));
-    assert_error(&repo.errors(), &["c.yaml:7:14:", "names `c`, the change itself"]);
+    assert_error(
+        &repo.errors(),
+        &["c.yaml:7:14:", "names `c`, the change itself"],
+    );
 }
 
 #[test]
@@ -119,15 +155,32 @@ fn paths_with_dot_dot_are_rejected() {
         "title: t\nkind: k\ntargets: [web]\ninclude: [lib/../secrets]\nsteps:\n  - id: a\n    run: ./run.sh && cat ./x/../../etc/passwd\n    check: cat ../outside\n",
     );
     let errors = repo.errors();
-    assert_error(&errors, &["c.yaml:4:11:", "`include` names `lib/../secrets`", "contains `..`"]);
-    assert_error(&errors, &["c.yaml:7:10:", "`./x/../../etc/passwd`", "contains `..`"]);
+    assert_error(
+        &errors,
+        &[
+            "c.yaml:4:11:",
+            "`include` names `lib/../secrets`",
+            "contains `..`",
+        ],
+    );
+    assert_error(
+        &errors,
+        &["c.yaml:7:10:", "`./x/../../etc/passwd`", "contains `..`"],
+    );
     assert_error(&errors, &["c.yaml:8:12:", "`../outside`", "contains `..`"]);
 }
 
 #[test]
 fn include_entries_must_exist() {
     let repo = repo_with(&(simple_change("c") + "include: [scripts/lib/]\n"));
-    assert_error(&repo.errors(), &["c.yaml:7:11:", "`include` names `scripts/lib/`", "not in the tree"]);
+    assert_error(
+        &repo.errors(),
+        &[
+            "c.yaml:7:11:",
+            "`include` names `scripts/lib/`",
+            "not in the tree",
+        ],
+    );
 }
 
 #[test]
@@ -135,15 +188,22 @@ fn step_targets_must_be_among_the_change_targets() {
     let repo = repo_with(
         "title: t\nkind: k\ntargets: [web, db]\nsteps:\n  - id: a\n    run: ./run.sh\n    targets: [db, cache]\n",
     );
-    assert_eq!(repo.errors(), ["changes/c.yaml:7:19: step target `cache` is not among the change's targets"]);
+    assert_eq!(
+        repo.errors(),
+        ["changes/c.yaml:7:19: step target `cache` is not among the change's targets"]
+    );
 }
 
 #[test]
 fn the_id_is_the_file_stem_and_must_match_the_pattern() {
     let repo = TestRepo::new();
-    repo.write("run.sh", "").write("changes/Upper_Case.yaml", simple_change("x"));
+    repo.write("run.sh", "")
+        .write("changes/Upper_Case.yaml", simple_change("x"));
     repo.commit("bad id");
-    assert_error(&repo.errors(), &["changes/Upper_Case.yaml:1:1:", "change id `Upper_Case`"]);
+    assert_error(
+        &repo.errors(),
+        &["changes/Upper_Case.yaml:1:1:", "change id `Upper_Case`"],
+    );
 }
 
 #[test]
@@ -162,25 +222,51 @@ fn only_yaml_files_directly_under_changes_are_change_sets() {
 #[test]
 fn a_yml_file_is_flagged_rather_than_silently_ignored() {
     let repo = TestRepo::new();
-    repo.write("run.sh", "").write("changes/c.yml", simple_change("c"));
+    repo.write("run.sh", "")
+        .write("changes/c.yml", simple_change("c"));
     repo.commit("yml");
-    assert_error(&repo.errors(), &["changes/c.yml:1:1:", "rename it to changes/c.yaml"]);
+    assert_error(
+        &repo.errors(),
+        &["changes/c.yml:1:1:", "rename it to changes/c.yaml"],
+    );
 }
 
 #[test]
 fn durations_accept_seconds_minutes_and_hours_only() {
-    for (timeout, ok) in [("30s", true), ("15m", true), ("2h", true), ("1d", false), ("15", false), ("0m", false)] {
+    for (timeout, ok) in [
+        ("30s", true),
+        ("15m", true),
+        ("2h", true),
+        ("1d", false),
+        ("15", false),
+        ("0m", false),
+    ] {
         let repo = repo_with(&(simple_change("c") + &format!("timeout: {timeout}\n")));
-        assert_eq!(repo.errors().is_empty(), ok, "timeout {timeout}: {:?}", repo.errors());
+        assert_eq!(
+            repo.errors().is_empty(),
+            ok,
+            "timeout {timeout}: {:?}",
+            repo.errors()
+        );
     }
 }
 
 #[test]
 fn wrong_types_say_what_was_expected() {
-    let repo = repo_with("title: [a list]\nkind: k\ntargets: web\nsteps:\n  - id: a\n    run: ./run.sh\n");
+    let repo =
+        repo_with("title: [a list]\nkind: k\ntargets: web\nsteps:\n  - id: a\n    run: ./run.sh\n");
     let errors = repo.errors();
-    assert_error(&errors, &["c.yaml:1:8:", "`title` must be a string, found a list"]);
-    assert_error(&errors, &["c.yaml:3:10:", "`targets` must be a list of strings, found a scalar"]);
+    assert_error(
+        &errors,
+        &["c.yaml:1:8:", "`title` must be a string, found a list"],
+    );
+    assert_error(
+        &errors,
+        &[
+            "c.yaml:3:10:",
+            "`targets` must be a list of strings, found a scalar",
+        ],
+    );
 }
 
 #[test]
@@ -199,13 +285,22 @@ fn malformed_yaml_reports_line_and_column() {
     assert!(errors[0].starts_with("changes/c.yaml:"), "{errors:?}");
     assert!(errors[0].contains("invalid YAML"), "{errors:?}");
     let line: usize = errors[0].split(':').nth(1).unwrap().parse().unwrap();
-    assert!((2..=4).contains(&line), "line {line} should be near the unclosed list: {errors:?}");
+    assert!(
+        (2..=4).contains(&line),
+        "line {line} should be near the unclosed list: {errors:?}"
+    );
 }
 
 #[test]
 fn duplicate_keys_are_rejected() {
     let repo = repo_with(&(simple_change("c") + "title: again\n"));
-    assert_error(&repo.errors(), &["c.yaml:7:1:", "duplicate key `title` (first written at 1:1)"]);
+    assert_error(
+        &repo.errors(),
+        &[
+            "c.yaml:7:1:",
+            "duplicate key `title` (first written at 1:1)",
+        ],
+    );
 }
 
 mod policies {
@@ -213,7 +308,9 @@ mod policies {
 
     fn repo_with_policy(name: &str, policy: &str) -> TestRepo {
         let repo = TestRepo::new();
-        repo.write("run.sh", "").write("changes/c.yaml", simple_change("c")).write(&format!("policies/{name}.yaml"), policy);
+        repo.write("run.sh", "")
+            .write("changes/c.yaml", simple_change("c"))
+            .write(&format!("policies/{name}.yaml"), policy);
         repo.commit("policy");
         repo
     }
@@ -227,23 +324,49 @@ mod policies {
         let model = repo.model("HEAD");
         assert!(model.is_valid(), "{:?}", model.diagnostics);
         let p = &model.policies[0];
-        assert_eq!((p.name.as_str(), p.approvals.required, p.execution.max_targets_per_step), ("pg", 2, Some(1)));
+        assert_eq!(
+            (
+                p.name.as_str(),
+                p.approvals.required,
+                p.execution.max_targets_per_step
+            ),
+            ("pg", 2, Some(1))
+        );
         assert_eq!(p.actions["reboot"].per.as_secs(), 600);
         assert!(p.governs_changes);
     }
 
     #[test]
     fn policy_keys_are_checked_with_suggestions() {
-        let repo = repo_with_policy("p", "approvals:\n  requird: 2\nexecution:\n  windows: [\"someday\"]\n");
+        let repo = repo_with_policy(
+            "p",
+            "approvals:\n  requird: 2\nexecution:\n  windows: [\"someday\"]\n",
+        );
         let errors = repo.errors();
-        assert_error(&errors, &["policies/p.yaml:2:3:", "unknown key `requird`", "did you mean `required`?"]);
-        assert_error(&errors, &["policies/p.yaml:4:13:", "invalid window `someday`"]);
+        assert_error(
+            &errors,
+            &[
+                "policies/p.yaml:2:3:",
+                "unknown key `requird`",
+                "did you mean `required`?",
+            ],
+        );
+        assert_error(
+            &errors,
+            &["policies/p.yaml:4:13:", "invalid window `someday`"],
+        );
     }
 
     #[test]
     fn a_policy_that_can_never_be_satisfied_is_rejected() {
         let repo = repo_with_policy("p", "approvals:\n  required: 3\n  from: [alice, bob]\n");
-        assert_error(&repo.errors(), &["policies/p.yaml:3:9:", "required` is 3 but `from` names only 2 people"]);
+        assert_error(
+            &repo.errors(),
+            &[
+                "policies/p.yaml:3:9:",
+                "required` is 3 but `from` names only 2 people",
+            ],
+        );
     }
 
     #[test]
@@ -257,7 +380,10 @@ mod policies {
     #[test]
     fn two_files_budgeting_the_same_action_are_an_error() {
         let repo = repo_with_policy("a", "actions:\n  reboot: { max: 3, per: 10m }\n");
-        repo.write("policies/b.yaml", "actions:\n  failover: { max: 1, per: 1h }\n  reboot: { max: 5, per: 1h }\n");
+        repo.write(
+            "policies/b.yaml",
+            "actions:\n  failover: { max: 1, per: 1h }\n  reboot: { max: 5, per: 1h }\n",
+        );
         repo.commit("second budget");
         assert_eq!(
             repo.errors(),
@@ -270,7 +396,10 @@ mod policies {
         let repo = repo_with_policy("p", "match:\n  targets: [\"[unclosed\"]\napprovals:\n  from: [\"team:no-slash\", \"has space\"]\n");
         let errors = repo.errors();
         assert_error(&errors, &["p.yaml:2:13:", "not a valid glob"]);
-        assert_error(&errors, &["p.yaml:4:10:", "`team:no-slash`", "team:org/slug"]);
+        assert_error(
+            &errors,
+            &["p.yaml:4:10:", "`team:no-slash`", "team:org/slug"],
+        );
         assert_error(&errors, &["p.yaml:4:27:", "`has space`"]);
     }
 }

@@ -91,7 +91,12 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Validate { repo, format } => repo_cmds::validate(&repo, format),
-        Command::Plan { id, repo, default_branch, format } => repo_cmds::plan(&id, &repo, &default_branch, format),
+        Command::Plan {
+            id,
+            repo,
+            default_branch,
+            format,
+        } => repo_cmds::plan(&id, &repo, &default_branch, format),
         Command::Digest { id, repo } => repo_cmds::digest(&id, &repo),
         Command::Schema { kind } => repo_cmds::schema(kind),
     };

@@ -7,7 +7,9 @@ use serde_json::json;
 use super::{exit, Format, RepoArgs};
 use crate::git::{ChangeRepo, Snapshot};
 use crate::model::schema::{json_schema, SchemaKind};
-use crate::model::{covered_paths, policies_in_force, ChangeSet, Digest, PoliciesInForce, Policy, RepoModel};
+use crate::model::{
+    covered_paths, policies_in_force, ChangeSet, Digest, PoliciesInForce, Policy, RepoModel,
+};
 
 fn fail(message: impl std::fmt::Display) -> u8 {
     eprintln!("error: {message}");
@@ -23,7 +25,10 @@ pub(super) fn validate(args: &RepoArgs, format: Format) -> u8 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let (snapshot, model) = match repo.at(&args.rev).and_then(|s| s.load_model().map(|m| (s, m))) {
+    let (snapshot, model) = match repo
+        .at(&args.rev)
+        .and_then(|s| s.load_model().map(|m| (s, m)))
+    {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -68,7 +73,11 @@ pub(super) fn validate(args: &RepoArgs, format: Format) -> u8 {
 }
 
 /// The change `id` at the requested rev, or the exit code already reported.
-fn load_change(args: &RepoArgs, id: &str, f: impl FnOnce(&ChangeRepo, &Snapshot<'_>, &RepoModel, &ChangeSet) -> u8) -> u8 {
+fn load_change(
+    args: &RepoArgs,
+    id: &str,
+    f: impl FnOnce(&ChangeRepo, &Snapshot<'_>, &RepoModel, &ChangeSet) -> u8,
+) -> u8 {
     let repo = match ChangeRepo::open(&args.repo) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -88,20 +97,28 @@ fn load_change(args: &RepoArgs, id: &str, f: impl FnOnce(&ChangeRepo, &Snapshot<
             for d in model.diagnostics.iter().filter(|d| d.path == own_path) {
                 eprintln!("{d}");
             }
-            eprintln!("error: change `{id}` is invalid at {}; fix the errors above", args.rev);
+            eprintln!(
+                "error: change `{id}` is invalid at {}; fix the errors above",
+                args.rev
+            );
             exit::INVALID
         }
-        None => fail(format!("no change `{id}` at {}: there is no {own_path}", args.rev)),
+        None => fail(format!(
+            "no change `{id}` at {}: there is no {own_path}",
+            args.rev
+        )),
     }
 }
 
 pub(super) fn digest(id: &str, args: &RepoArgs) -> u8 {
-    load_change(args, id, |_, snapshot, _, change| match covered_paths(change, snapshot) {
-        Ok(covered) => {
-            println!("{}", Digest::of(&covered));
-            exit::OK
+    load_change(args, id, |_, snapshot, _, change| {
+        match covered_paths(change, snapshot) {
+            Ok(covered) => {
+                println!("{}", Digest::of(&covered));
+                exit::OK
+            }
+            Err(e) => fail(e),
         }
-        Err(e) => fail(e),
     })
 }
 
@@ -110,20 +127,35 @@ fn describe_policy(policy: &Policy) -> String {
     let from = if a.from.is_empty() {
         "any reviewer".to_string()
     } else {
-        a.from.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        a.from
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let mut parts = vec![format!(
         "{} approval{} from {from}{}",
         a.required,
         if a.required == 1 { "" } else { "s" },
-        if a.author_may_approve { " (authors may approve)" } else { ", not an author" }
+        if a.author_may_approve {
+            " (authors may approve)"
+        } else {
+            ", not an author"
+        }
     )];
     let e = &policy.execution;
     if e.confirm_each_step {
         parts.push("a go-ahead before every step".into());
     }
     if !e.windows.is_empty() {
-        parts.push(format!("only in {}", e.windows.iter().map(ToString::to_string).collect::<Vec<_>>().join(" or ")));
+        parts.push(format!(
+            "only in {}",
+            e.windows
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
     }
     if let Some(max) = e.max_targets_per_step {
         parts.push(format!("at most {max} target(s) per step"));
@@ -142,7 +174,10 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
         let base = repo.at(default_branch).ok();
         let (policy_source, base_model) = match &base {
             Some(b) => match b.load_model() {
-                Ok(m) => (format!("{default_branch} ({})", short(b.commit_id())), Some(m)),
+                Ok(m) => (
+                    format!("{default_branch} ({})", short(b.commit_id())),
+                    Some(m),
+                ),
                 Err(e) => return fail(e),
             },
             None => (format!("{} (no branch `{default_branch}`)", args.rev), None),
@@ -176,10 +211,21 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
             o.push('\n');
         };
         line(format!("{} — {}", change.id, change.title));
-        line(format!("  at {} ({})", args.rev, short(snapshot.commit_id())));
-        line(format!("  kind {} · targets {}", change.kind, change.targets.join(", ")));
+        line(format!(
+            "  at {} ({})",
+            args.rev,
+            short(snapshot.commit_id())
+        ));
+        line(format!(
+            "  kind {} · targets {}",
+            change.kind,
+            change.targets.join(", ")
+        ));
         if !change.depends_on.is_empty() {
-            line(format!("  depends on {} (each must be completed first)", change.depends_on.join(", ")));
+            line(format!(
+                "  depends on {} (each must be completed first)",
+                change.depends_on.join(", ")
+            ));
         }
         line(String::new());
         line("steps, run one at a time in this order:".into());
@@ -191,10 +237,16 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
             if step.confirm || confirm_all {
                 gates.push("needs a go-ahead".into());
             }
-            gates.push(format!("targets {}", step.effective_targets(change).join(", ")));
+            gates.push(format!(
+                "targets {}",
+                step.effective_targets(change).join(", ")
+            ));
             line(format!("  {}. {}  [{}]", n + 1, step.id, gates.join("; ")));
             for (role, cmd) in step.commands() {
-                line(format!("       {role:<6}  {}", cmd.trim_end().replace('\n', "\n               ")));
+                line(format!(
+                    "       {role:<6}  {}",
+                    cmd.trim_end().replace('\n', "\n               ")
+                ));
             }
         }
         line(String::new());

@@ -40,7 +40,9 @@ impl ChangeRepo {
     pub fn open(dir: &Path) -> Result<Self, GitError> {
         Repository::discover(dir)
             .map(|repo| ChangeRepo { repo })
-            .map_err(|_| GitError::NotARepository { path: dir.display().to_string() })
+            .map_err(|_| GitError::NotARepository {
+                path: dir.display().to_string(),
+            })
     }
 
     /// The commit named by `rev` (any rev-spec: `HEAD`, a branch, a sha).
@@ -49,7 +51,10 @@ impl ChangeRepo {
             .repo
             .revparse_single(rev)
             .and_then(|o| o.peel_to_commit())
-            .map_err(|e| GitError::UnknownRev { rev: rev.to_string(), message: e.message().to_string() })?;
+            .map_err(|e| GitError::UnknownRev {
+                rev: rev.to_string(),
+                message: e.message().to_string(),
+            })?;
         Ok(Snapshot {
             repo: &self.repo,
             commit_id: commit.id().to_string(),
@@ -91,11 +96,17 @@ impl<'r> Snapshot<'r> {
         };
         let mut files = Vec::new();
         let mut known = self.entries.borrow_mut();
-        for entry in subtree.iter().filter(|e| e.kind() == Some(ObjectType::Blob)) {
+        for entry in subtree
+            .iter()
+            .filter(|e| e.kind() == Some(ObjectType::Blob))
+        {
             let blob = self.repo.find_blob(entry.id())?;
             let path = format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes()));
             known.insert(path.clone(), Some(Entry::Blob(entry.id().to_string())));
-            files.push(SourceFile { path, bytes: blob.content().to_vec() });
+            files.push(SourceFile {
+                path,
+                bytes: blob.content().to_vec(),
+            });
         }
         Ok(files)
     }
@@ -113,12 +124,18 @@ impl TreeView for Snapshot<'_> {
         if let Some(known) = self.entries.borrow().get(path) {
             return known.clone();
         }
-        let entry = self.tree.get_path(Path::new(path)).ok().and_then(|e| match e.kind()? {
-            ObjectType::Blob => Some(Entry::Blob(e.id().to_string())),
-            ObjectType::Tree => Some(Entry::Tree),
-            _ => None,
-        });
-        self.entries.borrow_mut().insert(path.to_string(), entry.clone());
+        let entry = self
+            .tree
+            .get_path(Path::new(path))
+            .ok()
+            .and_then(|e| match e.kind()? {
+                ObjectType::Blob => Some(Entry::Blob(e.id().to_string())),
+                ObjectType::Tree => Some(Entry::Tree),
+                _ => None,
+            });
+        self.entries
+            .borrow_mut()
+            .insert(path.to_string(), entry.clone());
         entry
     }
 

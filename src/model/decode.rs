@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::digest::{command_paths, has_parent_component};
 use super::yaml::{Key, Node, Pos, Value};
 use super::{
-    is_valid_change_id, is_valid_step_id, ActionBudget, Approvals, Approver, ChangeSet,
-    Diagnostic, Duration, Execution, Match, Policy, Step, TreeView, Window,
+    is_valid_change_id, is_valid_step_id, ActionBudget, Approvals, Approver, ChangeSet, Diagnostic,
+    Duration, Execution, Match, Policy, Step, TreeView, Window,
 };
 
 /// Keys of a change set, in the order the spec lists them.
@@ -22,8 +22,17 @@ pub(crate) const CHANGE_SET_KEYS: &[&str] = &[
     "timeout",
     "steps",
 ];
-pub(crate) const STEP_KEYS: &[&str] = &["id", "run", "check", "verify", "timeout", "confirm", "targets"];
-pub(crate) const POLICY_KEYS: &[&str] = &["description", "match", "approvals", "execution", "alerts", "actions"];
+pub(crate) const STEP_KEYS: &[&str] = &[
+    "id", "run", "check", "verify", "timeout", "confirm", "targets",
+];
+pub(crate) const POLICY_KEYS: &[&str] = &[
+    "description",
+    "match",
+    "approvals",
+    "execution",
+    "alerts",
+    "actions",
+];
 pub(crate) const MATCH_KEYS: &[&str] = &["kinds", "targets"];
 pub(crate) const APPROVALS_KEYS: &[&str] = &["required", "from", "author_may_approve"];
 pub(crate) const EXECUTION_KEYS: &[&str] = &[
@@ -60,11 +69,16 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|(k, _)| k.text == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.text == key)
+            .map(|(_, v)| v)
     }
 
     fn has_any(&self, keys: &[&str]) -> bool {
-        self.entries.iter().any(|(k, _)| keys.contains(&k.text.as_str()))
+        self.entries
+            .iter()
+            .any(|(k, _)| keys.contains(&k.text.as_str()))
     }
 }
 
@@ -77,11 +91,15 @@ struct Decoder<'p> {
 impl<'p> Decoder<'p> {
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
         self.failed = true;
-        self.diagnostics.push(Diagnostic::new(self.path, pos, message));
+        self.diagnostics
+            .push(Diagnostic::new(self.path, pos, message));
     }
 
     fn wrong_type(&mut self, node: &Node, what: &str, expected: &str) {
-        self.error(node.pos, format!("`{what}` must be {expected}, found {}", node.kind_name()));
+        self.error(
+            node.pos,
+            format!("`{what}` must be {expected}, found {}", node.kind_name()),
+        );
     }
 
     /// A mapping with only known keys; unknown ones are reported with the nearest valid key.
@@ -96,16 +114,25 @@ impl<'p> Decoder<'p> {
                     Some(near) => format!("did you mean `{near}`?"),
                     None => format!("expected one of: {}", known.join(", ")),
                 };
-                self.error(key.pos, format!("unknown key `{}` in {what}: {hint}", key.text));
+                self.error(
+                    key.pos,
+                    format!("unknown key `{}` in {what}: {hint}", key.text),
+                );
             }
         }
-        Some(Fields { pos: node.pos, entries })
+        Some(Fields {
+            pos: node.pos,
+            entries,
+        })
     }
 
     fn required<'n>(&mut self, fields: &Fields<'n>, key: &str, what: &str) -> Option<&'n Node> {
         let node = fields.get(key);
         if node.is_none() {
-            self.error(fields.pos, format!("{what} is missing the required key `{key}`"));
+            self.error(
+                fields.pos,
+                format!("{what} is missing the required key `{key}`"),
+            );
         }
         node
     }
@@ -143,8 +170,14 @@ impl<'p> Decoder<'p> {
 
     fn bool(&mut self, node: &Node, what: &str) -> Option<bool> {
         match &node.value {
-            Value::Scalar { text, quoted: false } if text == "true" => Some(true),
-            Value::Scalar { text, quoted: false } if text == "false" => Some(false),
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "true" => Some(true),
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "false" => Some(false),
             _ => {
                 self.wrong_type(node, what, "true or false");
                 None
@@ -154,10 +187,16 @@ impl<'p> Decoder<'p> {
 
     fn positive_int(&mut self, node: &Node, what: &str) -> Option<u32> {
         match &node.value {
-            Value::Scalar { text, quoted: false } => match text.parse::<u32>() {
+            Value::Scalar {
+                text,
+                quoted: false,
+            } => match text.parse::<u32>() {
                 Ok(n) if n > 0 => Some(n),
                 _ => {
-                    self.error(node.pos, format!("`{what}` must be a whole number of at least 1, found `{text}`"));
+                    self.error(
+                        node.pos,
+                        format!("`{what}` must be a whole number of at least 1, found `{text}`"),
+                    );
                     None
                 }
             },
@@ -181,7 +220,10 @@ impl<'p> Decoder<'p> {
         key: &str,
         decode: impl FnOnce(&mut Self, &Node) -> Option<T>,
     ) -> Option<T> {
-        fields.get(key).filter(|n| !n.is_null()).and_then(|n| decode(self, n))
+        fields
+            .get(key)
+            .filter(|n| !n.is_null())
+            .and_then(|n| decode(self, n))
     }
 
     /// Reports a path that reaches outside the tree or is not in it.
@@ -191,7 +233,10 @@ impl<'p> Decoder<'p> {
         if has_parent_component(path) {
             self.error(pos, format!("{subject} `{path}`, which contains `..`; paths must stay inside the repository"));
         } else if lookup.is_empty() || ctx.tree.entry(lookup).is_none() {
-            self.error(pos, format!("{subject} `{path}`, but that path is not in the tree at this revision"));
+            self.error(
+                pos,
+                format!("{subject} `{path}`, but that path is not in the tree at this revision"),
+            );
         }
     }
 }
@@ -205,22 +250,38 @@ pub fn decode_change_set(
     ctx: &RepoContext<'_>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> (Option<ChangeSet>, Vec<Pos>) {
-    let mut d = Decoder { path, diagnostics, failed: false };
+    let mut d = Decoder {
+        path,
+        diagnostics,
+        failed: false,
+    };
     if !is_valid_change_id(id) {
-        d.error(Pos { line: 1, col: 1 }, format!("change id `{id}` (the file name) must match [a-z0-9][a-z0-9._-]{{0,99}}"));
+        d.error(
+            Pos { line: 1, col: 1 },
+            format!("change id `{id}` (the file name) must match [a-z0-9][a-z0-9._-]{{0,99}}"),
+        );
     }
     let Some(root) = root else {
-        d.error(Pos { line: 1, col: 1 }, "the file is empty: a change set needs `title`, `kind`, `targets` and `steps`");
+        d.error(
+            Pos { line: 1, col: 1 },
+            "the file is empty: a change set needs `title`, `kind`, `targets` and `steps`",
+        );
         return (None, Vec::new());
     };
     let Some(f) = d.mapping(root, "the change set", CHANGE_SET_KEYS) else {
         return (None, Vec::new());
     };
 
-    let title = d.required(&f, "title", "the change set").and_then(|n| d.non_empty_string(n, "title"));
+    let title = d
+        .required(&f, "title", "the change set")
+        .and_then(|n| d.non_empty_string(n, "title"));
     let description = d.optional(&f, "description", |d, n| d.string(n, "description"));
-    let kind = d.required(&f, "kind", "the change set").and_then(|n| d.non_empty_string(n, "kind"));
-    let targets = d.required(&f, "targets", "the change set").and_then(|n| d.string_list(n, "targets"));
+    let kind = d
+        .required(&f, "kind", "the change set")
+        .and_then(|n| d.non_empty_string(n, "kind"));
+    let targets = d
+        .required(&f, "targets", "the change set")
+        .and_then(|n| d.string_list(n, "targets"));
     if let (Some(t), Some(n)) = (&targets, f.get("targets")) {
         if t.is_empty() {
             d.error(n.pos, "`targets` must name at least one target");
@@ -228,20 +289,38 @@ pub fn decode_change_set(
     }
     let target_set: BTreeSet<&str> = targets.iter().flatten().map(|(t, _)| t.as_str()).collect();
 
-    let depends_on = d.optional(&f, "depends_on", |d, n| d.string_list(n, "depends_on")).unwrap_or_default();
+    let depends_on = d
+        .optional(&f, "depends_on", |d, n| d.string_list(n, "depends_on"))
+        .unwrap_or_default();
     for (dep, pos) in &depends_on {
         if dep == id {
-            d.error(*pos, format!("`depends_on` names `{dep}`, the change itself"));
+            d.error(
+                *pos,
+                format!("`depends_on` names `{dep}`, the change itself"),
+            );
         } else if !ctx.change_ids.contains(dep) {
-            let hint = nearest_key(dep, &ctx.change_ids.iter().map(String::as_str).collect::<Vec<_>>())
-                .map(|n| format!(": did you mean `{n}`?"))
-                .unwrap_or_default();
-            d.error(*pos, format!("`depends_on` names `{dep}`, but there is no changes/{dep}.yaml{hint}"));
+            let hint = nearest_key(
+                dep,
+                &ctx.change_ids
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .map(|n| format!(": did you mean `{n}`?"))
+            .unwrap_or_default();
+            d.error(
+                *pos,
+                format!("`depends_on` names `{dep}`, but there is no changes/{dep}.yaml{hint}"),
+            );
         }
     }
 
-    let env = d.optional(&f, "env", |d, n| decode_env(d, n)).unwrap_or_default();
-    let include = d.optional(&f, "include", |d, n| d.string_list(n, "include")).unwrap_or_default();
+    let env = d
+        .optional(&f, "env", |d, n| decode_env(d, n))
+        .unwrap_or_default();
+    let include = d
+        .optional(&f, "include", |d, n| d.string_list(n, "include"))
+        .unwrap_or_default();
     for (p, pos) in &include {
         d.check_path(*pos, p, ctx, "`include` names");
     }
@@ -272,7 +351,11 @@ pub fn decode_change_set(
         title: title.unwrap_or_default(),
         description,
         kind: kind.unwrap_or_default(),
-        targets: targets.unwrap_or_default().into_iter().map(|(t, _)| t).collect(),
+        targets: targets
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect(),
         depends_on: depends_on.into_iter().map(|(t, _)| t).collect(),
         env,
         include: include.into_iter().map(|(t, _)| t).collect(),
@@ -289,10 +372,20 @@ fn decode_env(d: &mut Decoder<'_>, node: &Node) -> Option<BTreeMap<String, Strin
     };
     let mut env = BTreeMap::new();
     for (key, value) in entries {
-        let valid = key.text.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid = key
+            .text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key
+                .text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            d.error(key.pos, format!("env name `{}` must match [A-Za-z_][A-Za-z0-9_]*", key.text));
+            d.error(
+                key.pos,
+                format!("env name `{}` must match [A-Za-z_][A-Za-z0-9_]*", key.text),
+            );
             continue;
         }
         match &value.value {
@@ -318,19 +411,36 @@ fn decode_step(
         if !is_valid_step_id(&id) {
             d.error(n.pos, format!("step id `{id}` must match [a-z0-9-]+"));
         } else if let Some(first) = seen.get(&id) {
-            d.error(n.pos, format!("duplicate step id `{id}` (first used at {}:{})", first.line, first.col));
+            d.error(
+                n.pos,
+                format!(
+                    "duplicate step id `{id}` (first used at {}:{})",
+                    first.line, first.col
+                ),
+            );
         } else {
             seen.insert(id.clone(), n.pos);
         }
         Some(id)
     });
     let command = |d: &mut Decoder<'_>, key: &str, required: bool| {
-        let node = if required { d.required(&f, key, "a step") } else { f.get(key).filter(|n| !n.is_null()) }?;
+        let node = if required {
+            d.required(&f, key, "a step")
+        } else {
+            f.get(key).filter(|n| !n.is_null())
+        }?;
         let cmd = d.non_empty_string(node, key)?;
         for path in command_paths(&cmd) {
-            d.check_path(node.pos, &format!("./{path}"), ctx, &format!("`{key}` runs"));
+            d.check_path(
+                node.pos,
+                &format!("./{path}"),
+                ctx,
+                &format!("`{key}` runs"),
+            );
         }
-        for word in cmd.split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '=' | ';' | '|' | '&')) {
+        for word in cmd
+            .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '=' | ';' | '|' | '&'))
+        {
             if has_parent_component(word) && !word.starts_with("./") {
                 d.error(node.pos, format!("`{key}` refers to `{word}`, which contains `..`; paths must stay inside the repository"));
             }
@@ -341,12 +451,17 @@ fn decode_step(
     let check = command(d, "check", false);
     let verify = command(d, "verify", false);
     let timeout = d.optional(&f, "timeout", |d, n| d.parsed::<Duration>(n, "timeout"));
-    let confirm = d.optional(&f, "confirm", |d, n| d.bool(n, "confirm")).unwrap_or(false);
+    let confirm = d
+        .optional(&f, "confirm", |d, n| d.bool(n, "confirm"))
+        .unwrap_or(false);
     let targets = d.optional(&f, "targets", |d, n| d.string_list(n, "targets"));
     if let Some(targets) = &targets {
         for (t, pos) in targets {
             if !change_targets.contains(t.as_str()) {
-                d.error(*pos, format!("step target `{t}` is not among the change's targets"));
+                d.error(
+                    *pos,
+                    format!("step target `{t}` is not among the change's targets"),
+                );
             }
         }
     }
@@ -370,19 +485,32 @@ pub fn decode_policy(
     root: Option<&Node>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> (Option<Policy>, BTreeMap<String, Pos>) {
-    let mut d = Decoder { path, diagnostics, failed: false };
+    let mut d = Decoder {
+        path,
+        diagnostics,
+        failed: false,
+    };
     let mut action_pos = BTreeMap::new();
     let Some(root) = root else {
-        d.error(Pos { line: 1, col: 1 }, "the file is empty: a policy needs at least `approvals` or `actions`");
+        d.error(
+            Pos { line: 1, col: 1 },
+            "the file is empty: a policy needs at least `approvals` or `actions`",
+        );
         return (None, action_pos);
     };
     let Some(f) = d.mapping(root, "the policy", POLICY_KEYS) else {
         return (None, action_pos);
     };
     let description = d.optional(&f, "description", |d, n| d.string(n, "description"));
-    let matches = d.optional(&f, "match", |d, n| decode_match(d, n)).unwrap_or_default();
-    let approvals = d.optional(&f, "approvals", |d, n| decode_approvals(d, n)).unwrap_or_default();
-    let execution = d.optional(&f, "execution", |d, n| decode_execution(d, n)).unwrap_or_default();
+    let matches = d
+        .optional(&f, "match", |d, n| decode_match(d, n))
+        .unwrap_or_default();
+    let approvals = d
+        .optional(&f, "approvals", |d, n| decode_approvals(d, n))
+        .unwrap_or_default();
+    let execution = d
+        .optional(&f, "execution", |d, n| decode_execution(d, n))
+        .unwrap_or_default();
     let alerts = d
         .optional(&f, "alerts", |d, n| d.string_list(n, "alerts"))
         .map(|a| a.into_iter().map(|(s, _)| s).collect());
@@ -404,7 +532,8 @@ pub fn decode_policy(
     }
     let policy = Policy {
         name: name.to_string(),
-        governs_changes: f.has_any(&["match", "approvals", "execution", "alerts"]) || actions.is_empty(),
+        governs_changes: f.has_any(&["match", "approvals", "execution", "alerts"])
+            || actions.is_empty(),
         description,
         matches,
         approvals,
@@ -419,7 +548,10 @@ fn globs(d: &mut Decoder<'_>, node: &Node, what: &str) -> Option<Vec<String>> {
     let list = d.string_list(node, what)?;
     for (g, pos) in &list {
         if let Err(e) = glob::Pattern::new(g) {
-            d.error(*pos, format!("`{what}` entry `{g}` is not a valid glob: {}", e.msg));
+            d.error(
+                *pos,
+                format!("`{what}` entry `{g}` is not a valid glob: {}", e.msg),
+            );
         }
     }
     Some(list.into_iter().map(|(g, _)| g).collect())
@@ -438,16 +570,26 @@ fn decode_match(d: &mut Decoder<'_>, node: &Node) -> Option<Match> {
 }
 
 fn decode_approver(d: &mut Decoder<'_>, text: &str, pos: Pos) -> Option<Approver> {
-    let name_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
     let approver = match text.strip_prefix("team:") {
         Some(team) => team
             .split_once('/')
             .filter(|(org, slug)| name_ok(org) && name_ok(slug))
-            .map(|(org, slug)| Approver::Team { org: org.into(), slug: slug.into() }),
+            .map(|(org, slug)| Approver::Team {
+                org: org.into(),
+                slug: slug.into(),
+            }),
         None => name_ok(text).then(|| Approver::User(text.into())),
     };
     if approver.is_none() {
-        d.error(pos, format!("`approvals.from` entry `{text}` must be a login or `team:org/slug`"));
+        d.error(
+            pos,
+            format!("`approvals.from` entry `{text}` must be a login or `team:org/slug`"),
+        );
     }
     approver
 }
@@ -455,12 +597,21 @@ fn decode_approver(d: &mut Decoder<'_>, text: &str, pos: Pos) -> Option<Approver
 fn decode_approvals(d: &mut Decoder<'_>, node: &Node) -> Option<Approvals> {
     let f = d.mapping(node, "`approvals`", APPROVALS_KEYS)?;
     let mut a = Approvals::default();
-    if let Some(n) = d.optional(&f, "required", |d, n| d.positive_int(n, "approvals.required")) {
+    if let Some(n) = d.optional(&f, "required", |d, n| {
+        d.positive_int(n, "approvals.required")
+    }) {
         a.required = n;
     }
     if let Some(from) = d.optional(&f, "from", |d, n| d.string_list(n, "approvals.from")) {
-        a.from = from.iter().filter_map(|(s, p)| decode_approver(d, s, *p)).collect();
-        let eligible_users = a.from.iter().filter(|x| matches!(x, Approver::User(_))).count();
+        a.from = from
+            .iter()
+            .filter_map(|(s, p)| decode_approver(d, s, *p))
+            .collect();
+        let eligible_users = a
+            .from
+            .iter()
+            .filter(|x| matches!(x, Approver::User(_)))
+            .count();
         let has_team = a.from.iter().any(|x| matches!(x, Approver::Team { .. }));
         if !has_team && eligible_users < a.required as usize {
             let pos = f.get("from").map_or(f.pos, |n| n.pos);
@@ -470,7 +621,9 @@ fn decode_approvals(d: &mut Decoder<'_>, node: &Node) -> Option<Approvals> {
             ));
         }
     }
-    if let Some(b) = d.optional(&f, "author_may_approve", |d, n| d.bool(n, "approvals.author_may_approve")) {
+    if let Some(b) = d.optional(&f, "author_may_approve", |d, n| {
+        d.bool(n, "approvals.author_may_approve")
+    }) {
         a.author_may_approve = b;
     }
     Some(a)
@@ -479,7 +632,9 @@ fn decode_approvals(d: &mut Decoder<'_>, node: &Node) -> Option<Approvals> {
 fn decode_execution(d: &mut Decoder<'_>, node: &Node) -> Option<Execution> {
     let f = d.mapping(node, "`execution`", EXECUTION_KEYS)?;
     let mut e = Execution::default();
-    if let Some(b) = d.optional(&f, "confirm_each_step", |d, n| d.bool(n, "execution.confirm_each_step")) {
+    if let Some(b) = d.optional(&f, "confirm_each_step", |d, n| {
+        d.bool(n, "execution.confirm_each_step")
+    }) {
         e.confirm_each_step = b;
     }
     if let Some(windows) = d.optional(&f, "windows", |d, n| d.string_list(n, "execution.windows")) {
@@ -492,8 +647,12 @@ fn decode_execution(d: &mut Decoder<'_>, node: &Node) -> Option<Execution> {
             })
             .collect();
     }
-    e.max_targets_per_step = d.optional(&f, "max_targets_per_step", |d, n| d.positive_int(n, "execution.max_targets_per_step"));
-    if let Some(b) = d.optional(&f, "retry_requires_approval", |d, n| d.bool(n, "execution.retry_requires_approval")) {
+    e.max_targets_per_step = d.optional(&f, "max_targets_per_step", |d, n| {
+        d.positive_int(n, "execution.max_targets_per_step")
+    });
+    if let Some(b) = d.optional(&f, "retry_requires_approval", |d, n| {
+        d.bool(n, "execution.retry_requires_approval")
+    }) {
         e.retry_requires_approval = b;
     }
     Some(e)
@@ -502,7 +661,14 @@ fn decode_execution(d: &mut Decoder<'_>, node: &Node) -> Option<Execution> {
 fn decode_budget(d: &mut Decoder<'_>, node: &Node, action: &str) -> Option<ActionBudget> {
     let what = format!("`actions.{action}`");
     let f = d.mapping(node, &what, ACTION_BUDGET_KEYS)?;
-    let max = d.required(&f, "max", &what).and_then(|n| d.positive_int(n, "max"));
-    let per = d.required(&f, "per", &what).and_then(|n| d.parsed::<Duration>(n, "per"));
-    Some(ActionBudget { max: max?, per: per? })
+    let max = d
+        .required(&f, "max", &what)
+        .and_then(|n| d.positive_int(n, "max"));
+    let per = d
+        .required(&f, "per", &what)
+        .and_then(|n| d.parsed::<Duration>(n, "per"));
+    Some(ActionBudget {
+        max: max?,
+        per: per?,
+    })
 }

@@ -79,7 +79,10 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
             None => return Err(format!("`{path}` is not in the tree")),
         }
     }
-    Ok(covered.into_iter().map(|(path, blob)| CoveredPath { path, blob }).collect())
+    Ok(covered
+        .into_iter()
+        .map(|(path, blob)| CoveredPath { path, blob })
+        .collect())
 }
 
 /// `sha256:<hex>`: what an approval binds to.
@@ -122,13 +125,19 @@ mod tests {
             command_paths(r#"./changes/scripts/pg_backup.sh "$OLD_DB" && ./bin/x --out=./tmp/"#),
             vec!["changes/scripts/pg_backup.sh", "bin/x", "tmp"]
         );
-        assert_eq!(command_paths("cat ../secret a./b ./ echo"), Vec::<&str>::new());
+        assert_eq!(
+            command_paths("cat ../secret a./b ./ echo"),
+            Vec::<&str>::new()
+        );
         assert_eq!(command_paths("sh -c './a.sh;./b.sh'"), vec!["a.sh", "b.sh"]);
     }
 
     #[test]
     fn digest_matches_the_documented_formula() {
-        let covered = vec![CoveredPath { path: "changes/a.yaml".into(), blob: "ab".into() }];
+        let covered = vec![CoveredPath {
+            path: "changes/a.yaml".into(),
+            blob: "ab".into(),
+        }];
         let expected = hex::encode(Sha256::digest(b"changes/a.yaml\0ab\n"));
         assert_eq!(Digest::of(&covered).as_str(), format!("sha256:{expected}"));
     }

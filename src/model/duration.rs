@@ -34,7 +34,9 @@ impl FromStr for Duration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let expected = || format!("invalid duration `{s}`: expected a positive number followed by s, m or h, like `30s`, `15m` or `2h`");
+        let expected = || {
+            format!("invalid duration `{s}`: expected a positive number followed by s, m or h, like `30s`, `15m` or `2h`")
+        };
         let unit = s.chars().last().ok_or_else(expected)?;
         let factor = match unit {
             's' => 1,
@@ -97,7 +99,16 @@ mod tests {
 
     #[test]
     fn rejects_zero_unknown_units_and_junk() {
-        for bad in ["0s", "15", "m", "1d", "-1m", "1.5h", "", "99999999999999999999h"] {
+        for bad in [
+            "0s",
+            "15",
+            "m",
+            "1d",
+            "-1m",
+            "1.5h",
+            "",
+            "99999999999999999999h",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad} was accepted");
         }
     }

@@ -14,7 +14,11 @@ impl Policy {
     /// A file holding only `actions:` applies to no change.
     pub fn applies_to(&self, change: &ChangeSet) -> bool {
         self.governs_changes
-            && self.matches.kinds.iter().any(|k| glob_matches(k, &change.kind))
+            && self
+                .matches
+                .kinds
+                .iter()
+                .any(|k| glob_matches(k, &change.kind))
             && change
                 .targets
                 .iter()
@@ -39,9 +43,10 @@ impl PoliciesInForce<'_> {
     /// Each governing rule as (policy name, its approvals section).
     pub fn approval_rules(&self) -> Vec<(&str, Approvals)> {
         match self {
-            PoliciesInForce::Matched { policies } => {
-                policies.iter().map(|p| (p.name.as_str(), p.approvals.clone())).collect()
-            }
+            PoliciesInForce::Matched { policies } => policies
+                .iter()
+                .map(|p| (p.name.as_str(), p.approvals.clone()))
+                .collect(),
             PoliciesInForce::BuiltinDefault => vec![("builtin-default", Approvals::default())],
         }
     }
@@ -113,7 +118,10 @@ mod tests {
         let PoliciesInForce::Matched { policies: m } = policies_in_force(&c, &policies) else {
             panic!("expected matches")
         };
-        assert_eq!(m.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["pg", "dbs"]);
+        assert_eq!(
+            m.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["pg", "dbs"]
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ impl RepoModel {
 
 /// The stem of a YAML file directly in `dir`, or a diagnostic for a `.yml`
 /// file (which would otherwise be silently ignored), or `None` for other files.
-fn yaml_stem<'a>(file: &'a SourceFile, dir: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<&'a str> {
+fn yaml_stem<'a>(
+    file: &'a SourceFile,
+    dir: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<&'a str> {
     let name = file.path.strip_prefix(dir)?.strip_prefix('/')?;
     if let Some(stem) = name.strip_suffix(".yml") {
         diagnostics.push(Diagnostic::new(
@@ -70,11 +74,15 @@ fn text_of<'a>(file: &'a SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Optio
         Err(e) => {
             let valid = &file.bytes[..e.valid_up_to()];
             let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
-            let col = valid.len() - valid.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
+            let col =
+                valid.len() - valid.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) + 1;
             diagnostics.push(Diagnostic::new(
                 &file.path,
                 Pos { line, col },
-                format!("the file is not valid UTF-8 (byte 0x{:02x})", file.bytes[e.valid_up_to()]),
+                format!(
+                    "the file is not valid UTF-8 (byte 0x{:02x})",
+                    file.bytes[e.valid_up_to()]
+                ),
             ));
             None
         }
@@ -91,7 +99,11 @@ fn parse(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option<Option<
 /// Checks every change set and policy. `change_files` are the blobs directly
 /// under `changes/`, `policy_files` those under `policies/`; other
 /// extensions are ordinary files and are skipped.
-pub fn load_repo(change_files: &[SourceFile], policy_files: &[SourceFile], tree: &dyn TreeView) -> RepoModel {
+pub fn load_repo(
+    change_files: &[SourceFile],
+    policy_files: &[SourceFile],
+    tree: &dyn TreeView,
+) -> RepoModel {
     let mut model = RepoModel::default();
     let diagnostics = &mut model.diagnostics;
 
@@ -100,12 +112,18 @@ pub fn load_repo(change_files: &[SourceFile], policy_files: &[SourceFile], tree:
         .filter_map(|f| yaml_stem(f, "changes", diagnostics).map(|s| (f, s)))
         .collect();
     let change_ids: BTreeSet<String> = changes.iter().map(|(_, id)| id.to_string()).collect();
-    let ctx = RepoContext { change_ids: &change_ids, tree };
+    let ctx = RepoContext {
+        change_ids: &change_ids,
+        tree,
+    };
     let mut dep_positions = BTreeMap::new();
     for (file, id) in &changes {
         model.change_files += 1;
-        let Some(root) = parse(file, diagnostics) else { continue };
-        let (change, positions) = decode_change_set(&file.path, id, root.as_ref(), &ctx, diagnostics);
+        let Some(root) = parse(file, diagnostics) else {
+            continue;
+        };
+        let (change, positions) =
+            decode_change_set(&file.path, id, root.as_ref(), &ctx, diagnostics);
         if let Some(change) = change {
             dep_positions.insert(change.id.clone(), positions);
             model.changes.insert(change.id.clone(), change);
@@ -115,9 +133,13 @@ pub fn load_repo(change_files: &[SourceFile], policy_files: &[SourceFile], tree:
 
     let mut budgets: BTreeMap<String, (String, Pos)> = BTreeMap::new();
     for file in policy_files {
-        let Some(name) = yaml_stem(file, "policies", diagnostics) else { continue };
+        let Some(name) = yaml_stem(file, "policies", diagnostics) else {
+            continue;
+        };
         model.policy_files += 1;
-        let Some(root) = parse(file, diagnostics) else { continue };
+        let Some(root) = parse(file, diagnostics) else {
+            continue;
+        };
         let (policy, actions) = decode_policy(&file.path, name, root.as_ref(), diagnostics);
         for (action, pos) in actions {
             if let Some((other, other_pos)) = budgets.get(&action) {
@@ -168,9 +190,14 @@ fn report_cycles(
             match marks.get(dep.as_str()) {
                 Some(Mark::Visiting) if dep != from => {
                     let cycle_start = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
-                    let mut path: Vec<&str> = stack[cycle_start..].iter().map(|(n, _)| *n).collect();
+                    let mut path: Vec<&str> =
+                        stack[cycle_start..].iter().map(|(n, _)| *n).collect();
                     path.push(dep);
-                    let pos = positions.get(from).and_then(|p| p.get(edge)).copied().unwrap_or_default();
+                    let pos = positions
+                        .get(from)
+                        .and_then(|p| p.get(edge))
+                        .copied()
+                        .unwrap_or_default();
                     diagnostics.push(Diagnostic::new(
                         &format!("changes/{from}.yaml"),
                         pos,

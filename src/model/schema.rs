@@ -17,8 +17,14 @@ pub enum SchemaKind {
 /// The JSON Schema of one kind of file.
 pub fn json_schema(kind: SchemaKind) -> Schema {
     let (mut schema, id) = match kind {
-        SchemaKind::ChangeSet => (schema_for!(ChangeSet), "https://changegate.dev/schema/v1/change-set.json"),
-        SchemaKind::Policy => (schema_for!(Policy), "https://changegate.dev/schema/v1/policy.json"),
+        SchemaKind::ChangeSet => (
+            schema_for!(ChangeSet),
+            "https://changegate.dev/schema/v1/change-set.json",
+        ),
+        SchemaKind::Policy => (
+            schema_for!(Policy),
+            "https://changegate.dev/schema/v1/policy.json",
+        ),
     };
     schema.insert("$id".into(), id.into());
     schema
@@ -67,9 +73,21 @@ mod tests {
         assert_eq!(properties(&c, "/$defs/Step/properties"), sorted(STEP_KEYS));
         let p = json_schema(SchemaKind::Policy).to_value();
         assert_eq!(properties(&p, "/properties"), sorted(POLICY_KEYS));
-        assert_eq!(properties(&p, "/$defs/Match/properties"), sorted(MATCH_KEYS));
-        assert_eq!(properties(&p, "/$defs/Approvals/properties"), sorted(APPROVALS_KEYS));
-        assert_eq!(properties(&p, "/$defs/Execution/properties"), sorted(EXECUTION_KEYS));
-        assert_eq!(properties(&p, "/$defs/ActionBudget/properties"), sorted(ACTION_BUDGET_KEYS));
+        assert_eq!(
+            properties(&p, "/$defs/Match/properties"),
+            sorted(MATCH_KEYS)
+        );
+        assert_eq!(
+            properties(&p, "/$defs/Approvals/properties"),
+            sorted(APPROVALS_KEYS)
+        );
+        assert_eq!(
+            properties(&p, "/$defs/Execution/properties"),
+            sorted(EXECUTION_KEYS)
+        );
+        assert_eq!(
+            properties(&p, "/$defs/ActionBudget/properties"),
+            sorted(ACTION_BUDGET_KEYS)
+        );
     }
 }

@@ -72,7 +72,9 @@ impl FromStr for Window {
             .and_then(|(a, b)| Some((parse_minute(a)?, parse_minute(b)?)))
             .ok_or_else(|| expected("times must be HH:MM-HH:MM"))?;
         if start >= end {
-            return Err(expected("the start must be before the end (use 00:00-24:00 for a whole day)"));
+            return Err(expected(
+                "the start must be before the end (use 00:00-24:00 for a whole day)",
+            ));
         }
         Ok(Window {
             text: s.to_string(),

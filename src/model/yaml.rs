@@ -251,6 +251,9 @@ mod tests {
         let Value::Map(entries) = node.value else {
             panic!()
         };
-        assert!(matches!(entries[0].1.value, Value::Scalar { quoted: true, .. }));
+        assert!(matches!(
+            entries[0].1.value,
+            Value::Scalar { quoted: true, .. }
+        ));
     }
 }

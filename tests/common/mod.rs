@@ -44,14 +44,18 @@ impl TestRepo {
     /// Commits the whole work tree onto HEAD's branch.
     pub fn commit(&self, message: &str) -> Oid {
         let mut index = self.repo.index().unwrap();
-        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
         index.update_all(["*"], None).unwrap();
         index.write().unwrap();
         let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
         let sig = Signature::now("Test", "test@example.com").unwrap();
         let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        self.repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).unwrap()
+        self.repo
+            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .unwrap()
     }
 
     /// Creates branch `name` at `at` and checks it out, so later commits land there.
@@ -66,12 +70,21 @@ impl TestRepo {
 
     /// The checked model at `rev`.
     pub fn model(&self, rev: &str) -> RepoModel {
-        ChangeRepo::open(self.path()).unwrap().at(rev).unwrap().load_model().unwrap()
+        ChangeRepo::open(self.path())
+            .unwrap()
+            .at(rev)
+            .unwrap()
+            .load_model()
+            .unwrap()
     }
 
     /// The diagnostics at HEAD, as `path:line:col: message` lines.
     pub fn errors(&self) -> Vec<String> {
-        self.model("HEAD").diagnostics.iter().map(Diagnostic::to_string).collect()
+        self.model("HEAD")
+            .diagnostics
+            .iter()
+            .map(Diagnostic::to_string)
+            .collect()
     }
 
     /// Runs the `changegate` binary in this repository.
@@ -96,14 +109,18 @@ pub fn project_root() -> PathBuf {
 
 /// A minimal valid change set running `./run.sh`.
 pub fn simple_change(title: &str) -> String {
-    format!("title: {title}\nkind: config\ntargets: [web]\nsteps:\n  - id: apply\n    run: ./run.sh\n")
+    format!(
+        "title: {title}\nkind: config\ntargets: [web]\nsteps:\n  - id: apply\n    run: ./run.sh\n"
+    )
 }
 
 /// Asserts that some error line contains every fragment.
 #[track_caller]
 pub fn assert_error(errors: &[String], fragments: &[&str]) {
     assert!(
-        errors.iter().any(|e| fragments.iter().all(|f| e.contains(f))),
+        errors
+            .iter()
+            .any(|e| fragments.iter().all(|f| e.contains(f))),
         "no error containing {fragments:?} in:\n{}",
         errors.join("\n")
     );
