@@ -6,5 +6,8 @@
 //! - [`cli`]: the `changegate` command line.
 
 pub mod cli;
+pub mod config;
 pub mod git;
 pub mod model;
+pub mod server;
+pub mod store;

@@ -2,18 +2,24 @@
 //! see README.md, "Exit codes".
 
 mod repo_cmds;
+mod server_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::Role;
 use crate::model::schema::SchemaKind;
+use server_cmds::LogFormat;
 
 /// Change review and gated deployment.
 #[derive(Debug, Parser)]
 #[command(name = "changegate", version, about, propagate_version = true)]
 pub struct Cli {
+    /// The configuration file (default: $CHANGEGATE_CONFIG, else ./changegate.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,12 +54,44 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
     },
+    /// Run the service: HTTP API on embedded SQLite, or Postgres via CHANGEGATE_DATABASE_URL.
+    Serve {
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Inspect the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print the JSON Schema (draft 2020-12) of change sets or policies.
     Schema {
         /// Which file kind.
         #[arg(value_enum)]
         kind: SchemaKind,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the config lines that store its hash.
+    New {
+        /// The identity's name, recorded as the actor of what it does.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: Role,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; name the first edited, removed or reordered event.
+    Verify,
 }
 
 /// Where to read the change repository.
@@ -99,6 +137,10 @@ pub fn run() -> ExitCode {
         } => repo_cmds::plan(&id, &repo, &default_branch, format),
         Command::Digest { id, repo } => repo_cmds::digest(&id, &repo),
         Command::Schema { kind } => repo_cmds::schema(kind),
+        Command::Serve { log_format } => server_cmds::serve(cli.config.as_deref(), log_format),
+        Command::Migrate => server_cmds::migrate(cli.config.as_deref()),
+        Command::Token(TokenCommand::New { name, role }) => server_cmds::token_new(&name, role),
+        Command::Audit(AuditCommand::Verify) => server_cmds::audit_verify(cli.config.as_deref()),
     };
     ExitCode::from(code)
 }

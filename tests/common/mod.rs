@@ -125,3 +125,6 @@ pub fn assert_error(errors: &[String], fragments: &[&str]) {
         errors.join("\n")
     );
 }
+
+pub mod db;
+pub mod server;

@@ -1,0 +1,232 @@
+//! `changegate.toml`: the server's configuration (SPEC §7, "Configuration").
+//!
+//! Every key is optional. The file is `--config`, else `CHANGEGATE_CONFIG`,
+//! else `./changegate.toml` when it exists. `CHANGEGATE_DATABASE_URL` and
+//! `CHANGEGATE_LISTEN` override the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[repo]`
+    #[serde(default)]
+    pub repo: RepoConfig,
+    /// `[[tokens]]`: named identities with roles.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Where the SQLite file (and later the git mirror) live.
+    pub data_dir: PathBuf,
+    /// `sqlite://FILE` (relative to `data_dir`) or `postgres://…`.
+    pub database_url: String,
+    /// Base of links in alerts and statuses.
+    pub public_url: String,
+    /// How often the default branch is re-read, in seconds.
+    pub refresh_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("."),
+            database_url: "sqlite://changegate.db".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            refresh_secs: 30,
+        }
+    }
+}
+
+/// `[repo]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepoConfig {
+    /// Path of the change repository.
+    pub url: PathBuf,
+    /// The branch whose changes may run and whose policies are in force.
+    pub default_branch: String,
+}
+
+impl Default for RepoConfig {
+    fn default() -> Self {
+        RepoConfig {
+            url: PathBuf::from("."),
+            default_branch: "main".into(),
+        }
+    }
+}
+
+/// A role, from least to most specific; see [`Role::allows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-only access.
+    Reader,
+    /// The fleet monitor: asks before automated actions.
+    Monitor,
+    /// CI executors: claim, heartbeat, report.
+    Executor,
+    /// People: approve, proceed, retry, abandon, reset breakers.
+    Operator,
+}
+
+impl Role {
+    /// Every identity may read; each other endpoint needs its exact role.
+    pub fn allows(self, needed: Role) -> bool {
+        needed == Role::Reader || self == needed
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Reader => "reader",
+            Role::Monitor => "monitor",
+            Role::Executor => "executor",
+            Role::Operator => "operator",
+        })
+    }
+}
+
+/// `[[tokens]]`: a named identity. The token itself is never stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The identity's name, recorded as the actor.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Hex sha256 of the token.
+    pub sha256: String,
+    /// The identity's GitHub login, if any.
+    #[serde(default)]
+    pub github: Option<String>,
+    /// The identity's git author/committer emails.
+    #[serde(default)]
+    pub emails: Vec<String>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, with its position.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the file named by `explicit`, else `CHANGEGATE_CONFIG`, else
+    /// `./changegate.toml` if present, else the defaults; then applies env overrides.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_env = std::env::var_os("CHANGEGATE_CONFIG").map(PathBuf::from);
+        let path = explicit.map(Path::to_path_buf).or(from_env);
+        let path = path.or_else(|| Some(PathBuf::from("changegate.toml")).filter(|p| p.exists()));
+        let mut config = match &path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Config::parse(&text).map_err(|message| ConfigError::Invalid {
+                    path: path.display().to_string(),
+                    message,
+                })?
+            }
+            None => Config::default(),
+        };
+        if let Ok(url) = std::env::var("CHANGEGATE_DATABASE_URL") {
+            config.server.database_url = url;
+        }
+        if let Ok(listen) = std::env::var("CHANGEGATE_LISTEN") {
+            config.server.listen = listen;
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text and checks what serde cannot.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        for t in &config.tokens {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "token `{}`: sha256 must be 64 hex characters",
+                    t.name
+                ));
+            }
+        }
+        let mut names: Vec<&str> = config.tokens.iter().map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("token name `{}` is used twice", w[0]));
+        }
+        Ok(config)
+    }
+
+    /// The database URL with a relative SQLite path placed under `data_dir`.
+    pub fn database_url(&self) -> String {
+        let url = &self.server.database_url;
+        match url.strip_prefix("sqlite://") {
+            Some(file) if !file.starts_with('/') && !file.starts_with(':') => {
+                format!("sqlite://{}", self.server.data_dir.join(file).display())
+            }
+            _ => url.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_optional() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.database_url(), "sqlite://./changegate.db");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_hashes_are_rejected() {
+        assert!(Config::parse("[server]\nlisten_addr = \"x\"\n")
+            .unwrap_err()
+            .contains("listen_addr"));
+        let bad = "[[tokens]]\nname = \"a\"\nrole = \"operator\"\nsha256 = \"abc\"\n";
+        assert!(Config::parse(bad).unwrap_err().contains("64 hex"));
+    }
+
+    #[test]
+    fn readers_are_everyone_other_roles_are_exact() {
+        assert!(Role::Executor.allows(Role::Reader));
+        assert!(!Role::Reader.allows(Role::Operator));
+        assert!(!Role::Operator.allows(Role::Executor));
+        assert!(Role::Operator.allows(Role::Operator));
+    }
+}

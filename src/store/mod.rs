@@ -1,0 +1,494 @@
+//! Durable storage (SPEC §8): sqlx over embedded SQLite or Postgres.
+//!
+//! All SQL lives in this module. Statements use `$N` parameters, which both
+//! backends accept, through sqlx's `Any` driver.
+//!
+//! **Writes.** Every state change is one transaction that first locks the
+//! single `audit_head` row (`UPDATE … RETURNING`), then checks its
+//! precondition, writes, and appends its audit event. So writers serialise
+//! on that row — across processes on Postgres (row lock), and inside one
+//! process on SQLite (the database write lock) — and the audit chain can
+//! never fork. Reads take no lock.
+//!
+//! **Durability.** SQLite runs in WAL mode with `synchronous=FULL`: a commit
+//! returns only after its WAL frames are fsynced, and the HTTP reply is sent
+//! only after the commit returns. Postgres commits are durable under its
+//! default `synchronous_commit=on`.
+
+pub mod audit;
+
+use std::str::FromStr;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::model::{ChangeSet, Digest};
+pub use audit::{AuditEvent, ChainBreak};
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite: one process.
+    Sqlite,
+    /// Postgres: one or many processes.
+    Postgres,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no supported database.
+    #[error("unsupported database URL `{0}`: use sqlite://FILE or postgres://…")]
+    UnsupportedUrl(String),
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// True when the database could not be reached (as opposed to refusing a statement).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            )
+        )
+    }
+}
+
+/// A change as the store knows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StoredChange {
+    /// The change id.
+    pub id: String,
+    /// Its title.
+    pub title: String,
+    /// Its kind.
+    pub kind: String,
+    /// Lifecycle state.
+    pub state: String,
+    /// The default branch commit it was last read at.
+    pub commit: String,
+    /// Its digest there.
+    pub digest: String,
+    /// The change set.
+    #[schema(value_type = Object)]
+    pub definition: Value,
+}
+
+/// An approval recorded through the API.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ApiApproval {
+    /// The approving identity.
+    pub approver: String,
+    /// The digest approved.
+    pub digest: String,
+    /// Free text.
+    pub comment: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// What recording an approval did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Newly recorded (and audited).
+    Created,
+    /// The same approver had already approved this digest; nothing changed.
+    AlreadyRecorded,
+    /// No such change.
+    UnknownChange,
+    /// The digest is not the change's current digest.
+    StaleDigest {
+        /// The current digest.
+        current: String,
+    },
+}
+
+/// What a refresh from the default branch changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Changes seen for the first time.
+    pub added: usize,
+    /// Changes whose digest changed.
+    pub redigested: usize,
+    /// Changes no longer on the default branch.
+    pub removed: usize,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+/// The storage handle; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+impl Store {
+    /// Connects (creating a SQLite file if missing). Does not migrate.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else if url.starts_with("sqlite:") {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            (
+                Backend::Sqlite,
+                if url.contains("mode=") {
+                    url.to_string()
+                } else {
+                    format!("{url}{sep}mode=rwc")
+                },
+            )
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations from `migrations/<backend>/`.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Succeeds when the database answers a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Begins a write: locks the audit head so this transaction is the only writer.
+    async fn begin_write(&self) -> Result<(Tx<'static>, Head), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok((
+            tx,
+            Head {
+                seq: row.try_get("seq")?,
+                hash: row.try_get("hash")?,
+            },
+        ))
+    }
+
+    /// Loads the changes found at `commit` of the default branch, with their
+    /// digests, and records what changed.
+    pub async fn sync_changes(
+        &self,
+        commit: &str,
+        changes: &[(ChangeSet, Digest)],
+    ) -> Result<SyncReport, StoreError> {
+        let (mut tx, mut head) = self.begin_write().await?;
+        let mut report = SyncReport::default();
+        let known: Vec<(String, String)> = sqlx::query("SELECT id, default_digest FROM changes")
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("default_digest")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let now = now_ms();
+        for (change, digest) in changes {
+            let definition = serde_json::to_string(change).unwrap_or_default();
+            let previous = known
+                .iter()
+                .find(|(id, _)| *id == change.id)
+                .map(|(_, d)| d.as_str());
+            if previous == Some(digest.as_str()) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO changes (id, title, kind, state, default_commit, default_digest, definition, updated_at)
+                 VALUES ($1, $2, $3, 'proposed', $4, $5, $6, $7)
+                 ON CONFLICT (id) DO UPDATE SET title = $2, kind = $3, default_commit = $4, default_digest = $5, definition = $6, updated_at = $7",
+            )
+            .bind(&change.id)
+            .bind(&change.title)
+            .bind(&change.kind)
+            .bind(commit)
+            .bind(digest.as_str())
+            .bind(&definition)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO change_digests (change_id, commit_sha, digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(&change.id)
+                .bind(commit)
+                .bind(digest.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let (kind, data) = match previous {
+                None => {
+                    report.added += 1;
+                    (
+                        "change.seen",
+                        serde_json::json!({"commit": commit, "digest": digest}),
+                    )
+                }
+                Some(old) => {
+                    report.redigested += 1;
+                    (
+                        "change.digest-changed",
+                        serde_json::json!({"commit": commit, "digest": digest, "previous": old}),
+                    )
+                }
+            };
+            head.append(&mut tx, "changegate", kind, Some(&change.id), data)
+                .await?;
+        }
+        for (id, _) in &known {
+            if !changes.iter().any(|(c, _)| c.id == *id) {
+                sqlx::query("DELETE FROM changes WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                head.append(
+                    &mut tx,
+                    "changegate",
+                    "change.removed",
+                    Some(id),
+                    serde_json::json!({"commit": commit}),
+                )
+                .await?;
+                report.removed += 1;
+            }
+        }
+        head.save(&mut tx).await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Every known change, by id.
+    pub async fn list_changes(&self) -> Result<Vec<StoredChange>, StoreError> {
+        let rows = sqlx::query("SELECT id, title, kind, state, default_commit, default_digest, definition FROM changes ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(stored_change).collect()
+    }
+
+    /// One change, if known.
+    pub async fn get_change(&self, id: &str) -> Result<Option<StoredChange>, StoreError> {
+        let row = sqlx::query("SELECT id, title, kind, state, default_commit, default_digest, definition FROM changes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(stored_change).transpose()
+    }
+
+    /// Records `approver`'s approval of `change_id` at `digest`, which must be
+    /// the change's current digest. Idempotent per (change, approver, digest).
+    pub async fn record_api_approval(
+        &self,
+        change_id: &str,
+        approver: &str,
+        digest: &str,
+        comment: &str,
+    ) -> Result<RecordOutcome, StoreError> {
+        let (mut tx, mut head) = self.begin_write().await?;
+        let current: Option<String> =
+            sqlx::query("SELECT default_digest FROM changes WHERE id = $1")
+                .bind(change_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("default_digest"))
+                .transpose()?;
+        let outcome = match current {
+            None => RecordOutcome::UnknownChange,
+            Some(current) if current != digest => RecordOutcome::StaleDigest { current },
+            Some(_) => {
+                let inserted = sqlx::query(
+                    "INSERT INTO api_approvals (change_id, approver, digest, comment, created_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (change_id, approver, digest) DO NOTHING",
+                )
+                .bind(change_id)
+                .bind(approver)
+                .bind(digest)
+                .bind(comment)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    head.append(
+                        &mut tx,
+                        approver,
+                        "approval.recorded",
+                        Some(change_id),
+                        serde_json::json!({"digest": digest, "comment": comment, "source": "api"}),
+                    )
+                    .await?;
+                    RecordOutcome::Created
+                } else {
+                    RecordOutcome::AlreadyRecorded
+                }
+            }
+        };
+        head.save(&mut tx).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// API approvals of a change, oldest first.
+    pub async fn api_approvals(&self, change_id: &str) -> Result<Vec<ApiApproval>, StoreError> {
+        let rows = sqlx::query("SELECT approver, digest, comment, created_at FROM api_approvals WHERE change_id = $1 ORDER BY id")
+            .bind(change_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiApproval {
+                    approver: r.try_get("approver")?,
+                    digest: r.try_get("digest")?,
+                    comment: r.try_get("comment")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Audit events in chain order, optionally only those of one change.
+    pub async fn audit_events(&self, change: Option<&str>) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = match change {
+            Some(c) => sqlx::query("SELECT seq, at, actor, kind, change_id, data, prev_hash, hash FROM audit WHERE change_id = $1 ORDER BY seq").bind(c),
+            None => sqlx::query("SELECT seq, at, actor, kind, change_id, data, prev_hash, hash FROM audit ORDER BY seq"),
+        }
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let data: String = r.try_get("data")?;
+                Ok(AuditEvent {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    kind: r.try_get("kind")?,
+                    change: r.try_get("change_id")?,
+                    // Unparseable data cannot hash to the stored value; verification names it.
+                    data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Recomputes the whole chain; `Ok(Err(..))` names the first break.
+    pub async fn verify_audit(&self) -> Result<Result<usize, ChainBreak>, StoreError> {
+        let events = self.audit_events(None).await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let (seq, hash): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
+        Ok(audit::verify(&events, seq, &hash).map(|()| events.len()))
+    }
+
+    /// Runs raw SQL; for tests that tamper with the database on purpose.
+    #[doc(hidden)]
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql).execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The chain head inside a write transaction.
+struct Head {
+    seq: i64,
+    hash: String,
+}
+
+impl Head {
+    async fn append(
+        &mut self,
+        tx: &mut Tx<'_>,
+        actor: &str,
+        kind: &str,
+        change: Option<&str>,
+        data: Value,
+    ) -> Result<(), StoreError> {
+        let seq = self.seq + 1;
+        let at = now_ms();
+        let hash = audit::chain_hash(
+            &self.hash,
+            &audit::canonical(seq, at, actor, kind, change, &data),
+        );
+        sqlx::query("INSERT INTO audit (seq, at, actor, kind, change_id, data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(seq)
+            .bind(at)
+            .bind(actor)
+            .bind(kind)
+            .bind(change)
+            .bind(data.to_string())
+            .bind(&self.hash)
+            .bind(&hash)
+            .execute(&mut **tx)
+            .await?;
+        self.seq = seq;
+        self.hash = hash;
+        Ok(())
+    }
+
+    async fn save(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(self.seq)
+            .bind(&self.hash)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn stored_change(r: &sqlx::any::AnyRow) -> Result<StoredChange, StoreError> {
+    let definition: String = r.try_get("definition")?;
+    Ok(StoredChange {
+        id: r.try_get("id")?,
+        title: r.try_get("title")?,
+        kind: r.try_get("kind")?,
+        state: r.try_get("state")?,
+        commit: r.try_get("default_commit")?,
+        digest: r.try_get("default_digest")?,
+        definition: serde_json::from_str(&definition).unwrap_or(Value::Null),
+    })
+}

@@ -1,0 +1,182 @@
+//! A real `changegate serve` process on loopback, driven over HTTP.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A token identity for the test config: (name, role, token).
+pub type TestToken = (&'static str, &'static str, String);
+
+/// A running server.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Where the config and log live.
+    pub dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+/// Writes a config with these tokens and starts a server on a free port.
+pub fn start(repo: &std::path::Path, database_url: &str, tokens: &[TestToken]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("changegate.toml");
+    let mut f = std::fs::File::create(&config).unwrap();
+    writeln!(
+        f,
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\ndatabase_url = {database_url:?}\n",
+        dir.path()
+    )
+    .unwrap();
+    writeln!(f, "[repo]\nurl = {:?}\ndefault_branch = \"main\"\n", repo).unwrap();
+    for (name, role, token) in tokens {
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        writeln!(
+            f,
+            "[[tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {hash:?}\n"
+        )
+        .unwrap();
+    }
+    drop(f);
+    let mut server = Server {
+        child: None,
+        url: String::new(),
+        dir,
+        config,
+    };
+    server.restart();
+    server
+}
+
+impl Server {
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("serve.log")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts (again) with the same config and database; waits for `/readyz`.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let start_len = std::fs::metadata(self.log_path())
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        let child = Command::new(env!("CARGO_BIN_EXE_changegate"))
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(&self.config)
+            .env_remove("CHANGEGATE_DATABASE_URL")
+            .env_remove("CHANGEGATE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let fresh = &log[start_len.min(log.len())..];
+            if let Some(addr) = fresh
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find_map(|v| {
+                    (v["message"] == "listening")
+                        .then(|| v["addr"].as_str().map(str::to_string))
+                        .flatten()
+                })
+            {
+                self.url = format!("http://{addr}");
+                break;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let client = reqwest::blocking::Client::new();
+        while client
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "serve never became ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    }
+
+    /// The path to the config file, for CLI commands against the same database.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// GET with an optional bearer token: (status, JSON body or Null).
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = reqwest::blocking::Client::new().get(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    }
+
+    /// POST JSON with a bearer token: (status, JSON body or Null).
+    pub fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        post(&self.url, path, token, body)
+    }
+}
+
+/// POST JSON to `base` with a bearer token; usable from many threads.
+pub fn post(base: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,277 @@
+//! The store on both backends: facts, idempotence, and the audit chain.
+
+mod common;
+
+use changegate::git::ChangeRepo;
+use changegate::model::{covered_paths, ChangeSet, Digest};
+use changegate::store::{ChainBreak, RecordOutcome, Store};
+use common::{db, simple_change, TestRepo};
+
+fn changes_at_head(repo: &TestRepo) -> (String, Vec<(ChangeSet, Digest)>) {
+    let r = ChangeRepo::open(repo.path()).unwrap();
+    let snap = r.at("HEAD").unwrap();
+    let model = snap.load_model().unwrap();
+    let changes = model.changes.into_values().map(|c| {
+        let d = Digest::of(&covered_paths(&c, &snap).unwrap());
+        (c, d)
+    });
+    (snap.commit_id().to_string(), changes.collect())
+}
+
+/// Runs `case` once per backend on a fresh, migrated database.
+fn on_each_backend<F, Fut>(case: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for backend in db::BACKENDS {
+        let database = db::fresh(backend);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = Store::connect(&database.url).await.unwrap();
+            store.migrate().await.unwrap();
+            case(store.clone()).await;
+            store.close().await;
+        });
+    }
+}
+
+fn two_changes() -> TestRepo {
+    let repo = TestRepo::new();
+    repo.write("run.sh", "")
+        .write("changes/a.yaml", simple_change("a"))
+        .write("changes/b.yaml", simple_change("b"));
+    repo.commit("two changes");
+    repo
+}
+
+#[test]
+fn migrations_are_idempotent() {
+    on_each_backend(|store| async move {
+        store.migrate().await.unwrap();
+        store.ping().await.unwrap();
+    });
+}
+
+#[test]
+fn syncing_records_each_change_once_with_its_digest() {
+    let repo = two_changes();
+    let (commit, changes) = changes_at_head(&repo);
+    on_each_backend(|store| {
+        let changes = changes.clone();
+        let commit = commit.clone();
+        async move {
+            let first = store.sync_changes(&commit, &changes).await.unwrap();
+            assert_eq!((first.added, first.redigested, first.removed), (2, 0, 0));
+            let again = store.sync_changes(&commit, &changes).await.unwrap();
+            assert_eq!(
+                again,
+                Default::default(),
+                "a second sync of the same commit changes nothing"
+            );
+            let listed = store.list_changes().await.unwrap();
+            assert_eq!(
+                listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+                ["a", "b"]
+            );
+            assert_eq!(listed[0].digest, changes[0].1.as_str());
+            assert_eq!(store.audit_events(None).await.unwrap().len(), 2);
+        }
+    });
+}
+
+#[test]
+fn a_new_digest_and_a_removed_change_are_recorded() {
+    let repo = two_changes();
+    let (c1, first) = changes_at_head(&repo);
+    repo.write("run.sh", "echo changed\n")
+        .remove("changes/b.yaml");
+    repo.commit("edit the script, drop b");
+    let (c2, second) = changes_at_head(&repo);
+    on_each_backend(|store| {
+        let (first, second, c1, c2) = (first.clone(), second.clone(), c1.clone(), c2.clone());
+        async move {
+            store.sync_changes(&c1, &first).await.unwrap();
+            let r = store.sync_changes(&c2, &second).await.unwrap();
+            assert_eq!((r.added, r.redigested, r.removed), (0, 1, 1));
+            let kinds: Vec<String> = store
+                .audit_events(None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    "change.seen",
+                    "change.seen",
+                    "change.digest-changed",
+                    "change.removed"
+                ]
+            );
+            assert!(store.get_change("b").await.unwrap().is_none());
+        }
+    });
+}
+
+#[test]
+fn an_api_approval_is_recorded_once_and_only_for_the_current_digest() {
+    let repo = two_changes();
+    let (commit, changes) = changes_at_head(&repo);
+    on_each_backend(|store| {
+        let (commit, changes) = (commit.clone(), changes.clone());
+        async move {
+            store.sync_changes(&commit, &changes).await.unwrap();
+            let digest = changes[0].1.as_str();
+            assert_eq!(
+                store
+                    .record_api_approval("a", "alice", digest, "lgtm")
+                    .await
+                    .unwrap(),
+                RecordOutcome::Created
+            );
+            assert_eq!(
+                store
+                    .record_api_approval("a", "alice", digest, "again")
+                    .await
+                    .unwrap(),
+                RecordOutcome::AlreadyRecorded
+            );
+            assert_eq!(
+                store
+                    .record_api_approval("a", "bob", "sha256:old", "")
+                    .await
+                    .unwrap(),
+                RecordOutcome::StaleDigest {
+                    current: digest.to_string()
+                }
+            );
+            assert_eq!(
+                store
+                    .record_api_approval("nope", "bob", digest, "")
+                    .await
+                    .unwrap(),
+                RecordOutcome::UnknownChange
+            );
+            let approvals = store.api_approvals("a").await.unwrap();
+            assert_eq!(approvals.len(), 1);
+            assert_eq!(
+                (
+                    approvals[0].approver.as_str(),
+                    approvals[0].comment.as_str()
+                ),
+                ("alice", "lgtm")
+            );
+            let events = store.audit_events(Some("a")).await.unwrap();
+            assert_eq!(events.last().unwrap().kind, "approval.recorded");
+            assert_eq!(events.last().unwrap().actor, "alice");
+            assert_eq!(store.verify_audit().await.unwrap(), Ok(3));
+        }
+    });
+}
+
+/// A store with five audit events.
+async fn five_events(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)]) {
+    store.sync_changes(commit, changes).await.unwrap();
+    for who in ["alice", "bob", "carol"] {
+        store
+            .record_api_approval("a", who, changes[0].1.as_str(), "")
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.verify_audit().await.unwrap(), Ok(5));
+}
+
+#[test]
+fn an_edited_audit_row_is_detected() {
+    let repo = two_changes();
+    let (commit, changes) = changes_at_head(&repo);
+    on_each_backend(|store| {
+        let (commit, changes) = (commit.clone(), changes.clone());
+        async move {
+            five_events(&store, &commit, &changes).await;
+            store
+                .execute_raw("UPDATE audit SET actor = 'mallory' WHERE seq = 4")
+                .await
+                .unwrap();
+            assert_eq!(
+                store.verify_audit().await.unwrap(),
+                Err(ChainBreak::Edited { seq: 4 })
+            );
+        }
+    });
+}
+
+#[test]
+fn a_deleted_audit_row_is_detected() {
+    let repo = two_changes();
+    let (commit, changes) = changes_at_head(&repo);
+    on_each_backend(|store| {
+        let (commit, changes) = (commit.clone(), changes.clone());
+        async move {
+            five_events(&store, &commit, &changes).await;
+            store
+                .execute_raw("DELETE FROM audit WHERE seq = 3")
+                .await
+                .unwrap();
+            assert_eq!(
+                store.verify_audit().await.unwrap(),
+                Err(ChainBreak::Removed {
+                    expected: 3,
+                    found: 4
+                })
+            );
+        }
+    });
+}
+
+#[test]
+fn a_deleted_last_row_is_detected() {
+    let repo = two_changes();
+    let (commit, changes) = changes_at_head(&repo);
+    on_each_backend(|store| {
+        let (commit, changes) = (commit.clone(), changes.clone());
+        async move {
+            five_events(&store, &commit, &changes).await;
+            store
+                .execute_raw("DELETE FROM audit WHERE seq = 5")
+                .await
+                .unwrap();
+            assert_eq!(
+                store.verify_audit().await.unwrap(),
+                Err(ChainBreak::Truncated { last: 4, head: 5 })
+            );
+        }
+    });
+}
+
+#[test]
+fn a_swapped_pair_of_audit_rows_is_detected() {
+    let repo = two_changes();
+    let (commit, changes) = changes_at_head(&repo);
+    on_each_backend(|store| {
+        let (commit, changes) = (commit.clone(), changes.clone());
+        async move {
+            five_events(&store, &commit, &changes).await;
+            // Move 3 and 4 out of the way, then back with their sequence numbers exchanged.
+            store
+                .execute_raw("UPDATE audit SET seq = seq + 100 WHERE seq IN (3, 4)")
+                .await
+                .unwrap();
+            store
+                .execute_raw("UPDATE audit SET seq = 4 WHERE seq = 103")
+                .await
+                .unwrap();
+            store
+                .execute_raw("UPDATE audit SET seq = 3 WHERE seq = 104")
+                .await
+                .unwrap();
+            let broken = store.verify_audit().await.unwrap().unwrap_err();
+            assert_eq!(broken, ChainBreak::Edited { seq: 3 }, "{broken}");
+        }
+    });
+}
