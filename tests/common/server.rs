@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// A token identity for the test config: (name, role, token).
-pub type TestToken = (&'static str, &'static str, String);
+pub type TestToken = (String, &'static str, String);
 
 /// A running server.
 pub struct Server {

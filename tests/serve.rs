@@ -1,0 +1,221 @@
+//! `changegate serve` as a process on loopback, on both backends.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::server::{self, Server, TestToken};
+use common::{db, simple_change, TestRepo};
+use serde_json::json;
+
+fn tokens() -> Vec<TestToken> {
+    [
+        ("alice", "operator"),
+        ("bob", "operator"),
+        ("ci", "executor"),
+        ("viewer", "reader"),
+    ]
+    .iter()
+    .map(|(name, role)| (name.to_string(), *role, format!("{name}-token")))
+    .collect()
+}
+
+fn repo() -> TestRepo {
+    let repo = TestRepo::new();
+    repo.write("run.sh", "")
+        .write("changes/a.yaml", simple_change("a"))
+        .write("changes/b.yaml", simple_change("b"));
+    repo.commit("two changes");
+    repo
+}
+
+fn digest_of(repo: &TestRepo, id: &str) -> String {
+    String::from_utf8(repo.run(&["digest", id]).stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn on_each_backend(case: impl Fn(&TestRepo, Server)) {
+    for backend in db::BACKENDS {
+        let repo = repo();
+        let database = db::fresh(backend);
+        let server = server::start(repo.path(), &database.url, &tokens());
+        case(&repo, server);
+    }
+}
+
+#[test]
+fn health_and_readiness_answer_without_a_token() {
+    on_each_backend(|_, server| {
+        assert_eq!(server.get("/healthz", None).0, 200);
+        assert_eq!(server.get("/readyz", None).0, 200);
+    });
+}
+
+#[test]
+fn the_api_needs_a_valid_token() {
+    on_each_backend(|_, server| {
+        assert_eq!(server.get("/api/v1/changes", None).0, 401);
+        assert_eq!(server.get("/api/v1/changes", Some("wrong-token")).0, 401);
+        assert_eq!(server.get("/api/v1/changes", Some("viewer-token")).0, 200);
+    });
+}
+
+#[test]
+fn a_wrong_role_gets_403() {
+    on_each_backend(|repo, server| {
+        let body = json!({"digest": digest_of(repo, "a")});
+        assert_eq!(
+            server
+                .post("/api/v1/changes/a/approvals", "viewer-token", &body)
+                .0,
+            403
+        );
+        assert_eq!(
+            server
+                .post("/api/v1/changes/a/approvals", "ci-token", &body)
+                .0,
+            403
+        );
+    });
+}
+
+#[test]
+fn changes_on_the_default_branch_are_listed_with_their_digests() {
+    on_each_backend(|repo, server| {
+        let (status, list) = server.get("/api/v1/changes", Some("viewer-token"));
+        assert_eq!(status, 200);
+        let ids: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(list[0]["digest"], digest_of(repo, "a"));
+        let (status, one) = server.get("/api/v1/changes/a", Some("viewer-token"));
+        assert_eq!(status, 200);
+        assert_eq!(one["state"], "proposed");
+        assert_eq!(one["steps"][0]["id"], "apply");
+        assert_eq!(one["steps"][0]["state"], "pending");
+        assert_eq!(
+            server.get("/api/v1/changes/nope", Some("viewer-token")).0,
+            404
+        );
+    });
+}
+
+#[test]
+fn an_approval_is_recorded_once_per_digest() {
+    on_each_backend(|repo, server| {
+        let digest = digest_of(repo, "a");
+        let body = json!({"digest": digest, "comment": "checked the plan"});
+        let (status, created) = server.post("/api/v1/changes/a/approvals", "alice-token", &body);
+        assert_eq!(
+            (status, &created["created"]),
+            (201, &json!(true)),
+            "{created}"
+        );
+        let (status, again) = server.post("/api/v1/changes/a/approvals", "alice-token", &body);
+        assert_eq!((status, &again["created"]), (200, &json!(false)));
+        let (status, stale) = server.post(
+            "/api/v1/changes/a/approvals",
+            "bob-token",
+            &json!({"digest": "sha256:0000"}),
+        );
+        assert_eq!(
+            (status, stale["reason"].as_str()),
+            (409, Some("stale-digest")),
+            "{stale}"
+        );
+        assert_eq!(
+            server
+                .post("/api/v1/changes/nope/approvals", "bob-token", &body)
+                .0,
+            404
+        );
+        let (_, one) = server.get("/api/v1/changes/a", Some("viewer-token"));
+        assert_eq!(one["recorded_approvals"].as_array().unwrap().len(), 1);
+        assert_eq!(one["recorded_approvals"][0]["approver"], "alice");
+        let (_, audit) = server.get("/api/v1/audit?change=a", Some("viewer-token"));
+        let kinds: Vec<&str> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["change.seen", "approval.recorded"]);
+    });
+}
+
+#[test]
+fn malformed_bodies_get_a_4xx_and_record_nothing() {
+    on_each_backend(|_, server| {
+        for body in [
+            json!({}),
+            json!({"digest": 5}),
+            json!({"digest": "x", "extra": 1}),
+        ] {
+            let status = server
+                .post("/api/v1/changes/a/approvals", "alice-token", &body)
+                .0;
+            assert!((400..500).contains(&status), "{body} got {status}");
+        }
+        let (_, audit) = server.get("/api/v1/audit", Some("viewer-token"));
+        assert_eq!(
+            audit.as_array().unwrap().len(),
+            2,
+            "only the two change.seen events"
+        );
+    });
+}
+
+#[test]
+fn openapi_describes_the_served_routes() {
+    on_each_backend(|_, server| {
+        let (status, doc) = server.get("/openapi.json", None);
+        assert_eq!(status, 200);
+        let paths: BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for p in [
+            "/api/v1/changes",
+            "/api/v1/changes/{id}",
+            "/api/v1/changes/{id}/approvals",
+            "/api/v1/audit",
+            "/healthz",
+            "/readyz",
+        ] {
+            assert!(paths.contains(p), "{p} missing from {paths:?}");
+        }
+    });
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    on_each_backend(|_, mut server| {
+        let status = server.terminate();
+        assert!(status.success(), "{status}\n{}", server.log());
+        assert!(server.log().contains("\"stopped\""), "{}", server.log());
+    });
+}
+
+#[test]
+fn secrets_never_reach_the_log() {
+    on_each_backend(|repo, server| {
+        server.post(
+            "/api/v1/changes/a/approvals",
+            "alice-token",
+            &json!({"digest": digest_of(repo, "a")}),
+        );
+        server.get("/api/v1/changes", Some("wrong-secret-token"));
+        let log = server.log();
+        for secret in ["alice-token", "wrong-secret-token", "viewer-token"] {
+            assert!(!log.contains(secret), "{secret} leaked into the log");
+        }
+    });
+}
