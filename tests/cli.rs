@@ -144,15 +144,7 @@ fn the_projects_own_examples_validate_clean() {
     // test checks the files as they are in this checkout, committed with git2.
     let repo = TestRepo::new();
     for dir in ["changes", "policies"] {
-        for entry in walk(&project_root().join(dir)) {
-            let rel = entry
-                .strip_prefix(project_root())
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_string();
-            repo.write(&rel, std::fs::read(&entry).unwrap());
-        }
+        common::copy_tree(&project_root().join(dir), repo.path(), &project_root());
     }
     repo.commit("examples");
     let model = repo.model("HEAD");
@@ -171,19 +163,6 @@ fn the_projects_own_examples_validate_clean() {
         .unwrap()
         .contains("assert_primary.sh \"$NEW_DB\""));
     assert_eq!(model.policies.len(), 3);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]

@@ -219,3 +219,47 @@ fn secrets_never_reach_the_log() {
         }
     });
 }
+
+#[test]
+fn the_readme_quick_start_serves_the_examples_on_embedded_sqlite() {
+    // A checkout of the project: its own changes/ and policies/ on `main`.
+    let repo = TestRepo::new();
+    for dir in ["changes", "policies"] {
+        common::copy_tree(
+            &common::project_root().join(dir),
+            repo.path(),
+            &common::project_root(),
+        );
+    }
+    repo.commit("the project's examples");
+    // README: `changegate token new me --role reader >> changegate.toml`, then `changegate serve`.
+    let out = common::changegate(repo.path(), &["token", "new", "me", "--role", "reader"]);
+    assert!(out.status.success());
+    std::fs::write(repo.path().join("changegate.toml"), &out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let token = stderr.trim().rsplit(' ').next().unwrap().to_string();
+    let server = server::start_as_new_user(repo.path());
+    assert!(
+        repo.path().join("changegate.db").exists(),
+        "the default database is ./changegate.db"
+    );
+    let (status, list) = server.get("/api/v1/changes", Some(&token));
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "2017-12-12-state-machine-pg10",
+            "2017-12-14-decommission-pg96"
+        ]
+    );
+    assert!(
+        !server.log().contains(&token),
+        "the token must not be logged"
+    );
+}

@@ -107,6 +107,20 @@ pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Copies every file below `from` into `to`, keeping paths relative to `base`.
+pub fn copy_tree(from: &Path, to: &Path, base: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            copy_tree(&path, to, base);
+        } else {
+            let target = to.join(path.strip_prefix(base).unwrap());
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(&path, target).unwrap();
+        }
+    }
+}
+
 /// A minimal valid change set running `./run.sh`.
 pub fn simple_change(title: &str) -> String {
     format!(

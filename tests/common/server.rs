@@ -18,6 +18,10 @@ pub struct Server {
     /// Where the config and log live.
     pub dir: tempfile::TempDir,
     config: PathBuf,
+    /// The working directory `serve` runs in.
+    cwd: PathBuf,
+    /// Whether to pass `--config`; without it `serve` finds its own.
+    explicit_config: bool,
 }
 
 /// Writes a config with these tokens and starts a server on a free port.
@@ -46,6 +50,25 @@ pub fn start(repo: &std::path::Path, database_url: &str, tokens: &[TestToken]) -
         url: String::new(),
         dir,
         config,
+        cwd: repo.to_path_buf(),
+        explicit_config: true,
+    };
+    server.restart();
+    server
+}
+
+/// Starts `changegate serve` in `cwd` as a new user would: no `--config`,
+/// so it reads `./changegate.toml` and defaults; only the port is free-picked.
+pub fn start_as_new_user(cwd: &std::path::Path) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cwd.join("changegate.toml");
+    let mut server = Server {
+        child: None,
+        url: String::new(),
+        dir,
+        config,
+        cwd: cwd.to_path_buf(),
+        explicit_config: false,
     };
     server.restart();
     server
@@ -71,9 +94,15 @@ impl Server {
         let start_len = std::fs::metadata(self.log_path())
             .map(|m| m.len() as usize)
             .unwrap_or(0);
-        let child = Command::new(env!("CARGO_BIN_EXE_changegate"))
-            .args(["serve", "--log-format", "json", "--config"])
-            .arg(&self.config)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_changegate"));
+        cmd.args(["serve", "--log-format", "json"])
+            .current_dir(&self.cwd);
+        if self.explicit_config {
+            cmd.arg("--config").arg(&self.config);
+        } else {
+            cmd.env("CHANGEGATE_LISTEN", "127.0.0.1:0");
+        }
+        let child = cmd
             .env_remove("CHANGEGATE_DATABASE_URL")
             .env_remove("CHANGEGATE_CONFIG")
             .stdout(Stdio::null())
