@@ -2,11 +2,17 @@
 //!
 //! - [`model`]: the change repository's format (change sets, policies,
 //!   digest); pure, no I/O.
+//! - [`gate`]: the decisions (approval status, claims, the breaker) as pure
+//!   functions of recorded facts.
 //! - [`git`]: reads a commit's change sets and policies from git objects.
+//! - [`store`]: all SQL; SQLite or Postgres through sqlx.
+//! - [`server`]: HTTP only (axum).
 //! - [`cli`]: the `changegate` command line.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod gate;
 pub mod git;
 pub mod model;
 pub mod server;

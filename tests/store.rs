@@ -186,92 +186,86 @@ async fn five_events(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)
     assert_eq!(store.verify_audit().await.unwrap(), Ok(5));
 }
 
-#[test]
-fn an_edited_audit_row_is_detected() {
+/// Five audit events on each backend, then the tampering `statements`:
+/// verification must name `expected`.
+fn detects_tampering(statements: &'static [&'static str], expected: ChainBreak) {
     let repo = two_changes();
     let (commit, changes) = changes_at_head(&repo);
     on_each_backend(|store| {
-        let (commit, changes) = (commit.clone(), changes.clone());
+        let (commit, changes, expected) = (commit.clone(), changes.clone(), expected.clone());
         async move {
             five_events(&store, &commit, &changes).await;
-            store
-                .execute_raw("UPDATE audit SET actor = 'mallory' WHERE seq = 4")
-                .await
-                .unwrap();
-            assert_eq!(
-                store.verify_audit().await.unwrap(),
-                Err(ChainBreak::Edited { seq: 4 })
-            );
+            for sql in statements {
+                store.execute_raw(sql).await.unwrap();
+            }
+            let verdict = store.verify_audit().await.unwrap();
+            assert_eq!(verdict, Err(expected));
         }
     });
+}
+
+#[test]
+fn an_edited_audit_row_is_detected() {
+    detects_tampering(
+        &["UPDATE audit SET actor = 'mallory' WHERE seq = 4"],
+        ChainBreak::Edited { seq: 4 },
+    );
 }
 
 #[test]
 fn a_deleted_audit_row_is_detected() {
-    let repo = two_changes();
-    let (commit, changes) = changes_at_head(&repo);
-    on_each_backend(|store| {
-        let (commit, changes) = (commit.clone(), changes.clone());
-        async move {
-            five_events(&store, &commit, &changes).await;
-            store
-                .execute_raw("DELETE FROM audit WHERE seq = 3")
-                .await
-                .unwrap();
-            assert_eq!(
-                store.verify_audit().await.unwrap(),
-                Err(ChainBreak::Removed {
-                    expected: 3,
-                    found: 4
-                })
-            );
-        }
-    });
+    detects_tampering(
+        &["DELETE FROM audit WHERE seq = 3"],
+        ChainBreak::Removed {
+            expected: 3,
+            found: 4,
+        },
+    );
 }
 
 #[test]
 fn a_deleted_last_row_is_detected() {
-    let repo = two_changes();
-    let (commit, changes) = changes_at_head(&repo);
-    on_each_backend(|store| {
-        let (commit, changes) = (commit.clone(), changes.clone());
-        async move {
-            five_events(&store, &commit, &changes).await;
-            store
-                .execute_raw("DELETE FROM audit WHERE seq = 5")
-                .await
-                .unwrap();
-            assert_eq!(
-                store.verify_audit().await.unwrap(),
-                Err(ChainBreak::Truncated { last: 4, head: 5 })
-            );
-        }
-    });
+    detects_tampering(
+        &["DELETE FROM audit WHERE seq = 5"],
+        ChainBreak::Truncated { last: 4, head: 5 },
+    );
 }
 
 #[test]
 fn a_swapped_pair_of_audit_rows_is_detected() {
-    let repo = two_changes();
-    let (commit, changes) = changes_at_head(&repo);
-    on_each_backend(|store| {
-        let (commit, changes) = (commit.clone(), changes.clone());
-        async move {
-            five_events(&store, &commit, &changes).await;
-            // Move 3 and 4 out of the way, then back with their sequence numbers exchanged.
-            store
-                .execute_raw("UPDATE audit SET seq = seq + 100 WHERE seq IN (3, 4)")
-                .await
-                .unwrap();
-            store
-                .execute_raw("UPDATE audit SET seq = 4 WHERE seq = 103")
-                .await
-                .unwrap();
-            store
-                .execute_raw("UPDATE audit SET seq = 3 WHERE seq = 104")
-                .await
-                .unwrap();
-            let broken = store.verify_audit().await.unwrap().unwrap_err();
-            assert_eq!(broken, ChainBreak::Edited { seq: 3 }, "{broken}");
-        }
-    });
+    // Move 3 and 4 out of the way, then back with their sequence numbers exchanged.
+    detects_tampering(
+        &[
+            "UPDATE audit SET seq = seq + 100 WHERE seq IN (3, 4)",
+            "UPDATE audit SET seq = 4 WHERE seq = 103",
+            "UPDATE audit SET seq = 3 WHERE seq = 104",
+        ],
+        ChainBreak::Edited { seq: 3 },
+    );
+}
+
+#[test]
+fn the_two_migration_sets_differ_only_in_dialect() {
+    let root = common::project_root().join("migrations");
+    let normalise = |backend: &str| {
+        std::fs::read_to_string(root.join(backend).join("0001_initial.sql"))
+            .unwrap()
+            .replace("BIGSERIAL PRIMARY KEY", "AUTO_ID")
+            .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "AUTO_ID")
+            .replace("BYTEA", "BYTES")
+            .replace("BLOB", "BYTES")
+            .lines()
+            .filter(|l| !l.starts_with("-- changegate schema") && !l.starts_with("-- same tables"))
+            .map(|l| {
+                l.replace("../sqlite/", "../OTHER/")
+                    .replace("../postgres/", "../OTHER/")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        normalise("sqlite"),
+        normalise("postgres"),
+        "keep migrations/sqlite and migrations/postgres in step"
+    );
 }

@@ -24,6 +24,7 @@ use serde_json::Value;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 
+use crate::clock::now_ms;
 use crate::model::{ChangeSet, Digest};
 pub use audit::{AuditEvent, ChainBreak};
 
@@ -120,11 +121,6 @@ pub struct SyncReport {
     pub redigested: usize,
     /// Changes no longer on the default branch.
     pub removed: usize,
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
 
 /// The storage handle; cheap to clone.

@@ -1,0 +1,41 @@
+//! Time as the store keeps it: unix milliseconds, shown as RFC 3339.
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// `2026-11-26T17:00:00.123Z` for unix milliseconds.
+pub fn format_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// (weekday from Monday = 0, minute of the UTC day) of unix milliseconds,
+/// as execution windows read it.
+pub fn weekday_minute(ms: i64) -> (u8, u16) {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    (
+        t.weekday().number_days_from_monday(),
+        t.hour() as u16 * 60 + t.minute() as u16,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_splits_utc() {
+        // 2026-11-26 was a Thursday.
+        let ms = 1_795_705_200_000; // 2026-11-26T15:00:00Z
+        assert_eq!(format_ms(ms), "2026-11-26T15:00:00Z");
+        assert_eq!(weekday_minute(ms), (3, 15 * 60));
+    }
+}

@@ -1,0 +1,490 @@
+//! Whether a change is approved at a digest (SPEC §2): a pure function of
+//! recorded facts — reviews, API approvals, authors, team membership.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::model::{Approvals, Approver};
+
+/// Where an approval was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A GitHub pull request review.
+    Github,
+    /// `POST /api/v1/changes/{id}/approvals`.
+    Api,
+}
+
+/// What a review said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// APPROVED (API approvals are always this).
+    Approved,
+    /// CHANGES_REQUESTED.
+    ChangesRequested,
+    /// A review that was dismissed.
+    Dismissed,
+}
+
+/// Who someone is: their configured identity name and GitHub login, either
+/// of which may be unknown. One person never counts twice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Person {
+    /// The token identity's name, if the person has one.
+    pub name: Option<String>,
+    /// The GitHub login, if known.
+    pub github: Option<String>,
+}
+
+impl Person {
+    /// The name shown and used to tell people apart.
+    pub fn display(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.github.as_deref())
+            .unwrap_or("unknown")
+    }
+
+    fn is(&self, login_or_name: &str) -> bool {
+        self.name.as_deref() == Some(login_or_name) || self.github.as_deref() == Some(login_or_name)
+    }
+}
+
+/// One recorded approval or review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalFact {
+    /// Who.
+    pub approver: Person,
+    /// Where.
+    pub source: Source,
+    /// The pull request, for GitHub reviews: only the latest review of each
+    /// reviewer on a pull request counts.
+    pub pull_request: Option<u64>,
+    /// The digest of the change at the reviewed commit, or the API digest.
+    pub digest: String,
+    /// What it said.
+    pub verdict: Verdict,
+    /// When it was recorded (unix ms); orders reviews.
+    pub at: i64,
+}
+
+/// Why a review does not count (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotCounted {
+    /// The approver is an author of the change.
+    Author,
+    /// The approver is not in any policy's `from`.
+    NotEligible,
+    /// It approves another digest.
+    StaleDigest,
+    /// It was dismissed.
+    Dismissed,
+    /// A later review by the same reviewer replaced it.
+    Superseded,
+    /// It requests changes.
+    ChangesRequested,
+}
+
+/// A review and whether it counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReviewView {
+    /// Who.
+    pub approver: String,
+    /// Where.
+    pub source: Source,
+    /// The digest it approves.
+    pub digest: String,
+    /// Whether it counts toward at least one policy.
+    pub counts: bool,
+    /// Why not, when it does not.
+    pub reason: Option<NotCounted>,
+}
+
+/// One policy's tally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyTally {
+    /// The policy (or `builtin-default`).
+    pub name: String,
+    /// Approvals needed.
+    pub required: u32,
+    /// Distinct eligible approvers at the current digest.
+    pub counted: u32,
+    /// Who counted.
+    pub approvers: Vec<String>,
+}
+
+/// The approval status of a change at a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalStatus {
+    /// Every policy holds and nobody's latest review requests changes.
+    pub satisfied: bool,
+    /// Per policy.
+    pub policies: Vec<PolicyTally>,
+    /// Every review, with whether it counts and why not.
+    pub reviews: Vec<ReviewView>,
+}
+
+impl ApprovalStatus {
+    /// "1 of 2 approvals (policy postgres-upgrades)": the tightest policy.
+    pub fn summary(&self) -> String {
+        let tightest = self
+            .policies
+            .iter()
+            .max_by_key(|p| (p.required.saturating_sub(p.counted), p.required));
+        match tightest {
+            Some(p) => format!(
+                "{} of {} approvals (policy {})",
+                p.counted.min(p.required),
+                p.required,
+                p.name
+            ),
+            None => "no policy".into(),
+        }
+    }
+}
+
+/// Answers "is this login a member of team org/slug?" from cached lookups.
+pub trait Teams {
+    /// True when `login` is a member of `org/slug`.
+    fn is_member(&self, org: &str, slug: &str, login: &str) -> bool;
+}
+
+/// No team information: nobody is a member.
+impl Teams for () {
+    fn is_member(&self, _: &str, _: &str, _: &str) -> bool {
+        false
+    }
+}
+
+fn in_from(approvals: &Approvals, who: &Person, teams: &dyn Teams) -> bool {
+    approvals.from.is_empty()
+        || approvals.from.iter().any(|a| match a {
+            Approver::User(login) => who.is(login),
+            Approver::Team { org, slug } => who
+                .github
+                .as_deref()
+                .or(who.name.as_deref())
+                .is_some_and(|l| teams.is_member(org, slug, l)),
+        })
+}
+
+/// The approval status of a change at `digest` under `rules` (each matching
+/// policy's name and approvals section), given every recorded fact.
+/// `authors` are names or logins of the change's authors.
+pub fn approval_status(
+    digest: &str,
+    rules: &[(&str, Approvals)],
+    facts: &[ApprovalFact],
+    authors: &BTreeSet<String>,
+    teams: &dyn Teams,
+) -> ApprovalStatus {
+    // The latest GitHub review of each reviewer on each pull request.
+    let mut latest: BTreeMap<(Option<u64>, &str), usize> = BTreeMap::new();
+    for (i, f) in facts
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.source == Source::Github)
+    {
+        let key = (f.pull_request, f.approver.display());
+        if latest.get(&key).is_none_or(|&j| facts[j].at <= f.at) {
+            latest.insert(key, i);
+        }
+    }
+    let is_author = |p: &Person| authors.iter().any(|a| p.is(a));
+    let mut blocked = false;
+    let mut reviews = Vec::with_capacity(facts.len());
+    let mut tallies: Vec<BTreeSet<String>> = vec![BTreeSet::new(); rules.len()];
+    for (i, f) in facts.iter().enumerate() {
+        let superseded = f.source == Source::Github
+            && latest.get(&(f.pull_request, f.approver.display())) != Some(&i);
+        let reason = if superseded {
+            Some(NotCounted::Superseded)
+        } else {
+            match f.verdict {
+                Verdict::Dismissed => Some(NotCounted::Dismissed),
+                Verdict::ChangesRequested => {
+                    blocked = true;
+                    Some(NotCounted::ChangesRequested)
+                }
+                Verdict::Approved if f.digest != digest => Some(NotCounted::StaleDigest),
+                Verdict::Approved => {
+                    let mut counted = false;
+                    let mut author_refused = false;
+                    for (n, (_, approvals)) in rules.iter().enumerate() {
+                        if is_author(&f.approver) && !approvals.author_may_approve {
+                            author_refused = true;
+                        } else if in_from(approvals, &f.approver, teams) {
+                            tallies[n].insert(f.approver.display().to_string());
+                            counted = true;
+                        }
+                    }
+                    match (counted, author_refused) {
+                        (true, _) => None,
+                        (false, true) => Some(NotCounted::Author),
+                        (false, false) => Some(NotCounted::NotEligible),
+                    }
+                }
+            }
+        };
+        reviews.push(ReviewView {
+            approver: f.approver.display().to_string(),
+            source: f.source,
+            digest: f.digest.clone(),
+            counts: reason.is_none(),
+            reason,
+        });
+    }
+    let policies: Vec<PolicyTally> = rules
+        .iter()
+        .zip(tallies)
+        .map(|((name, a), who)| PolicyTally {
+            name: name.to_string(),
+            required: a.required,
+            counted: who.len() as u32,
+            approvers: who.into_iter().collect(),
+        })
+        .collect();
+    let satisfied = !blocked && policies.iter().all(|p| p.counted >= p.required);
+    ApprovalStatus {
+        satisfied,
+        policies,
+        reviews,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:current";
+
+    fn person(name: &str) -> Person {
+        Person {
+            name: Some(name.into()),
+            github: Some(format!("{name}-gh")),
+        }
+    }
+
+    fn api(name: &str, digest: &str, at: i64) -> ApprovalFact {
+        ApprovalFact {
+            approver: person(name),
+            source: Source::Api,
+            pull_request: None,
+            digest: digest.into(),
+            verdict: Verdict::Approved,
+            at,
+        }
+    }
+
+    fn review(name: &str, verdict: Verdict, digest: &str, at: i64) -> ApprovalFact {
+        ApprovalFact {
+            approver: person(name),
+            source: Source::Github,
+            pull_request: Some(7),
+            digest: digest.into(),
+            verdict,
+            at,
+        }
+    }
+
+    fn two_from(from: &[&str]) -> Vec<(&'static str, Approvals)> {
+        vec![(
+            "pg",
+            Approvals {
+                required: 2,
+                from: from.iter().map(|s| Approver::User(s.to_string())).collect(),
+                author_may_approve: false,
+            },
+        )]
+    }
+
+    fn no_authors() -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
+    #[test]
+    fn two_eligible_approvals_satisfy_a_two_approval_policy() {
+        let s = approval_status(
+            D,
+            &two_from(&[]),
+            &[api("alice", D, 1), api("bob", D, 2)],
+            &no_authors(),
+            &(),
+        );
+        assert!(s.satisfied);
+        assert_eq!(s.summary(), "2 of 2 approvals (policy pg)");
+    }
+
+    #[test]
+    fn the_author_never_approves_their_own_change() {
+        let authors: BTreeSet<String> = ["carol".to_string()].into();
+        let s = approval_status(
+            D,
+            &two_from(&[]),
+            &[api("alice", D, 1), api("carol", D, 2)],
+            &authors,
+            &(),
+        );
+        assert!(!s.satisfied);
+        assert_eq!(s.reviews[1].reason, Some(NotCounted::Author));
+        assert_eq!(s.summary(), "1 of 2 approvals (policy pg)");
+    }
+
+    #[test]
+    fn authors_are_matched_by_github_login_too() {
+        let authors: BTreeSet<String> = ["carol-gh".to_string()].into();
+        let s = approval_status(D, &two_from(&[]), &[api("carol", D, 1)], &authors, &());
+        assert_eq!(s.reviews[0].reason, Some(NotCounted::Author));
+    }
+
+    #[test]
+    fn author_may_approve_lets_the_author_count() {
+        let mut rules = two_from(&[]);
+        rules[0].1.author_may_approve = true;
+        let authors: BTreeSet<String> = ["carol".to_string()].into();
+        let s = approval_status(D, &rules, &[api("carol", D, 1)], &authors, &());
+        assert!(s.reviews[0].counts);
+    }
+
+    #[test]
+    fn an_approver_outside_from_does_not_count() {
+        let s = approval_status(
+            D,
+            &two_from(&["alice", "bob"]),
+            &[api("mallory", D, 1)],
+            &no_authors(),
+            &(),
+        );
+        assert_eq!(s.reviews[0].reason, Some(NotCounted::NotEligible));
+    }
+
+    #[test]
+    fn from_matches_github_logins_and_teams() {
+        struct Leads;
+        impl Teams for Leads {
+            fn is_member(&self, org: &str, slug: &str, login: &str) -> bool {
+                (org, slug, login) == ("acme", "leads", "bob-gh")
+            }
+        }
+        let rules = vec![(
+            "pg",
+            Approvals {
+                required: 2,
+                from: vec![
+                    Approver::User("alice-gh".into()),
+                    Approver::Team {
+                        org: "acme".into(),
+                        slug: "leads".into(),
+                    },
+                ],
+                author_may_approve: false,
+            },
+        )];
+        let s = approval_status(
+            D,
+            &rules,
+            &[api("alice", D, 1), api("bob", D, 2), api("eve", D, 3)],
+            &no_authors(),
+            &Leads,
+        );
+        assert_eq!(s.policies[0].approvers, ["alice", "bob"]);
+        assert_eq!(s.reviews[2].reason, Some(NotCounted::NotEligible));
+    }
+
+    #[test]
+    fn an_approval_at_an_old_digest_does_not_count() {
+        let s = approval_status(
+            D,
+            &two_from(&[]),
+            &[api("alice", "sha256:old", 1)],
+            &no_authors(),
+            &(),
+        );
+        assert_eq!(s.reviews[0].reason, Some(NotCounted::StaleDigest));
+        assert_eq!(s.policies[0].counted, 0);
+    }
+
+    #[test]
+    fn one_person_counts_once_across_github_and_the_api() {
+        let s = approval_status(
+            D,
+            &two_from(&[]),
+            &[api("alice", D, 1), review("alice", Verdict::Approved, D, 2)],
+            &no_authors(),
+            &(),
+        );
+        assert_eq!(s.policies[0].counted, 1);
+        assert!(!s.satisfied);
+    }
+
+    #[test]
+    fn only_the_latest_review_of_a_reviewer_counts() {
+        let facts = [
+            review("alice", Verdict::Approved, D, 1),
+            review("alice", Verdict::ChangesRequested, D, 2),
+        ];
+        let s = approval_status(D, &two_from(&[]), &facts, &no_authors(), &());
+        assert_eq!(s.reviews[0].reason, Some(NotCounted::Superseded));
+        assert_eq!(s.reviews[1].reason, Some(NotCounted::ChangesRequested));
+    }
+
+    #[test]
+    fn a_dismissed_review_does_not_count() {
+        let s = approval_status(
+            D,
+            &two_from(&[]),
+            &[review("alice", Verdict::Dismissed, D, 1)],
+            &no_authors(),
+            &(),
+        );
+        assert_eq!(s.reviews[0].reason, Some(NotCounted::Dismissed));
+    }
+
+    #[test]
+    fn changes_requested_blocks_approval_whatever_the_count() {
+        let facts = [
+            api("alice", D, 1),
+            api("bob", D, 2),
+            review("carol", Verdict::ChangesRequested, D, 3),
+        ];
+        let s = approval_status(D, &two_from(&[]), &facts, &no_authors(), &());
+        assert_eq!(s.policies[0].counted, 2);
+        assert!(!s.satisfied);
+    }
+
+    #[test]
+    fn every_matching_policy_must_hold() {
+        let rules = vec![
+            (
+                "any",
+                Approvals {
+                    required: 1,
+                    from: vec![],
+                    author_may_approve: false,
+                },
+            ),
+            (
+                "leads",
+                Approvals {
+                    required: 1,
+                    from: vec![Approver::User("bob".into())],
+                    author_may_approve: false,
+                },
+            ),
+        ];
+        let s = approval_status(D, &rules, &[api("alice", D, 1)], &no_authors(), &());
+        assert!(!s.satisfied);
+        let s = approval_status(
+            D,
+            &rules,
+            &[api("alice", D, 1), api("bob", D, 2)],
+            &no_authors(),
+            &(),
+        );
+        assert!(s.satisfied);
+    }
+}

@@ -1,0 +1,116 @@
+//! The gate: pure decisions over recorded facts. Nothing here does I/O;
+//! the store and server gather facts, call these, and record the outcome.
+
+pub mod approval;
+pub mod breaker;
+pub mod claim;
+
+use serde::Serialize;
+
+pub use approval::{approval_status, ApprovalFact, ApprovalStatus, Person, Source, Verdict};
+pub use breaker::{breaker_state, Breaker, BreakerConfig};
+pub use claim::{claim_decision, ClaimContext, Refusal, RefusalReason};
+
+/// A change's lifecycle state (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeState {
+    /// Seen, not yet approved at its digest.
+    Proposed,
+    /// Quorum met at a pull request's digest, not yet on the default branch.
+    Approved,
+    /// On the default branch and approved at the digest found there.
+    Ready,
+    /// A step has been claimed.
+    Running,
+    /// Every step succeeded.
+    Completed,
+    /// A step failed or was interrupted.
+    Failed,
+    /// An operator gave up on it.
+    Abandoned,
+}
+
+/// A step's state, from its latest attempt (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    /// Not yet claimed (or re-opened by a retry).
+    Pending,
+    /// Claimed; its lease is live.
+    Running,
+    /// Its commands exited 0.
+    Succeeded,
+    /// A command exited non-zero, timed out, or the executor reported failure.
+    Failed,
+    /// The lease expired: the outcome is unknown and it is never re-run automatically.
+    Interrupted,
+    /// Not run (the change was abandoned before it).
+    Skipped,
+}
+
+/// The change's state from its recorded facts.
+pub fn change_state(abandoned: bool, approved_here: bool, steps: &[StepState]) -> ChangeState {
+    if abandoned {
+        ChangeState::Abandoned
+    } else if steps
+        .iter()
+        .any(|s| matches!(s, StepState::Failed | StepState::Interrupted))
+    {
+        ChangeState::Failed
+    } else if !steps.is_empty()
+        && steps
+            .iter()
+            .all(|s| matches!(s, StepState::Succeeded | StepState::Skipped))
+    {
+        ChangeState::Completed
+    } else if steps.iter().any(|s| *s != StepState::Pending) {
+        ChangeState::Running
+    } else if approved_here {
+        ChangeState::Ready
+    } else {
+        ChangeState::Proposed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use StepState::*;
+
+    #[test]
+    fn states_follow_the_steps() {
+        assert_eq!(
+            change_state(false, false, &[Pending, Pending]),
+            ChangeState::Proposed
+        );
+        assert_eq!(
+            change_state(false, true, &[Pending, Pending]),
+            ChangeState::Ready
+        );
+        assert_eq!(
+            change_state(false, true, &[Succeeded, Running]),
+            ChangeState::Running
+        );
+        assert_eq!(
+            change_state(false, true, &[Succeeded, Succeeded]),
+            ChangeState::Completed
+        );
+        assert_eq!(
+            change_state(false, true, &[Succeeded, Interrupted]),
+            ChangeState::Failed
+        );
+        assert_eq!(
+            change_state(true, true, &[Succeeded, Failed]),
+            ChangeState::Abandoned
+        );
+    }
+
+    #[test]
+    fn a_failure_is_failed_even_if_approval_was_lost() {
+        assert_eq!(
+            change_state(false, false, &[Failed, Pending]),
+            ChangeState::Failed
+        );
+    }
+}
