@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::model::Duration;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +24,28 @@ pub struct Config {
     /// `[[tokens]]`: named identities with roles.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// `[breaker]`
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+}
+
+/// `[breaker]`: the step breaker (SPEC §6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Failed or interrupted steps that open it.
+    pub max_failures: u32,
+    /// Within this window.
+    pub window: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            max_failures: 3,
+            window: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// `[server]`
@@ -38,6 +62,8 @@ pub struct ServerConfig {
     pub public_url: String,
     /// How often the default branch is re-read, in seconds.
     pub refresh_secs: u64,
+    /// How long a claim's lease lasts without a heartbeat.
+    pub lease: Duration,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +74,7 @@ impl Default for ServerConfig {
             database_url: "sqlite://changegate.db".into(),
             public_url: "http://127.0.0.1:8080".into(),
             refresh_secs: 30,
+            lease: Duration::from_secs(300),
         }
     }
 }

@@ -76,7 +76,7 @@ fn every_acknowledged_write_survives_kill_9_and_the_chain_verifies() {
         server.restart();
         let (status, change) = server.get("/api/v1/changes/a", Some("viewer-token"));
         assert_eq!(status, 200);
-        let stored: Vec<String> = change["recorded_approvals"]
+        let stored: Vec<String> = change["approvals"]["reviews"]
             .as_array()
             .unwrap()
             .iter()

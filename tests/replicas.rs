@@ -99,7 +99,7 @@ fn two_replicas_never_both_win_a_conflict_and_the_chain_stays_linear() {
 
     let (_, change) = r2.get("/api/v1/changes/a", Some("viewer-token"));
     assert_eq!(
-        change["recorded_approvals"].as_array().unwrap().len(),
+        change["approvals"]["reviews"].as_array().unwrap().len(),
         IDENTITIES
     );
     let (_, audit) = r2.get("/api/v1/audit", Some("viewer-token"));

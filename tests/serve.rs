@@ -136,8 +136,8 @@ fn an_approval_is_recorded_once_per_digest() {
             404
         );
         let (_, one) = server.get("/api/v1/changes/a", Some("viewer-token"));
-        assert_eq!(one["recorded_approvals"].as_array().unwrap().len(), 1);
-        assert_eq!(one["recorded_approvals"][0]["approver"], "alice");
+        assert_eq!(one["approvals"]["reviews"].as_array().unwrap().len(), 1);
+        assert_eq!(one["approvals"]["reviews"][0]["approver"], "alice");
         let (_, audit) = server.get("/api/v1/audit?change=a", Some("viewer-token"));
         let kinds: Vec<&str> = audit
             .as_array()

@@ -247,15 +247,19 @@ fn a_swapped_pair_of_audit_rows_is_detected() {
 #[test]
 fn the_two_migration_sets_differ_only_in_dialect() {
     let root = common::project_root().join("migrations");
-    let normalise = |backend: &str| {
-        std::fs::read_to_string(root.join(backend).join("0001_initial.sql"))
+    let normalise = |backend: &str, file: &str| {
+        std::fs::read_to_string(root.join(backend).join(file))
             .unwrap()
             .replace("BIGSERIAL PRIMARY KEY", "AUTO_ID")
             .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "AUTO_ID")
             .replace("BYTEA", "BYTES")
             .replace("BLOB", "BYTES")
             .lines()
-            .filter(|l| !l.starts_with("-- changegate schema") && !l.starts_with("-- same tables"))
+            .filter(|l| {
+                !l.starts_with("-- changegate schema")
+                    && !l.starts_with("-- same tables")
+                    && !l.starts_with("-- The gate's facts")
+            })
             .map(|l| {
                 l.replace("../sqlite/", "../OTHER/")
                     .replace("../postgres/", "../OTHER/")
@@ -263,9 +267,11 @@ fn the_two_migration_sets_differ_only_in_dialect() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    assert_eq!(
-        normalise("sqlite"),
-        normalise("postgres"),
-        "keep migrations/sqlite and migrations/postgres in step"
-    );
+    for file in ["0001_initial.sql", "0002_gate.sql"] {
+        assert_eq!(
+            normalise("sqlite", file),
+            normalise("postgres", file),
+            "keep migrations/sqlite/{file} and migrations/postgres/{file} in step"
+        );
+    }
 }

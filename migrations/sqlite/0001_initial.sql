@@ -58,7 +58,10 @@ CREATE TABLE api_approvals (
     digest      TEXT NOT NULL,
     comment     TEXT NOT NULL DEFAULT '',
     created_at  BIGINT NOT NULL,
-    UNIQUE (change_id, approver, digest)
+    -- failures of the change when recorded: after a failure the same
+    -- approver can approve the same digest afresh (for `retry`)
+    epoch       BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (change_id, approver, digest, epoch)
 );
 
 -- Execution: step attempts with leases, go-aheads, target locks.

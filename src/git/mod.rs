@@ -1,7 +1,7 @@
 //! Reading change sets and policies from git objects (never a working tree).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
@@ -157,5 +157,53 @@ impl TreeView for Snapshot<'_> {
             });
         }
         out
+    }
+}
+
+/// How far back authorship is looked for: older history is not read.
+pub const AUTHOR_HISTORY_LIMIT: usize = 5_000;
+
+impl Snapshot<'_> {
+    /// For each change (id, covered paths), the author and committer emails
+    /// of every commit reachable from this one that changed a covered path.
+    /// One walk of history serves all changes.
+    pub fn touching_emails(
+        &self,
+        changes: &[(String, Vec<String>)],
+    ) -> Result<BTreeMap<String, BTreeSet<String>>, GitError> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = changes
+            .iter()
+            .map(|(id, _)| (id.clone(), BTreeSet::new()))
+            .collect();
+        let mut walk = self.repo.revwalk()?;
+        walk.push(git2::Oid::from_str(&self.commit_id)?)?;
+        for oid in walk.take(AUTHOR_HISTORY_LIMIT) {
+            let commit = self.repo.find_commit(oid?)?;
+            let tree = commit.tree()?;
+            let parent_tree = commit.parents().next().map(|p| p.tree()).transpose()?;
+            let diff = self
+                .repo
+                .diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)?;
+            let mut touched: BTreeSet<String> = BTreeSet::new();
+            for delta in diff.deltas() {
+                for file in [delta.old_file(), delta.new_file()] {
+                    if let Some(p) = file.path().and_then(|p| p.to_str()) {
+                        touched.insert(p.to_string());
+                    }
+                }
+            }
+            let emails = [
+                commit.author().email().map(str::to_string),
+                commit.committer().email().map(str::to_string),
+            ];
+            for (id, paths) in changes {
+                if paths.iter().any(|p| touched.contains(p)) {
+                    out.get_mut(id)
+                        .expect("every change has an entry")
+                        .extend(emails.iter().flatten().cloned());
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -10,7 +10,8 @@ use super::auth::Identity;
 use super::error::ApiError;
 use super::AppState;
 use crate::config::Role;
-use crate::store::{ApiApproval, AuditEvent, RecordOutcome, StoredChange};
+use crate::engine::{AttemptAnswer, ChangeStatus, ClaimGrant, Report};
+use crate::store::{Attempt, AuditEvent, BreakerReset, RecordOutcome};
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
@@ -21,7 +22,7 @@ pub async fn healthz() -> &'static str {
 /// Readiness: the database answers.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "database unavailable")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match state.store.ping().await {
+    match state.engine.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
@@ -30,73 +31,32 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str)
     }
 }
 
-/// One step of a change and its attempts.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StepView {
-    /// The step id.
-    pub id: String,
-    /// `pending`, `running`, `succeeded`, `failed`, `interrupted` or `skipped`.
-    pub state: String,
-    /// Every attempt, oldest first.
-    pub attempts: Vec<serde_json::Value>,
-}
-
-/// A change with its steps and recorded approvals.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ChangeView {
-    /// The change as found on the default branch.
-    #[serde(flatten)]
-    pub change: StoredChange,
-    /// Steps in run order.
-    pub steps: Vec<StepView>,
-    /// Approvals recorded through the API, bound to digests.
-    pub recorded_approvals: Vec<ApiApproval>,
-}
-
-/// Every known change.
+/// Every change on the default branch, with state, approvals, steps and blockers.
 #[utoipa::path(get, path = "/api/v1/changes", security(("bearer" = [])),
-    responses((status = 200, body = [StoredChange]), (status = 401), (status = 503)))]
+    responses((status = 200, body = [ChangeStatus]), (status = 401), (status = 503)))]
 pub async fn list_changes(
     _who: Identity,
     State(state): State<AppState>,
-) -> Result<Json<Vec<StoredChange>>, ApiError> {
-    Ok(Json(state.store.list_changes().await?))
+) -> Result<Json<Vec<ChangeStatus>>, ApiError> {
+    Ok(Json(state.engine.list().await?))
 }
 
-/// One change: state, digest at the default branch, steps and approvals.
+/// One change: state, digest, approvals with eligibility, steps, attempts, blockers.
 #[utoipa::path(get, path = "/api/v1/changes/{id}", security(("bearer" = [])),
     params(("id" = String, Path, description = "change id")),
-    responses((status = 200, body = ChangeView), (status = 401), (status = 404)))]
+    responses((status = 200, body = ChangeStatus), (status = 401), (status = 404)))]
 #[tracing::instrument(skip_all, fields(change = %id))]
 pub async fn get_change(
     _who: Identity,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<ChangeView>, ApiError> {
-    let change = state
-        .store
-        .get_change(&id)
+) -> Result<Json<ChangeStatus>, ApiError> {
+    let status = state
+        .engine
+        .status(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no change `{id}`")))?;
-    let steps = change.definition["steps"]
-        .as_array()
-        .map(|steps| {
-            steps
-                .iter()
-                .map(|s| StepView {
-                    id: s["id"].as_str().unwrap_or_default().to_string(),
-                    state: "pending".into(),
-                    attempts: vec![],
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let recorded_approvals = state.store.api_approvals(&id).await?;
-    Ok(Json(ChangeView {
-        change,
-        steps,
-        recorded_approvals,
-    }))
+    Ok(Json(status))
 }
 
 /// An approval of exactly one digest.
@@ -139,7 +99,8 @@ pub async fn record_approval(
 ) -> Result<(StatusCode, Json<ApprovalRecorded>), ApiError> {
     who.require(Role::Operator)?;
     let outcome = state
-        .store
+        .engine
+        .store()
         .record_api_approval(&id, &who.name, &req.digest, &req.comment)
         .await?;
     let recorded = |created| {
@@ -167,6 +128,207 @@ pub async fn record_approval(
     }
 }
 
+/// A claim for the next step.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The digest the executor computed from its checkout.
+    pub digest: String,
+    /// A label for the executor (e.g. the CI run), for the record.
+    #[serde(default)]
+    pub executor: Option<String>,
+}
+
+/// Claims the change's next step: 200 with the attempt, or 409 with the first unmet rule.
+#[utoipa::path(post, path = "/api/v1/changes/{id}/claim", security(("bearer" = [])),
+    params(("id" = String, Path, description = "change id")), request_body = ClaimRequest,
+    responses((status = 200, body = ClaimGrant), (status = 409, description = "`{reason, detail}`: the first unmet rule"), (status = 401), (status = 403)))]
+#[tracing::instrument(skip_all, fields(change = %id, executor = %who.name))]
+pub async fn claim(
+    who: Identity,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<ClaimRequest>,
+) -> Result<Json<ClaimGrant>, ApiError> {
+    who.require(Role::Executor)?;
+    match state.engine.claim(&id, &req.digest, &who.name).await? {
+        Ok(grant) => {
+            tracing::info!(step = %grant.step, attempt = %grant.attempt, label = req.executor.as_deref().unwrap_or(""), "claim granted");
+            Ok(Json(grant))
+        }
+        Err(refusal) => {
+            tracing::info!(reason = ?refusal.reason, "claim refused");
+            Err(ApiError::Refused(refusal))
+        }
+    }
+}
+
+/// Renews the attempt's lease; 409 once the attempt has ended (stop the step).
+#[utoipa::path(post, path = "/api/v1/attempts/{id}/heartbeat", security(("bearer" = [])),
+    params(("id" = String, Path, description = "attempt id")),
+    responses((status = 200, body = Attempt), (status = 409), (status = 404)))]
+pub async fn heartbeat(
+    who: Identity,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Attempt>, ApiError> {
+    who.require(Role::Executor)?;
+    Ok(Json(state.engine.heartbeat(&id, &who.name).await?))
+}
+
+/// Records the attempt's outcome; idempotent.
+#[utoipa::path(post, path = "/api/v1/attempts/{id}/report", security(("bearer" = [])),
+    params(("id" = String, Path, description = "attempt id")), request_body = Report,
+    responses((status = 200, body = AttemptAnswer), (status = 404), (status = 409)))]
+#[tracing::instrument(skip_all, fields(attempt = %id))]
+pub async fn report(
+    who: Identity,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<Report>,
+) -> Result<Json<AttemptAnswer>, ApiError> {
+    who.require(Role::Executor)?;
+    Ok(Json(state.engine.report(&id, &who.name, &req).await?))
+}
+
+/// An operator's reason, for the record.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    /// Why.
+    pub reason: String,
+}
+
+/// A go-ahead for one step.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProceedRequest {
+    /// The step.
+    pub step: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Done.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Done {
+    /// The change.
+    pub change: String,
+    /// What was recorded.
+    pub recorded: String,
+}
+
+fn need_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.trim().is_empty() {
+        return Err(ApiError::Conflict {
+            reason: "reason-required",
+            detail: "operator actions are recorded with a reason; give one".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Records the go-ahead for a step that needs confirmation.
+#[utoipa::path(post, path = "/api/v1/changes/{id}/proceed", security(("bearer" = [])),
+    params(("id" = String, Path, description = "change id")), request_body = ProceedRequest,
+    responses((status = 200, body = Done), (status = 404), (status = 409)))]
+pub async fn proceed(
+    who: Identity,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<ProceedRequest>,
+) -> Result<Json<Done>, ApiError> {
+    who.require(Role::Operator)?;
+    need_reason(&req.reason)?;
+    state
+        .engine
+        .proceed(&id, &req.step, &who.name, &req.reason)
+        .await?;
+    Ok(Json(Done {
+        change: id,
+        recorded: format!("go-ahead for step {}", req.step),
+    }))
+}
+
+/// Re-opens the failed step.
+#[utoipa::path(post, path = "/api/v1/changes/{id}/retry", security(("bearer" = [])),
+    params(("id" = String, Path, description = "change id")), request_body = ReasonRequest,
+    responses((status = 200, body = Done), (status = 404), (status = 409, description = "`needs-approval`, `not-failed` or `abandoned`")))]
+pub async fn retry(
+    who: Identity,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<ReasonRequest>,
+) -> Result<Json<Done>, ApiError> {
+    who.require(Role::Operator)?;
+    need_reason(&req.reason)?;
+    let step = state.engine.retry(&id, &who.name, &req.reason).await?;
+    Ok(Json(Done {
+        change: id,
+        recorded: format!("retry of step {step}"),
+    }))
+}
+
+/// Abandons the change for good: its locks are released, its dependents stay refused.
+#[utoipa::path(post, path = "/api/v1/changes/{id}/abandon", security(("bearer" = [])),
+    params(("id" = String, Path, description = "change id")), request_body = ReasonRequest,
+    responses((status = 200, body = Done), (status = 404)))]
+pub async fn abandon(
+    who: Identity,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<ReasonRequest>,
+) -> Result<Json<Done>, ApiError> {
+    who.require(Role::Operator)?;
+    need_reason(&req.reason)?;
+    state.engine.abandon(&id, &who.name, &req.reason).await?;
+    Ok(Json(Done {
+        change: id,
+        recorded: "abandoned".into(),
+    }))
+}
+
+/// The step breaker.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerView {
+    /// `closed` or `open` (with `since` and `failures`).
+    #[schema(value_type = Object)]
+    pub breaker: crate::gate::Breaker,
+    /// The last reset.
+    pub last_reset: Option<BreakerReset>,
+}
+
+/// The step breaker's state.
+#[utoipa::path(get, path = "/api/v1/breaker", security(("bearer" = [])), responses((status = 200, body = BreakerView)))]
+pub async fn breaker(
+    _who: Identity,
+    State(state): State<AppState>,
+) -> Result<Json<BreakerView>, ApiError> {
+    let (breaker, last_reset) = state.engine.breaker().await?;
+    Ok(Json(BreakerView {
+        breaker,
+        last_reset,
+    }))
+}
+
+/// Closes the step breaker.
+#[utoipa::path(post, path = "/api/v1/breaker/reset", security(("bearer" = [])), request_body = ReasonRequest,
+    responses((status = 200, body = BreakerView), (status = 403)))]
+pub async fn reset_breaker(
+    who: Identity,
+    State(state): State<AppState>,
+    Json(req): Json<ReasonRequest>,
+) -> Result<Json<BreakerView>, ApiError> {
+    who.require(Role::Operator)?;
+    need_reason(&req.reason)?;
+    state.engine.reset_breaker(&who.name, &req.reason).await?;
+    let (breaker, last_reset) = state.engine.breaker().await?;
+    Ok(Json(BreakerView {
+        breaker,
+        last_reset,
+    }))
+}
+
 /// `?change=` filter.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {
@@ -182,5 +344,11 @@ pub async fn audit(
     State(state): State<AppState>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    Ok(Json(state.store.audit_events(q.change.as_deref()).await?))
+    Ok(Json(
+        state
+            .engine
+            .store()
+            .audit_events(q.change.as_deref())
+            .await?,
+    ))
 }

@@ -7,6 +7,8 @@ use axum::Json;
 use serde_json::json;
 
 use crate::config::Role;
+use crate::engine::EngineError;
+use crate::gate::Refusal;
 use crate::store::StoreError;
 
 /// An error answered to an HTTP client.
@@ -29,6 +31,9 @@ pub enum ApiError {
         /// For a person.
         detail: String,
     },
+    /// A claim refused by the gate: 409 with the rule and what would satisfy it.
+    #[error("claim refused: {}", .0.detail)]
+    Refused(Refusal),
     /// The database cannot be reached; retry later.
     #[error("the database is unavailable")]
     Unavailable,
@@ -45,6 +50,20 @@ impl From<StoreError> for ApiError {
         } else {
             tracing::error!(error = %e, "store error");
             ApiError::Internal
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Store(e) => e.into(),
+            EngineError::Git(e) => {
+                tracing::error!(error = %e, "git error");
+                ApiError::Internal
+            }
+            EngineError::Refused { reason, detail } => ApiError::Conflict { reason, detail },
+            EngineError::NotFound(what) => ApiError::NotFound(what),
         }
     }
 }
@@ -67,6 +86,10 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { reason, detail } => (
                 StatusCode::CONFLICT,
                 json!({"reason": reason, "detail": detail}),
+            ),
+            ApiError::Refused(r) => (
+                StatusCode::CONFLICT,
+                json!({"reason": r.reason, "detail": r.detail}),
             ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -15,8 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::Config;
-use crate::git::{ChangeRepo, GitError};
-use crate::model::{covered_paths, Digest};
+use crate::engine::Engine;
 use crate::store::{Store, StoreError, SyncReport};
 
 /// What every handler can reach.
@@ -24,8 +23,8 @@ use crate::store::{Store, StoreError, SyncReport};
 pub struct AppState {
     /// The server's configuration.
     pub config: Arc<Config>,
-    /// Storage.
-    pub store: Store,
+    /// The gate service.
+    pub engine: Arc<Engine>,
 }
 
 #[derive(OpenApi)]
@@ -43,6 +42,14 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(api::list_changes))
         .routes(routes!(api::get_change))
         .routes(routes!(api::record_approval))
+        .routes(routes!(api::claim))
+        .routes(routes!(api::heartbeat))
+        .routes(routes!(api::report))
+        .routes(routes!(api::proceed))
+        .routes(routes!(api::retry))
+        .routes(routes!(api::abandon))
+        .routes(routes!(api::breaker))
+        .routes(routes!(api::reset_breaker))
         .routes(routes!(api::audit))
         .with_state(state)
         .split_for_parts();
@@ -54,44 +61,6 @@ pub fn router(state: AppState) -> axum::Router {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     router.route("/openapi.json", get(move || async move { Json(openapi) }))
-}
-
-/// Why a refresh from the default branch failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
-    /// The repository or branch could not be read.
-    #[error(transparent)]
-    Git(#[from] GitError),
-    /// The store refused.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Reads the default branch and records its changes and digests. Invalid
-/// change sets are logged and skipped: they cannot run until fixed.
-pub async fn refresh(config: &Config, store: &Store) -> Result<SyncReport, RefreshError> {
-    let (commit, changes) = {
-        let repo = ChangeRepo::open(&config.repo.url)?;
-        let snapshot = repo.at(&config.repo.default_branch)?;
-        let model = snapshot.load_model()?;
-        for d in &model.diagnostics {
-            tracing::warn!(diagnostic = %d, "invalid on the default branch");
-        }
-        let changes: Vec<_> = model
-            .changes
-            .into_values()
-            .filter_map(|c| match covered_paths(&c, &snapshot) {
-                Ok(covered) => Some((Digest::of(&covered), c)),
-                Err(e) => {
-                    tracing::warn!(change = %c.id, error = %e, "no digest");
-                    None
-                }
-            })
-            .map(|(d, c)| (c, d))
-            .collect();
-        (snapshot.commit_id().to_string(), changes)
-    };
-    Ok(store.sync_changes(&commit, &changes).await?)
 }
 
 /// Why `serve` stopped.
@@ -115,11 +84,12 @@ pub enum ServeError {
 
 /// Runs the service until SIGTERM or SIGINT, then drains in-flight requests.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let url = config.database_url();
-    let store = Store::connect(&url).await?;
+    let store = Store::connect(&config.database_url()).await?;
     store.migrate().await?;
     tracing::info!(backend = ?store.backend(), "store ready");
-    match refresh(&config, &store).await {
+    let config = Arc::new(config);
+    let engine = Arc::new(Engine::new(config.clone(), store.clone()));
+    match engine.refresh().await {
         Ok(r) => tracing::info!(
             added = r.added,
             redigested = r.redigested,
@@ -135,36 +105,39 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             source,
         })?;
     let addr = listener.local_addr()?;
-    let config = Arc::new(config);
-    let refresher = tokio::spawn(refresh_loop(config.clone(), store.clone()));
+    let background = tokio::spawn(background(config.clone(), engine.clone()));
     tracing::info!(%addr, "listening");
-    let app = router(AppState {
-        config,
-        store: store.clone(),
-    });
+    let app = router(AppState { config, engine });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    refresher.abort();
+    background.abort();
     store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn refresh_loop(config: Arc<Config>, store: Store) {
-    let mut tick = tokio::time::interval(Duration::from_secs(config.server.refresh_secs.max(1)));
-    tick.tick().await;
+/// Re-reads the default branch every `refresh_secs`, and expires leases
+/// every second so an interrupted step is noticed without waiting for a claim.
+async fn background(config: Arc<Config>, engine: Arc<Engine>) {
+    let mut refresh = tokio::time::interval(Duration::from_secs(config.server.refresh_secs.max(1)));
+    let mut leases = tokio::time::interval(Duration::from_secs(1));
+    refresh.tick().await;
     loop {
-        tick.tick().await;
-        match refresh(&config, &store).await {
-            Ok(r) if r != SyncReport::default() => tracing::info!(
-                added = r.added,
-                redigested = r.redigested,
-                removed = r.removed,
-                "default branch refreshed"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "refresh failed"),
+        tokio::select! {
+            _ = refresh.tick() => match engine.refresh().await {
+                Ok(r) if r != SyncReport::default() => tracing::info!(added = r.added, redigested = r.redigested, removed = r.removed, "default branch refreshed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "refresh failed"),
+            },
+            _ = leases.tick() => match engine.expire_leases().await {
+                Ok(expired) => {
+                    for a in expired {
+                        tracing::warn!(change = %a.change_id, step = %a.step_id, attempt = %a.id, "lease expired: step interrupted");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "lease check failed"),
+            },
         }
     }
 }

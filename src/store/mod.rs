@@ -16,6 +16,9 @@
 //! default `synchronous_commit=on`.
 
 pub mod audit;
+mod gate;
+
+pub use gate::*;
 
 use std::str::FromStr;
 
@@ -72,8 +75,6 @@ pub struct StoredChange {
     pub title: String,
     /// Its kind.
     pub kind: String,
-    /// Lifecycle state.
-    pub state: String,
     /// The default branch commit it was last read at.
     pub commit: String,
     /// Its digest there.
@@ -193,18 +194,16 @@ impl Store {
     }
 
     /// Begins a write: locks the audit head so this transaction is the only writer.
-    async fn begin_write(&self) -> Result<(Tx<'static>, Head), StoreError> {
+    pub async fn write(&self) -> Result<WriteTx, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
             .fetch_one(&mut *tx)
             .await?;
-        Ok((
-            tx,
-            Head {
-                seq: row.try_get("seq")?,
-                hash: row.try_get("hash")?,
-            },
-        ))
+        let head = Head {
+            seq: row.try_get("seq")?,
+            hash: row.try_get("hash")?,
+        };
+        Ok(WriteTx { tx, head })
     }
 
     /// Loads the changes found at `commit` of the default branch, with their
@@ -214,10 +213,10 @@ impl Store {
         commit: &str,
         changes: &[(ChangeSet, Digest)],
     ) -> Result<SyncReport, StoreError> {
-        let (mut tx, mut head) = self.begin_write().await?;
+        let mut w = self.write().await?;
         let mut report = SyncReport::default();
         let known: Vec<(String, String)> = sqlx::query("SELECT id, default_digest FROM changes")
-            .fetch_all(&mut *tx)
+            .fetch_all(w.conn())
             .await?
             .into_iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("default_digest")?)))
@@ -233,8 +232,8 @@ impl Store {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO changes (id, title, kind, state, default_commit, default_digest, definition, updated_at)
-                 VALUES ($1, $2, $3, 'proposed', $4, $5, $6, $7)
+                "INSERT INTO changes (id, title, kind, default_commit, default_digest, definition, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (id) DO UPDATE SET title = $2, kind = $3, default_commit = $4, default_digest = $5, definition = $6, updated_at = $7",
             )
             .bind(&change.id)
@@ -244,13 +243,13 @@ impl Store {
             .bind(digest.as_str())
             .bind(&definition)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?;
             sqlx::query("INSERT INTO change_digests (change_id, commit_sha, digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(&change.id)
                 .bind(commit)
                 .bind(digest.as_str())
-                .execute(&mut *tx)
+                .execute(w.conn())
                 .await?;
             let (kind, data) = match previous {
                 None => {
@@ -268,17 +267,15 @@ impl Store {
                     )
                 }
             };
-            head.append(&mut tx, "changegate", kind, Some(&change.id), data)
-                .await?;
+            w.audit("changegate", kind, Some(&change.id), data).await?;
         }
         for (id, _) in &known {
             if !changes.iter().any(|(c, _)| c.id == *id) {
                 sqlx::query("DELETE FROM changes WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *tx)
+                    .execute(w.conn())
                     .await?;
-                head.append(
-                    &mut tx,
+                w.audit(
                     "changegate",
                     "change.removed",
                     Some(id),
@@ -288,14 +285,13 @@ impl Store {
                 report.removed += 1;
             }
         }
-        head.save(&mut tx).await?;
-        tx.commit().await?;
+        w.commit().await?;
         Ok(report)
     }
 
     /// Every known change, by id.
     pub async fn list_changes(&self) -> Result<Vec<StoredChange>, StoreError> {
-        let rows = sqlx::query("SELECT id, title, kind, state, default_commit, default_digest, definition FROM changes ORDER BY id")
+        let rows = sqlx::query("SELECT id, title, kind, default_commit, default_digest, definition FROM changes ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(stored_change).collect()
@@ -303,7 +299,7 @@ impl Store {
 
     /// One change, if known.
     pub async fn get_change(&self, id: &str) -> Result<Option<StoredChange>, StoreError> {
-        let row = sqlx::query("SELECT id, title, kind, state, default_commit, default_digest, definition FROM changes WHERE id = $1")
+        let row = sqlx::query("SELECT id, title, kind, default_commit, default_digest, definition FROM changes WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -319,11 +315,11 @@ impl Store {
         digest: &str,
         comment: &str,
     ) -> Result<RecordOutcome, StoreError> {
-        let (mut tx, mut head) = self.begin_write().await?;
+        let mut w = self.write().await?;
         let current: Option<String> =
             sqlx::query("SELECT default_digest FROM changes WHERE id = $1")
                 .bind(change_id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(w.conn())
                 .await?
                 .map(|r| r.try_get("default_digest"))
                 .transpose()?;
@@ -331,21 +327,26 @@ impl Store {
             None => RecordOutcome::UnknownChange,
             Some(current) if current != digest => RecordOutcome::StaleDigest { current },
             Some(_) => {
+                let epoch: i64 = sqlx::query("SELECT COUNT(*) AS n FROM attempts WHERE change_id = $1 AND state IN ('failed', 'interrupted')")
+                    .bind(change_id)
+                    .fetch_one(w.conn())
+                    .await?
+                    .try_get("n")?;
                 let inserted = sqlx::query(
-                    "INSERT INTO api_approvals (change_id, approver, digest, comment, created_at) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (change_id, approver, digest) DO NOTHING",
+                    "INSERT INTO api_approvals (change_id, approver, digest, comment, created_at, epoch) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (change_id, approver, digest, epoch) DO NOTHING",
                 )
                 .bind(change_id)
                 .bind(approver)
                 .bind(digest)
                 .bind(comment)
                 .bind(now_ms())
-                .execute(&mut *tx)
+                .bind(epoch)
+                .execute(w.conn())
                 .await?
                 .rows_affected();
                 if inserted == 1 {
-                    head.append(
-                        &mut tx,
+                    w.audit(
                         approver,
                         "approval.recorded",
                         Some(change_id),
@@ -358,27 +359,13 @@ impl Store {
                 }
             }
         };
-        head.save(&mut tx).await?;
-        tx.commit().await?;
+        w.commit().await?;
         Ok(outcome)
     }
 
     /// API approvals of a change, oldest first.
     pub async fn api_approvals(&self, change_id: &str) -> Result<Vec<ApiApproval>, StoreError> {
-        let rows = sqlx::query("SELECT approver, digest, comment, created_at FROM api_approvals WHERE change_id = $1 ORDER BY id")
-            .bind(change_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ApiApproval {
-                    approver: r.try_get("approver")?,
-                    digest: r.try_get("digest")?,
-                    comment: r.try_get("comment")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        api_approvals_on(&mut *self.pool.acquire().await?, change_id).await
     }
 
     /// Audit events in chain order, optionally only those of one change.
@@ -429,25 +416,36 @@ impl Store {
     }
 }
 
-/// The chain head inside a write transaction.
 struct Head {
     seq: i64,
     hash: String,
 }
 
-impl Head {
-    async fn append(
+/// A write transaction holding the audit head: the only writer until it
+/// commits or drops (which rolls back).
+pub struct WriteTx {
+    tx: Tx<'static>,
+    head: Head,
+}
+
+impl WriteTx {
+    /// The connection, for statements inside this transaction.
+    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+
+    /// Appends an audit event in this transaction.
+    pub async fn audit(
         &mut self,
-        tx: &mut Tx<'_>,
         actor: &str,
         kind: &str,
         change: Option<&str>,
         data: Value,
     ) -> Result<(), StoreError> {
-        let seq = self.seq + 1;
+        let seq = self.head.seq + 1;
         let at = now_ms();
         let hash = audit::chain_hash(
-            &self.hash,
+            &self.head.hash,
             &audit::canonical(seq, at, actor, kind, change, &data),
         );
         sqlx::query("INSERT INTO audit (seq, at, actor, kind, change_id, data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
@@ -457,23 +455,44 @@ impl Head {
             .bind(kind)
             .bind(change)
             .bind(data.to_string())
-            .bind(&self.hash)
+            .bind(&self.head.hash)
             .bind(&hash)
-            .execute(&mut **tx)
+            .execute(&mut *self.tx)
             .await?;
-        self.seq = seq;
-        self.hash = hash;
+        self.head = Head { seq, hash };
         Ok(())
     }
 
-    async fn save(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    /// Saves the new head and commits everything.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(self.seq)
-            .bind(&self.hash)
-            .execute(&mut **tx)
+            .bind(self.head.seq)
+            .bind(&self.head.hash)
+            .execute(&mut *self.tx)
             .await?;
+        self.tx.commit().await?;
         Ok(())
     }
+}
+
+pub(crate) async fn api_approvals_on(
+    conn: &mut sqlx::AnyConnection,
+    change_id: &str,
+) -> Result<Vec<ApiApproval>, StoreError> {
+    let rows = sqlx::query("SELECT approver, digest, comment, created_at FROM api_approvals WHERE change_id = $1 ORDER BY id")
+        .bind(change_id)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ApiApproval {
+                approver: r.try_get("approver")?,
+                digest: r.try_get("digest")?,
+                comment: r.try_get("comment")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
 }
 
 fn stored_change(r: &sqlx::any::AnyRow) -> Result<StoredChange, StoreError> {
@@ -482,7 +501,6 @@ fn stored_change(r: &sqlx::any::AnyRow) -> Result<StoredChange, StoreError> {
         id: r.try_get("id")?,
         title: r.try_get("title")?,
         kind: r.try_get("kind")?,
-        state: r.try_get("state")?,
         commit: r.try_get("default_commit")?,
         digest: r.try_get("default_digest")?,
         definition: serde_json::from_str(&definition).unwrap_or(Value::Null),

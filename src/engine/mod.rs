@@ -1,0 +1,728 @@
+//! The gate at work: gathers facts from git and the store, asks the pure
+//! core ([`crate::gate`]) for decisions, and records the outcomes — each in
+//! one write transaction, so concurrent executors and replicas cannot both
+//! win a race.
+
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::gate::{breaker_state, Breaker, BreakerConfig, ChangeState, Refusal, StepState};
+use crate::git::{ChangeRepo, GitError};
+use crate::model::{covered_paths, policies_in_force, Digest, PoliciesInForce};
+use crate::store::{Attempt, ChangeFacts, Store, StoreError, SyncReport, WriteTx};
+use view::{status_of, World};
+pub use view::{ChangeStatus, RepoView};
+
+/// What went wrong while acting.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Git failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The request is refused by a rule; `reason` is a stable word.
+    #[error("{reason}: {detail}")]
+    Refused {
+        /// E.g. `not-approved`, `unknown`.
+        reason: &'static str,
+        /// For a person.
+        detail: String,
+    },
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+fn refused(reason: &'static str, detail: impl Into<String>) -> EngineError {
+    EngineError::Refused {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// A granted claim: what the executor must run.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClaimGrant {
+    /// The attempt id; heartbeats and the report name it.
+    pub attempt: String,
+    /// The change.
+    pub change: String,
+    /// The step.
+    pub step: String,
+    /// 1-based position of the step.
+    pub step_number: usize,
+    /// How many steps the change has.
+    pub steps_total: usize,
+    /// Precondition command, if any.
+    pub check: Option<String>,
+    /// The command.
+    pub run: String,
+    /// Postcondition command, if any.
+    pub verify: Option<String>,
+    /// Variables for the commands.
+    pub env: BTreeMap<String, String>,
+    /// Step timeout in seconds.
+    pub timeout_secs: u64,
+    /// Lease expiry (unix ms); heartbeat before it.
+    pub lease_expires_at: i64,
+    /// How long each heartbeat extends the lease, in seconds.
+    pub lease_secs: u64,
+}
+
+/// An executor's report of an attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// `succeeded` or `failed`.
+    pub outcome: Outcome,
+    /// The exit code of the failing (or last) command.
+    pub exit_code: Option<i64>,
+    /// How long the commands ran.
+    pub duration_ms: i64,
+    /// The last 64 KiB of output; the server redacts secrets again.
+    #[serde(default)]
+    pub output_tail: String,
+}
+
+/// A step's outcome as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every command exited 0.
+    Succeeded,
+    /// A command failed or timed out.
+    Failed,
+}
+
+/// What a report or heartbeat found.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AttemptAnswer {
+    /// The attempt as now recorded.
+    pub attempt: Attempt,
+    /// The change's state afterwards.
+    #[schema(value_type = String)]
+    pub change_state: ChangeState,
+}
+
+/// The most output kept per attempt.
+pub const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
+
+/// The last `OUTPUT_TAIL_BYTES` of `output`, cut at a character boundary.
+pub fn tail(output: &str) -> &str {
+    let mut start = output.len().saturating_sub(OUTPUT_TAIL_BYTES);
+    while !output.is_char_boundary(start) {
+        start += 1;
+    }
+    &output[start..]
+}
+
+/// The gate service: shared by every HTTP handler.
+pub struct Engine {
+    config: Arc<Config>,
+    store: Store,
+    view: RwLock<Arc<RepoView>>,
+}
+
+impl Engine {
+    /// An engine with an empty view; call [`Engine::refresh`].
+    pub fn new(config: Arc<Config>, store: Store) -> Self {
+        Engine {
+            config,
+            store,
+            view: RwLock::new(Arc::new(RepoView::default())),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The default branch as last read.
+    pub fn view(&self) -> Arc<RepoView> {
+        self.view.read().expect("view lock").clone()
+    }
+
+    fn breaker_config(&self) -> BreakerConfig {
+        BreakerConfig {
+            max_failures: self.config.breaker.max_failures as usize,
+            window_ms: self.config.breaker.window.as_secs() as i64 * 1000,
+        }
+    }
+
+    /// Re-reads the default branch, records changes and digests, and swaps the view.
+    pub async fn refresh(&self) -> Result<SyncReport, EngineError> {
+        let view = read_default_branch(&self.config)?;
+        let changes: Vec<_> = view
+            .changes
+            .values()
+            .map(|(c, d, _)| (c.clone(), d.clone()))
+            .collect();
+        let report = self.store.sync_changes(&view.commit, &changes).await?;
+        *self.view.write().expect("view lock") = Arc::new(view);
+        Ok(report)
+    }
+
+    async fn world_facts(
+        &self,
+        w: Option<&mut WriteTx>,
+        view: &RepoView,
+        id: &str,
+    ) -> Result<
+        (
+            ChangeFacts,
+            BTreeMap<String, ChangeFacts>,
+            Vec<crate::store::TargetLock>,
+            Breaker,
+        ),
+        EngineError,
+    > {
+        // Dependencies' facts, and those of every lock holder, decide refusals.
+        let mut others: BTreeSet<String> = view
+            .changes
+            .get(id)
+            .map(|(c, _, _)| c.depends_on.iter().cloned().collect())
+            .unwrap_or_default();
+        match w {
+            Some(w) => {
+                let facts = w.change_facts(id).await?;
+                let locks = w.locks().await?;
+                others.extend(locks.iter().map(|l| l.change_id.clone()));
+                let mut map = BTreeMap::new();
+                for o in others {
+                    map.insert(o.clone(), w.change_facts(&o).await?);
+                }
+                let (failures, reset) = w.breaker_facts().await?;
+                let breaker = breaker_state(&failures, reset.map(|r| r.at), self.breaker_config());
+                Ok((facts, map, locks, breaker))
+            }
+            None => {
+                let facts = self.store.change_facts(id).await?;
+                let locks = self.store.locks().await?;
+                others.extend(locks.iter().map(|l| l.change_id.clone()));
+                let mut map = BTreeMap::new();
+                for o in others {
+                    map.insert(o.clone(), self.store.change_facts(&o).await?);
+                }
+                let (failures, reset) = self.store.breaker_facts().await?;
+                let breaker = breaker_state(&failures, reset.map(|r| r.at), self.breaker_config());
+                Ok((facts, map, locks, breaker))
+            }
+        }
+    }
+
+    /// Everything decided about one change, or `None` if unknown.
+    pub async fn status(&self, id: &str) -> Result<Option<ChangeStatus>, EngineError> {
+        let view = self.view();
+        if !view.changes.contains_key(id) {
+            return Ok(None);
+        }
+        let (facts, deps, locks, breaker) = self.world_facts(None, &view, id).await?;
+        let world = World {
+            config: &self.config,
+            view: &view,
+            dependency_facts: &deps,
+            locks: &locks,
+            breaker: &breaker,
+            now: now_ms(),
+        };
+        Ok(Some(status_of(&world, id, &facts, None)))
+    }
+
+    /// Every change on the default branch.
+    pub async fn list(&self) -> Result<Vec<ChangeStatus>, EngineError> {
+        let view = self.view();
+        let mut out = Vec::with_capacity(view.changes.len());
+        for id in view.changes.keys() {
+            if let Some(s) = self.status(id).await? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The step breaker now.
+    pub async fn breaker(
+        &self,
+    ) -> Result<(Breaker, Option<crate::store::BreakerReset>), EngineError> {
+        let (failures, reset) = self.store.breaker_facts().await?;
+        Ok((
+            breaker_state(
+                &failures,
+                reset.as_ref().map(|r| r.at),
+                self.breaker_config(),
+            ),
+            reset,
+        ))
+    }
+
+    /// Marks attempts whose lease ran out as interrupted: a failure whose
+    /// outcome is unknown, never re-run automatically.
+    pub async fn expire_leases(&self) -> Result<Vec<Attempt>, EngineError> {
+        let mut w = self.store.write().await?;
+        let expired = expire_in(&mut w).await?;
+        w.commit().await?;
+        Ok(expired)
+    }
+
+    /// Claims the next step of `id` for `executor`, whose checkout has `digest`.
+    pub async fn claim(
+        &self,
+        id: &str,
+        digest: &str,
+        executor: &str,
+    ) -> Result<Result<ClaimGrant, Refusal>, EngineError> {
+        let view = self.view();
+        let mut w = self.store.write().await?;
+        expire_in(&mut w).await?;
+        let (facts, deps, locks, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
+        let now = now_ms();
+        let world = World {
+            config: &self.config,
+            view: &view,
+            dependency_facts: &deps,
+            locks: &locks,
+            breaker: &breaker,
+            now,
+        };
+        let (decision, _) = view::decide_claim(&world, id, &facts, digest);
+        let next = match decision {
+            Ok(next) => next,
+            Err(refusal) => {
+                w.audit(
+                    executor,
+                    "claim.refused",
+                    Some(id),
+                    json!({"reason": refusal.reason, "detail": refusal.detail, "digest": digest}),
+                )
+                .await?;
+                w.commit().await?;
+                return Ok(Err(refusal));
+            }
+        };
+        let (change, _, _) = &view.changes[id];
+        let step = &change.steps[next];
+        let attempt_no = facts
+            .attempts
+            .iter()
+            .filter(|a| a.step_id == step.id)
+            .map(|a| a.attempt_no)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let lease_ms = self.config.server.lease.as_secs() as i64 * 1000;
+        let attempt = Attempt {
+            id: format!("{id}.{}.{attempt_no}", step.id),
+            change_id: id.to_string(),
+            step_id: step.id.clone(),
+            attempt_no,
+            executor: executor.to_string(),
+            digest: digest.to_string(),
+            state: "running".into(),
+            lease_expires_at: now + lease_ms,
+            started_at: now,
+            ended_at: None,
+            exit_code: None,
+            duration_ms: None,
+            output_tail: None,
+            late_report: None,
+        };
+        w.insert_attempt(&attempt).await?;
+        w.take_locks(id, &change.targets, now).await?;
+        w.audit(
+            executor,
+            "step.claimed",
+            Some(id),
+            json!({"step": step.id, "attempt": attempt.id, "digest": digest}),
+        )
+        .await?;
+        w.commit().await?;
+        let timeout = step.timeout.or(change.timeout).map_or(900, |t| t.as_secs());
+        Ok(Ok(ClaimGrant {
+            attempt: attempt.id,
+            change: id.to_string(),
+            step: step.id.clone(),
+            step_number: next + 1,
+            steps_total: change.steps.len(),
+            check: step.check.clone(),
+            run: step.run.clone(),
+            verify: step.verify.clone(),
+            env: change.env.clone(),
+            timeout_secs: timeout,
+            lease_expires_at: attempt.lease_expires_at,
+            lease_secs: self.config.server.lease.as_secs(),
+        }))
+    }
+
+    /// Renews a running attempt's lease; refuses once it has ended.
+    pub async fn heartbeat(
+        &self,
+        attempt_id: &str,
+        executor: &str,
+    ) -> Result<Attempt, EngineError> {
+        let mut w = self.store.write().await?;
+        expire_in(&mut w).await?;
+        let a = w
+            .attempt(attempt_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no attempt `{attempt_id}`")))?;
+        if a.executor != executor {
+            return Err(refused(
+                "not-yours",
+                format!("attempt {attempt_id} belongs to {}", a.executor),
+            ));
+        }
+        if a.state != "running" {
+            w.commit().await?;
+            return Err(refused(
+                "ended",
+                format!("attempt {attempt_id} is {}; stop the step", a.state),
+            ));
+        }
+        let until = now_ms() + self.config.server.lease.as_secs() as i64 * 1000;
+        w.renew_lease(attempt_id, until).await?;
+        w.commit().await?;
+        Ok(Attempt {
+            lease_expires_at: until,
+            ..a
+        })
+    }
+
+    /// Records an attempt's outcome. Idempotent: the same report again
+    /// changes nothing; a report after the lease expired is kept but does
+    /// not un-fail the change.
+    pub async fn report(
+        &self,
+        attempt_id: &str,
+        executor: &str,
+        report: &Report,
+    ) -> Result<AttemptAnswer, EngineError> {
+        let view = self.view();
+        let mut w = self.store.write().await?;
+        expire_in(&mut w).await?;
+        let a = w
+            .attempt(attempt_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no attempt `{attempt_id}`")))?;
+        if a.executor != executor {
+            return Err(refused(
+                "not-yours",
+                format!("attempt {attempt_id} belongs to {}", a.executor),
+            ));
+        }
+        let output = redact(tail(&report.output_tail), &[]);
+        let now = now_ms();
+        match a.state.as_str() {
+            "running" => {
+                let state = match report.outcome {
+                    Outcome::Succeeded => "succeeded",
+                    Outcome::Failed => "failed",
+                };
+                w.finish_attempt(
+                    attempt_id,
+                    state,
+                    report.exit_code,
+                    Some(report.duration_ms),
+                    &output,
+                    now,
+                )
+                .await?;
+                let kind = if state == "succeeded" {
+                    "step.succeeded"
+                } else {
+                    "step.failed"
+                };
+                w.audit(executor, kind, Some(&a.change_id), json!({"step": a.step_id, "attempt": a.id, "exit_code": report.exit_code, "duration_ms": report.duration_ms}))
+                    .await?;
+            }
+            "interrupted" => {
+                w.record_late_report(
+                    attempt_id,
+                    &serde_json::to_string(report).unwrap_or_default(),
+                )
+                .await?;
+                w.audit(
+                    executor,
+                    "step.late-report",
+                    Some(&a.change_id),
+                    json!({"step": a.step_id, "attempt": a.id, "outcome": report.outcome}),
+                )
+                .await?;
+            }
+            _ => {} // already reported: idempotent
+        }
+        let facts = w.change_facts(&a.change_id).await?;
+        let change_state = match view.changes.get(&a.change_id) {
+            Some((change, _, _)) => {
+                let state = view::state_of(change, &facts, true);
+                if state == ChangeState::Completed
+                    && !facts.attempts.is_empty()
+                    && w.release_locks(&a.change_id).await? > 0
+                {
+                    w.audit(
+                        "changegate",
+                        "change.completed",
+                        Some(&a.change_id),
+                        json!({"locks": "released"}),
+                    )
+                    .await?;
+                }
+                state
+            }
+            None => ChangeState::Failed,
+        };
+        let recorded = w.attempt(attempt_id).await?.unwrap_or(a);
+        w.commit().await?;
+        Ok(AttemptAnswer {
+            attempt: recorded,
+            change_state,
+        })
+    }
+
+    /// Records an operator's go-ahead for `step`.
+    pub async fn proceed(
+        &self,
+        id: &str,
+        step: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let view = self.view();
+        let (change, _, _) = view
+            .changes
+            .get(id)
+            .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
+        if !change.steps.iter().any(|s| s.id == step) {
+            return Err(EngineError::NotFound(format!(
+                "change `{id}` has no step `{step}`"
+            )));
+        }
+        let mut w = self.store.write().await?;
+        if w.insert_confirmation(id, step, actor, reason, now_ms())
+            .await?
+        {
+            w.audit(
+                actor,
+                "step.go-ahead",
+                Some(id),
+                json!({"step": step, "reason": reason}),
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Re-opens the failed step of `id`. Under `retry_requires_approval` it
+    /// needs an approval recorded after the failure by someone other than `actor`.
+    pub async fn retry(&self, id: &str, actor: &str, reason: &str) -> Result<String, EngineError> {
+        let view = self.view();
+        let (change, digest, _) = view
+            .changes
+            .get(id)
+            .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
+        let mut w = self.store.write().await?;
+        expire_in(&mut w).await?;
+        let facts = w.change_facts(id).await?;
+        if facts.abandonment.is_some() {
+            return Err(refused(
+                "abandoned",
+                format!("`{id}` was abandoned; it cannot be retried"),
+            ));
+        }
+        let progress = view::step_progress(change, &facts);
+        let Some(n) = progress
+            .iter()
+            .position(|p| matches!(p.state, StepState::Failed | StepState::Interrupted))
+        else {
+            return Err(refused(
+                "not-failed",
+                format!("`{id}` has no failed step to retry"),
+            ));
+        };
+        let step = &change.steps[n];
+        let failed = facts
+            .attempts
+            .iter()
+            .filter(|a| a.step_id == step.id)
+            .max_by_key(|a| a.attempt_no)
+            .expect("a failed step has an attempt");
+        let needs_approval = match policies_in_force(change, &view.policies) {
+            PoliciesInForce::Matched { policies } => {
+                policies.iter().any(|p| p.execution.retry_requires_approval)
+            }
+            PoliciesInForce::BuiltinDefault => true,
+        };
+        if needs_approval {
+            let failed_at = failed.ended_at.unwrap_or(failed.started_at);
+            let fresh = facts.approvals.iter().any(|a| {
+                a.approver != actor && a.created_at > failed_at && a.digest == digest.as_str()
+            });
+            if !fresh {
+                return Err(refused(
+                    "needs-approval",
+                    format!("retrying `{id}` needs a fresh approval of {digest}, recorded after the failure by someone other than {actor}"),
+                ));
+            }
+        }
+        if w.insert_retry(id, &step.id, failed.attempt_no, actor, reason, now_ms())
+            .await?
+        {
+            w.audit(
+                actor,
+                "step.retry",
+                Some(id),
+                json!({"step": step.id, "after_attempt": failed.attempt_no, "reason": reason}),
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(step.id.clone())
+    }
+
+    /// Abandons `id` for good: releases its locks; dependents stay refused.
+    pub async fn abandon(&self, id: &str, actor: &str, reason: &str) -> Result<(), EngineError> {
+        if !self.view().changes.contains_key(id) {
+            return Err(EngineError::NotFound(format!("no change `{id}`")));
+        }
+        let mut w = self.store.write().await?;
+        if w.insert_abandonment(id, actor, reason, now_ms()).await? {
+            let released = w.release_locks(id).await?;
+            w.audit(
+                actor,
+                "change.abandoned",
+                Some(id),
+                json!({"reason": reason, "locks_released": released}),
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the step breaker.
+    pub async fn reset_breaker(&self, actor: &str, reason: &str) -> Result<(), EngineError> {
+        let mut w = self.store.write().await?;
+        w.reset_breaker(actor, reason, now_ms()).await?;
+        w.audit(actor, "breaker.reset", None, json!({"reason": reason}))
+            .await?;
+        w.commit().await?;
+        Ok(())
+    }
+}
+
+async fn expire_in(w: &mut WriteTx) -> Result<Vec<Attempt>, EngineError> {
+    let expired = w.expire_leases(now_ms()).await?;
+    for a in &expired {
+        w.audit(
+            "changegate",
+            "step.interrupted",
+            Some(&a.change_id),
+            json!({"step": a.step_id, "attempt": a.id, "lease_expired_at": a.lease_expires_at}),
+        )
+        .await?;
+    }
+    Ok(expired)
+}
+
+/// Replaces each of `secrets` (values of 8 bytes or more) and anything
+/// shaped like a changegate token (`cg_` and 64 hex) in `text` with
+/// `[redacted]`. Step output must not carry a secret into the audit trail
+/// or the status page.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        out = out.replace(s.as_str(), "[redacted]");
+    }
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("cg_") {
+        let candidate = &rest[i + 3..];
+        let hex_len = candidate.bytes().take_while(u8::is_ascii_hexdigit).count();
+        result.push_str(&rest[..i]);
+        if hex_len >= 64 {
+            result.push_str("[redacted]");
+            rest = &candidate[hex_len..];
+        } else {
+            result.push_str("cg_");
+            rest = candidate;
+        }
+    }
+    result.push_str(rest);
+    result
+}
+
+/// Reads the default branch: changes, digests, policies and authors.
+pub fn read_default_branch(config: &Config) -> Result<RepoView, GitError> {
+    let repo = ChangeRepo::open(&config.repo.url)?;
+    let snapshot = repo.at(&config.repo.default_branch)?;
+    let model = snapshot.load_model()?;
+    for d in &model.diagnostics {
+        tracing::warn!(diagnostic = %d, "invalid on the default branch");
+    }
+    let mut changes = BTreeMap::new();
+    for (id, change) in model.changes {
+        match covered_paths(&change, &snapshot) {
+            Ok(covered) => {
+                let digest = Digest::of(&covered);
+                changes.insert(id, (change, digest, covered));
+            }
+            Err(e) => tracing::warn!(change = %id, error = %e, "no digest"),
+        }
+    }
+    let paths: Vec<(String, Vec<String>)> = changes
+        .iter()
+        .map(|(id, (_, _, c))| (id.clone(), c.iter().map(|p| p.path.clone()).collect()))
+        .collect();
+    let emails = snapshot.touching_emails(&paths)?;
+    let authors = emails
+        .into_iter()
+        .map(|(id, emails)| {
+            let who: BTreeSet<String> = config
+                .tokens
+                .iter()
+                .filter(|t| t.emails.iter().any(|e| emails.contains(e)))
+                .flat_map(|t| std::iter::once(t.name.clone()).chain(t.github.clone()))
+                .collect();
+            (id, who)
+        })
+        .collect();
+    Ok(RepoView {
+        commit: snapshot.commit_id().to_string(),
+        changes,
+        policies: model.policies,
+        authors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_removes_secrets_and_tokens() {
+        let token = format!("cg_{}", "ab".repeat(32));
+        let text = format!("password=hunter2hunter2 token={token} cg_short");
+        assert_eq!(
+            redact(&text, &["hunter2hunter2".into()]),
+            "password=[redacted] token=[redacted] cg_short"
+        );
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_64_kib_on_a_char_boundary() {
+        let text = "é".repeat(40_000);
+        let t = tail(&text);
+        assert!(t.len() <= OUTPUT_TAIL_BYTES && t.len() > OUTPUT_TAIL_BYTES - 2);
+        assert!(text.ends_with(t));
+    }
+}

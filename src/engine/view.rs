@@ -1,0 +1,389 @@
+//! What the server knows of the default branch, and a change's status
+//! derived from it and the recorded facts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::clock::weekday_minute;
+use crate::config::Config;
+use crate::gate::claim::{Dependency, StepProgress};
+use crate::gate::{
+    self, approval_status, ApprovalFact, ApprovalStatus, Breaker, ChangeState, ClaimContext,
+    Person, Refusal, Source, StepState, Verdict,
+};
+use crate::model::{
+    policies_in_force, ChangeSet, CoveredPath, Digest, PoliciesInForce, Policy, Window,
+};
+use crate::store::{Attempt, ChangeFacts, OperatorAction, TargetLock};
+
+/// The default branch as last read.
+#[derive(Debug, Clone, Default)]
+pub struct RepoView {
+    /// Its commit.
+    pub commit: String,
+    /// Valid change sets with their digests and covered paths.
+    pub changes: BTreeMap<String, (ChangeSet, Digest, Vec<CoveredPath>)>,
+    /// The policies in force.
+    pub policies: Vec<Policy>,
+    /// Per change: names and logins of its authors.
+    pub authors: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A step as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StepStatus {
+    /// The step id.
+    pub id: String,
+    /// From its latest attempt.
+    #[schema(value_type = String)]
+    pub state: StepState,
+    /// An operator's go-ahead is needed before it can be claimed.
+    pub needs_confirmation: bool,
+    /// The go-ahead, once given.
+    pub confirmation: Option<OperatorAction>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+/// A change with everything decided about it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ChangeStatus {
+    /// The change id.
+    pub id: String,
+    /// Its title.
+    pub title: String,
+    /// Its kind.
+    pub kind: String,
+    /// Lifecycle state.
+    #[schema(value_type = String)]
+    pub state: ChangeState,
+    /// The digest on the default branch: what approvals must bind to.
+    pub digest: String,
+    /// The default branch commit.
+    pub commit: String,
+    /// Its targets.
+    pub targets: Vec<String>,
+    /// Its dependencies.
+    pub depends_on: Vec<String>,
+    /// Whom the approvals come from and whether they count.
+    #[schema(value_type = Object)]
+    pub approvals: ApprovalStatus,
+    /// Steps in order.
+    pub steps: Vec<StepStatus>,
+    /// Why the next claim would be refused, if it would.
+    #[schema(value_type = Vec<Object>)]
+    pub blockers: Vec<Refusal>,
+    /// Targets this change holds.
+    pub locks: Vec<String>,
+    /// Covered paths and their blobs.
+    #[schema(value_type = Vec<Object>)]
+    pub covered_paths: Vec<CoveredPath>,
+    /// The abandonment, if any.
+    pub abandonment: Option<OperatorAction>,
+}
+
+/// Everything the decision needs beyond one change's facts.
+pub struct World<'a> {
+    /// The server's configuration.
+    pub config: &'a Config,
+    /// The default branch.
+    pub view: &'a RepoView,
+    /// Facts of the change's dependencies.
+    pub dependency_facts: &'a BTreeMap<String, ChangeFacts>,
+    /// Every held lock.
+    pub locks: &'a [TargetLock],
+    /// The step breaker.
+    pub breaker: &'a Breaker,
+    /// Now (unix ms).
+    pub now: i64,
+}
+
+impl World<'_> {
+    fn person(&self, name: &str) -> Person {
+        let github = self
+            .config
+            .tokens
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.github.clone());
+        Person {
+            name: Some(name.to_string()),
+            github,
+        }
+    }
+}
+
+/// The progress of each step, from its attempts, retries and abandonment.
+pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgress> {
+    change
+        .steps
+        .iter()
+        .map(|step| {
+            let latest = facts
+                .attempts
+                .iter()
+                .filter(|a| a.step_id == step.id)
+                .max_by_key(|a| a.attempt_no);
+            let retried = |a: &Attempt| {
+                facts.retries.iter().any(|r| {
+                    r.step_id.as_deref() == Some(&step.id) && r.after_attempt == Some(a.attempt_no)
+                })
+            };
+            let (state, running, failure) = match latest {
+                None => (StepState::Pending, None, None),
+                Some(a) if a.state == "running" => (
+                    StepState::Running,
+                    Some((a.id.clone(), a.lease_expires_at)),
+                    None,
+                ),
+                Some(a) if a.state == "succeeded" => (StepState::Succeeded, None, None),
+                Some(a) if retried(a) => (StepState::Pending, None, None),
+                Some(a) if a.state == "interrupted" => (
+                    StepState::Interrupted,
+                    None,
+                    Some("interrupted: its lease expired".to_string()),
+                ),
+                Some(a) => (
+                    StepState::Failed,
+                    None,
+                    Some(
+                        a.exit_code
+                            .map_or("failed".to_string(), |c| format!("exit {c}")),
+                    ),
+                ),
+            };
+            let state = if facts.abandonment.is_some() && state == StepState::Pending {
+                StepState::Skipped
+            } else {
+                state
+            };
+            StepProgress {
+                state,
+                running,
+                failure,
+            }
+        })
+        .collect()
+}
+
+/// The approval status of `change` at its default-branch digest.
+pub fn approval_of(
+    world: &World<'_>,
+    change: &ChangeSet,
+    digest: &Digest,
+    facts: &ChangeFacts,
+) -> ApprovalStatus {
+    let in_force = policies_in_force(change, &world.view.policies);
+    let rules = in_force.approval_rules();
+    let approval_facts: Vec<ApprovalFact> = facts
+        .approvals
+        .iter()
+        .map(|a| ApprovalFact {
+            approver: world.person(&a.approver),
+            source: Source::Api,
+            pull_request: None,
+            digest: a.digest.clone(),
+            verdict: Verdict::Approved,
+            at: a.created_at,
+        })
+        .collect();
+    let empty = BTreeSet::new();
+    let authors = world.view.authors.get(&change.id).unwrap_or(&empty);
+    approval_status(digest.as_str(), &rules, &approval_facts, authors, &())
+}
+
+/// A change's state from its facts.
+pub fn state_of(change: &ChangeSet, facts: &ChangeFacts, approved: bool) -> ChangeState {
+    let steps: Vec<StepState> = step_progress(change, facts)
+        .iter()
+        .map(|p| p.state)
+        .collect();
+    gate::change_state(facts.abandonment.is_some(), approved, &steps)
+}
+
+/// The claim decision for `id` with the executor's digest, plus what it read.
+pub fn decide_claim(
+    world: &World<'_>,
+    id: &str,
+    facts: &ChangeFacts,
+    executor_digest: &str,
+) -> (Result<usize, Refusal>, ChangeStatus) {
+    let status = status_of(world, id, facts, Some(executor_digest));
+    let decision = match status.blockers.first() {
+        Some(r) => Err(r.clone()),
+        None => Ok(status
+            .steps
+            .iter()
+            .position(|s| s.state == StepState::Pending)
+            .unwrap_or(0)),
+    };
+    (decision, status)
+}
+
+/// Everything decided about change `id`. `executor_digest` is the claimant's
+/// digest; without one (a status read) the approved digest is assumed.
+pub fn status_of(
+    world: &World<'_>,
+    id: &str,
+    facts: &ChangeFacts,
+    executor_digest: Option<&str>,
+) -> ChangeStatus {
+    let Some((change, digest, covered)) = world.view.changes.get(id) else {
+        let refusal = Refusal {
+            reason: gate::RefusalReason::Unknown,
+            detail: format!("no change `{id}` on the default branch"),
+        };
+        return ChangeStatus {
+            id: id.to_string(),
+            title: String::new(),
+            kind: String::new(),
+            state: ChangeState::Proposed,
+            digest: String::new(),
+            commit: world.view.commit.clone(),
+            targets: vec![],
+            depends_on: vec![],
+            approvals: ApprovalStatus {
+                satisfied: false,
+                policies: vec![],
+                reviews: vec![],
+            },
+            steps: vec![],
+            blockers: vec![refusal],
+            locks: vec![],
+            covered_paths: vec![],
+            abandonment: None,
+        };
+    };
+    let approvals = approval_of(world, change, digest, facts);
+    let progress = step_progress(change, facts);
+    let state = gate::change_state(
+        facts.abandonment.is_some(),
+        approvals.satisfied,
+        &progress.iter().map(|p| p.state).collect::<Vec<_>>(),
+    );
+    let dependencies: Vec<Dependency> = change
+        .depends_on
+        .iter()
+        .map(|dep| {
+            let dep_change = world.view.changes.get(dep);
+            let dep_facts = world.dependency_facts.get(dep).cloned().unwrap_or_default();
+            let state = dep_change.map(|(c, _, _)| state_of(c, &dep_facts, false));
+            let failure = dep_change.and_then(|(c, _, _)| {
+                step_progress(c, &dep_facts)
+                    .iter()
+                    .zip(&c.steps)
+                    .find_map(|(p, s)| p.failure.as_ref().map(|f| format!("step {}, {f}", s.id)))
+            });
+            Dependency {
+                id: dep.clone(),
+                state,
+                failure,
+            }
+        })
+        .collect();
+    let in_force = policies_in_force(change, &world.view.policies);
+    let governing: Vec<&Policy> = match &in_force {
+        PoliciesInForce::Matched { policies } => policies.clone(),
+        PoliciesInForce::BuiltinDefault => vec![],
+    };
+    let windows: Vec<(&str, &[Window])> = governing
+        .iter()
+        .filter(|p| !p.execution.windows.is_empty())
+        .map(|p| (p.name.as_str(), &p.execution.windows[..]))
+        .collect();
+    let lock_states: Vec<(String, String, ChangeState)> = world
+        .locks
+        .iter()
+        .map(|l| {
+            let holder_state = if l.change_id == id {
+                state
+            } else {
+                world
+                    .view
+                    .changes
+                    .get(&l.change_id)
+                    .map_or(ChangeState::Failed, |(c, _, _)| {
+                        state_of(
+                            c,
+                            world
+                                .dependency_facts
+                                .get(&l.change_id)
+                                .unwrap_or(&ChangeFacts::default()),
+                            false,
+                        )
+                    })
+            };
+            (l.target.clone(), l.change_id.clone(), holder_state)
+        })
+        .collect();
+    let confirmed = facts.confirmed();
+    let summary = approvals.summary();
+    let ctx = ClaimContext {
+        id,
+        change: Some(change),
+        state,
+        approved_digest: digest.as_str(),
+        approval_summary: &summary,
+        executor_digest: executor_digest.unwrap_or(digest.as_str()),
+        dependencies: &dependencies,
+        breaker: world.breaker,
+        now: weekday_minute(world.now),
+        windows: &windows,
+        steps: &progress,
+        confirmed: &confirmed,
+        confirm_each_step: governing.iter().any(|p| p.execution.confirm_each_step),
+        locks: &lock_states,
+        max_targets_per_step: governing
+            .iter()
+            .filter_map(|p| p.execution.max_targets_per_step)
+            .min(),
+    };
+    let blockers = match gate::claim_decision(&ctx) {
+        Ok(_) => vec![],
+        Err(r) => vec![r],
+    };
+    let confirm_each = ctx.confirm_each_step;
+    let steps = change
+        .steps
+        .iter()
+        .zip(&progress)
+        .map(|(s, p)| StepStatus {
+            id: s.id.clone(),
+            state: p.state,
+            needs_confirmation: s.confirm || confirm_each,
+            confirmation: facts
+                .confirmations
+                .iter()
+                .find(|c| c.step_id.as_deref() == Some(&s.id))
+                .cloned(),
+            attempts: facts
+                .attempts
+                .iter()
+                .filter(|a| a.step_id == s.id)
+                .cloned()
+                .collect(),
+        })
+        .collect();
+    ChangeStatus {
+        id: id.to_string(),
+        title: change.title.clone(),
+        kind: change.kind.clone(),
+        state,
+        digest: digest.to_string(),
+        commit: world.view.commit.clone(),
+        targets: change.targets.clone(),
+        depends_on: change.depends_on.clone(),
+        approvals,
+        steps,
+        blockers,
+        locks: world
+            .locks
+            .iter()
+            .filter(|l| l.change_id == id)
+            .map(|l| l.target.clone())
+            .collect(),
+        covered_paths: covered.clone(),
+        abandonment: facts.abandonment.clone(),
+    }
+}

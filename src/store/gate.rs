@@ -1,0 +1,473 @@
+//! SQL for the gate's facts: attempts, go-aheads, retries, abandonment,
+//! target locks and the breaker. Reads take a connection so the same code
+//! runs on the pool or inside a [`WriteTx`].
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{ApiApproval, Store, StoreError, WriteTx};
+
+/// One attempt at a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Attempt {
+    /// Unique id, e.g. `upgrade.backup.1`.
+    pub id: String,
+    /// The change.
+    pub change_id: String,
+    /// The step.
+    pub step_id: String,
+    /// 1 for the first attempt at this step, then 2…
+    pub attempt_no: i64,
+    /// The executor that claimed it.
+    pub executor: String,
+    /// The digest it ran.
+    pub digest: String,
+    /// `running`, `succeeded`, `failed` or `interrupted`.
+    pub state: String,
+    /// When the lease runs out unless renewed (unix ms).
+    pub lease_expires_at: i64,
+    /// When it was claimed (unix ms).
+    pub started_at: i64,
+    /// When it ended (unix ms).
+    pub ended_at: Option<i64>,
+    /// The failing or last command's exit code.
+    pub exit_code: Option<i64>,
+    /// How long the commands ran, as reported.
+    pub duration_ms: Option<i64>,
+    /// The last 64 KiB of output, secrets redacted.
+    pub output_tail: Option<String>,
+    /// A report that arrived after the lease expired (JSON), kept for the record.
+    pub late_report: Option<String>,
+}
+
+const ATTEMPT_COLUMNS: &str =
+    "id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, ended_at, exit_code, duration_ms, output_tail, late_report";
+
+fn attempt(r: &AnyRow) -> Result<Attempt, sqlx::Error> {
+    Ok(Attempt {
+        id: r.try_get("id")?,
+        change_id: r.try_get("change_id")?,
+        step_id: r.try_get("step_id")?,
+        attempt_no: r.try_get("attempt_no")?,
+        executor: r.try_get("executor")?,
+        digest: r.try_get("digest")?,
+        state: r.try_get("state")?,
+        lease_expires_at: r.try_get("lease_expires_at")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        exit_code: r.try_get("exit_code")?,
+        duration_ms: r.try_get("duration_ms")?,
+        output_tail: r.try_get("output_tail")?,
+        late_report: r.try_get("late_report")?,
+    })
+}
+
+/// An operator's record: who, why, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct OperatorAction {
+    /// The step it concerns, if any.
+    pub step_id: Option<String>,
+    /// For a retry: the attempt it re-opened.
+    pub after_attempt: Option<i64>,
+    /// The identity.
+    pub actor: String,
+    /// Their reason.
+    pub reason: String,
+    /// Unix ms.
+    pub at: i64,
+}
+
+fn action(r: &AnyRow, step: bool, after: bool) -> Result<OperatorAction, sqlx::Error> {
+    Ok(OperatorAction {
+        step_id: if step {
+            Some(r.try_get("step_id")?)
+        } else {
+            None
+        },
+        after_attempt: if after {
+            Some(r.try_get("after_attempt")?)
+        } else {
+            None
+        },
+        actor: r.try_get("actor")?,
+        reason: r.try_get("reason")?,
+        at: r.try_get("at")?,
+    })
+}
+
+/// Everything recorded about one change's execution and approval.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeFacts {
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// Go-aheads.
+    pub confirmations: Vec<OperatorAction>,
+    /// Re-opened steps.
+    pub retries: Vec<OperatorAction>,
+    /// The abandonment, if any.
+    pub abandonment: Option<OperatorAction>,
+    /// API approvals.
+    pub approvals: Vec<ApiApproval>,
+}
+
+impl ChangeFacts {
+    /// Steps with a recorded go-ahead.
+    pub fn confirmed(&self) -> BTreeSet<String> {
+        self.confirmations
+            .iter()
+            .filter_map(|c| c.step_id.clone())
+            .collect()
+    }
+}
+
+/// A held target lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TargetLock {
+    /// The target.
+    pub target: String,
+    /// The change holding it.
+    pub change_id: String,
+    /// Since (unix ms).
+    pub locked_at: i64,
+}
+
+/// The step breaker's last reset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct BreakerReset {
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When (unix ms).
+    pub at: i64,
+}
+
+pub(crate) async fn change_facts(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<ChangeFacts, StoreError> {
+    let attempts = sqlx::query(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE change_id = $1 ORDER BY started_at, attempt_no"))
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(attempt)
+        .collect::<Result<_, _>>()?;
+    let confirmations = sqlx::query("SELECT step_id, actor, reason, created_at AS at FROM confirmations WHERE change_id = $1 ORDER BY created_at")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| action(r, true, false))
+        .collect::<Result<_, _>>()?;
+    let retries = sqlx::query("SELECT step_id, after_attempt, actor, reason, at FROM retries WHERE change_id = $1 ORDER BY at")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| action(r, true, true))
+        .collect::<Result<_, _>>()?;
+    let abandonment =
+        sqlx::query("SELECT actor, reason, at FROM abandonments WHERE change_id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| action(&r, false, false))
+            .transpose()?;
+    let approvals = super::api_approvals_on(conn, id).await?;
+    Ok(ChangeFacts {
+        attempts,
+        confirmations,
+        retries,
+        abandonment,
+        approvals,
+    })
+}
+
+pub(crate) async fn locks(conn: &mut AnyConnection) -> Result<Vec<TargetLock>, StoreError> {
+    let rows = sqlx::query("SELECT target, change_id, locked_at FROM target_locks ORDER BY target")
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TargetLock {
+                target: r.try_get("target")?,
+                change_id: r.try_get("change_id")?,
+                locked_at: r.try_get("locked_at")?,
+            })
+        })
+        .collect()
+}
+
+/// When steps failed or were interrupted, for the breaker.
+pub(crate) async fn step_failures(conn: &mut AnyConnection) -> Result<Vec<i64>, StoreError> {
+    let rows = sqlx::query("SELECT ended_at FROM attempts WHERE state IN ('failed', 'interrupted') AND ended_at IS NOT NULL")
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<i64, _>("ended_at")?))
+        .collect()
+}
+
+pub(crate) async fn breaker_reset(
+    conn: &mut AnyConnection,
+) -> Result<Option<BreakerReset>, StoreError> {
+    let row = sqlx::query("SELECT reset_by, reset_reason, reset_at FROM breakers WHERE name = 'steps' AND reset_at IS NOT NULL")
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(BreakerReset {
+            actor: r.try_get("reset_by")?,
+            reason: r.try_get("reset_reason")?,
+            at: r.try_get("reset_at")?,
+        })
+    })
+    .transpose()
+}
+
+impl Store {
+    /// One change's facts.
+    pub async fn change_facts(&self, id: &str) -> Result<ChangeFacts, StoreError> {
+        change_facts(&mut *self.pool.acquire().await?, id).await
+    }
+
+    /// Every held target lock.
+    pub async fn locks(&self) -> Result<Vec<TargetLock>, StoreError> {
+        locks(&mut *self.pool.acquire().await?).await
+    }
+
+    /// Failure times and the last reset, for the breaker.
+    pub async fn breaker_facts(&self) -> Result<(Vec<i64>, Option<BreakerReset>), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok((
+            step_failures(&mut conn).await?,
+            breaker_reset(&mut conn).await?,
+        ))
+    }
+}
+
+impl WriteTx {
+    /// One change's facts, read under the write lock.
+    pub async fn change_facts(&mut self, id: &str) -> Result<ChangeFacts, StoreError> {
+        change_facts(self.conn(), id).await
+    }
+
+    /// Every held target lock, read under the write lock.
+    pub async fn locks(&mut self) -> Result<Vec<TargetLock>, StoreError> {
+        locks(self.conn()).await
+    }
+
+    /// Failure times and the last reset, read under the write lock.
+    pub async fn breaker_facts(&mut self) -> Result<(Vec<i64>, Option<BreakerReset>), StoreError> {
+        Ok((
+            step_failures(self.conn()).await?,
+            breaker_reset(self.conn()).await?,
+        ))
+    }
+
+    /// Marks running attempts whose lease ran out as `interrupted`, and returns them.
+    pub async fn expire_leases(&mut self, now: i64) -> Result<Vec<Attempt>, StoreError> {
+        let expired: Vec<Attempt> = sqlx::query(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE state = 'running' AND lease_expires_at < $1"))
+            .bind(now)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(attempt)
+            .collect::<Result<_, _>>()?;
+        for a in &expired {
+            sqlx::query("UPDATE attempts SET state = 'interrupted', ended_at = lease_expires_at WHERE id = $1")
+                .bind(&a.id)
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(expired)
+    }
+
+    /// Records a new running attempt. The unique (change, step, attempt_no)
+    /// constraint makes a second writer of the same attempt fail.
+    pub async fn insert_attempt(&mut self, a: &Attempt) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO attempts (id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&a.id)
+        .bind(&a.change_id)
+        .bind(&a.step_id)
+        .bind(a.attempt_no)
+        .bind(&a.executor)
+        .bind(&a.digest)
+        .bind(&a.state)
+        .bind(a.lease_expires_at)
+        .bind(a.started_at)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Takes every target for `change_id` (keeping those it already holds).
+    pub async fn take_locks(
+        &mut self,
+        change_id: &str,
+        targets: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        for t in targets {
+            sqlx::query("INSERT INTO target_locks (target, change_id, locked_at) VALUES ($1, $2, $3) ON CONFLICT (target) DO NOTHING")
+                .bind(t)
+                .bind(change_id)
+                .bind(now)
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Releases every target `change_id` holds.
+    pub async fn release_locks(&mut self, change_id: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM target_locks WHERE change_id = $1")
+            .bind(change_id)
+            .execute(self.conn())
+            .await?
+            .rows_affected())
+    }
+
+    /// The attempt, if it exists.
+    pub async fn attempt(&mut self, id: &str) -> Result<Option<Attempt>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(row.as_ref().map(attempt).transpose()?)
+    }
+
+    /// Extends a running attempt's lease.
+    pub async fn renew_lease(&mut self, id: &str, until: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE attempts SET lease_expires_at = $2 WHERE id = $1 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(until)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a running attempt with its outcome.
+    pub async fn finish_attempt(
+        &mut self,
+        id: &str,
+        state: &str,
+        exit_code: Option<i64>,
+        duration_ms: Option<i64>,
+        output_tail: &str,
+        ended_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE attempts SET state = $2, exit_code = $3, duration_ms = $4, output_tail = $5, ended_at = $6 WHERE id = $1 AND state = 'running'")
+            .bind(id)
+            .bind(state)
+            .bind(exit_code)
+            .bind(duration_ms)
+            .bind(output_tail)
+            .bind(ended_at)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps a report that came after the lease expired.
+    pub async fn record_late_report(&mut self, id: &str, report: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE attempts SET late_report = $2 WHERE id = $1 AND late_report IS NULL")
+            .bind(id)
+            .bind(report)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Records a go-ahead for a step (once).
+    pub async fn insert_confirmation(
+        &mut self,
+        change_id: &str,
+        step_id: &str,
+        actor: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("INSERT INTO confirmations (change_id, step_id, actor, reason, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+            .bind(change_id)
+            .bind(step_id)
+            .bind(actor)
+            .bind(reason)
+            .bind(at)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Re-opens a failed step after attempt `after_attempt`.
+    pub async fn insert_retry(
+        &mut self,
+        change_id: &str,
+        step_id: &str,
+        after_attempt: i64,
+        actor: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("INSERT INTO retries (change_id, step_id, after_attempt, actor, reason, at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+            .bind(change_id)
+            .bind(step_id)
+            .bind(after_attempt)
+            .bind(actor)
+            .bind(reason)
+            .bind(at)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Abandons a change (once).
+    pub async fn insert_abandonment(
+        &mut self,
+        change_id: &str,
+        actor: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("INSERT INTO abandonments (change_id, actor, reason, at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(change_id)
+            .bind(actor)
+            .bind(reason)
+            .bind(at)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Closes the step breaker: only failures after `at` count from now on.
+    pub async fn reset_breaker(
+        &mut self,
+        actor: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO breakers (name, state, reset_by, reset_reason, reset_at) VALUES ('steps', 'closed', $1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET state = 'closed', reset_by = $1, reset_reason = $2, reset_at = $3",
+        )
+        .bind(actor)
+        .bind(reason)
+        .bind(at)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+}
