@@ -10,9 +10,11 @@
 //! - [`cli`]: the `changegate` command line.
 
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod executor;
 pub mod gate;
 pub mod git;
 pub mod model;

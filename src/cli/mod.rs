@@ -1,6 +1,8 @@
 //! The `changegate` command line. Exit codes are part of the interface:
 //! see README.md, "Exit codes".
 
+mod api_cmds;
+mod exec;
 mod repo_cmds;
 mod server_cmds;
 
@@ -54,6 +56,71 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
     },
+    /// Run the next step of a change from this checkout (or, with --continue, steps until a gate).
+    Exec {
+        /// The change id.
+        id: String,
+        /// Claim the next step after each success, until a gate, a failure or the end.
+        #[arg(long = "continue")]
+        keep_going: bool,
+        /// The checkout (default: the current directory).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// A label for this executor in the record, e.g. the CI run URL.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Approve a change at the digest of this checkout (or --digest).
+    Approve {
+        /// The change id.
+        id: String,
+        /// The digest approved (default: computed from --repo at HEAD).
+        #[arg(long)]
+        digest: Option<String>,
+        /// The checkout to compute the digest from.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// A comment for the record.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Record the go-ahead for a step that needs confirmation.
+    Proceed {
+        /// The change id.
+        id: String,
+        /// The step id.
+        step: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Re-open a change's failed step.
+    Retry {
+        /// The change id.
+        id: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Abandon a change for good: its locks are released, its dependents stay refused.
+    Abandon {
+        /// The change id.
+        id: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show changes (or one change) as the server sees them.
+    Status {
+        /// One change id; all when absent.
+        id: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// The step breaker.
+    #[command(subcommand)]
+    Breaker(BreakerCommand),
     /// Run the service: HTTP API on embedded SQLite, or Postgres via CHANGEGATE_DATABASE_URL.
     Serve {
         /// Log format.
@@ -73,6 +140,18 @@ enum Command {
         /// Which file kind.
         #[arg(value_enum)]
         kind: SchemaKind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BreakerCommand {
+    /// Show whether the breaker is open.
+    Status,
+    /// Close the breaker.
+    Reset {
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -122,6 +201,8 @@ pub mod exit {
     pub const INVALID: u8 = 1;
     /// Usage or I/O error: no repository, unknown revision or change.
     pub const USAGE: u8 = 2;
+    /// `exec`: the claim was refused (the reason is printed).
+    pub const REFUSED: u8 = 3;
 }
 
 /// Parses the command line and runs the command.
@@ -137,6 +218,24 @@ pub fn run() -> ExitCode {
         } => repo_cmds::plan(&id, &repo, &default_branch, format),
         Command::Digest { id, repo } => repo_cmds::digest(&id, &repo),
         Command::Schema { kind } => repo_cmds::schema(kind),
+        Command::Exec {
+            id,
+            keep_going,
+            repo,
+            label,
+        } => exec::exec(&id, keep_going, &repo, label.as_deref()),
+        Command::Approve {
+            id,
+            digest,
+            repo,
+            comment,
+        } => api_cmds::approve(&id, digest.as_deref(), &repo, &comment),
+        Command::Proceed { id, step, reason } => api_cmds::proceed(&id, &step, &reason),
+        Command::Retry { id, reason } => api_cmds::retry(&id, &reason),
+        Command::Abandon { id, reason } => api_cmds::abandon(&id, &reason),
+        Command::Status { id, format } => api_cmds::status(id.as_deref(), format),
+        Command::Breaker(BreakerCommand::Status) => api_cmds::breaker_status(),
+        Command::Breaker(BreakerCommand::Reset { reason }) => api_cmds::breaker_reset(&reason),
         Command::Serve { log_format } => server_cmds::serve(cli.config.as_deref(), log_format),
         Command::Migrate => server_cmds::migrate(cli.config.as_deref()),
         Command::Token(TokenCommand::New { name, role }) => server_cmds::token_new(&name, role),

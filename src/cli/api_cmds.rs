@@ -1,0 +1,196 @@
+//! Commands that act through the API: `approve`, `proceed`, `retry`,
+//! `abandon`, `status`, `breaker`. The server URL and token come from
+//! `CHANGEGATE_URL` and `CHANGEGATE_TOKEN`.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{exit, Format};
+use crate::client::{Client, ClientError};
+use crate::git::ChangeRepo;
+use crate::model::{covered_paths, Digest};
+
+fn with_client(
+    f: impl FnOnce(&Client) -> Result<Value, ClientError>,
+    done: impl FnOnce(&Value),
+) -> u8 {
+    let client = match Client::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    match f(&client) {
+        Ok(v) => {
+            done(&v);
+            exit::OK
+        }
+        Err(ClientError::Refused {
+            status,
+            reason,
+            detail,
+        }) => {
+            eprintln!("refused ({status}): {reason}: {detail}");
+            if status == 409 {
+                exit::REFUSED
+            } else {
+                exit::USAGE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+pub(super) fn approve(id: &str, digest: Option<&str>, repo: &Path, comment: &str) -> u8 {
+    let digest = match digest {
+        Some(d) => d.to_string(),
+        None => {
+            let computed = ChangeRepo::open(repo).and_then(|r| {
+                let snap = r.at("HEAD")?;
+                let model = snap.load_model()?;
+                Ok(model
+                    .changes
+                    .get(id)
+                    .and_then(|c| covered_paths(c, &snap).ok())
+                    .map(|c| Digest::of(&c).to_string()))
+            });
+            match computed {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    eprintln!("error: no valid change `{id}` at HEAD; pass --digest");
+                    return exit::USAGE;
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            }
+        }
+    };
+    with_client(
+        |c| c.approve(id, &digest, comment),
+        |v| {
+            let verb = if v["created"] == true {
+                "recorded"
+            } else {
+                "already on record"
+            };
+            println!(
+                "approval of {id} at {digest} by {}: {verb}",
+                v["approver"].as_str().unwrap_or("?")
+            );
+        },
+    )
+}
+
+pub(super) fn proceed(id: &str, step: &str, reason: &str) -> u8 {
+    with_client(
+        |c| c.proceed(id, step, reason),
+        |_| println!("go-ahead recorded for {id} step {step}"),
+    )
+}
+
+pub(super) fn retry(id: &str, reason: &str) -> u8 {
+    with_client(
+        |c| c.retry(id, reason),
+        |v| {
+            println!(
+                "{id}: {}",
+                v["recorded"].as_str().unwrap_or("retry recorded")
+            )
+        },
+    )
+}
+
+pub(super) fn abandon(id: &str, reason: &str) -> u8 {
+    with_client(
+        |c| c.abandon(id, reason),
+        |_| println!("{id} abandoned; its locks are released and its dependents stay refused"),
+    )
+}
+
+/// One line per change: state, id, approvals, steps, and what blocks it.
+fn summary_line(c: &Value) -> String {
+    let steps = c["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let done = steps.iter().filter(|s| s["state"] == "succeeded").count();
+    let tally = c["approvals"]["policies"]
+        .as_array()
+        .and_then(|p| {
+            p.iter().max_by_key(|p| {
+                p["required"].as_u64().unwrap_or(0)
+                    - p["counted"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .min(p["required"].as_u64().unwrap_or(0))
+            })
+        })
+        .map(|p| {
+            format!(
+                "{} of {} approvals",
+                p["counted"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .min(p["required"].as_u64().unwrap_or(0)),
+                p["required"]
+            )
+        })
+        .unwrap_or_default();
+    let blocker = c["blockers"]
+        .as_array()
+        .and_then(|b| b.first())
+        .map(|b| {
+            format!(
+                "  ⟂ {}: {}",
+                b["reason"].as_str().unwrap_or(""),
+                b["detail"].as_str().unwrap_or("")
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{:<10} {}  {tally}, {done}/{} steps{blocker}",
+        c["state"].as_str().unwrap_or("?"),
+        c["id"].as_str().unwrap_or("?"),
+        steps.len()
+    )
+}
+
+pub(super) fn status(id: Option<&str>, format: Format) -> u8 {
+    with_client(
+        |c| match id {
+            Some(id) => c.change(id),
+            None => c.changes(),
+        },
+        |v| match format {
+            Format::Json => println!("{v}"),
+            Format::Text => match v.as_array() {
+                Some(list) => list.iter().for_each(|c| println!("{}", summary_line(c))),
+                None => {
+                    println!("{}", summary_line(v));
+                    for s in v["steps"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                        println!(
+                            "  {:<12} {}",
+                            s["state"].as_str().unwrap_or(""),
+                            s["id"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            },
+        },
+    )
+}
+
+pub(super) fn breaker_status() -> u8 {
+    with_client(|c| c.breaker(), |v| println!("{}", v["breaker"]))
+}
+
+pub(super) fn breaker_reset(reason: &str) -> u8 {
+    with_client(
+        |c| c.reset_breaker(reason),
+        |v| println!("breaker reset: {}", v["breaker"]),
+    )
+}
