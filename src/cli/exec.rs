@@ -195,7 +195,7 @@ pub(super) fn exec_with(
             duration_ms: run.duration.as_millis() as i64,
             output_tail: redact(crate::engine::tail(&output), &env_secrets()),
         };
-        let answer = report_with_retries(&client, &grant.attempt, &report);
+        let answer = report_with_retries(client, &grant.attempt, &report);
         let secs = run.duration.as_secs_f64();
         match &run.end {
             StepEnd::Succeeded => println!("✔ {} succeeded in {secs:.1}s", grant.step),
