@@ -43,6 +43,11 @@ impl TestRepo {
 
     /// Commits the whole work tree onto HEAD's branch.
     pub fn commit(&self, message: &str) -> Oid {
+        self.commit_as(message, "Test", "test@example.com")
+    }
+
+    /// Commits the whole work tree as author and committer `name <email>`.
+    pub fn commit_as(&self, message: &str, name: &str, email: &str) -> Oid {
         let mut index = self.repo.index().unwrap();
         index
             .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
@@ -50,7 +55,7 @@ impl TestRepo {
         index.update_all(["*"], None).unwrap();
         index.write().unwrap();
         let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = Signature::now("Test", "test@example.com").unwrap();
+        let sig = Signature::now(name, email).unwrap();
         let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parents: Vec<&git2::Commit> = parent.iter().collect();
         self.repo

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A token identity for the test config: (name, role, token).
+/// A token identity for the test config: (name, role, token). The role may
+/// carry extra keys for the token after `;`.
 pub type TestToken = (String, &'static str, String);
 
 /// A running server.
@@ -26,21 +27,34 @@ pub struct Server {
 
 /// Writes a config with these tokens and starts a server on a free port.
 pub fn start(repo: &std::path::Path, database_url: &str, tokens: &[TestToken]) -> Server {
+    start_with(repo, database_url, tokens, "", "")
+}
+
+/// Like [`start`], with extra `[server]` keys and extra config sections.
+pub fn start_with(
+    repo: &std::path::Path,
+    database_url: &str,
+    tokens: &[TestToken],
+    server_keys: &str,
+    sections: &str,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("changegate.toml");
     let mut f = std::fs::File::create(&config).unwrap();
     writeln!(
         f,
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\ndatabase_url = {database_url:?}\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\ndatabase_url = {database_url:?}\n{server_keys}\n{sections}\n",
         dir.path()
     )
     .unwrap();
     writeln!(f, "[repo]\nurl = {:?}\ndefault_branch = \"main\"\n", repo).unwrap();
     for (name, role, token) in tokens {
+        // A role may carry extra keys for its token after `;`, e.g. `operator;emails = ["c@x"]`.
+        let (role, extra) = role.split_once(';').unwrap_or((role, ""));
         let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
         writeln!(
             f,
-            "[[tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {hash:?}\n"
+            "[[tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {hash:?}\n{extra}\n"
         )
         .unwrap();
     }
