@@ -695,3 +695,20 @@ fn exec_refuses_a_dirty_checkout() {
         text(&out)
     );
 }
+
+#[test]
+fn demo_replays_the_incident_on_the_projects_own_changes() {
+    let out = common::changegate(&common::project_root(), &["demo"]);
+    let text = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "carol, the author, approves her own change → recorded, not counted (author)",
+        "approvals: 2 of 2 (policy postgres-upgrades) → the change is ready",
+        "✘ release failed: `run` exited 1",
+        "is refused: 409: dependency: dependency 2017-12-12-state-machine-pg10 is failed (step release, exit 1)",
+        "sm-pg96 still exists and is still the primary",
+        "The failure blocked everything that should stop.",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}

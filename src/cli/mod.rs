@@ -2,6 +2,7 @@
 //! see README.md, "Exit codes".
 
 mod api_cmds;
+mod demo;
 mod exec;
 mod repo_cmds;
 mod server_cmds;
@@ -121,6 +122,8 @@ enum Command {
     /// The step breaker.
     #[command(subcommand)]
     Breaker(BreakerCommand),
+    /// Replay the 2017 incident end to end on a temp SQLite and a simulated fleet.
+    Demo,
     /// Run the service: HTTP API on embedded SQLite, or Postgres via CHANGEGATE_DATABASE_URL.
     Serve {
         /// Log format.
@@ -236,6 +239,7 @@ pub fn run() -> ExitCode {
         Command::Status { id, format } => api_cmds::status(id.as_deref(), format),
         Command::Breaker(BreakerCommand::Status) => api_cmds::breaker_status(),
         Command::Breaker(BreakerCommand::Reset { reason }) => api_cmds::breaker_reset(&reason),
+        Command::Demo => demo::demo(),
         Command::Serve { log_format } => server_cmds::serve(cli.config.as_deref(), log_format),
         Command::Migrate => server_cmds::migrate(cli.config.as_deref()),
         Command::Token(TokenCommand::New { name, role }) => server_cmds::token_new(&name, role),

@@ -84,6 +84,21 @@ pub enum ServeError {
 
 /// Runs the service until SIGTERM or SIGINT, then drains in-flight requests.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.server.listen.clone(),
+            source,
+        })?;
+    run(config, listener, shutdown_signal()).await
+}
+
+/// Runs the service on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let store = Store::connect(&config.database_url()).await?;
     store.migrate().await?;
     tracing::info!(backend = ?store.backend(), "store ready");
@@ -98,18 +113,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         ),
         Err(e) => tracing::error!(error = %e, "cannot read the default branch; will retry"),
     }
-    let listener = tokio::net::TcpListener::bind(&config.server.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.server.listen.clone(),
-            source,
-        })?;
     let addr = listener.local_addr()?;
     let background = tokio::spawn(background(config.clone(), engine.clone()));
     tracing::info!(%addr, "listening");
     let app = router(AppState { config, engine });
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await?;
     background.abort();
     store.close().await;

@@ -1,0 +1,316 @@
+//! `changegate demo`: the 2017 incident, replayed end to end against this
+//! repository's own example changes, on a temp SQLite and a simulated fleet.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+use git2::{ObjectType, Repository, Signature, TreeWalkMode, TreeWalkResult};
+
+use super::exec::exec_with;
+use super::exit;
+use crate::client::Client;
+use crate::config::{Config, Role, TokenConfig};
+use crate::git::ChangeRepo;
+use crate::model::{covered_paths, Digest};
+use crate::server::auth::{new_token, token_hash};
+
+const UPGRADE: &str = "2017-12-12-state-machine-pg10";
+const DECOMMISSION: &str = "2017-12-14-decommission-pg96";
+
+struct Timeline {
+    start: Instant,
+    events: Vec<(f64, String)>,
+}
+
+impl Timeline {
+    fn say(&mut self, what: impl Into<String>) {
+        let what = what.into();
+        let t = self.start.elapsed().as_secs_f64();
+        println!("\n[{t:>5.1}s] {what}");
+        let _ = std::io::stdout().flush();
+        self.events.push((t, what));
+    }
+}
+
+/// Copies `changes/` and `policies/` from HEAD of `from` into a new
+/// repository at `to`, committed by Carol, the change's author.
+fn make_checkout(from: &Path, to: &Path) -> Result<(), String> {
+    let source = ChangeRepo::open(from)
+        .map_err(|e| format!("{e}; run the demo from a changegate checkout"))?;
+    let tree = source
+        .git()
+        .head()
+        .and_then(|h| h.peel_to_tree())
+        .map_err(|e| e.to_string())?;
+    let mut failure = None;
+    tree.walk(TreeWalkMode::PreOrder, |root, entry| {
+        let top_level = root.split('/').next().unwrap_or_default();
+        if entry.kind() == Some(ObjectType::Blob) && matches!(top_level, "changes" | "policies") {
+            let path = to.join(root).join(entry.name().unwrap_or_default());
+            let written = source
+                .git()
+                .find_blob(entry.id())
+                .map_err(|e| e.to_string())
+                .and_then(|blob| {
+                    std::fs::create_dir_all(path.parent().expect("a file has a folder"))
+                        .map_err(|e| e.to_string())?;
+                    std::fs::write(&path, blob.content()).map_err(|e| e.to_string())?;
+                    let mode = if entry.filemode() == 0o100755 {
+                        0o755
+                    } else {
+                        0o644
+                    };
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = written {
+                failure = Some(e);
+                return TreeWalkResult::Abort;
+            }
+        }
+        TreeWalkResult::Ok
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let repo = Repository::init(to).map_err(|e| e.to_string())?;
+    repo.set_head("refs/heads/main")
+        .map_err(|e| e.to_string())?;
+    let mut index = repo.index().map_err(|e| e.to_string())?;
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .map_err(|e| e.to_string())?;
+    index.write().map_err(|e| e.to_string())?;
+    let tree = repo
+        .find_tree(index.write_tree().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let carol = Signature::now("Carol", "carol@example.com").map_err(|e| e.to_string())?;
+    repo.commit(
+        Some("HEAD"),
+        &carol,
+        &carol,
+        "Upgrade the state machine database, then decommission 9.6",
+        &tree,
+        &[],
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn token(name: &str, role: Role, emails: &[&str], tokens: &mut Vec<TokenConfig>) -> String {
+    let secret = new_token();
+    tokens.push(TokenConfig {
+        name: name.into(),
+        role,
+        sha256: token_hash(&secret),
+        github: None,
+        emails: emails.iter().map(|e| e.to_string()).collect(),
+    });
+    secret
+}
+
+pub(super) fn demo() -> u8 {
+    match run() {
+        Ok(true) => exit::OK,
+        Ok(false) => exit::INVALID,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+fn run() -> Result<bool, String> {
+    let work = tempfile::Builder::new()
+        .prefix("changegate-demo-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let checkout = work.path().join("checkout");
+    let fleet = work.path().join("fleet");
+    // Before any thread starts: the step scripts find the simulated fleet here.
+    std::env::set_var("FLEET_DIR", &fleet);
+    make_checkout(Path::new("."), &checkout)?;
+
+    let mut tokens = Vec::new();
+    let alice = token("alice", Role::Operator, &[], &mut tokens);
+    let bob = token("bob", Role::Operator, &[], &mut tokens);
+    let carol = token("carol", Role::Operator, &["carol@example.com"], &mut tokens);
+    let ci = token("ci", Role::Executor, &[], &mut tokens);
+    let mut config = Config {
+        tokens,
+        ..Config::default()
+    };
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.data_dir = work.path().to_path_buf();
+    config.repo.url = checkout.clone();
+
+    // The server, in-process, on a temp SQLite.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(|e| e.to_string())?;
+    let url = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(crate::server::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let api = |t: &str| Client::new(&url, t);
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        api(&alice).change(UPGRADE).is_ok()
+    });
+    if !ready {
+        return Err("the in-process server did not start".into());
+    }
+
+    let mut t = Timeline {
+        start: Instant::now(),
+        events: Vec::new(),
+    };
+    println!("changegate demo: the 2017 state machine database upgrade, replayed");
+    println!(
+        "  work dir {} · server {url} · SQLite · simulated fleet in {}",
+        work.path().display(),
+        fleet.display()
+    );
+
+    let init = std::process::Command::new("./changes/scripts/fleet_init.sh")
+        .current_dir(&checkout)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !init.status.success() {
+        return Err(format!(
+            "fleet_init.sh failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        ));
+    }
+    std::fs::write(
+        fleet.join("faults/release"),
+        "pg_ctl promote timed out; sm-pg96 is still the primary",
+    )
+    .map_err(|e| e.to_string())?;
+    t.say("Fleet: sm-pg96 (Postgres 9.6) is the primary of the state machine. The release step will fail, as it did in 2017.");
+
+    let digest_of = |id: &str| -> Result<String, String> {
+        let repo = ChangeRepo::open(&checkout).map_err(|e| e.to_string())?;
+        let snap = repo.at("HEAD").map_err(|e| e.to_string())?;
+        let model = snap.load_model().map_err(|e| e.to_string())?;
+        let change = model.changes.get(id).ok_or(format!("no change {id}"))?;
+        Ok(Digest::of(&covered_paths(change, &snap)?).to_string())
+    };
+    let up_digest = digest_of(UPGRADE)?;
+    let ok =
+        |r: Result<serde_json::Value, crate::client::ClientError>| r.map_err(|e| e.to_string());
+
+    ok(api(&carol).approve(UPGRADE, &up_digest, "I wrote it and I trust it"))?;
+    let status = ok(api(&alice).change(UPGRADE))?;
+    let carol_counts = status["approvals"]["reviews"][0]["counts"] == true;
+    t.say(format!(
+        "carol, the author, approves her own change → recorded, not counted ({})",
+        status["approvals"]["reviews"][0]["reason"]
+            .as_str()
+            .unwrap_or("?")
+    ));
+    for (who, secret) in [("alice", &alice), ("bob", &bob)] {
+        ok(api(secret).approve(UPGRADE, &up_digest, "read the plan"))?;
+        t.say(format!("{who} approves {UPGRADE} at {}", &up_digest[..19]));
+    }
+    let status = ok(api(&alice).change(UPGRADE))?;
+    let tally = status["approvals"]["policies"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "postgres-upgrades"))
+        .cloned()
+        .unwrap_or_default();
+    t.say(format!(
+        "approvals: {} of {} (policy postgres-upgrades) → the change is {}",
+        tally["counted"],
+        tally["required"],
+        status["state"].as_str().unwrap_or("?")
+    ));
+
+    for step in [
+        "backup",
+        "create-instance",
+        "restore",
+        "point-state-machine",
+        "release",
+    ] {
+        ok(api(&alice).proceed(UPGRADE, step, "watching the rollout"))?;
+    }
+    t.say("alice records a go-ahead for each step (the policy asks for one per step)");
+    t.say(format!("CI runs `changegate exec {UPGRADE} --continue`:"));
+    let code = exec_with(&api(&ci), UPGRADE, true, &checkout, Some("demo"));
+    let status = ok(api(&alice).change(UPGRADE))?;
+    let upgrade_failed = code == exit::INVALID && status["state"] == "failed";
+    t.say(format!(
+        "exec exited {code}: {UPGRADE} is {}; its targets stay locked ({})",
+        status["state"].as_str().unwrap_or("?"),
+        status["locks"]
+            .as_array()
+            .map(|l| l
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    ));
+
+    t.say("Two days later: the decommission of sm-pg96 is approved and given its go-ahead");
+    let down_digest = digest_of(DECOMMISSION)?;
+    for secret in [&alice, &bob] {
+        ok(api(secret).approve(DECOMMISSION, &down_digest, "the upgrade is done, isn't it?"))?;
+    }
+    ok(api(&alice).proceed(DECOMMISSION, "final-snapshot", "clean-up"))?;
+    let refused = api(&ci).claim(DECOMMISSION, &down_digest, Some("demo"));
+    let dependency_refused = refused.as_ref().err().and_then(|e| e.reason()) == Some("dependency");
+    match &refused {
+        Err(e) => t.say(format!("CI's claim for {DECOMMISSION} is refused: {e}")),
+        Ok(g) => t.say(format!(
+            "CI's claim for {DECOMMISSION} was GRANTED ({}): the gate failed",
+            g.step
+        )),
+    }
+    let role = std::fs::read_to_string(fleet.join("sm-pg96/role")).unwrap_or_default();
+    let survived = role.trim() == "primary";
+    t.say(format!(
+        "sm-pg96 still exists and is still the {}: nothing removed it, nothing rebooted the fleet",
+        role.trim()
+    ));
+
+    let _ = stop.send(());
+    let _ = runtime.block_on(server);
+    let db_url = format!("sqlite://{}", work.path().join("changegate.db").display());
+    let verified = runtime.block_on(async {
+        let store = crate::store::Store::connect(&db_url).await.ok()?;
+        store.verify_audit().await.ok()?.ok()
+    });
+    t.say(format!(
+        "audit chain: {}",
+        verified.map_or("BROKEN".to_string(), |n| format!("{n} events, intact"))
+    ));
+
+    println!("\nTimeline");
+    for (at, what) in &t.events {
+        println!("  {at:>5.1}s  {what}");
+    }
+    let as_expected =
+        !carol_counts && upgrade_failed && dependency_refused && survived && verified.is_some();
+    println!(
+        "\n{}",
+        if as_expected {
+            "The failure blocked everything that should stop."
+        } else {
+            "UNEXPECTED: the replay did not go as designed."
+        }
+    );
+    Ok(as_expected)
+}
