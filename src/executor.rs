@@ -182,6 +182,8 @@ pub fn run_step(grant: &ClaimGrant, dir: &Path, stop: &StopSignal, echo: bool) -
                 "  │ ".into(),
             ),
         ];
+        // Poll quickly at first (most commands are short), then every 20 ms.
+        let mut pause = Duration::from_millis(1);
         let status = loop {
             if let Some(status) = child.try_wait().ok().flatten() {
                 break Ok(status);
@@ -196,7 +198,8 @@ pub fn run_step(grant: &ClaimGrant, dir: &Path, stop: &StopSignal, echo: bool) -
                 let _ = child.wait();
                 break Err(StepEnd::Stopped { role, why });
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
         };
         // A command's leftover children hold the pipes open; the group goes with it.
         kill_group(pgid);

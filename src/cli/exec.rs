@@ -1,8 +1,7 @@
 //! `changegate exec ID [--continue]`: the executor CI runs.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use super::exit;
@@ -144,24 +143,14 @@ pub(super) fn exec_with(
             "▶ step {}/{} {} (attempt {})",
             grant.step_number, grant.steps_total, grant.step, grant.attempt
         );
-        let done = Arc::new(AtomicBool::new(false));
+        // The heartbeat thread renews the lease every third of it, and ends
+        // as soon as the step does (the sender is dropped).
+        let (done, finished) = mpsc::channel::<()>();
         let heartbeat = {
-            let (client, attempt, done, stop) = (
-                client.clone(),
-                grant.attempt.clone(),
-                done.clone(),
-                stop.clone(),
-            );
+            let (client, attempt, stop) = (client.clone(), grant.attempt.clone(), stop.clone());
             let every = Duration::from_secs((grant.lease_secs / 3).max(1));
             std::thread::spawn(move || {
-                let mut waited = Duration::ZERO;
-                while !done.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    waited += Duration::from_millis(100);
-                    if waited < every {
-                        continue;
-                    }
-                    waited = Duration::ZERO;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(every) {
                     if let Err(ClientError::Refused { reason, detail, .. }) =
                         client.heartbeat(&attempt)
                     {
@@ -172,7 +161,7 @@ pub(super) fn exec_with(
             })
         };
         let run = run_step(&grant, &workdir, &stop, true);
-        done.store(true, Ordering::SeqCst);
+        drop(done);
         let _ = heartbeat.join();
         let outcome = if run.end == StepEnd::Succeeded {
             Outcome::Succeeded

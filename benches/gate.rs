@@ -1,0 +1,240 @@
+//! The gate's costs, against baselines measured in the same run:
+//!
+//! 1. Per-step executor overhead: `changegate exec` of a step whose command
+//!    is `true`, against `sh -c true` and one HTTP round trip to `/healthz`.
+//! 2. `GET /api/v1/changes/{id}` (approval status, steps, blockers) with
+//!    10,000 changes and 100,000 recorded approvals: p50 and p99.
+//!
+//! The server runs in-process on a temp SQLite. See README.md, "Benchmarks".
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use changegate::client::Client;
+use changegate::config::{Config, Role, TokenConfig};
+use changegate::server::auth::token_hash;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Starts `serve` in-process on `repo` with a temp SQLite; returns its URL.
+fn start_server(repo: &Path, data: &Path, runtime: &tokio::runtime::Runtime) -> String {
+    let token = |name: &str, role| TokenConfig {
+        name: name.into(),
+        role,
+        sha256: token_hash(&format!("{name}-token")),
+        github: None,
+        emails: vec![],
+    };
+    let mut config = Config {
+        tokens: vec![
+            token("alice", Role::Operator),
+            token("bob", Role::Operator),
+            token("ci", Role::Executor),
+        ],
+        ..Config::default()
+    };
+    config.server.data_dir = data.to_path_buf();
+    config.repo.url = repo.to_path_buf();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(changegate::server::run(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while client
+        .get(format!("{url}/readyz"))
+        .send()
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    url
+}
+
+fn medians(label: &str, mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    let m = percentile(&times, 0.5);
+    println!(
+        "  {label:<40} median {:>8.2} ms   (n = {})",
+        ms(m),
+        times.len()
+    );
+    m
+}
+
+fn exec_overhead(runtime: &tokio::runtime::Runtime) {
+    const N: usize = 30;
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    git2::Repository::init(repo.path()).unwrap();
+    std::fs::create_dir_all(repo.path().join("changes")).unwrap();
+    for i in 0..N {
+        std::fs::write(
+            repo.path().join(format!("changes/t{i:02}.yaml")),
+            "title: t\nkind: bench\ntargets: [x]\nsteps:\n  - id: noop\n    run: \"true\"\n",
+        )
+        .unwrap();
+    }
+    support::commit_all(repo.path());
+    let url = start_server(repo.path(), data.path(), runtime);
+    let alice = Client::new(&url, "alice-token");
+    let digest = |id: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_changegate"))
+            .args(["digest", id])
+            .current_dir(repo.path())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    for i in 0..N {
+        alice
+            .approve(&format!("t{i:02}"), &digest(&format!("t{i:02}")), "")
+            .unwrap();
+    }
+    println!("per-step executor overhead ({N} runs each, same run):");
+    let sh = (0..N)
+        .map(|_| {
+            let t = Instant::now();
+            assert!(Command::new("sh")
+                .args(["-c", "true"])
+                .status()
+                .unwrap()
+                .success());
+            t.elapsed()
+        })
+        .collect();
+    let sh = medians("sh -c true", sh);
+    let http = (0..N)
+        .map(|_| {
+            let client = reqwest::blocking::Client::new();
+            let t = Instant::now();
+            assert!(client
+                .get(format!("{url}/healthz"))
+                .send()
+                .unwrap()
+                .status()
+                .is_success());
+            t.elapsed()
+        })
+        .collect();
+    let http = medians("one HTTP round trip to /healthz", http);
+    let exec = (0..N)
+        .map(|i| {
+            let t = Instant::now();
+            let out = Command::new(env!("CARGO_BIN_EXE_changegate"))
+                .args(["exec", &format!("t{i:02}")])
+                .current_dir(repo.path())
+                .env("CHANGEGATE_URL", &url)
+                .env("CHANGEGATE_TOKEN", "ci-token")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            t.elapsed()
+        })
+        .collect();
+    let exec = medians("changegate exec (step: true)", exec);
+    println!(
+        "  overhead per step: {:.2} ms over `sh -c true` ({:.1}× one /healthz round trip)",
+        ms(exec) - ms(sh),
+        (ms(exec) - ms(sh)) / ms(http)
+    );
+}
+
+fn status_latency(runtime: &tokio::runtime::Runtime) {
+    let changes: usize = std::env::var("CHANGEGATE_BENCH_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let approvals_per_change = 10;
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    support::generate(repo.path(), changes);
+    let url = start_server(repo.path(), data.path(), runtime);
+    // 100,000 recorded approvals, inserted in bulk behind the server's back.
+    let store = runtime
+        .block_on(changegate::store::Store::connect(&format!(
+            "sqlite://{}",
+            data.path().join("changegate.db").display()
+        )))
+        .unwrap();
+    let list: serde_json::Value = Client::new(&url, "alice-token").changes().unwrap();
+    let digests: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for chunk in digests.chunks(500) {
+        let mut sql = String::from(
+            "INSERT INTO api_approvals (change_id, approver, digest, comment, created_at) VALUES ",
+        );
+        let rows: Vec<String> = chunk
+            .iter()
+            .flat_map(|(id, d)| {
+                (0..approvals_per_change)
+                    .map(move |k| format!("('{id}', 'reviewer-{k}', '{d}', '', {k})"))
+            })
+            .collect();
+        sql.push_str(&rows.join(","));
+        runtime.block_on(store.execute_raw(&sql)).unwrap();
+    }
+    let client = Client::new(&url, "alice-token");
+    let mut times = Vec::new();
+    for i in 0..2000 {
+        let id = &digests[(i * 7919) % digests.len()].0;
+        let t = Instant::now();
+        let status = client.change(id).unwrap();
+        times.push(t.elapsed());
+        assert_eq!(
+            status["approvals"]["reviews"].as_array().unwrap().len(),
+            approvals_per_change
+        );
+    }
+    times.sort();
+    println!(
+        "GET /api/v1/changes/{{id}} with {changes} changes and {} approvals (2000 requests, one keep-alive client):",
+        changes * approvals_per_change
+    );
+    println!(
+        "  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99)),
+        ms(*times.last().unwrap())
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    exec_overhead(&runtime);
+    status_latency(&runtime);
+}

@@ -1,0 +1,49 @@
+//! Shared by the benchmarks: generated change repositories.
+
+use std::path::Path;
+
+use git2::{IndexAddOption, Repository, Signature};
+
+/// A repository with `n` change sets of 4 steps, each running shared scripts.
+pub fn generate(dir: &Path, n: usize) {
+    Repository::init(dir).unwrap();
+    std::fs::create_dir_all(dir.join("changes/scripts")).unwrap();
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    for s in ["backup", "apply", "verify", "release"] {
+        std::fs::write(
+            dir.join(format!("changes/scripts/{s}.sh")),
+            format!("#!/bin/sh\necho {s}\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("policies/default.yaml"),
+        "approvals:\n  required: 2\nexecution:\n  confirm_each_step: true\n",
+    )
+    .unwrap();
+    for i in 0..n {
+        let dep = if i > 0 {
+            format!("depends_on: [change-{:06}]\n", i - 1)
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "title: Generated change {i}\nkind: config\ntargets: [host-{i}, shared-db]\n{dep}env:\n  HOST: host-{i}\ntimeout: 10m\nsteps:\n  - id: backup\n    run: ./changes/scripts/backup.sh \"$HOST\"\n    targets: [host-{i}]\n  - id: apply\n    check: ./changes/scripts/verify.sh\n    run: ./changes/scripts/apply.sh \"$HOST\"\n    timeout: 5m\n  - id: verify\n    run: ./changes/scripts/verify.sh \"$HOST\"\n  - id: release\n    confirm: true\n    run: ./changes/scripts/release.sh \"$HOST\"\n    verify: ./changes/scripts/verify.sh\n"
+        );
+        std::fs::write(dir.join(format!("changes/change-{i:06}.yaml")), text).unwrap();
+    }
+    commit_all(dir);
+}
+
+/// Commits the whole work tree of `dir` as the first commit on `main`.
+pub fn commit_all(dir: &Path) {
+    let repo = Repository::open(dir).unwrap();
+    repo.set_head("refs/heads/main").unwrap();
+    let mut index = repo.index().unwrap();
+    index.add_all(["*"], IndexAddOption::DEFAULT, None).unwrap();
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = Signature::now("bench", "bench@example.com").unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "generated", &tree, &[])
+        .unwrap();
+}
