@@ -197,8 +197,16 @@ impl Client {
         self.get("/api/v1/breaker")
     }
 
-    /// Closes the step breaker.
-    pub fn reset_breaker(&self, reason: &str) -> Result<Value, ClientError> {
-        self.post("/api/v1/breaker/reset", json!({"reason": reason}))
+    /// Closes the step breaker, or with `action`, lifts that action kind's refusal.
+    pub fn reset_breaker(&self, reason: &str, action: Option<&str>) -> Result<Value, ClientError> {
+        self.post(
+            "/api/v1/breaker/reset",
+            json!({"reason": reason, "action": action}),
+        )
+    }
+
+    /// Every alert with its deliveries.
+    pub fn alerts(&self) -> Result<Value, ClientError> {
+        self.get("/api/v1/alerts")
     }
 }

@@ -27,6 +27,55 @@ pub struct Config {
     /// `[breaker]`
     #[serde(default)]
     pub breaker: BreakerSettings,
+    /// `[alerts]`
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: where alerts go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `[[alerts.sinks]]`, named in policies' `alerts:`.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// What kind of receiver a sink is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Prometheus Alertmanager, API v2.
+    Alertmanager,
+    /// A signed JSON POST.
+    Webhook,
+    /// PagerDuty Events API v2.
+    Pagerduty,
+}
+
+/// `[[alerts.sinks]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// The name policies use.
+    pub name: String,
+    /// The receiver's kind.
+    pub kind: SinkKind,
+    /// Alertmanager's base URL, the webhook URL, or the Events API URL.
+    pub url: String,
+    /// Alertmanager: how often a firing alert is re-sent.
+    #[serde(default = "one_minute")]
+    pub resend: Duration,
+    /// Webhook: the environment variable holding the HMAC secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// PagerDuty: the environment variable holding the routing key.
+    #[serde(default)]
+    pub routing_key_env: Option<String>,
+}
+
+fn one_minute() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[breaker]`: the step breaker (SPEC §6).
@@ -207,6 +256,17 @@ impl Config {
                     "token `{}`: sha256 must be 64 hex characters",
                     t.name
                 ));
+            }
+        }
+        for sink in &config.alerts.sinks {
+            match sink.kind {
+                SinkKind::Webhook if sink.secret_env.is_none() => {
+                    return Err(format!("sink `{}`: a webhook sink needs `secret_env`, the variable holding its signing secret", sink.name))
+                }
+                SinkKind::Pagerduty if sink.routing_key_env.is_none() => {
+                    return Err(format!("sink `{}`: a pagerduty sink needs `routing_key_env`", sink.name))
+                }
+                _ => {}
             }
         }
         let mut names: Vec<&str> = config.tokens.iter().map(|t| t.name.as_str()).collect();

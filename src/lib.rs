@@ -9,6 +9,7 @@
 //! - [`server`]: HTTP only (axum).
 //! - [`cli`]: the `changegate` command line.
 
+pub mod alerts;
 pub mod cli;
 pub mod client;
 pub mod clock;

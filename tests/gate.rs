@@ -663,13 +663,13 @@ fn the_breaker_opens_after_three_failures_until_reset() {
         );
         assert_eq!(
             client(&server, "ci")
-                .reset_breaker("x")
+                .reset_breaker("x", None)
                 .unwrap_err()
                 .reason(),
             Some("forbidden")
         );
         client(&server, "bob")
-            .reset_breaker("the three hosts were fixed")
+            .reset_breaker("the three hosts were fixed", None)
             .unwrap();
         assert!(
             client(&server, "ci")

@@ -188,9 +188,48 @@ pub(super) fn breaker_status() -> u8 {
     with_client(|c| c.breaker(), |v| println!("{}", v["breaker"]))
 }
 
-pub(super) fn breaker_reset(reason: &str) -> u8 {
+pub(super) fn breaker_reset(reason: &str, action: Option<&str>) -> u8 {
     with_client(
-        |c| c.reset_breaker(reason),
-        |v| println!("breaker reset: {}", v["breaker"]),
+        |c| c.reset_breaker(reason, action),
+        |v| match action {
+            Some(a) => println!("`{a}` is allowed again within its budget"),
+            None => println!("breaker reset: {}", v["breaker"]),
+        },
+    )
+}
+
+pub(super) fn alerts(format: Format) -> u8 {
+    with_client(
+        |c| c.alerts(),
+        |v| match format {
+            Format::Json => println!("{v}"),
+            Format::Text => {
+                for a in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+                    println!(
+                        "{:<9} {}  {}",
+                        a["state"].as_str().unwrap_or(""),
+                        a["id"].as_str().unwrap_or(""),
+                        a["annotations"]["summary"].as_str().unwrap_or("")
+                    );
+                    for d in a["deliveries"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                    {
+                        println!(
+                            "          → {} {}: {} after {} attempt(s){}",
+                            d["sink"].as_str().unwrap_or(""),
+                            d["event"].as_str().unwrap_or(""),
+                            d["state"].as_str().unwrap_or(""),
+                            d["attempts"],
+                            d["last_error"]
+                                .as_str()
+                                .map(|e| format!(" (last error: {e})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        },
     )
 }

@@ -119,9 +119,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// The step breaker.
+    /// The step breaker and fleet action refusals.
     #[command(subcommand)]
     Breaker(BreakerCommand),
+    /// Alerts and their delivery to each sink.
+    Alerts {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Replay the 2017 incident end to end on a temp SQLite and a simulated fleet.
     Demo,
     /// Run the service: HTTP API on embedded SQLite, or Postgres via CHANGEGATE_DATABASE_URL.
@@ -150,11 +156,14 @@ enum Command {
 enum BreakerCommand {
     /// Show whether the breaker is open.
     Status,
-    /// Close the breaker.
+    /// Close the step breaker, or with --action, lift a fleet action kind's refusal.
     Reset {
         /// Why (recorded).
         #[arg(long)]
         reason: String,
+        /// The fleet action kind (e.g. `reboot`) whose budget refusal to lift.
+        #[arg(long)]
+        action: Option<String>,
     },
 }
 
@@ -238,7 +247,10 @@ pub fn run() -> ExitCode {
         Command::Abandon { id, reason } => api_cmds::abandon(&id, &reason),
         Command::Status { id, format } => api_cmds::status(id.as_deref(), format),
         Command::Breaker(BreakerCommand::Status) => api_cmds::breaker_status(),
-        Command::Breaker(BreakerCommand::Reset { reason }) => api_cmds::breaker_reset(&reason),
+        Command::Breaker(BreakerCommand::Reset { reason, action }) => {
+            api_cmds::breaker_reset(&reason, action.as_deref())
+        }
+        Command::Alerts { format } => api_cmds::alerts(format),
         Command::Demo => demo::demo(),
         Command::Serve { log_format } => server_cmds::serve(cli.config.as_deref(), log_format),
         Command::Migrate => server_cmds::migrate(cli.config.as_deref()),

@@ -3,6 +3,9 @@
 //! one write transaction, so concurrent executors and replicas cannot both
 //! win a race.
 
+mod actions;
+pub use actions::{ActionAnswer, ActionDecision};
+mod alerting;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -269,7 +272,7 @@ impl Engine {
     /// outcome is unknown, never re-run automatically.
     pub async fn expire_leases(&self) -> Result<Vec<Attempt>, EngineError> {
         let mut w = self.store.write().await?;
-        let expired = expire_in(&mut w).await?;
+        let expired = self.expire_in(&mut w).await?;
         w.commit().await?;
         Ok(expired)
     }
@@ -283,7 +286,7 @@ impl Engine {
     ) -> Result<Result<ClaimGrant, Refusal>, EngineError> {
         let view = self.view();
         let mut w = self.store.write().await?;
-        expire_in(&mut w).await?;
+        self.expire_in(&mut w).await?;
         let (facts, deps, locks, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
         let now = now_ms();
         let world = World {
@@ -370,7 +373,7 @@ impl Engine {
         executor: &str,
     ) -> Result<Attempt, EngineError> {
         let mut w = self.store.write().await?;
-        expire_in(&mut w).await?;
+        self.expire_in(&mut w).await?;
         let a = w
             .attempt(attempt_id)
             .await?
@@ -408,7 +411,7 @@ impl Engine {
     ) -> Result<AttemptAnswer, EngineError> {
         let view = self.view();
         let mut w = self.store.write().await?;
-        expire_in(&mut w).await?;
+        self.expire_in(&mut w).await?;
         let a = w
             .attempt(attempt_id)
             .await?
@@ -436,6 +439,10 @@ impl Engine {
                     now,
                 )
                 .await?;
+                if state == "failed" {
+                    self.alert_step_failed(&mut w, &a, report.exit_code, &output, now)
+                        .await?;
+                }
                 let kind = if state == "succeeded" {
                     "step.succeeded"
                 } else {
@@ -475,6 +482,8 @@ impl Engine {
                         json!({"locks": "released"}),
                     )
                     .await?;
+                    self.resolve_change_alerts(&mut w, &a.change_id, now)
+                        .await?;
                 }
                 state
             }
@@ -531,7 +540,7 @@ impl Engine {
             .get(id)
             .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
         let mut w = self.store.write().await?;
-        expire_in(&mut w).await?;
+        self.expire_in(&mut w).await?;
         let facts = w.change_facts(id).await?;
         if facts.abandonment.is_some() {
             return Err(refused(
@@ -604,6 +613,7 @@ impl Engine {
                 json!({"reason": reason, "locks_released": released}),
             )
             .await?;
+            self.resolve_change_alerts(&mut w, id, now_ms()).await?;
         }
         w.commit().await?;
         Ok(())
@@ -612,26 +622,36 @@ impl Engine {
     /// Closes the step breaker.
     pub async fn reset_breaker(&self, actor: &str, reason: &str) -> Result<(), EngineError> {
         let mut w = self.store.write().await?;
-        w.reset_breaker(actor, reason, now_ms()).await?;
+        let now = now_ms();
+        w.reset_breaker(actor, reason, now).await?;
         w.audit(actor, "breaker.reset", None, json!({"reason": reason}))
             .await?;
+        for a in w.resolve_alerts("breaker-open:", None, now).await? {
+            w.audit(actor, "alert.resolved", None, json!({"alert": a.id}))
+                .await?;
+        }
         w.commit().await?;
         Ok(())
     }
 }
 
-async fn expire_in(w: &mut WriteTx) -> Result<Vec<Attempt>, EngineError> {
-    let expired = w.expire_leases(now_ms()).await?;
-    for a in &expired {
-        w.audit(
-            "changegate",
-            "step.interrupted",
-            Some(&a.change_id),
-            json!({"step": a.step_id, "attempt": a.id, "lease_expired_at": a.lease_expires_at}),
-        )
-        .await?;
+impl Engine {
+    /// Interrupts attempts whose lease ran out, and alerts on each.
+    async fn expire_in(&self, w: &mut WriteTx) -> Result<Vec<Attempt>, EngineError> {
+        let now = now_ms();
+        let expired = w.expire_leases(now).await?;
+        for a in &expired {
+            w.audit(
+                "changegate",
+                "step.interrupted",
+                Some(&a.change_id),
+                json!({"step": a.step_id, "attempt": a.id, "lease_expired_at": a.lease_expires_at}),
+            )
+            .await?;
+            self.alert_step_failed(w, a, None, "", now).await?;
+        }
+        Ok(expired)
     }
-    Ok(expired)
 }
 
 /// Replaces each of `secrets` (values of 8 bytes or more) and anything

@@ -10,8 +10,9 @@ use super::auth::Identity;
 use super::error::ApiError;
 use super::AppState;
 use crate::config::Role;
+use crate::engine::{ActionAnswer, ActionDecision};
 use crate::engine::{AttemptAnswer, ChangeStatus, ClaimGrant, Report};
-use crate::store::{Attempt, AuditEvent, BreakerReset, RecordOutcome};
+use crate::store::{Alert, Attempt, AuditEvent, BreakerReset, Delivery, RecordOutcome};
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
@@ -311,22 +312,100 @@ pub async fn breaker(
     }))
 }
 
-/// Closes the step breaker.
-#[utoipa::path(post, path = "/api/v1/breaker/reset", security(("bearer" = [])), request_body = ReasonRequest,
+/// A breaker reset: the step breaker, or one fleet action kind's refusal.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// Why.
+    pub reason: String,
+    /// The action kind whose refusal to lift; absent: the step breaker.
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+/// Closes the step breaker, or lifts a fleet action kind's sticky refusal.
+#[utoipa::path(post, path = "/api/v1/breaker/reset", security(("bearer" = [])), request_body = ResetRequest,
     responses((status = 200, body = BreakerView), (status = 403)))]
 pub async fn reset_breaker(
     who: Identity,
     State(state): State<AppState>,
-    Json(req): Json<ReasonRequest>,
+    Json(req): Json<ResetRequest>,
 ) -> Result<Json<BreakerView>, ApiError> {
     who.require(Role::Operator)?;
     need_reason(&req.reason)?;
-    state.engine.reset_breaker(&who.name, &req.reason).await?;
+    match &req.action {
+        Some(action) => {
+            state
+                .engine
+                .reset_action(&who.name, action, &req.reason)
+                .await?
+        }
+        None => state.engine.reset_breaker(&who.name, &req.reason).await?,
+    }
     let (breaker, last_reset) = state.engine.breaker().await?;
     Ok(Json(BreakerView {
         breaker,
         last_reset,
     }))
+}
+
+/// An alert and its delivery to each sink.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertView {
+    /// The alert.
+    #[serde(flatten)]
+    pub alert: Alert,
+    /// One row per sink and event.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Every alert, newest first, with its delivery state per sink.
+#[utoipa::path(get, path = "/api/v1/alerts", security(("bearer" = [])), responses((status = 200, body = [AlertView])))]
+pub async fn alerts(
+    _who: Identity,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<AlertView>>, ApiError> {
+    let all = state.engine.store().alerts().await?;
+    Ok(Json(
+        all.into_iter()
+            .map(|(alert, deliveries)| AlertView { alert, deliveries })
+            .collect(),
+    ))
+}
+
+/// A fleet monitor's request to take one automated action.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Who in the fleet automation asks (recorded).
+    pub actor: String,
+    /// The action kind, e.g. `reboot`; budgets in `policies/` name it.
+    pub action: String,
+    /// The instance or service it would act on.
+    pub target: String,
+}
+
+/// Asks before an automated fleet action: 200 allowed, 423 the target is
+/// owned by a running or failed change, 429 the action's budget is spent.
+#[utoipa::path(post, path = "/api/v1/actions", security(("bearer" = [])), request_body = ActionRequest,
+    responses((status = 200, body = ActionAnswer), (status = 423, body = ActionAnswer), (status = 429, body = ActionAnswer), (status = 403)))]
+#[tracing::instrument(skip_all, fields(action = %req.action, target = %req.target))]
+pub async fn actions(
+    who: Identity,
+    State(state): State<AppState>,
+    Json(req): Json<ActionRequest>,
+) -> Result<(StatusCode, Json<ActionAnswer>), ApiError> {
+    who.require(Role::Monitor)?;
+    let answer = state
+        .engine
+        .request_action(&who.name, &req.actor, &req.action, &req.target)
+        .await?;
+    let status = match answer.decision {
+        ActionDecision::Allowed => StatusCode::OK,
+        ActionDecision::Locked => StatusCode::LOCKED,
+        ActionDecision::BudgetSpent => StatusCode::TOO_MANY_REQUESTS,
+    };
+    Ok((status, Json(answer)))
 }
 
 /// `?change=` filter.

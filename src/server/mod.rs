@@ -50,6 +50,8 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(api::abandon))
         .routes(routes!(api::breaker))
         .routes(routes!(api::reset_breaker))
+        .routes(routes!(api::alerts))
+        .routes(routes!(api::actions))
         .routes(routes!(api::audit))
         .with_state(state)
         .split_for_parts();
@@ -115,12 +117,14 @@ pub async fn run(
     }
     let addr = listener.local_addr()?;
     let background = tokio::spawn(background(config.clone(), engine.clone()));
+    let delivery = tokio::spawn(crate::alerts::worker(store.clone(), config.clone()));
     tracing::info!(%addr, "listening");
     let app = router(AppState { config, engine });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     background.abort();
+    delivery.abort();
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -15,9 +15,11 @@
 //! only after the commit returns. Postgres commits are durable under its
 //! default `synchronous_commit=on`.
 
+pub mod alerts;
 pub mod audit;
 mod gate;
 
+pub use alerts::{Alert, Delivery};
 pub use gate::*;
 
 use std::str::FromStr;

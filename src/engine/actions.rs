@@ -1,0 +1,168 @@
+//! The fleet action budget (SPEC §6): the fleet monitor asks before each
+//! automated action, and sweeping actions are refused.
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Engine, EngineError};
+use crate::clock::{format_ms, now_ms};
+use crate::store::Alert;
+
+/// The answer to a fleet action request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionDecision {
+    /// 200: go ahead; recorded.
+    Allowed,
+    /// 423: a running or failed change owns the target.
+    Locked,
+    /// 429: the budget is spent; refused until an operator resets it.
+    BudgetSpent,
+}
+
+/// The decision with what a person needs to know.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ActionAnswer {
+    /// The decision.
+    pub decision: ActionDecision,
+    /// Why, for a person.
+    pub detail: String,
+}
+
+impl Engine {
+    /// Decides and records one fleet action request.
+    pub async fn request_action(
+        &self,
+        monitor: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+    ) -> Result<ActionAnswer, EngineError> {
+        let view = self.view();
+        let now = now_ms();
+        let mut w = self.store.write().await?;
+        let (opened_at, reset_at) = w.action_breaker(action).await?;
+        let answer = if let Some(opened) = opened_at {
+            ActionAnswer {
+                decision: ActionDecision::BudgetSpent,
+                detail: format!("`{action}` has been refused since {}: its budget was spent; an operator must run `changegate breaker reset --action {action} --reason …`", format_ms(opened)),
+            }
+        } else if let Some(lock) = w.locks().await?.into_iter().find(|l| l.target == target) {
+            let alert = Alert {
+                id: format!("action-locked:{action}:{target}:{}", lock.change_id),
+                kind: "action-refused".into(),
+                change_id: Some(lock.change_id.clone()),
+                step_id: None,
+                state: "firing".into(),
+                labels: json!({"alertname": "ChangegateActionRefused", "change": lock.change_id, "step": "", "targets": target, "severity": "warning"}),
+                annotations: json!({
+                    "summary": format!("{actor} asked to {action} {target}, which change {} owns", lock.change_id),
+                    "description": "A running or failed change holds this target; automation must not act on it until a person completes or abandons the change.",
+                    "output_tail": "",
+                }),
+                sinks: self.sinks_for(Some(&lock.change_id)),
+                raised_at: now,
+                resolved_at: None,
+            };
+            w.raise_alert(&alert, now).await?;
+            ActionAnswer {
+                decision: ActionDecision::Locked,
+                detail: format!(
+                    "{target} is locked by change {} (held since {}); the change owns the target",
+                    lock.change_id,
+                    format_ms(lock.locked_at)
+                ),
+            }
+        } else {
+            let budget = view.policies.iter().find_map(|p| p.actions.get(action));
+            match budget {
+                None => ActionAnswer {
+                    decision: ActionDecision::Allowed,
+                    detail: format!("`{action}` has no budget"),
+                },
+                Some(b) => {
+                    let per_ms = b.per.as_secs() as i64 * 1000;
+                    let since = (now - per_ms).max(reset_at.unwrap_or(i64::MIN));
+                    let used = w.actions_allowed_since(action, since).await?;
+                    if used < i64::from(b.max) {
+                        ActionAnswer {
+                            decision: ActionDecision::Allowed,
+                            detail: format!(
+                                "{} of {} `{action}` per {} used",
+                                used + 1,
+                                b.max,
+                                b.per
+                            ),
+                        }
+                    } else {
+                        let reason = format!(
+                            "{used} `{action}` actions within {}: the budget of {} is spent",
+                            b.per, b.max
+                        );
+                        w.set_action_breaker(action, true, monitor, &reason, now)
+                            .await?;
+                        let alert = Alert {
+                            id: format!("action-budget:{action}:{now}"),
+                            kind: "action-refused".into(),
+                            change_id: None,
+                            step_id: None,
+                            state: "firing".into(),
+                            labels: json!({"alertname": "ChangegateActionBudgetSpent", "change": "", "step": "", "targets": target, "severity": "critical"}),
+                            annotations: json!({
+                                "summary": format!("fleet automation tried more than {} `{action}` per {}", b.max, b.per),
+                                "description": format!("`{action}` is refused until a person runs `changegate breaker reset --action {action} --reason …`."),
+                                "output_tail": "",
+                            }),
+                            sinks: self.sinks_for(None),
+                            raised_at: now,
+                            resolved_at: None,
+                        };
+                        w.raise_alert(&alert, now).await?;
+                        ActionAnswer {
+                            decision: ActionDecision::BudgetSpent,
+                            detail: format!("{reason}; refused until an operator resets it"),
+                        }
+                    }
+                }
+            }
+        };
+        let decision = serde_json::to_value(&answer.decision)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        w.record_action(actor, action, target, &decision, now)
+            .await?;
+        w.audit(monitor, "action.requested", None, json!({"actor": actor, "action": action, "target": target, "decision": decision, "detail": answer.detail})).await?;
+        w.commit().await?;
+        Ok(answer)
+    }
+
+    /// Lifts the sticky refusal of one action kind and resolves its alerts.
+    pub async fn reset_action(
+        &self,
+        operator: &str,
+        action: &str,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let now = now_ms();
+        let mut w = self.store.write().await?;
+        w.set_action_breaker(action, false, operator, reason, now)
+            .await?;
+        w.audit(
+            operator,
+            "action.reset",
+            None,
+            json!({"action": action, "reason": reason}),
+        )
+        .await?;
+        for a in w
+            .resolve_alerts(&format!("action-budget:{action}:"), None, now)
+            .await?
+        {
+            w.audit(operator, "alert.resolved", None, json!({"alert": a.id}))
+                .await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+}

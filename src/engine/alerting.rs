@@ -1,0 +1,146 @@
+//! Raising and resolving alerts, inside the write transaction of their cause.
+
+use serde_json::json;
+
+use super::{Engine, EngineError};
+use crate::clock::format_ms;
+use crate::gate::{breaker_state, Breaker};
+use crate::model::{policies_in_force, PoliciesInForce};
+use crate::store::{Alert, Attempt, WriteTx};
+
+impl Engine {
+    /// The sinks an alert about `change` goes to: the `alerts:` of its
+    /// policies, or every configured sink when none names any.
+    pub(super) fn sinks_for(&self, change: Option<&str>) -> Vec<String> {
+        let all: Vec<String> = self
+            .config
+            .alerts
+            .sinks
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let view = self.view();
+        let named: Vec<String> = change
+            .and_then(|id| view.changes.get(id))
+            .map(|(c, _, _)| match policies_in_force(c, &view.policies) {
+                PoliciesInForce::Matched { policies } => policies
+                    .iter()
+                    .filter_map(|p| p.alerts.clone())
+                    .flatten()
+                    .collect(),
+                PoliciesInForce::BuiltinDefault => vec![],
+            })
+            .unwrap_or_default();
+        if named.is_empty() {
+            all
+        } else {
+            named.into_iter().filter(|n| all.contains(n)).collect()
+        }
+    }
+
+    /// A failed or interrupted step: an alert that fires until a person acts.
+    pub(super) async fn alert_step_failed(
+        &self,
+        w: &mut WriteTx,
+        a: &Attempt,
+        exit_code: Option<i64>,
+        output_tail: &str,
+        now: i64,
+    ) -> Result<(), EngineError> {
+        let view = self.view();
+        let targets = view
+            .changes
+            .get(&a.change_id)
+            .map(|(c, _, _)| c.targets.join(","))
+            .unwrap_or_default();
+        let how = match exit_code {
+            Some(code) => format!("exited {code}"),
+            None => "was interrupted: its lease expired, the outcome is unknown".to_string(),
+        };
+        let alert = Alert {
+            id: format!("step-failed:{}", a.id),
+            kind: "step-failed".into(),
+            change_id: Some(a.change_id.clone()),
+            step_id: Some(a.step_id.clone()),
+            state: "firing".into(),
+            labels: json!({"alertname": "ChangegateStepFailed", "change": a.change_id, "step": a.step_id, "targets": targets, "severity": "critical"}),
+            annotations: json!({
+                "summary": format!("{} step {} {how}", a.change_id, a.step_id),
+                "description": format!("Change {} is failed: further steps and its dependents are refused and {targets} stay locked until an operator retries or abandons it.", a.change_id),
+                "output_tail": crate::engine::tail(output_tail).chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect::<String>(),
+                "status_page": format!("{}/changes/{}", self.config.server.public_url.trim_end_matches('/'), a.change_id),
+            }),
+            sinks: self.sinks_for(Some(&a.change_id)),
+            raised_at: now,
+            resolved_at: None,
+        };
+        if w.raise_alert(&alert, now).await? {
+            w.audit(
+                "changegate",
+                "alert.raised",
+                Some(&a.change_id),
+                json!({"alert": alert.id, "sinks": alert.sinks}),
+            )
+            .await?;
+        }
+        self.alert_if_breaker_opened(w, now).await
+    }
+
+    /// Raises the breaker alert when the recorded failures have opened it.
+    pub(super) async fn alert_if_breaker_opened(
+        &self,
+        w: &mut WriteTx,
+        now: i64,
+    ) -> Result<(), EngineError> {
+        let (failures, reset) = w.breaker_facts().await?;
+        if let Breaker::Open { since, failures } =
+            breaker_state(&failures, reset.map(|r| r.at), self.breaker_config())
+        {
+            let alert = Alert {
+                id: format!("breaker-open:{since}"),
+                kind: "breaker-open".into(),
+                change_id: None,
+                step_id: None,
+                state: "firing".into(),
+                labels: json!({"alertname": "ChangegateBreakerOpen", "change": "", "step": "", "targets": "", "severity": "critical"}),
+                annotations: json!({
+                    "summary": format!("the step breaker opened at {} after {failures} failures", format_ms(since)),
+                    "description": "Every claim is refused until an operator runs `changegate breaker reset --reason …`.",
+                    "output_tail": "",
+                }),
+                sinks: self.sinks_for(None),
+                raised_at: now,
+                resolved_at: None,
+            };
+            if w.raise_alert(&alert, now).await? {
+                w.audit(
+                    "changegate",
+                    "breaker.opened",
+                    None,
+                    json!({"since": since, "failures": failures, "alert": alert.id}),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every firing alert about `change` (completed or abandoned).
+    pub(super) async fn resolve_change_alerts(
+        &self,
+        w: &mut WriteTx,
+        change: &str,
+        now: i64,
+    ) -> Result<(), EngineError> {
+        for a in w.resolve_alerts("", Some(change), now).await? {
+            w.audit(
+                "changegate",
+                "alert.resolved",
+                Some(change),
+                json!({"alert": a.id}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

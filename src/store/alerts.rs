@@ -1,0 +1,379 @@
+//! SQL for alerts, their delivery outbox, and fleet actions.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{Backend, Store, StoreError, WriteTx};
+
+/// An alert: raised in the same transaction as its cause.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Alert {
+    /// Stable id; also the PagerDuty dedup key.
+    pub id: String,
+    /// `step-failed`, `breaker-open` or `action-refused`.
+    pub kind: String,
+    /// The change, if any.
+    pub change_id: Option<String>,
+    /// The step, if any.
+    pub step_id: Option<String>,
+    /// `firing` or `resolved`.
+    pub state: String,
+    /// Alertmanager labels: alertname, change, step, targets, severity.
+    #[schema(value_type = Object)]
+    pub labels: Value,
+    /// summary, description, output_tail.
+    #[schema(value_type = Object)]
+    pub annotations: Value,
+    /// The sinks it goes to.
+    pub sinks: Vec<String>,
+    /// Unix ms.
+    pub raised_at: i64,
+    /// Unix ms.
+    pub resolved_at: Option<i64>,
+}
+
+/// One delivery of one alert event to one sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    /// Outbox row id.
+    pub id: i64,
+    /// The alert.
+    pub alert_id: String,
+    /// The sink's name.
+    pub sink: String,
+    /// `firing` or `resolved`.
+    pub event: String,
+    /// `pending`, `delivered` (Alertmanager: re-sent while due), `failing` or `done`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// When it is next due (unix ms).
+    pub next_attempt_at: i64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// The last success (unix ms).
+    pub delivered_at: Option<i64>,
+}
+
+fn alert(r: &AnyRow) -> Result<Alert, sqlx::Error> {
+    let json = |col: &str| -> Result<Value, sqlx::Error> {
+        Ok(serde_json::from_str(&r.try_get::<String, _>(col)?).unwrap_or(Value::Null))
+    };
+    Ok(Alert {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        change_id: r.try_get("change_id")?,
+        step_id: r.try_get("step_id")?,
+        state: r.try_get("state")?,
+        labels: json("labels")?,
+        annotations: json("annotations")?,
+        sinks: serde_json::from_str(&r.try_get::<String, _>("sinks")?).unwrap_or_default(),
+        raised_at: r.try_get("raised_at")?,
+        resolved_at: r.try_get("resolved_at")?,
+    })
+}
+
+fn delivery(r: &AnyRow) -> Result<Delivery, sqlx::Error> {
+    Ok(Delivery {
+        id: r.try_get("id")?,
+        alert_id: r.try_get("alert_id")?,
+        sink: r.try_get("sink")?,
+        event: r.try_get("event")?,
+        state: r.try_get("state")?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+        delivered_at: r.try_get("delivered_at")?,
+    })
+}
+
+const ALERT_COLUMNS: &str =
+    "id, kind, change_id, step_id, state, labels, annotations, sinks, raised_at, resolved_at";
+const DELIVERY_COLUMNS: &str =
+    "id, alert_id, sink, event, state, attempts, next_attempt_at, last_error, delivered_at";
+
+impl WriteTx {
+    /// Raises an alert (once per id) and queues its delivery to each sink.
+    pub async fn raise_alert(&mut self, a: &Alert, now: i64) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, 'firing', $5, $6, $7, $8, NULL) ON CONFLICT (id) DO NOTHING"
+        ))
+        .bind(&a.id)
+        .bind(&a.kind)
+        .bind(&a.change_id)
+        .bind(&a.step_id)
+        .bind(a.labels.to_string())
+        .bind(a.annotations.to_string())
+        .bind(serde_json::to_string(&a.sinks).unwrap_or_default())
+        .bind(now)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        for sink in &a.sinks {
+            self.queue(&a.id, sink, "firing", now).await?;
+        }
+        Ok(true)
+    }
+
+    async fn queue(
+        &mut self,
+        alert_id: &str,
+        sink: &str,
+        event: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO outbox (alert_id, sink, payload, state, next_attempt_at, created_at, event) VALUES ($1, $2, '', 'pending', $3, $3, $4)")
+            .bind(alert_id)
+            .bind(sink)
+            .bind(now)
+            .bind(event)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Resolves firing alerts whose id starts with `id_prefix` and, if
+    /// given, that concern `change_id`; stops their firing re-sends and
+    /// queues the resolve. Returns them.
+    pub async fn resolve_alerts(
+        &mut self,
+        id_prefix: &str,
+        change_id: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<Alert>, StoreError> {
+        // An exact prefix test: LIKE would treat `_` in ids as a wildcard.
+        let (prefix, len) = (id_prefix.to_string(), id_prefix.chars().count() as i64);
+        let rows = match change_id {
+            Some(c) => sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'firing' AND substr(id, 1, CAST($3 AS INTEGER)) = $1 AND change_id = $2"))
+                .bind(prefix)
+                .bind(c.to_string())
+                .bind(len)
+                .fetch_all(self.conn())
+                .await?,
+            None => sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'firing' AND substr(id, 1, CAST($2 AS INTEGER)) = $1"))
+                .bind(prefix)
+                .bind(len)
+                .fetch_all(self.conn())
+                .await?,
+        };
+        let alerts: Vec<Alert> = rows.iter().map(alert).collect::<Result<_, _>>()?;
+        for a in &alerts {
+            sqlx::query("UPDATE alerts SET state = 'resolved', resolved_at = $2 WHERE id = $1")
+                .bind(&a.id)
+                .bind(now)
+                .execute(self.conn())
+                .await?;
+            sqlx::query("UPDATE outbox SET state = 'done' WHERE alert_id = $1 AND event = 'firing' AND state = 'delivered'")
+                .bind(&a.id)
+                .execute(self.conn())
+                .await?;
+            for sink in &a.sinks {
+                self.queue(&a.id, sink, "resolved", now).await?;
+            }
+        }
+        Ok(alerts)
+    }
+
+    /// Is an alert with this id already recorded?
+    pub async fn alert_exists(&mut self, id: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 AS one FROM alerts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.conn())
+            .await?
+            .is_some())
+    }
+
+    /// How many `action` requests were allowed since `since` (unix ms).
+    pub async fn actions_allowed_since(
+        &mut self,
+        action: &str,
+        since: i64,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM fleet_actions WHERE action = $1 AND decision = 'allowed' AND at > $2")
+            .bind(action)
+            .bind(since)
+            .fetch_one(self.conn())
+            .await?
+            .try_get("n")?)
+    }
+
+    /// Records a fleet action request and its decision.
+    pub async fn record_action(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        decision: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO fleet_actions (actor, action, target, decision, at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(decision)
+            .bind(at)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The breaker of one action kind: `Some((opened_at, reset_at))`.
+    pub async fn action_breaker(
+        &mut self,
+        action: &str,
+    ) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        let row = sqlx::query("SELECT state, opened_at, reset_at FROM breakers WHERE name = $1")
+            .bind(format!("action:{action}"))
+            .fetch_optional(self.conn())
+            .await?;
+        Ok(match row {
+            Some(r) if r.try_get::<String, _>("state")? == "open" => {
+                (r.try_get("opened_at")?, r.try_get("reset_at")?)
+            }
+            Some(r) => (None, r.try_get("reset_at")?),
+            None => (None, None),
+        })
+    }
+
+    /// Opens (sticky) or resets the breaker of one action kind.
+    pub async fn set_action_breaker(
+        &mut self,
+        action: &str,
+        open: bool,
+        actor: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let name = format!("action:{action}");
+        if open {
+            sqlx::query(
+                "INSERT INTO breakers (name, state, opened_at, reason) VALUES ($1, 'open', $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET state = 'open', opened_at = $2, reason = $3",
+            )
+            .bind(name)
+            .bind(at)
+            .bind(reason)
+            .execute(self.conn())
+            .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO breakers (name, state, reset_by, reset_reason, reset_at) VALUES ($1, 'closed', $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET state = 'closed', reset_by = $2, reset_reason = $3, reset_at = $4",
+            )
+            .bind(name)
+            .bind(actor)
+            .bind(reason)
+            .bind(at)
+            .execute(self.conn())
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Every alert, newest first, with its deliveries.
+    pub async fn alerts(&self) -> Result<Vec<(Alert, Vec<Delivery>)>, StoreError> {
+        let alerts: Vec<Alert> = sqlx::query(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts ORDER BY raised_at DESC, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(alert)
+        .collect::<Result<_, _>>()?;
+        let deliveries: Vec<Delivery> = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM outbox ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(delivery)
+        .collect::<Result<_, _>>()?;
+        Ok(alerts
+            .into_iter()
+            .map(|a| {
+                let mine = deliveries
+                    .iter()
+                    .filter(|d| d.alert_id == a.id)
+                    .cloned()
+                    .collect();
+                (a, mine)
+            })
+            .collect())
+    }
+
+    /// Claims up to `limit` due deliveries for `lease_ms`, so that no other
+    /// worker (or replica) sends them meanwhile. A resolve waits until its
+    /// alert's firing event has gone out, so receivers see them in order. On Postgres the claim uses
+    /// `FOR UPDATE SKIP LOCKED`; SQLite has one process.
+    pub async fn claim_deliveries(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(Delivery, Alert)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let lock = if self.backend == Backend::Postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let due: Vec<Delivery> = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM outbox WHERE state IN ('pending', 'delivered', 'failing') AND next_attempt_at <= $1
+             AND NOT (event = 'resolved' AND EXISTS (SELECT 1 FROM outbox f WHERE f.alert_id = outbox.alert_id AND f.sink = outbox.sink
+                                                     AND f.event = 'firing' AND f.state IN ('pending', 'failing')))
+             ORDER BY next_attempt_at LIMIT $2{lock}"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(delivery)
+        .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(due.len());
+        for d in due {
+            sqlx::query("UPDATE outbox SET next_attempt_at = $2 WHERE id = $1")
+                .bind(d.id)
+                .bind(now + lease_ms)
+                .execute(&mut *tx)
+                .await?;
+            let a = sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"))
+                .bind(&d.alert_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            out.push((d, alert(&a)?));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Records a delivery's outcome: its new state and when it is next due.
+    pub async fn finish_delivery(
+        &self,
+        id: i64,
+        state: &str,
+        next_attempt_at: i64,
+        error: Option<&str>,
+        delivered_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET state = $2, next_attempt_at = $3, last_error = $4, attempts = attempts + 1,
+             delivered_at = COALESCE($5, delivered_at) WHERE id = $1 AND state != 'done'",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(delivered_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
