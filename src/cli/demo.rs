@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use git2::{ObjectType, Repository, Signature, TreeWalkMode, TreeWalkResult};
@@ -11,7 +12,7 @@ use git2::{ObjectType, Repository, Signature, TreeWalkMode, TreeWalkResult};
 use super::exec::exec_with;
 use super::exit;
 use crate::client::Client;
-use crate::config::{Config, Role, TokenConfig};
+use crate::config::{Config, Role, SinkConfig, SinkKind, TokenConfig};
 use crate::git::ChangeRepo;
 use crate::model::{covered_paths, Digest};
 use crate::server::auth::{new_token, token_hash};
@@ -112,6 +113,37 @@ fn token(name: &str, role: Role, emails: &[&str], tokens: &mut Vec<TokenConfig>)
     secret
 }
 
+/// A local fleet monitor: records each signed webhook alert and whether its
+/// signature verifies. Returns its URL.
+async fn fleet_monitor(
+    received: Arc<Mutex<Vec<(bool, serde_json::Value)>>>,
+) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/alerts", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/alerts",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    let secret =
+                        std::env::var("CHANGEGATE_DEMO_MONITOR_SECRET").unwrap_or_default();
+                    let claimed = headers
+                        .get("x-changegate-signature-256")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    let verified = claimed == crate::alerts::signature(secret.as_bytes(), &body);
+                    let json = serde_json::from_slice(&body).unwrap_or_default();
+                    received.lock().expect("receiver").push((verified, json));
+                    "ok"
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
 pub(super) fn demo() -> u8 {
     match run() {
         Ok(true) => exit::OK,
@@ -139,6 +171,8 @@ fn run() -> Result<bool, String> {
     let bob = token("bob", Role::Operator, &[], &mut tokens);
     let carol = token("carol", Role::Operator, &["carol@example.com"], &mut tokens);
     let ci = token("ci", Role::Executor, &[], &mut tokens);
+    // The fleet monitor: a local receiver of signed webhook alerts.
+    std::env::set_var("CHANGEGATE_DEMO_MONITOR_SECRET", new_token());
     let mut config = Config {
         tokens,
         ..Config::default()
@@ -152,6 +186,18 @@ fn run() -> Result<bool, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let received: Arc<Mutex<Vec<(bool, serde_json::Value)>>> = Arc::default();
+    let monitor_url = runtime
+        .block_on(fleet_monitor(received.clone()))
+        .map_err(|e| e.to_string())?;
+    config.alerts.sinks.push(SinkConfig {
+        name: "fleet-monitor".into(),
+        kind: SinkKind::Webhook,
+        url: monitor_url,
+        resend: crate::model::Duration::from_secs(60),
+        secret_env: Some("CHANGEGATE_DEMO_MONITOR_SECRET".into()),
+        routing_key_env: None,
+    });
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .map_err(|e| e.to_string())?;
@@ -264,6 +310,28 @@ fn run() -> Result<bool, String> {
             .unwrap_or_default()
     ));
 
+    let alerted = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        received.lock().expect("receiver").first().cloned()
+    });
+    let alert_arrived = alerted
+        .as_ref()
+        .is_some_and(|(verified, body)| *verified && body["event"] == "firing");
+    match &alerted {
+        Some((verified, body)) => t.say(format!(
+            "the fleet monitor receives a firing alert: {} ({}) — it fires until a person acts",
+            body["alert"]["annotations"]["summary"]
+                .as_str()
+                .unwrap_or("?"),
+            if *verified {
+                "signature verified"
+            } else {
+                "BAD SIGNATURE"
+            }
+        )),
+        None => t.say("NO ALERT reached the fleet monitor"),
+    }
+
     t.say("Two days later: the decommission of sm-pg96 is approved and given its go-ahead");
     let down_digest = digest_of(DECOMMISSION)?;
     for secret in [&alice, &bob] {
@@ -302,8 +370,12 @@ fn run() -> Result<bool, String> {
     for (at, what) in &t.events {
         println!("  {at:>5.1}s  {what}");
     }
-    let as_expected =
-        !carol_counts && upgrade_failed && dependency_refused && survived && verified.is_some();
+    let as_expected = !carol_counts
+        && upgrade_failed
+        && alert_arrived
+        && dependency_refused
+        && survived
+        && verified.is_some();
     println!(
         "\n{}",
         if as_expected {

@@ -146,4 +146,6 @@ pub fn assert_error(errors: &[String], fragments: &[&str]) {
 }
 
 pub mod db;
+pub mod gate_fixture;
+pub mod receivers;
 pub mod server;

@@ -1,0 +1,107 @@
+//! The gate's test fixtures: identities, a one-step change, and helpers
+//! that drive a real server through the API client and `changegate exec`.
+
+use std::path::Path;
+use std::process::Output;
+
+use changegate::client::Client;
+
+use super::server::{self, Server, TestToken};
+use super::{db, TestRepo};
+
+/// alice, bob, dave (operators), carol (an operator whose email makes her
+/// an author of what she commits), and two executors.
+pub fn tokens() -> Vec<TestToken> {
+    let mut t: Vec<TestToken> = ["alice", "bob", "dave"]
+        .iter()
+        .map(|n| (n.to_string(), "operator", format!("{n}-token")))
+        .collect();
+    // Carol's commits are hers: her email makes her an author of what she changes.
+    t.push((
+        "carol".into(),
+        "operator;emails = [\"carol@example.com\"]\ngithub = \"carol-gh\"",
+        "carol-token".into(),
+    ));
+    t.push(("ci".into(), "executor", "ci-token".into()));
+    t.push(("ci2".into(), "executor", "ci2-token".into()));
+    t
+}
+
+pub fn client(server: &Server, who: &str) -> Client {
+    Client::new(&server.url, &format!("{who}-token"))
+}
+
+pub fn start(repo: &TestRepo, backend: &str, server_keys: &str) -> (Server, db::TestDatabase) {
+    let database = db::fresh(backend);
+    let server = server::start_with(repo.path(), &database.url, &tokens(), server_keys, "");
+    (server, database)
+}
+
+pub fn exec(repo: &Path, server: &Server, args: &[&str], fleet: &Path) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
+        .arg("exec")
+        .args(args)
+        .current_dir(repo)
+        .env("CHANGEGATE_URL", &server.url)
+        .env("CHANGEGATE_TOKEN", "ci-token")
+        .env("FLEET_DIR", fleet)
+        .env("RUNS", fleet.join("runs"))
+        .output()
+        .unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn digest(repo: &TestRepo, id: &str) -> String {
+    String::from_utf8(repo.run(&["digest", id]).stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A one-step change whose step appends to `runs.log` and runs `./step.sh`.
+pub fn simple_repo(step: &str, extra: &str) -> TestRepo {
+    let repo = TestRepo::new();
+    repo.write(
+        "step.sh",
+        format!("#!/bin/sh\necho ran >> \"$RUNS\"\n{step}\n"),
+    );
+    std::fs::set_permissions(
+        repo.path().join("step.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    repo.write(
+        "changes/c.yaml",
+        format!("title: t\nkind: config\ntargets: [web]\n{extra}steps:\n  - id: only\n    run: ./step.sh\n"),
+    );
+    repo.write(
+        "policies/p.yaml",
+        "approvals:\n  required: 1\n  from: [alice, bob, dave]\n",
+    );
+    repo.commit("one step");
+    repo
+}
+
+pub fn approve(server: &Server, who: &str, repo: &TestRepo, id: &str) {
+    client(server, who)
+        .approve(id, &digest(repo, id), "")
+        .unwrap();
+}
+
+pub fn claim_reason(server: &Server, repo: &TestRepo, id: &str) -> String {
+    match client(server, "ci").claim(id, &digest(repo, id), None) {
+        Ok(g) => panic!("claim unexpectedly granted: {g:?}"),
+        Err(e) => e.reason().unwrap_or("?").to_string(),
+    }
+}
+
+pub fn wait_for(cond: impl FnMut() -> bool, what: &str) {
+    super::receivers::eventually(20, what, cond);
+}
