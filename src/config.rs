@@ -113,6 +113,8 @@ pub struct ServerConfig {
     pub refresh_secs: u64,
     /// How long a claim's lease lasts without a heartbeat.
     pub lease: Duration,
+    /// Serve the status page, change pages and feed without a token.
+    pub public_pages: bool,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +126,7 @@ impl Default for ServerConfig {
             public_url: "http://127.0.0.1:8080".into(),
             refresh_secs: 30,
             lease: Duration::from_secs(300),
+            public_pages: false,
         }
     }
 }

@@ -341,7 +341,7 @@ fn parallel_asks(urls: &[String], n: usize) -> Vec<u16> {
 fn fifty_parallel_requests_against_a_budget_of_three_allow_exactly_three() {
     let repo = budget_repo();
     let (server, _db) = start_with_monitor(&repo, "sqlite");
-    let statuses = parallel_asks(&[server.url.clone()], 50);
+    let statuses = parallel_asks(std::slice::from_ref(&server.url), 50);
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 47);
 }

@@ -11,6 +11,7 @@ use sha2::Sha256;
 
 use crate::clock::{format_ms, now_ms};
 use crate::config::{Config, SinkConfig, SinkKind};
+use crate::server::metrics::{DeliveryLabels, Metrics};
 use crate::store::{Alert, Delivery, Store};
 
 /// The longest wait between delivery attempts.
@@ -166,6 +167,7 @@ pub async fn deliver_due(
     store: &Store,
     config: &Config,
     http: &reqwest::Client,
+    metrics: &Metrics,
 ) -> Result<usize, crate::store::StoreError> {
     let now = now_ms();
     let due = store.claim_deliveries(now, 30_000, 100).await?;
@@ -193,6 +195,18 @@ pub async fn deliver_due(
         }
         let result = send(http, config, sink, &d, &alert, now).await;
         let next = next_after(&d, &alert, sink, result.is_ok(), now_ms());
+        let outcome = if result.is_ok() {
+            "delivered"
+        } else {
+            "failed"
+        };
+        metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                sink: sink.name.clone(),
+                outcome: outcome.into(),
+            })
+            .inc();
         match &result {
             Ok(()) => {
                 tracing::debug!(alert = %alert.id, sink = %sink.name, event = %d.event, "alert delivered")
@@ -215,7 +229,11 @@ pub async fn deliver_due(
 }
 
 /// Runs the delivery worker forever, every half second.
-pub async fn worker(store: Store, config: std::sync::Arc<Config>) {
+pub async fn worker(
+    store: Store,
+    config: std::sync::Arc<Config>,
+    metrics: std::sync::Arc<Metrics>,
+) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -223,7 +241,7 @@ pub async fn worker(store: Store, config: std::sync::Arc<Config>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        if let Err(e) = deliver_due(&store, &config, &http).await {
+        if let Err(e) = deliver_due(&store, &config, &http, &metrics).await {
             tracing::warn!(error = %e, "alert delivery pass failed");
         }
     }

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::auth::Identity;
 use super::error::ApiError;
+use super::metrics::{ClaimLabels, StepLabels};
 use super::AppState;
 use crate::config::Role;
 use crate::engine::{ActionAnswer, ActionDecision};
@@ -152,7 +153,26 @@ pub async fn claim(
     Json(req): Json<ClaimRequest>,
 ) -> Result<Json<ClaimGrant>, ApiError> {
     who.require(Role::Executor)?;
-    match state.engine.claim(&id, &req.digest, &who.name).await? {
+    let decision = state.engine.claim(&id, &req.digest, &who.name).await?;
+    let (outcome, reason) = match &decision {
+        Ok(_) => ("granted", String::new()),
+        Err(r) => (
+            "refused",
+            serde_json::to_value(r.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        ),
+    };
+    state
+        .metrics
+        .claims
+        .get_or_create(&ClaimLabels {
+            outcome: outcome.into(),
+            reason,
+        })
+        .inc();
+    match decision {
         Ok(grant) => {
             tracing::info!(step = %grant.step, attempt = %grant.attempt, label = req.executor.as_deref().unwrap_or(""), "claim granted");
             Ok(Json(grant))
@@ -189,7 +209,21 @@ pub async fn report(
     Json(req): Json<Report>,
 ) -> Result<Json<AttemptAnswer>, ApiError> {
     who.require(Role::Executor)?;
-    Ok(Json(state.engine.report(&id, &who.name, &req).await?))
+    let answer = state.engine.report(&id, &who.name, &req).await?;
+    let outcome = serde_json::to_value(req.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    state
+        .metrics
+        .steps
+        .get_or_create(&StepLabels { outcome })
+        .inc();
+    state
+        .metrics
+        .step_seconds
+        .observe(req.duration_ms as f64 / 1000.0);
+    Ok(Json(answer))
 }
 
 /// An operator's reason, for the record.

@@ -3,6 +3,8 @@
 mod api;
 pub mod auth;
 mod error;
+pub mod metrics;
+mod pages;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The gate service.
     pub engine: Arc<Engine>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 #[derive(OpenApi)]
@@ -53,7 +57,7 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(api::alerts))
         .routes(routes!(api::actions))
         .routes(routes!(api::audit))
-        .with_state(state)
+        .with_state(state.clone())
         .split_for_parts();
     openapi
         .components
@@ -62,7 +66,16 @@ pub fn router(state: AppState) -> axum::Router {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-    router.route("/openapi.json", get(move || async move { Json(openapi) }))
+    router
+        .route("/openapi.json", get(move || async move { Json(openapi) }))
+        .route("/metrics", get(metrics::metrics).with_state(state.clone()))
+        .route("/", get(pages::index).with_state(state.clone()))
+        .route(
+            "/changes/{id}",
+            get(pages::change).with_state(state.clone()),
+        )
+        .route("/feed.atom", get(pages::feed).with_state(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(state, metrics::track))
 }
 
 /// Why `serve` stopped.
@@ -117,9 +130,18 @@ pub async fn run(
     }
     let addr = listener.local_addr()?;
     let background = tokio::spawn(background(config.clone(), engine.clone()));
-    let delivery = tokio::spawn(crate::alerts::worker(store.clone(), config.clone()));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let delivery = tokio::spawn(crate::alerts::worker(
+        store.clone(),
+        config.clone(),
+        metrics.clone(),
+    ));
     tracing::info!(%addr, "listening");
-    let app = router(AppState { config, engine });
+    let app = router(AppState {
+        config,
+        engine,
+        metrics,
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -377,3 +377,34 @@ impl Store {
         Ok(())
     }
 }
+
+/// Alert numbers for the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlertGauges {
+    /// Alerts firing now.
+    pub firing: i64,
+    /// Deliveries not done.
+    pub pending: i64,
+    /// Fleet action kinds refused until reset.
+    pub sticky_refusals: i64,
+}
+
+impl Store {
+    /// Counts for the metrics.
+    pub async fn alert_gauges(&self) -> Result<AlertGauges, StoreError> {
+        let count = |sql: &'static str| async move {
+            Ok::<i64, StoreError>(sqlx::query(sql).fetch_one(&self.pool).await?.try_get("n")?)
+        };
+        Ok(AlertGauges {
+            firing: count("SELECT COUNT(*) AS n FROM alerts WHERE state = 'firing'").await?,
+            pending: count(
+                "SELECT COUNT(*) AS n FROM outbox WHERE state IN ('pending', 'failing')",
+            )
+            .await?,
+            sticky_refusals: count(
+                "SELECT COUNT(*) AS n FROM breakers WHERE name LIKE 'action:%' AND state = 'open'",
+            )
+            .await?,
+        })
+    }
+}

@@ -1,0 +1,353 @@
+//! The status page, change pages and the Atom feed: server-rendered HTML
+//! that works without JavaScript. maud escapes every interpolated value.
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use super::auth::authenticate;
+use super::AppState;
+use crate::clock::format_ms;
+use crate::engine::ChangeStatus;
+use crate::gate::{Breaker, ChangeState, StepState};
+
+/// Read access to the pages: public when `server.public_pages`, else a
+/// token in the `Authorization` header or the `changegate_token` cookie.
+pub struct PageAccess;
+
+impl FromRequestParts<AppState> for PageAccess {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.config.server.public_pages {
+            return Ok(PageAccess);
+        }
+        let header = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let cookie = parts
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| {
+                c.split(';').find_map(|kv| {
+                    kv.trim()
+                        .strip_prefix("changegate_token=")
+                        .map(str::to_string)
+                })
+            });
+        match header.or(cookie) {
+            Some(t) if authenticate(&state.config.tokens, &t).is_some() => Ok(PageAccess),
+            _ => Err((StatusCode::UNAUTHORIZED, Html("<h1>401</h1><p>Send a reader token, or set <code>server.public_pages = true</code>.</p>")).into_response()),
+        }
+    }
+}
+
+const STYLE: &str = r#"
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#1d2430;color:#fff;padding:10px 24px;display:flex;gap:16px;align-items:baseline}
+header a{color:#fff;text-decoration:none;font-weight:600}
+main{max-width:1100px;margin:0 auto;padding:16px 24px}
+h2{font-size:13px;text-transform:uppercase;letter-spacing:.06em;color:#5b6475;margin:22px 0 8px}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #dde1e8}
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #eceff3;vertical-align:top}
+th{font-weight:600;color:#5b6475;font-size:12px}
+.failed,.firing{background:#fdecec;color:#8a1111}
+tr.failed td:first-child,tr.firing td:first-child{border-left:4px solid #c62828}
+.badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;background:#e8ebf0}
+.b-failed,.b-open,.b-firing,.b-interrupted{background:#c62828;color:#fff}
+.b-running{background:#1565c0;color:#fff}.b-completed,.b-succeeded,.b-closed,.b-resolved{background:#2e7d32;color:#fff}
+.b-ready,.b-approved{background:#6a1b9a;color:#fff}.b-abandoned,.b-skipped{background:#757575;color:#fff}
+pre{background:#11161f;color:#e6e6e6;padding:8px;overflow:auto;max-height:260px;font-size:12px;margin:4px 0}
+code{font-size:12px}.muted{color:#7a8394}.empty{color:#7a8394;padding:6px 0}
+"#;
+
+fn page(title: &str, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (title) " · changegate" }
+                    link rel="alternate" type="application/atom+xml" title="changegate" href="/feed.atom";
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    header { a href="/" { "changegate" } span class="muted" { (title) } a href="/feed.atom" style="margin-left:auto;font-weight:400" { "feed" } }
+                    main { (body) }
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+fn state_word<T: serde::Serialize>(s: &T) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn badge(word: &str) -> Markup {
+    html! { span class={ "badge b-" (word) } { (word) } }
+}
+
+fn approvals_text(c: &ChangeStatus) -> String {
+    c.approvals
+        .policies
+        .iter()
+        .max_by_key(|p| (p.required.saturating_sub(p.counted), p.required))
+        .map_or("no policy".into(), |p| {
+            format!("{} of {}", p.counted.min(p.required), p.required)
+        })
+}
+
+fn failed_step(c: &ChangeStatus) -> Option<(&str, &crate::store::Attempt)> {
+    c.steps
+        .iter()
+        .find(|s| matches!(s.state, StepState::Failed | StepState::Interrupted))
+        .and_then(|s| s.attempts.last().map(|a| (s.id.as_str(), a)))
+}
+
+/// `GET /`: what failed first, then the breaker, what runs, what waits.
+pub async fn index(_: PageAccess, State(state): State<AppState>) -> Response {
+    let (changes, alerts, breaker) = match (
+        state.engine.list().await,
+        state.engine.store().alerts().await,
+        state.engine.breaker().await,
+    ) {
+        (Ok(c), Ok(a), Ok((b, _))) => (c, a, b),
+        _ => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Html("<h1>503</h1><p>The database is unavailable.</p>"),
+            )
+                .into_response()
+        }
+    };
+    let of = |states: &[ChangeState]| {
+        changes
+            .iter()
+            .filter(|c| states.contains(&c.state))
+            .collect::<Vec<_>>()
+    };
+    let failed = of(&[ChangeState::Failed]);
+    let firing: Vec<_> = alerts.iter().filter(|(a, _)| a.state == "firing").collect();
+    let running = of(&[ChangeState::Running]);
+    let waiting = of(&[ChangeState::Proposed, ChangeState::Approved]);
+    let settled = of(&[
+        ChangeState::Ready,
+        ChangeState::Completed,
+        ChangeState::Abandoned,
+    ]);
+    let body = html! {
+        h2 { "Needs a person" }
+        @if failed.is_empty() && firing.is_empty() { p class="empty" { "Nothing has failed. No alert is firing." } }
+        @else {
+            table id="failed" {
+                tr { th { "change" } th { "step" } th { "exit" } th { "output" } th { "when" } }
+                @for c in &failed {
+                    @let f = failed_step(c);
+                    tr class="failed" {
+                        td { a href={ "/changes/" (c.id) } { (c.id) } br; span { (c.title) } }
+                        td { (f.map_or("", |(s, _)| s)) }
+                        td { (f.and_then(|(_, a)| a.exit_code).map_or("interrupted".into(), |e| e.to_string())) }
+                        td { code { (f.and_then(|(_, a)| a.output_tail.as_deref()).and_then(|o| o.lines().rev().find(|l| !l.trim().is_empty())).unwrap_or("")) } }
+                        td { (f.and_then(|(_, a)| a.ended_at).map(format_ms).unwrap_or_default()) }
+                    }
+                }
+                @for (a, deliveries) in &firing {
+                    tr class="firing" {
+                        td { "alert " (a.id) }
+                        td colspan="2" { (a.annotations["summary"].as_str().unwrap_or("")) }
+                        td { @for d in deliveries.iter() { (d.sink) " " (d.event) ": " (d.state) br; } }
+                        td { (format_ms(a.raised_at)) }
+                    }
+                }
+            }
+        }
+        h2 { "Breaker" }
+        p id="breaker" {
+            @match &breaker {
+                Breaker::Closed => { (badge("closed")) " claims may proceed" }
+                Breaker::Open { since, failures } => { (badge("open")) " opened " (format_ms(*since)) " after " (failures) " failures — every claim is refused until " code { "changegate breaker reset" } }
+            }
+        }
+        h2 { "Running" }
+        @if running.is_empty() { p class="empty" { "Nothing is running." } }
+        @else {
+            table { tr { th { "change" } th { "step in progress" } th { "lease until" } }
+                @for c in &running {
+                    @let step = c.steps.iter().find(|s| s.state == StepState::Running);
+                    tr { td { a href={ "/changes/" (c.id) } { (c.id) } } td { (step.map_or("between steps", |s| s.id.as_str())) }
+                         td { (step.and_then(|s| s.attempts.last()).map(|a| format_ms(a.lease_expires_at)).unwrap_or_default()) } }
+                }
+            }
+        }
+        h2 { "Waiting for approval" }
+        @if waiting.is_empty() { p class="empty" { "Nothing waits for approval." } }
+        @else {
+            table { tr { th { "change" } th { "approvals" } th { "approved by" } th { "who still may" } }
+                @for c in &waiting {
+                    tr { td { a href={ "/changes/" (c.id) } { (c.id) } br; span { (c.title) } }
+                         td class="approvals" { (approvals_text(c)) }
+                         td { (c.approvals.reviews.iter().filter(|r| r.counts).map(|r| r.approver.as_str()).collect::<Vec<_>>().join(", ")) }
+                         td { (c.approvals.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")) " eligible reviewers" } }
+                }
+            }
+        }
+        h2 { "Ready, completed, abandoned" }
+        table { tr { th { "change" } th { "state" } th { "approvals" } th { "steps" } th { "blocked by" } }
+            @for c in &settled {
+                tr { td { a href={ "/changes/" (c.id) } { (c.id) } } td { (badge(&state_word(&c.state))) } td class="approvals" { (approvals_text(c)) }
+                     td { (c.steps.iter().filter(|s| s.state == StepState::Succeeded).count()) "/" (c.steps.len()) }
+                     td class="blocker" { @for b in &c.blockers { (state_word(&b.reason)) ": " (b.detail) } } }
+            }
+        }
+    };
+    page("status", body).into_response()
+}
+
+/// `GET /changes/{id}`: steps, attempts, approvals, blockers, digest, audit trail.
+pub async fn change(
+    _: PageAccess,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Response {
+    let status = match state.engine.status(&id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                page(
+                    "not found",
+                    html! { p { "No change " code { (id) } " on the default branch." } },
+                ),
+            )
+                .into_response()
+        }
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, Html("<h1>503</h1>")).into_response(),
+    };
+    let audit = state
+        .engine
+        .store()
+        .audit_events(Some(&id))
+        .await
+        .unwrap_or_default();
+    let c = &status;
+    let body = html! {
+        h1 style="font-size:20px;margin:8px 0" { (c.title) " " (badge(&state_word(&c.state))) }
+        p class="muted" { code { (c.id) } " · " (c.kind) " · targets " (c.targets.join(", ")) @if !c.depends_on.is_empty() { " · depends on " @for d in &c.depends_on { a href={ "/changes/" (d) } { (d) } " " } } }
+        @if !c.blockers.is_empty() {
+            h2 { "Blockers" }
+            table id="blockers" { @for b in &c.blockers { tr class="failed" { td { (state_word(&b.reason)) } td { (b.detail) } } } }
+        }
+        h2 { "Approvals — " span class="approvals" { (approvals_text(c)) } }
+        table { tr { th { "approver" } th { "source" } th { "counts" } th { "why not" } }
+            @for r in &c.approvals.reviews { tr { td { (r.approver) } td { (state_word(&r.source)) } td { @if r.counts { "yes" } @else { "no" } } td { (r.reason.as_ref().map(state_word).unwrap_or_default()) } } }
+        }
+        h2 { "Steps" }
+        @for s in &c.steps {
+            div class={ @if matches!(s.state, StepState::Failed | StepState::Interrupted) { "failed" } } style="background:#fff;border:1px solid #dde1e8;padding:8px 10px;margin:6px 0" {
+                strong { (s.id) } " " (badge(&state_word(&s.state)))
+                @if s.needs_confirmation { span class="muted" { " · needs a go-ahead" @if let Some(g) = &s.confirmation { " (given by " (g.actor) ": " (g.reason) ")" } } }
+                @for a in &s.attempts {
+                    div class="muted" { "attempt " (a.attempt_no) " by " (a.executor) " · " (a.state) " · started " (format_ms(a.started_at))
+                        @if let Some(e) = a.exit_code { " · exit " (e) } @if let Some(t) = a.ended_at { " · ended " (format_ms(t)) } }
+                    @if let Some(out) = &a.output_tail { pre { (out) } }
+                }
+            }
+        }
+        h2 { "Digest" }
+        p { code { (c.digest) } " at " code { (c.commit.get(..12).unwrap_or(&c.commit)) } }
+        table { tr { th { "covered path" } th { "blob" } } @for p in &c.covered_paths { tr { td { code { (p.path) } } td { code { (p.blob) } } } } }
+        h2 { "Audit trail" }
+        table id="audit" { tr { th { "#" } th { "when" } th { "who" } th { "what" } th { "details" } }
+            @for e in &audit { tr { td { (e.seq) } td { (format_ms(e.at)) } td { (e.actor) } td { (e.kind) } td { code { (e.data.to_string()) } } } }
+        }
+    };
+    page(&c.id, body).into_response()
+}
+
+/// The audit event kinds the feed carries.
+const FEED_KINDS: &[&str] = &[
+    "step.failed",
+    "step.interrupted",
+    "change.completed",
+    "change.abandoned",
+    "breaker.opened",
+    "breaker.reset",
+    "alert.raised",
+    "alert.resolved",
+];
+
+/// `GET /feed.atom`: failures, completions, breaker and alert events.
+pub async fn feed(_: PageAccess, State(state): State<AppState>) -> Response {
+    use atom_syndication::{Entry, Feed, FixedDateTime, Link, Text};
+    let Ok(events) = state.engine.store().audit_events(None).await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let base = state
+        .config
+        .server
+        .public_url
+        .trim_end_matches('/')
+        .to_string();
+    let when = |ms: i64| FixedDateTime::parse_from_rfc3339(&format_ms(ms)).unwrap_or_default();
+    let link = |href: String, rel: &str| {
+        let mut l = Link::default();
+        l.set_href(href);
+        l.set_rel(rel);
+        l
+    };
+    let entries: Vec<Entry> = events
+        .iter()
+        .rev()
+        .filter(|e| FEED_KINDS.contains(&e.kind.as_str()))
+        .take(200)
+        .map(|e| {
+            let href = match &e.change {
+                Some(c) => format!("{base}/changes/{c}"),
+                None => format!("{base}/"),
+            };
+            let mut entry = Entry::default();
+            entry.set_id(format!("urn:changegate:audit:{}", e.seq));
+            entry.set_title(Text::plain(format!(
+                "{} {}",
+                e.kind,
+                e.change.as_deref().unwrap_or("")
+            )));
+            entry.set_updated(when(e.at));
+            entry.set_links(vec![link(href, "alternate")]);
+            entry.set_summary(Some(Text::plain(format!(
+                "{} by {}: {}",
+                e.kind, e.actor, e.data
+            ))));
+            entry
+        })
+        .collect();
+    let mut feed = Feed::default();
+    feed.set_id(format!("{base}/feed.atom"));
+    feed.set_title(Text::plain(
+        "changegate: failures, completions, breaker and alerts",
+    ));
+    feed.set_updated(events.last().map_or(when(0), |e| when(e.at)));
+    feed.set_links(vec![link(format!("{base}/feed.atom"), "self")]);
+    feed.set_entries(entries);
+    (
+        [("content-type", "application/atom+xml; charset=utf-8")],
+        feed.to_string(),
+    )
+        .into_response()
+}
