@@ -114,6 +114,21 @@ pub(super) fn abandon(id: &str, reason: &str) -> u8 {
     )
 }
 
+/// The colour of a state word: red for what needs a person, blue while
+/// running, green when done. `anstream` drops the colour when stdout is not
+/// a terminal.
+fn state_style(state: &str) -> anstyle::Style {
+    use anstyle::{AnsiColor, Style};
+    let colour = match state {
+        "failed" => AnsiColor::Red,
+        "running" => AnsiColor::Blue,
+        "completed" => AnsiColor::Green,
+        "ready" | "approved" => AnsiColor::Magenta,
+        _ => return Style::new().dimmed(),
+    };
+    Style::new().fg_color(Some(colour.into())).bold()
+}
+
 /// One line per change: state, id, approvals, steps, and what blocks it.
 fn summary_line(c: &Value) -> String {
     let steps = c["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -122,11 +137,10 @@ fn summary_line(c: &Value) -> String {
         .as_array()
         .and_then(|p| {
             p.iter().max_by_key(|p| {
-                p["required"].as_u64().unwrap_or(0)
-                    - p["counted"]
-                        .as_u64()
-                        .unwrap_or(0)
-                        .min(p["required"].as_u64().unwrap_or(0))
+                p["required"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(p["counted"].as_u64().unwrap_or(0))
             })
         })
         .map(|p| {
@@ -151,9 +165,10 @@ fn summary_line(c: &Value) -> String {
             )
         })
         .unwrap_or_default();
+    let state = c["state"].as_str().unwrap_or("?");
+    let style = state_style(state);
     format!(
-        "{:<10} {}  {tally}, {done}/{} steps{blocker}",
-        c["state"].as_str().unwrap_or("?"),
+        "{style}{state:<10}{style:#} {}  {tally}, {done}/{} steps{blocker}",
         c["id"].as_str().unwrap_or("?"),
         steps.len()
     )
@@ -168,9 +183,11 @@ pub(super) fn status(id: Option<&str>, format: Format) -> u8 {
         |v| match format {
             Format::Json => println!("{v}"),
             Format::Text => match v.as_array() {
-                Some(list) => list.iter().for_each(|c| println!("{}", summary_line(c))),
+                Some(list) => list
+                    .iter()
+                    .for_each(|c| anstream::println!("{}", summary_line(c))),
                 None => {
-                    println!("{}", summary_line(v));
+                    anstream::println!("{}", summary_line(v));
                     for s in v["steps"].as_array().map(Vec::as_slice).unwrap_or_default() {
                         println!(
                             "  {:<12} {}",

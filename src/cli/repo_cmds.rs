@@ -25,10 +25,20 @@ pub(super) fn validate(args: &RepoArgs, format: Format) -> u8 {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let (snapshot, model) = match repo
+    // Large repositories show progress on a terminal; pipes and CI logs stay clean.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = |done: usize, total: usize| {
+        if tty {
+            eprint!("\rchecking change sets: {done}/{total}");
+        }
+    };
+    let loaded = repo
         .at(&args.rev)
-        .and_then(|s| s.load_model().map(|m| (s, m)))
-    {
+        .and_then(|s| s.load_model_with_progress(&mut progress).map(|m| (s, m)));
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    let (snapshot, model) = match loaded {
         Ok(v) => v,
         Err(e) => return fail(e),
     };

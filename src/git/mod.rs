@@ -6,7 +6,7 @@ use std::path::Path;
 
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
-use crate::model::{load_repo, Entry, RepoModel, SourceFile, TreeView};
+use crate::model::{load_repo_with_progress, Entry, RepoModel, SourceFile, TreeView};
 
 /// Why the repository or revision could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +113,17 @@ impl<'r> Snapshot<'r> {
 
     /// Every change set and policy at this commit, checked.
     pub fn load_model(&self) -> Result<RepoModel, GitError> {
+        self.load_model_with_progress(&mut |_, _| {})
+    }
+
+    /// [`Snapshot::load_model`], reporting `progress(done, total)` as it goes.
+    pub fn load_model_with_progress(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<RepoModel, GitError> {
         let changes = self.files_in("changes")?;
         let policies = self.files_in("policies")?;
-        Ok(load_repo(&changes, &policies, self))
+        Ok(load_repo_with_progress(&changes, &policies, self, progress))
     }
 }
 

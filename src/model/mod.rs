@@ -22,7 +22,7 @@ pub use decode::{decode_change_set, decode_policy, RepoContext};
 pub use digest::{covered_paths, CoveredPath, Digest};
 pub use duration::Duration;
 pub use policy::{policies_in_force, PoliciesInForce};
-pub use repo::{load_repo, RepoModel, SourceFile};
+pub use repo::{load_repo, load_repo_with_progress, RepoModel, SourceFile};
 pub use window::Window;
 pub use yaml::Pos;
 

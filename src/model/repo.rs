@@ -104,6 +104,16 @@ pub fn load_repo(
     policy_files: &[SourceFile],
     tree: &dyn TreeView,
 ) -> RepoModel {
+    load_repo_with_progress(change_files, policy_files, tree, &mut |_, _| {})
+}
+
+/// [`load_repo`], calling `progress(done, total)` as change sets are checked.
+pub fn load_repo_with_progress(
+    change_files: &[SourceFile],
+    policy_files: &[SourceFile],
+    tree: &dyn TreeView,
+    progress: &mut dyn FnMut(usize, usize),
+) -> RepoModel {
     let mut model = RepoModel::default();
     let diagnostics = &mut model.diagnostics;
 
@@ -119,6 +129,9 @@ pub fn load_repo(
     let mut dep_positions = BTreeMap::new();
     for (file, id) in &changes {
         model.change_files += 1;
+        if model.change_files % 1000 == 0 {
+            progress(model.change_files, changes.len());
+        }
         let Some(root) = parse(file, diagnostics) else {
             continue;
         };
