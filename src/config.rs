@@ -30,6 +30,23 @@ pub struct Config {
     /// `[alerts]`
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// `[github]`: absent, approvals come through the API only.
+    #[serde(default)]
+    pub github: Option<GithubConfig>,
+}
+
+/// `[github]`. Only webhook ingestion is built so far; reviews, commit
+/// statuses and reconciliation come with the rest of the GitHub integration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    /// The environment variable holding the webhook secret.
+    #[serde(default = "default_webhook_secret_env")]
+    pub webhook_secret_env: String,
+}
+
+fn default_webhook_secret_env() -> String {
+    "CHANGEGATE_WEBHOOK_SECRET".into()
 }
 
 /// `[alerts]`: where alerts go.

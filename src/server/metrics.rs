@@ -64,6 +64,8 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// HTTP request durations, seconds.
     pub http_seconds: Family<HttpLabels, Histogram>,
+    /// GitHub webhook deliveries by outcome.
+    pub webhooks: Family<super::webhooks::WebhookLabels, Counter>,
     breaker_open: Gauge,
     alerts_firing: Gauge,
     outbox_pending: Gauge,
@@ -107,6 +109,12 @@ impl Default for Metrics {
             "HTTP request durations",
             http_seconds.clone(),
         );
+        let webhooks = Family::<super::webhooks::WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "GitHub webhook deliveries: accepted, duplicate or rejected",
+            webhooks.clone(),
+        );
         registry.register(
             "breaker_open",
             "1 while the step breaker is open",
@@ -130,6 +138,7 @@ impl Default for Metrics {
             step_seconds,
             deliveries,
             http_seconds,
+            webhooks,
             breaker_open,
             alerts_firing,
             outbox_pending,

@@ -5,6 +5,7 @@ pub mod auth;
 mod error;
 pub mod metrics;
 mod pages;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +76,14 @@ pub fn router(state: AppState) -> axum::Router {
             get(pages::change).with_state(state.clone()),
         )
         .route("/feed.atom", get(pages::feed).with_state(state.clone()))
+        .route(
+            "/webhooks/github",
+            axum::routing::post(webhooks::github)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    webhooks::MAX_BODY_BYTES,
+                ))
+                .with_state(state.clone()),
+        )
         .layer(axum::middleware::from_fn_with_state(state, metrics::track))
 }
 

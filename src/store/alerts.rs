@@ -408,3 +408,51 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Stores a webhook delivery in the inbox, once per delivery id, with
+    /// its audit event. Returns false for a redelivery.
+    pub async fn store_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        body: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut w = self.write().await?;
+        let stored = sqlx::query("INSERT INTO inbox (delivery_id, event, body, received_at) VALUES ($1, $2, $3, $4) ON CONFLICT (delivery_id) DO NOTHING")
+            .bind(delivery_id)
+            .bind(event)
+            .bind(body.to_vec())
+            .bind(crate::clock::now_ms())
+            .execute(w.conn())
+            .await?
+            .rows_affected()
+            == 1;
+        if stored {
+            w.audit(
+                "github",
+                "webhook.received",
+                None,
+                serde_json::json!({"delivery": delivery_id, "event": event, "bytes": body.len()}),
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(stored)
+    }
+
+    /// Deliveries in the inbox: (delivery id, event, body bytes, processed).
+    pub async fn inbox(&self) -> Result<Vec<(String, String, Vec<u8>, bool)>, StoreError> {
+        let rows = sqlx::query("SELECT delivery_id, event, body, processed_at FROM inbox ORDER BY received_at, delivery_id").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("delivery_id")?,
+                    r.try_get("event")?,
+                    r.try_get("body")?,
+                    r.try_get::<Option<i64>, _>("processed_at")?.is_some(),
+                ))
+            })
+            .collect()
+    }
+}
