@@ -133,6 +133,17 @@ fn the_2017_incident_replayed_fails_safe() {
             kinds.contains(&"step.failed") && kinds.contains(&"claim.refused"),
             "{kinds:?}"
         );
+        // The list (all facts read at once) says exactly what each change's own page says.
+        let list = client(&server, "alice").changes().unwrap();
+        for c in list.as_array().unwrap() {
+            assert_eq!(
+                c,
+                &client(&server, "alice")
+                    .change(c["id"].as_str().unwrap())
+                    .unwrap(),
+                "{backend}"
+            );
+        }
     }
 }
 

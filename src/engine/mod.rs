@@ -244,13 +244,26 @@ impl Engine {
     /// Every change on the default branch.
     pub async fn list(&self) -> Result<Vec<ChangeStatus>, EngineError> {
         let view = self.view();
-        let mut out = Vec::with_capacity(view.changes.len());
-        for id in view.changes.keys() {
-            if let Some(s) = self.status(id).await? {
-                out.push(s);
-            }
-        }
-        Ok(out)
+        // One read of every fact, shared by all changes (dependencies and
+        // lock holders included).
+        let facts = self.store.all_change_facts().await?;
+        let locks = self.store.locks().await?;
+        let (failures, reset) = self.store.breaker_facts().await?;
+        let breaker = breaker_state(&failures, reset.map(|r| r.at), self.breaker_config());
+        let world = World {
+            config: &self.config,
+            view: &view,
+            dependency_facts: &facts,
+            locks: &locks,
+            breaker: &breaker,
+            now: now_ms(),
+        };
+        let empty = ChangeFacts::default();
+        Ok(view
+            .changes
+            .keys()
+            .map(|id| status_of(&world, id, facts.get(id).unwrap_or(&empty), None))
+            .collect())
     }
 
     /// The step breaker now.

@@ -471,3 +471,54 @@ impl WriteTx {
         Ok(())
     }
 }
+
+impl Store {
+    /// Every change's facts in five queries, for lists and pages; the
+    /// per-change reads would be one round trip per table per change.
+    pub async fn all_change_facts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, ChangeFacts>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut all: std::collections::BTreeMap<String, ChangeFacts> =
+            std::collections::BTreeMap::new();
+        for r in sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts ORDER BY started_at, attempt_no"
+        ))
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let a = attempt(&r)?;
+            all.entry(a.change_id.clone()).or_default().attempts.push(a);
+        }
+        for r in sqlx::query("SELECT change_id, step_id, actor, reason, created_at AS at FROM confirmations ORDER BY created_at").fetch_all(&mut *conn).await? {
+            all.entry(r.try_get("change_id")?).or_default().confirmations.push(action(&r, true, false)?);
+        }
+        for r in sqlx::query(
+            "SELECT change_id, step_id, after_attempt, actor, reason, at FROM retries ORDER BY at",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            all.entry(r.try_get("change_id")?)
+                .or_default()
+                .retries
+                .push(action(&r, true, true)?);
+        }
+        for r in sqlx::query("SELECT change_id, actor, reason, at FROM abandonments")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            all.entry(r.try_get("change_id")?).or_default().abandonment =
+                Some(action(&r, false, false)?);
+        }
+        for r in sqlx::query("SELECT change_id, approver, digest, comment, created_at FROM api_approvals ORDER BY id").fetch_all(&mut *conn).await? {
+            all.entry(r.try_get("change_id")?).or_default().approvals.push(ApiApproval {
+                approver: r.try_get("approver")?,
+                digest: r.try_get("digest")?,
+                comment: r.try_get("comment")?,
+                created_at: r.try_get("created_at")?,
+            });
+        }
+        Ok(all)
+    }
+}
