@@ -345,7 +345,17 @@ fn a_killed_executors_step_becomes_interrupted_and_is_not_rerun() {
         };
         let answer = client(&server, "ci").report(&attempt, &late).unwrap();
         assert_eq!(answer["change_state"], "failed");
+        assert_eq!(answer["recorded"], false, "a late report changes nothing");
         assert!(answer["attempt"]["late_report"].is_string());
+        // And the same report again is still idempotent.
+        let again = client(&server, "ci").report(&attempt, &late).unwrap();
+        assert_eq!(
+            (
+                again["change_state"].as_str(),
+                again["attempt"]["state"].as_str()
+            ),
+            (Some("failed"), Some("interrupted"))
+        );
     }
 }
 

@@ -114,6 +114,8 @@ pub struct AttemptAnswer {
     /// The change's state afterwards.
     #[schema(value_type = String)]
     pub change_state: ChangeState,
+    /// False when this report repeated one already recorded (or came late).
+    pub recorded: bool,
 }
 
 /// The most output kept per attempt.
@@ -436,6 +438,7 @@ impl Engine {
             ));
         }
         let output = redact(tail(&report.output_tail), &[]);
+        let a_was_running = a.state == "running";
         let now = now_ms();
         match a.state.as_str() {
             "running" => {
@@ -505,6 +508,7 @@ impl Engine {
         let recorded = w.attempt(attempt_id).await?.unwrap_or(a);
         w.commit().await?;
         Ok(AttemptAnswer {
+            recorded: a_was_running,
             attempt: recorded,
             change_state,
         })

@@ -210,19 +210,21 @@ pub async fn report(
 ) -> Result<Json<AttemptAnswer>, ApiError> {
     who.require(Role::Executor)?;
     let answer = state.engine.report(&id, &who.name, &req).await?;
-    let outcome = serde_json::to_value(req.outcome)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    state
-        .metrics
-        .steps
-        .get_or_create(&StepLabels { outcome })
-        .inc();
-    state
-        .metrics
-        .step_seconds
-        .observe(req.duration_ms as f64 / 1000.0);
+    if answer.recorded {
+        let outcome = serde_json::to_value(req.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        state
+            .metrics
+            .steps
+            .get_or_create(&StepLabels { outcome })
+            .inc();
+        state
+            .metrics
+            .step_seconds
+            .observe(req.duration_ms as f64 / 1000.0);
+    }
     Ok(Json(answer))
 }
 
