@@ -67,7 +67,7 @@ tr.failed td:first-child,tr.firing td:first-child{border-left:4px solid #c62828}
 .b-running{background:#1565c0;color:#fff}.b-completed,.b-succeeded,.b-closed,.b-resolved{background:#2e7d32;color:#fff}
 .b-ready,.b-approved{background:#6a1b9a;color:#fff}.b-abandoned,.b-skipped{background:#757575;color:#fff}
 pre{background:#11161f;color:#e6e6e6;padding:8px;overflow:auto;max-height:260px;font-size:12px;margin:4px 0}
-code{font-size:12px}.muted{color:#7a8394}.empty{color:#7a8394;padding:6px 0}
+code{font-size:12px}td code{word-break:break-all}.muted{color:#7a8394}.empty{color:#7a8394;padding:6px 0}
 "#;
 
 fn page(title: &str, body: Markup) -> Html<String> {
