@@ -9,12 +9,10 @@ use common::{db, TestRepo};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 
-const SECRET: &str = "fleet-monitor-shared-secret";
+const SECRET: &str = server::WEBHOOK_SECRET;
 
 fn start_with_sinks(repo: &TestRepo, backend: &str, sinks: &str) -> (Server, db::TestDatabase) {
     // The webhook secret comes from the server's environment, never the config file.
-    std::env::set_var("CG_TEST_WEBHOOK_SECRET", SECRET);
-    std::env::set_var("CG_TEST_PD_KEY", "routing-key-0123");
     let database = db::fresh(backend);
     let server = server::start_with(repo.path(), &database.url, &tokens(), "", sinks);
     (server, database)
@@ -166,7 +164,7 @@ fn webhook_and_pagerduty_get_signed_fire_and_resolve_with_stable_dedup_keys() {
             "{backend}: the dedup key is stable"
         );
         assert_eq!(pds[0].json()["dedup_key"], hooks[0].json()["id"]);
-        assert_eq!(pds[0].json()["routing_key"], "routing-key-0123");
+        assert_eq!(pds[0].json()["routing_key"], server::PAGERDUTY_KEY);
     }
 }
 

@@ -9,7 +9,7 @@ use common::server::{self, Server};
 use common::{db, TestRepo};
 use hmac::{Hmac, Mac};
 
-const SECRET: &str = "It's a Secret to Everybody";
+const SECRET: &str = server::GITHUB_SECRET;
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -41,7 +41,6 @@ fn deliver(server: &Server, event: &str, delivery: &str, body: &[u8], signature:
 }
 
 fn start(repo: &TestRepo, backend: &str) -> (Server, db::TestDatabase) {
-    std::env::set_var("CG_TEST_GH_SECRET", SECRET);
     let database = db::fresh(backend);
     let server = server::start_with(
         repo.path(),

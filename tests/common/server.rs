@@ -11,6 +11,14 @@ use serde_json::Value;
 /// carry extra keys for the token after `;`.
 pub type TestToken = (String, &'static str, String);
 
+/// Secrets every test server finds in its environment. They are set on
+/// the child process, never with `set_var` in the multi-threaded test binary.
+pub const WEBHOOK_SECRET: &str = "fleet-monitor-shared-secret";
+/// The PagerDuty routing key test servers get.
+pub const PAGERDUTY_KEY: &str = "routing-key-0123";
+/// The GitHub webhook secret test servers get (GitHub's documentation example).
+pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+
 /// A running server.
 pub struct Server {
     child: Option<Child>,
@@ -117,6 +125,9 @@ impl Server {
             cmd.env("CHANGEGATE_LISTEN", "127.0.0.1:0");
         }
         let child = cmd
+            .env("CG_TEST_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("CG_TEST_PD_KEY", PAGERDUTY_KEY)
+            .env("CG_TEST_GH_SECRET", GITHUB_SECRET)
             .env_remove("CHANGEGATE_DATABASE_URL")
             .env_remove("CHANGEGATE_CONFIG")
             .stdout(Stdio::null())
