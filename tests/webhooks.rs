@@ -164,6 +164,14 @@ fn unknown_events_are_acknowledged_and_recorded() {
         202
     );
     assert_eq!(inbox(&database)[0].1, "check_run");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("changegate_inbox_pending 1"),
+        "the inbox depth is exported: {metrics}"
+    );
 }
 
 #[test]

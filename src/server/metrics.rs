@@ -70,6 +70,7 @@ pub struct Metrics {
     alerts_firing: Gauge,
     outbox_pending: Gauge,
     fleet_action_refusals: Gauge,
+    inbox_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,7 +83,8 @@ impl Default for Metrics {
         let http_seconds = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 14))
         });
-        let (breaker_open, alerts_firing, outbox_pending, fleet_action_refusals) = (
+        let (breaker_open, alerts_firing, outbox_pending, fleet_action_refusals, inbox_pending) = (
+            Gauge::default(),
             Gauge::default(),
             Gauge::default(),
             Gauge::default(),
@@ -131,6 +133,11 @@ impl Default for Metrics {
             "Fleet action kinds refused until an operator resets them",
             fleet_action_refusals.clone(),
         );
+        registry.register(
+            "inbox_pending",
+            "Webhook deliveries stored but not yet applied (inbox depth)",
+            inbox_pending.clone(),
+        );
         Metrics {
             registry,
             claims,
@@ -143,6 +150,7 @@ impl Default for Metrics {
             alerts_firing,
             outbox_pending,
             fleet_action_refusals,
+            inbox_pending,
         }
     }
 }
@@ -181,6 +189,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         m.alerts_firing.set(gauges.firing);
         m.outbox_pending.set(gauges.pending);
         m.fleet_action_refusals.set(gauges.sticky_refusals);
+        m.inbox_pending.set(gauges.inbox);
     }
     let mut text = String::new();
     match encode(&mut text, &m.registry) {

@@ -387,6 +387,8 @@ pub struct AlertGauges {
     pub pending: i64,
     /// Fleet action kinds refused until reset.
     pub sticky_refusals: i64,
+    /// Webhook deliveries stored but not yet applied (inbox depth).
+    pub inbox: i64,
 }
 
 impl Store {
@@ -405,6 +407,7 @@ impl Store {
                 "SELECT COUNT(*) AS n FROM breakers WHERE name LIKE 'action:%' AND state = 'open'",
             )
             .await?,
+            inbox: count("SELECT COUNT(*) AS n FROM inbox WHERE processed_at IS NULL").await?,
         })
     }
 }
