@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::gate::{breaker_state, Breaker, BreakerConfig, ChangeState, Refusal, StepState};
 use crate::git::{ChangeRepo, GitError};
 use crate::model::{covered_paths, policies_in_force, Digest, PoliciesInForce};
-use crate::store::{Attempt, ChangeFacts, Store, StoreError, SyncReport, WriteTx};
+use crate::store::{Attempt, ChangeFacts, Store, StoreError, SyncReport, WorldFacts, WriteTx};
 use view::{status_of, World};
 pub use view::{ChangeStatus, RepoView};
 
@@ -177,52 +177,29 @@ impl Engine {
         Ok(report)
     }
 
+    /// Reads what a decision about `id` needs: under the write lock when
+    /// deciding, from the pool when only showing.
     async fn world_facts(
         &self,
         w: Option<&mut WriteTx>,
         view: &RepoView,
         id: &str,
-    ) -> Result<
-        (
-            ChangeFacts,
-            BTreeMap<String, ChangeFacts>,
-            Vec<crate::store::TargetLock>,
-            Breaker,
-        ),
-        EngineError,
-    > {
-        // Dependencies' facts, and those of every lock holder, decide refusals.
-        let mut others: BTreeSet<String> = view
+    ) -> Result<(WorldFacts, Breaker), EngineError> {
+        let dependencies: Vec<String> = view
             .changes
             .get(id)
-            .map(|(c, _, _)| c.depends_on.iter().cloned().collect())
+            .map(|(c, _, _)| c.depends_on.clone())
             .unwrap_or_default();
-        match w {
-            Some(w) => {
-                let facts = w.change_facts(id).await?;
-                let locks = w.locks().await?;
-                others.extend(locks.iter().map(|l| l.change_id.clone()));
-                let mut map = BTreeMap::new();
-                for o in others {
-                    map.insert(o.clone(), w.change_facts(&o).await?);
-                }
-                let (failures, reset) = w.breaker_facts().await?;
-                let breaker = breaker_state(&failures, reset.map(|r| r.at), self.breaker_config());
-                Ok((facts, map, locks, breaker))
-            }
-            None => {
-                let facts = self.store.change_facts(id).await?;
-                let locks = self.store.locks().await?;
-                others.extend(locks.iter().map(|l| l.change_id.clone()));
-                let mut map = BTreeMap::new();
-                for o in others {
-                    map.insert(o.clone(), self.store.change_facts(&o).await?);
-                }
-                let (failures, reset) = self.store.breaker_facts().await?;
-                let breaker = breaker_state(&failures, reset.map(|r| r.at), self.breaker_config());
-                Ok((facts, map, locks, breaker))
-            }
-        }
+        let world = match w {
+            Some(w) => w.world(id, &dependencies).await?,
+            None => self.store.world(id, &dependencies).await?,
+        };
+        let breaker = breaker_state(
+            &world.failures,
+            world.last_reset.as_ref().map(|r| r.at),
+            self.breaker_config(),
+        );
+        Ok((world, breaker))
     }
 
     /// Everything decided about one change, or `None` if unknown.
@@ -231,16 +208,16 @@ impl Engine {
         if !view.changes.contains_key(id) {
             return Ok(None);
         }
-        let (facts, deps, locks, breaker) = self.world_facts(None, &view, id).await?;
+        let (read, breaker) = self.world_facts(None, &view, id).await?;
         let world = World {
             config: &self.config,
             view: &view,
-            dependency_facts: &deps,
-            locks: &locks,
+            dependency_facts: &read.others,
+            locks: &read.locks,
             breaker: &breaker,
             now: now_ms(),
         };
-        Ok(Some(status_of(&world, id, &facts, None)))
+        Ok(Some(status_of(&world, id, &read.facts, None)))
     }
 
     /// Every change on the default branch.
@@ -302,17 +279,18 @@ impl Engine {
         let view = self.view();
         let mut w = self.store.write().await?;
         self.expire_in(&mut w).await?;
-        let (facts, deps, locks, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
+        let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
+        let facts = &read.facts;
         let now = now_ms();
         let world = World {
             config: &self.config,
             view: &view,
-            dependency_facts: &deps,
-            locks: &locks,
+            dependency_facts: &read.others,
+            locks: &read.locks,
             breaker: &breaker,
             now,
         };
-        let (decision, _) = view::decide_claim(&world, id, &facts, digest);
+        let (decision, _) = view::decide_claim(&world, id, facts, digest);
         let next = match decision {
             Ok(next) => next,
             Err(refusal) => {

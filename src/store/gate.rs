@@ -522,3 +522,64 @@ impl Store {
         Ok(all)
     }
 }
+
+/// What a decision about one change reads: its facts, those of its
+/// dependencies and of every lock holder, the locks, and the breaker's inputs.
+#[derive(Debug, Clone, Default)]
+pub struct WorldFacts {
+    /// The change's own facts.
+    pub facts: ChangeFacts,
+    /// Facts of its dependencies and of every lock holder, by change id.
+    pub others: std::collections::BTreeMap<String, ChangeFacts>,
+    /// Every held lock.
+    pub locks: Vec<TargetLock>,
+    /// When steps failed or were interrupted.
+    pub failures: Vec<i64>,
+    /// The step breaker's last reset.
+    pub last_reset: Option<BreakerReset>,
+}
+
+async fn read_world(
+    conn: &mut AnyConnection,
+    id: &str,
+    dependencies: &[String],
+) -> Result<WorldFacts, StoreError> {
+    let facts = change_facts(conn, id).await?;
+    let locks = locks(conn).await?;
+    let mut others = std::collections::BTreeMap::new();
+    for other in dependencies
+        .iter()
+        .chain(locks.iter().map(|l| &l.change_id))
+    {
+        if !others.contains_key(other) {
+            others.insert(other.clone(), change_facts(conn, other).await?);
+        }
+    }
+    let failures = step_failures(conn).await?;
+    let last_reset = breaker_reset(conn).await?;
+    Ok(WorldFacts {
+        facts,
+        others,
+        locks,
+        failures,
+        last_reset,
+    })
+}
+
+impl Store {
+    /// [`WorldFacts`] for change `id`, read from the pool.
+    pub async fn world(&self, id: &str, dependencies: &[String]) -> Result<WorldFacts, StoreError> {
+        read_world(&mut *self.pool.acquire().await?, id, dependencies).await
+    }
+}
+
+impl WriteTx {
+    /// [`WorldFacts`] for change `id`, read under the write lock.
+    pub async fn world(
+        &mut self,
+        id: &str,
+        dependencies: &[String],
+    ) -> Result<WorldFacts, StoreError> {
+        read_world(self.conn(), id, dependencies).await
+    }
+}
