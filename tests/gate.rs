@@ -6,43 +6,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use changegate::client::Client;
+use common::db;
 use common::gate_fixture::*;
 use common::server::{self, Server};
-use common::{db, TestRepo};
 use serde_json::Value;
 
 #[test]
 fn the_2017_incident_replayed_fails_safe() {
     for backend in db::BACKENDS {
-        let repo = TestRepo::new();
-        common::copy_tree(
-            &common::project_root().join("changes"),
-            repo.path(),
-            &common::project_root(),
-        );
-        common::copy_tree(
-            &common::project_root().join("policies"),
-            repo.path(),
-            &common::project_root(),
-        );
-        repo.commit_as(
-            "the upgrade and the decommission",
-            "Carol",
-            "carol@example.com",
-        );
+        let repo = incident_repo();
         let (server, _db) = start(&repo, backend, "");
-        let fleet = tempfile::tempdir().unwrap();
-        let init = std::process::Command::new("./changes/scripts/fleet_init.sh")
-            .current_dir(repo.path())
-            .env("FLEET_DIR", fleet.path())
-            .output()
-            .unwrap();
-        assert!(init.status.success(), "{}", text(&init));
-        std::fs::write(
-            fleet.path().join("faults/release"),
-            "pg_ctl promote timed out",
-        )
-        .unwrap();
+        let fleet = fleet_with_failing_release(&repo);
         let up = "2017-12-12-state-machine-pg10";
         let down = "2017-12-14-decommission-pg96";
 
@@ -295,12 +269,7 @@ fn a_killed_executors_step_becomes_interrupted_and_is_not_rerun() {
         let (server, _db) = start(&repo, backend, "lease = \"2s\"");
         approve(&server, "alice", &repo, "c");
         let runs = tempfile::NamedTempFile::new().unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
-            .args(["exec", "c"])
-            .current_dir(repo.path())
-            .env("CHANGEGATE_URL", &server.url)
-            .env("CHANGEGATE_TOKEN", "ci-token")
-            .env("RUNS", runs.path())
+        let mut child = exec_command(&repo, &server, "c", runs.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -369,12 +338,7 @@ fn a_step_that_times_out_fails_and_its_processes_are_killed() {
     approve(&server, "alice", &repo, "c");
     let runs = tempfile::NamedTempFile::new().unwrap();
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
-        .args(["exec", "c"])
-        .current_dir(repo.path())
-        .env("CHANGEGATE_URL", &server.url)
-        .env("CHANGEGATE_TOKEN", "ci-token")
-        .env("RUNS", runs.path())
+    let out = exec_command(&repo, &server, "c", runs.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -400,12 +364,7 @@ fn sigterm_to_exec_kills_the_step_and_reports_it_failed() {
     let (server, _db) = start(&repo, "sqlite", "");
     approve(&server, "alice", &repo, "c");
     let runs = tempfile::NamedTempFile::new().unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
-        .args(["exec", "c"])
-        .current_dir(repo.path())
-        .env("CHANGEGATE_URL", &server.url)
-        .env("CHANGEGATE_TOKEN", "ci-token")
-        .env("RUNS", runs.path())
+    let child = exec_command(&repo, &server, "c", runs.path())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -436,12 +395,7 @@ fn retry_needs_a_fresh_approval_from_someone_else() {
         approve(&server, "alice", &repo, "c");
         let runs = tempfile::NamedTempFile::new().unwrap();
         let run = |server: &Server| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
-                .args(["exec", "c"])
-                .current_dir(repo.path())
-                .env("CHANGEGATE_URL", &server.url)
-                .env("CHANGEGATE_TOKEN", "ci-token")
-                .env("RUNS", runs.path())
+            exec_command(&repo, server, "c", runs.path())
                 .output()
                 .unwrap()
         };

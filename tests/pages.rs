@@ -29,31 +29,9 @@ fn body(url: &str) -> (u16, String) {
 
 /// The 2017 replay: the upgrade failed at release, the decommission is approved and blocked.
 fn replayed_incident() -> (TestRepo, Server, db::TestDatabase, tempfile::TempDir) {
-    let repo = TestRepo::new();
-    common::copy_tree(
-        &common::project_root().join("changes"),
-        repo.path(),
-        &common::project_root(),
-    );
-    common::copy_tree(
-        &common::project_root().join("policies"),
-        repo.path(),
-        &common::project_root(),
-    );
-    repo.commit_as("upgrade and decommission", "Carol", "carol@example.com");
+    let repo = incident_repo();
     let (server, database) = start_public(&repo);
-    let fleet = tempfile::tempdir().unwrap();
-    let init = Command::new("./changes/scripts/fleet_init.sh")
-        .current_dir(repo.path())
-        .env("FLEET_DIR", fleet.path())
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    std::fs::write(
-        fleet.path().join("faults/release"),
-        "pg_ctl promote timed out",
-    )
-    .unwrap();
+    let fleet = fleet_with_failing_release(&repo);
     let (up, down) = (
         "2017-12-12-state-machine-pg10",
         "2017-12-14-decommission-pg96",

@@ -359,14 +359,14 @@ impl Engine {
         }))
     }
 
-    /// Renews a running attempt's lease; refuses once it has ended.
-    pub async fn heartbeat(
+    /// The attempt `attempt_id` of `executor`, after expiring stale leases.
+    async fn owned_attempt(
         &self,
+        w: &mut WriteTx,
         attempt_id: &str,
         executor: &str,
     ) -> Result<Attempt, EngineError> {
-        let mut w = self.store.write().await?;
-        self.expire_in(&mut w).await?;
+        self.expire_in(w).await?;
         let a = w
             .attempt(attempt_id)
             .await?
@@ -377,6 +377,17 @@ impl Engine {
                 format!("attempt {attempt_id} belongs to {}", a.executor),
             ));
         }
+        Ok(a)
+    }
+
+    /// Renews a running attempt's lease; refuses once it has ended.
+    pub async fn heartbeat(
+        &self,
+        attempt_id: &str,
+        executor: &str,
+    ) -> Result<Attempt, EngineError> {
+        let mut w = self.store.write().await?;
+        let a = self.owned_attempt(&mut w, attempt_id, executor).await?;
         if a.state != "running" {
             w.commit().await?;
             return Err(refused(
@@ -404,17 +415,7 @@ impl Engine {
     ) -> Result<AttemptAnswer, EngineError> {
         let view = self.view();
         let mut w = self.store.write().await?;
-        self.expire_in(&mut w).await?;
-        let a = w
-            .attempt(attempt_id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("no attempt `{attempt_id}`")))?;
-        if a.executor != executor {
-            return Err(refused(
-                "not-yours",
-                format!("attempt {attempt_id} belongs to {}", a.executor),
-            ));
-        }
+        let a = self.owned_attempt(&mut w, attempt_id, executor).await?;
         let output = redact(tail(&report.output_tail), &[]);
         let a_was_running = a.state == "running";
         let now = now_ms();

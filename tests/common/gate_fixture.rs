@@ -105,3 +105,56 @@ pub fn claim_reason(server: &Server, repo: &TestRepo, id: &str) -> String {
 pub fn wait_for(cond: impl FnMut() -> bool, what: &str) {
     super::receivers::eventually(20, what, cond);
 }
+
+/// The project's own `changes/` and `policies/`, committed by Carol (the
+/// author) on `main`: the 2017 upgrade and its decommission.
+pub fn incident_repo() -> TestRepo {
+    let repo = TestRepo::new();
+    for dir in ["changes", "policies"] {
+        super::copy_tree(
+            &super::project_root().join(dir),
+            repo.path(),
+            &super::project_root(),
+        );
+    }
+    repo.commit_as(
+        "the upgrade and the decommission",
+        "Carol",
+        "carol@example.com",
+    );
+    repo
+}
+
+/// A simulated fleet for the example scripts, whose `release` fails as in 2017.
+pub fn fleet_with_failing_release(repo: &TestRepo) -> tempfile::TempDir {
+    let fleet = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new("./changes/scripts/fleet_init.sh")
+        .current_dir(repo.path())
+        .env("FLEET_DIR", fleet.path())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    std::fs::write(
+        fleet.path().join("faults/release"),
+        "pg_ctl promote timed out",
+    )
+    .unwrap();
+    fleet
+}
+
+/// `changegate exec ID` as executor `ci` in `repo`, with `RUNS` for the
+/// one-step fixture's run log; the caller picks `.output()` or `.spawn()`.
+pub fn exec_command(
+    repo: &TestRepo,
+    server: &Server,
+    id: &str,
+    runs: &Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"));
+    cmd.args(["exec", id])
+        .current_dir(repo.path())
+        .env("CHANGEGATE_URL", &server.url)
+        .env("CHANGEGATE_TOKEN", "ci-token")
+        .env("RUNS", runs);
+    cmd
+}
