@@ -35,18 +35,72 @@ pub struct Config {
     pub github: Option<GithubConfig>,
 }
 
-/// `[github]`. Only webhook ingestion is built so far; reviews, commit
-/// statuses and reconciliation come with the rest of the GitHub integration.
+/// `[github]`: pull request reviews as approvals, commit statuses, and
+/// reconciliation (SPEC §4).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubConfig {
+    /// The REST API base: GitHub Enterprise's `https://HOST/api/v3`, or a
+    /// test server.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// `owner/name` of the change repository on GitHub.
+    #[serde(default)]
+    pub repository: String,
+    /// The environment variable holding a token (used unless `app_id` is set).
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// A GitHub App's id: with `private_key_path` and `installation_id`,
+    /// installation tokens are minted instead of using a token.
+    #[serde(default)]
+    pub app_id: Option<u64>,
+    /// The App's PEM private key.
+    #[serde(default)]
+    pub private_key_path: Option<PathBuf>,
+    /// The App's installation on the repository's owner.
+    #[serde(default)]
+    pub installation_id: Option<u64>,
     /// The environment variable holding the webhook secret.
     #[serde(default = "default_webhook_secret_env")]
     pub webhook_secret_env: String,
+    /// How often `serve` reconciles open pull requests with the REST API.
+    #[serde(default = "five_minutes")]
+    pub sync_interval: Duration,
+    /// How long a team membership lookup is trusted.
+    #[serde(default = "five_minutes")]
+    pub team_ttl: Duration,
+    /// Attempts per API call on 5xx and rate limits before giving up.
+    #[serde(default = "default_api_attempts")]
+    pub api_attempts: u32,
+}
+
+impl GithubConfig {
+    /// `(owner, name)` of `repository`.
+    pub fn owner_and_name(&self) -> Option<(&str, &str)> {
+        self.repository
+            .split_once('/')
+            .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
+    }
+}
+
+fn default_api_url() -> String {
+    "https://api.github.com".into()
+}
+
+fn default_token_env() -> String {
+    "GITHUB_TOKEN".into()
 }
 
 fn default_webhook_secret_env() -> String {
     "CHANGEGATE_WEBHOOK_SECRET".into()
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_api_attempts() -> u32 {
+    6
 }
 
 /// `[alerts]`: where alerts go.
@@ -120,7 +174,7 @@ impl Default for BreakerSettings {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: String,
-    /// Where the SQLite file (and later the git mirror) live.
+    /// Where the SQLite file and the git mirror (`mirror.git`) live.
     pub data_dir: PathBuf,
     /// `sqlite://FILE` (relative to `data_dir`) or `postgres://…`.
     pub database_url: String,
@@ -152,7 +206,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RepoConfig {
-    /// Path of the change repository.
+    /// Path or URL of the change repository. With `[github]`, the server
+    /// fetches it into a bare mirror under `data_dir`.
     pub url: PathBuf,
     /// The branch whose changes may run and whose policies are in force.
     pub default_branch: String,
@@ -287,6 +342,22 @@ impl Config {
                     return Err(format!("sink `{}`: a pagerduty sink needs `routing_key_env`", sink.name))
                 }
                 _ => {}
+            }
+        }
+        if let Some(github) = &config.github {
+            if github.owner_and_name().is_none() {
+                return Err(format!(
+                    "github.repository must be `owner/name`, not `{}`",
+                    github.repository
+                ));
+            }
+            let app = [
+                github.app_id.is_some(),
+                github.private_key_path.is_some(),
+                github.installation_id.is_some(),
+            ];
+            if app.contains(&true) && app.contains(&false) {
+                return Err("github: a GitHub App needs all of app_id, private_key_path and installation_id".into());
             }
         }
         let mut names: Vec<&str> = config.tokens.iter().map(|t| t.name.as_str()).collect();

@@ -6,6 +6,8 @@
 //!   functions of recorded facts.
 //! - [`git`]: reads a commit's change sets and policies from git objects.
 //! - [`store`]: all SQL; SQLite or Postgres through sqlx.
+//! - [`github`]: webhook deliveries applied, the bare mirror, commit
+//!   statuses, team lookups and reconciliation (octocrab).
 //! - [`server`]: HTTP only (axum).
 //! - [`cli`]: the `changegate` command line.
 
@@ -18,6 +20,7 @@ pub mod engine;
 pub mod executor;
 pub mod gate;
 pub mod git;
+pub mod github;
 pub mod model;
 pub mod server;
 pub mod store;

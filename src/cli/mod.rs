@@ -138,6 +138,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Reconcile with GitHub: list open pull requests and their reviews,
+    /// record what webhooks missed, and post commit statuses.
+    Sync,
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -254,6 +257,7 @@ pub fn run() -> ExitCode {
         Command::Demo => demo::demo(),
         Command::Serve { log_format } => server_cmds::serve(cli.config.as_deref(), log_format),
         Command::Migrate => server_cmds::migrate(cli.config.as_deref()),
+        Command::Sync => server_cmds::sync(cli.config.as_deref()),
         Command::Token(TokenCommand::New { name, role }) => server_cmds::token_new(&name, role),
         Command::Audit(AuditCommand::Verify) => server_cmds::audit_verify(cli.config.as_deref()),
     };

@@ -1,10 +1,11 @@
 //! Commands that run or administer the service: `serve`, `migrate`,
-//! `token new`, `audit verify`.
+//! `sync`, `token new`, `audit verify`.
 
 use std::path::Path;
 
 use super::exit;
 use crate::config::{Config, Role};
+use crate::github::Github;
 use crate::server::auth::{new_token, token_hash};
 use crate::store::Store;
 
@@ -71,6 +72,46 @@ pub(super) fn migrate(config: Option<&Path>) -> u8 {
     match result {
         Ok(backend) => {
             println!("migrations applied ({backend:?})");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::INVALID
+        }
+    }
+}
+
+pub(super) fn sync(config: Option<&Path>) -> u8 {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.github.is_none() {
+        eprintln!("error: sync needs a [github] section in the configuration");
+        return exit::USAGE;
+    }
+    let result = runtime().block_on(async {
+        let store = Store::connect(&config.database_url()).await?;
+        store.migrate().await?;
+        let engine = std::sync::Arc::new(crate::engine::Engine::new(
+            std::sync::Arc::new(config),
+            store.clone(),
+        ));
+        let github = Github::new(engine)?.expect("[github] is configured");
+        eprintln!("fetching the mirror…");
+        github.fetch_and_refresh().await?;
+        eprintln!("listing open pull requests and their reviews…");
+        let summary = github.sync().await?;
+        github.tick().await?;
+        store.close().await;
+        Ok::<_, crate::github::SyncError>(summary)
+    });
+    match result {
+        Ok(s) => {
+            println!(
+                "{} open pull requests; {} updated; {} reviews added, {} updated",
+                s.pull_requests, s.pull_requests_updated, s.reviews_added, s.reviews_updated
+            );
             exit::OK
         }
         Err(e) => {

@@ -6,6 +6,7 @@
 mod actions;
 pub use actions::{ActionAnswer, ActionDecision};
 mod alerting;
+mod teams;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +22,8 @@ use crate::git::{ChangeRepo, GitError};
 use crate::model::{covered_paths, policies_in_force, Digest, PoliciesInForce};
 use crate::store::{Attempt, ChangeFacts, Store, StoreError, SyncReport, WorldFacts, WriteTx};
 use view::{status_of, World};
-pub use view::{ChangeStatus, RepoView};
+pub use teams::TeamCache;
+pub use view::{ChangeStatus, Proposal, RepoView};
 
 /// What went wrong while acting.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,7 @@ pub struct Engine {
     config: Arc<Config>,
     store: Store,
     view: RwLock<Arc<RepoView>>,
+    teams: TeamCache,
 }
 
 impl Engine {
@@ -144,7 +147,24 @@ impl Engine {
             config,
             store,
             view: RwLock::new(Arc::new(RepoView::default())),
+            teams: TeamCache::default(),
         }
+    }
+
+    /// Cached team memberships.
+    pub fn teams(&self) -> &TeamCache {
+        &self.teams
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where change sets are read from: the server's bare mirror when
+    /// GitHub is configured, else `repo.url` itself.
+    pub fn repo_path(&self) -> std::path::PathBuf {
+        repo_path(&self.config)
     }
 
     /// The store.
@@ -166,7 +186,20 @@ impl Engine {
 
     /// Re-reads the default branch, records changes and digests, and swaps the view.
     pub async fn refresh(&self) -> Result<SyncReport, EngineError> {
-        let view = read_default_branch(&self.config)?;
+        let path = self.repo_path();
+        let mut view = read_default_branch(&self.config, &path)?;
+        let mut open = Vec::new();
+        for pr in self.store.pull_requests(false).await? {
+            let ids: Vec<String> = self
+                .store
+                .pr_changes(pr.number)
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            open.push((pr.number, pr.head_sha, ids));
+        }
+        view.proposals = read_proposals(&path, &open);
         let changes: Vec<_> = view
             .changes
             .values()
@@ -205,7 +238,7 @@ impl Engine {
     /// Everything decided about one change, or `None` if unknown.
     pub async fn status(&self, id: &str) -> Result<Option<ChangeStatus>, EngineError> {
         let view = self.view();
-        if !view.changes.contains_key(id) {
+        if !view.changes.contains_key(id) && !view.proposed_ids().contains(id) {
             return Ok(None);
         }
         let (read, breaker) = self.world_facts(None, &view, id).await?;
@@ -216,11 +249,46 @@ impl Engine {
             locks: &read.locks,
             breaker: &breaker,
             now: now_ms(),
+            teams: &self.teams,
         };
         Ok(Some(status_of(&world, id, &read.facts, None)))
     }
 
-    /// Every change on the default branch.
+    /// The approval status of change `id` as pull request `pr` proposes it
+    /// (at its head's digest), or `None` if that pull request does not touch it.
+    pub async fn pr_approval(
+        &self,
+        pr: i64,
+        id: &str,
+    ) -> Result<Option<crate::gate::ApprovalStatus>, EngineError> {
+        let view = self.view();
+        let Some(p) = view
+            .proposals
+            .iter()
+            .find(|p| p.pr == pr && p.change.id == id)
+        else {
+            return Ok(None);
+        };
+        let (read, breaker) = self.world_facts(None, &view, id).await?;
+        let world = World {
+            config: &self.config,
+            view: &view,
+            dependency_facts: &read.others,
+            locks: &read.locks,
+            breaker: &breaker,
+            now: now_ms(),
+            teams: &self.teams,
+        };
+        Ok(Some(view::approval_of(
+            &world,
+            &p.change,
+            &p.digest,
+            &read.facts,
+            &self.teams,
+        )))
+    }
+
+    /// Every change on the default branch, then every change only proposed.
     pub async fn list(&self) -> Result<Vec<ChangeStatus>, EngineError> {
         let view = self.view();
         // One read of every fact, shared by all changes (dependencies and
@@ -236,11 +304,14 @@ impl Engine {
             locks: &locks,
             breaker: &breaker,
             now: now_ms(),
+            teams: &self.teams,
         };
         let empty = ChangeFacts::default();
         Ok(view
             .changes
             .keys()
+            .map(String::as_str)
+            .chain(view.proposed_ids())
             .map(|id| status_of(&world, id, facts.get(id).unwrap_or(&empty), None))
             .collect())
     }
@@ -289,6 +360,7 @@ impl Engine {
             locks: &read.locks,
             breaker: &breaker,
             now,
+            teams: &self.teams,
         };
         let (decision, _) = view::decide_claim(&world, id, facts, digest);
         let next = match decision {
@@ -677,9 +749,52 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
     result
 }
 
-/// Reads the default branch: changes, digests, policies and authors.
-pub fn read_default_branch(config: &Config) -> Result<RepoView, GitError> {
-    let repo = ChangeRepo::open(&config.repo.url)?;
+/// Where change sets are read from: the bare mirror under `data_dir` when
+/// GitHub is configured, else `repo.url`.
+pub fn repo_path(config: &Config) -> std::path::PathBuf {
+    match config.github {
+        Some(_) => config.server.data_dir.join("mirror.git"),
+        None => config.repo.url.clone(),
+    }
+}
+
+/// Reads each open pull request's touched changes at its head. A head that
+/// cannot be read is skipped with a warning: the inbox worker retries it.
+pub fn read_proposals(path: &std::path::Path, open: &[(i64, String, Vec<String>)]) -> Vec<Proposal> {
+    let mut out = Vec::new();
+    let Ok(repo) = ChangeRepo::open(path) else {
+        return out;
+    };
+    for (pr, head, ids) in open.iter().filter(|(_, _, ids)| !ids.is_empty()) {
+        let model = match repo.at(head).and_then(|s| Ok((s.load_model()?, s))) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(pr, head = %head, error = %e, "cannot read a pull request head");
+                continue;
+            }
+        };
+        let (model, snapshot) = model;
+        for id in ids {
+            let Some(change) = model.changes.get(id) else {
+                continue;
+            };
+            if let Ok(covered) = covered_paths(change, &snapshot) {
+                out.push(Proposal {
+                    pr: *pr,
+                    head_sha: head.clone(),
+                    change: change.clone(),
+                    digest: Digest::of(&covered),
+                    covered,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Reads the default branch at `path`: changes, digests, policies and authors.
+pub fn read_default_branch(config: &Config, path: &std::path::Path) -> Result<RepoView, GitError> {
+    let repo = ChangeRepo::open(path)?;
     let snapshot = repo.at(&config.repo.default_branch)?;
     let model = snapshot.load_model()?;
     for d in &model.diagnostics {
@@ -717,6 +832,7 @@ pub fn read_default_branch(config: &Config) -> Result<RepoView, GitError> {
         changes,
         policies: model.policies,
         authors,
+        proposals: Vec::new(),
     })
 }
 

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::gate::claim::{Dependency, StepProgress};
 use crate::gate::{
     self, approval_status, ApprovalFact, ApprovalStatus, Breaker, ChangeState, ClaimContext,
-    Person, Refusal, Source, StepState, Verdict,
+    Person, Refusal, Source, StepState, Teams, Verdict,
 };
 use crate::model::{
     policies_in_force, ChangeSet, CoveredPath, Digest, PoliciesInForce, Policy, Window,
@@ -26,8 +26,49 @@ pub struct RepoView {
     pub changes: BTreeMap<String, (ChangeSet, Digest, Vec<CoveredPath>)>,
     /// The policies in force.
     pub policies: Vec<Policy>,
-    /// Per change: names and logins of its authors.
+    /// Per change: names and logins of its authors (from commit emails).
     pub authors: BTreeMap<String, BTreeSet<String>>,
+    /// Changes in open pull requests that differ from the default branch.
+    pub proposals: Vec<Proposal>,
+}
+
+/// A change set as an open pull request would have it.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    /// The pull request.
+    pub pr: i64,
+    /// Its head commit.
+    pub head_sha: String,
+    /// The change set at the head.
+    pub change: ChangeSet,
+    /// Its digest at the head.
+    pub digest: Digest,
+    /// Its covered paths at the head.
+    pub covered: Vec<CoveredPath>,
+}
+
+impl RepoView {
+    /// The change on the default branch, else its latest proposal.
+    fn lookup(&self, id: &str) -> Option<(&ChangeSet, &Digest, &[CoveredPath], Option<&Proposal>)> {
+        match self.changes.get(id) {
+            Some((c, d, covered)) => Some((c, d, covered, None)),
+            None => self
+                .proposals
+                .iter()
+                .rev()
+                .find(|p| p.change.id == id)
+                .map(|p| (&p.change, &p.digest, &p.covered[..], Some(p))),
+        }
+    }
+
+    /// Ids of changes only proposed so far.
+    pub fn proposed_ids(&self) -> BTreeSet<&str> {
+        self.proposals
+            .iter()
+            .map(|p| p.change.id.as_str())
+            .filter(|id| !self.changes.contains_key(*id))
+            .collect()
+    }
 }
 
 /// A step as the API shows it.
@@ -97,9 +138,24 @@ pub struct World<'a> {
     pub breaker: &'a Breaker,
     /// Now (unix ms).
     pub now: i64,
+    /// Cached team memberships.
+    pub teams: &'a (dyn Teams + Sync),
 }
 
 impl World<'_> {
+    /// The identity behind a GitHub login, when a token entry names it.
+    fn reviewer(&self, login: &str) -> Person {
+        Person {
+            name: self
+                .config
+                .tokens
+                .iter()
+                .find(|t| t.github.as_deref() == Some(login))
+                .map(|t| t.name.clone()),
+            github: Some(login.to_string()),
+        }
+    }
+
     fn person(&self, name: &str) -> Person {
         let github = self
             .config
@@ -167,30 +223,53 @@ pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgres
         .collect()
 }
 
-/// The approval status of `change` at its default-branch digest.
+/// The approval status of `change` at `digest`: API approvals and the
+/// reviews of the pull requests that touch it, against the default
+/// branch's policies.
 pub fn approval_of(
     world: &World<'_>,
     change: &ChangeSet,
     digest: &Digest,
     facts: &ChangeFacts,
+    teams: &dyn Teams,
 ) -> ApprovalStatus {
     let in_force = policies_in_force(change, &world.view.policies);
     let rules = in_force.approval_rules();
-    let approval_facts: Vec<ApprovalFact> = facts
-        .approvals
-        .iter()
-        .map(|a| ApprovalFact {
-            approver: world.person(&a.approver),
-            source: Source::Api,
-            pull_request: None,
-            digest: a.digest.clone(),
-            verdict: Verdict::Approved,
-            at: a.created_at,
+    let api = facts.approvals.iter().map(|a| ApprovalFact {
+        approver: world.person(&a.approver),
+        source: Source::Api,
+        pull_request: None,
+        digest: a.digest.clone(),
+        verdict: Verdict::Approved,
+        at: a.created_at,
+    });
+    let reviews = facts.github.reviews.iter().filter_map(|r| {
+        let verdict = match (r.dismissed, r.state.as_str()) {
+            (true, _) | (_, "dismissed") => Verdict::Dismissed,
+            (_, "approved") => Verdict::Approved,
+            (_, "changes_requested") => Verdict::ChangesRequested,
+            // Comments neither approve nor block, and do not replace an
+            // earlier verdict (as on GitHub).
+            _ => return None,
+        };
+        Some(ApprovalFact {
+            approver: world.reviewer(&r.reviewer),
+            source: Source::Github,
+            pull_request: Some(r.pr_number as u64),
+            digest: r.digest.clone().unwrap_or_else(|| "unknown".into()),
+            verdict,
+            at: r.submitted_at,
         })
-        .collect();
-    let empty = BTreeSet::new();
-    let authors = world.view.authors.get(&change.id).unwrap_or(&empty);
-    approval_status(digest.as_str(), &rules, &approval_facts, authors, &())
+    });
+    let approval_facts: Vec<ApprovalFact> = api.chain(reviews).collect();
+    let mut authors = world
+        .view
+        .authors
+        .get(&change.id)
+        .cloned()
+        .unwrap_or_default();
+    authors.extend(facts.github.authors.iter().cloned());
+    approval_status(digest.as_str(), &rules, &approval_facts, &authors, teams)
 }
 
 /// A change's state from its facts.
@@ -229,7 +308,7 @@ pub fn status_of(
     facts: &ChangeFacts,
     executor_digest: Option<&str>,
 ) -> ChangeStatus {
-    let Some((change, digest, covered)) = world.view.changes.get(id) else {
+    let Some((change, digest, covered, proposal)) = world.view.lookup(id) else {
         let refusal = Refusal {
             reason: gate::RefusalReason::Unknown,
             detail: format!("no change `{id}` on the default branch"),
@@ -255,13 +334,17 @@ pub fn status_of(
             abandonment: None,
         };
     };
-    let approvals = approval_of(world, change, digest, facts);
+    let approvals = approval_of(world, change, digest, facts, world.teams);
     let progress = step_progress(change, facts);
-    let state = gate::change_state(
-        facts.abandonment.is_some(),
-        approvals.satisfied,
-        &progress.iter().map(|p| p.state).collect::<Vec<_>>(),
-    );
+    let state = match proposal {
+        Some(_) if approvals.satisfied => ChangeState::Approved,
+        Some(_) => ChangeState::Proposed,
+        None => gate::change_state(
+            facts.abandonment.is_some(),
+            approvals.satisfied,
+            &progress.iter().map(|p| p.state).collect::<Vec<_>>(),
+        ),
+    };
     let dependencies: Vec<Dependency> = change
         .depends_on
         .iter()
@@ -339,9 +422,17 @@ pub fn status_of(
             .filter_map(|p| p.execution.max_targets_per_step)
             .min(),
     };
-    let blockers = match gate::claim_decision(&ctx) {
-        Ok(_) => vec![],
-        Err(r) => vec![r],
+    let blockers = match (proposal, gate::claim_decision(&ctx)) {
+        (Some(p), _) => vec![Refusal {
+            reason: gate::RefusalReason::Unknown,
+            detail: format!(
+                "`{id}` is proposed in pull request #{} ({}) and not on the default branch yet; it runs once merged and approved there",
+                p.pr,
+                approvals.summary()
+            ),
+        }],
+        (None, Ok(_)) => vec![],
+        (None, Err(r)) => vec![r],
     };
     let confirm_each = ctx.confirm_each_step;
     let steps = change
@@ -371,7 +462,7 @@ pub fn status_of(
         kind: change.kind.clone(),
         state,
         digest: digest.to_string(),
-        commit: world.view.commit.clone(),
+        commit: proposal.map_or_else(|| world.view.commit.clone(), |p| p.head_sha.clone()),
         targets: change.targets.clone(),
         depends_on: change.depends_on.clone(),
         approvals,
@@ -383,7 +474,7 @@ pub fn status_of(
             .filter(|l| l.change_id == id)
             .map(|l| l.target.clone())
             .collect(),
-        covered_paths: covered.clone(),
+        covered_paths: covered.to_vec(),
         abandonment: facts.abandonment.clone(),
     }
 }

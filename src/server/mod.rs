@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::github::Github;
 use crate::store::{Store, StoreError, SyncReport};
 
 /// What every handler can reach.
@@ -30,6 +31,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Wakes the GitHub worker when a delivery is stored.
+    pub inbox_wake: Arc<tokio::sync::Notify>,
 }
 
 #[derive(OpenApi)]
@@ -104,6 +107,9 @@ pub enum ServeError {
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// `[github]` cannot be set up (bad key, unreadable mirror).
+    #[error(transparent)]
+    Github(#[from] crate::github::SyncError),
 }
 
 /// Runs the service until SIGTERM or SIGINT, then drains in-flight requests.
@@ -128,7 +134,8 @@ pub async fn run(
     tracing::info!(backend = ?store.backend(), "store ready");
     let config = Arc::new(config);
     let engine = Arc::new(Engine::new(config.clone(), store.clone()));
-    match engine.refresh().await {
+    let github = Github::new(engine.clone())?.map(Arc::new);
+    match refresh_all(&engine, github.as_deref()).await {
         Ok(r) => tracing::info!(
             added = r.added,
             redigested = r.redigested,
@@ -138,7 +145,9 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "cannot read the default branch; will retry"),
     }
     let addr = listener.local_addr()?;
-    let background = tokio::spawn(background(config.clone(), engine.clone()));
+    let inbox_wake = Arc::new(tokio::sync::Notify::new());
+    let background = tokio::spawn(background(config.clone(), engine.clone(), github.clone()));
+    let github_worker = github.map(|g| tokio::spawn(github_worker(g, inbox_wake.clone())));
     let metrics = Arc::new(metrics::Metrics::default());
     let delivery = tokio::spawn(crate::alerts::worker(
         store.clone(),
@@ -150,26 +159,54 @@ pub async fn run(
         config,
         engine,
         metrics,
+        inbox_wake,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     background.abort();
     delivery.abort();
+    if let Some(worker) = github_worker {
+        worker.abort();
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Re-reads the default branch every `refresh_secs`, and expires leases
-/// every second so an interrupted step is noticed without waiting for a claim.
-async fn background(config: Arc<Config>, engine: Arc<Engine>) {
+/// Applies stored webhook deliveries as soon as they arrive (and every
+/// half second, for retries), keeps commit statuses current, and reconciles
+/// with the REST API every `sync_interval`, starting at once so anything
+/// missed while the server was down is repaired.
+async fn github_worker(github: Arc<Github>, wake: Arc<tokio::sync::Notify>) {
+    let every = Duration::from_secs(github.sync_interval_secs().max(1));
+    let mut sync = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+            _ = sync.tick() => match github.sync().await {
+                Ok(s) => tracing::info!(pull_requests = s.pull_requests, updated = s.pull_requests_updated, reviews_added = s.reviews_added, reviews_updated = s.reviews_updated, "reconciled with GitHub"),
+                Err(e) => tracing::warn!(error = %e, "reconciliation failed; will retry"),
+            },
+        }
+        if let Err(e) = github.tick().await {
+            tracing::warn!(error = %e, "github worker pass failed; will retry");
+        }
+    }
+}
+
+/// Re-reads the default branch every `refresh_secs` (fetching the mirror
+/// first, with GitHub), and expires leases every second so an interrupted
+/// step is noticed without waiting for a claim.
+async fn background(config: Arc<Config>, engine: Arc<Engine>, github: Option<Arc<Github>>) {
     let mut refresh = tokio::time::interval(Duration::from_secs(config.server.refresh_secs.max(1)));
     let mut leases = tokio::time::interval(Duration::from_secs(1));
     refresh.tick().await;
     loop {
         tokio::select! {
-            _ = refresh.tick() => match engine.refresh().await {
+            _ = refresh.tick() => match refresh_all(&engine, github.as_deref()).await {
                 Ok(r) if r != SyncReport::default() => tracing::info!(added = r.added, redigested = r.redigested, removed = r.removed, "default branch refreshed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "refresh failed"),
@@ -183,6 +220,14 @@ async fn background(config: Arc<Config>, engine: Arc<Engine>) {
                 Err(e) => tracing::warn!(error = %e, "lease check failed"),
             },
         }
+    }
+}
+
+/// Re-reads the default branch, fetching the mirror first with GitHub.
+async fn refresh_all(engine: &Engine, github: Option<&Github>) -> Result<SyncReport, String> {
+    match github {
+        Some(github) => github.fetch_and_refresh().await.map_err(|e| e.to_string()),
+        None => engine.refresh().await.map_err(|e| e.to_string()),
     }
 }
 

@@ -100,6 +100,7 @@ pub async fn github(
     {
         Ok(true) => {
             count("accepted");
+            state.inbox_wake.notify_one();
             tracing::info!(%delivery, %event, "webhook stored");
             reply(
                 StatusCode::ACCEPTED,

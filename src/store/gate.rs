@@ -111,6 +111,8 @@ pub struct ChangeFacts {
     pub abandonment: Option<OperatorAction>,
     /// API approvals.
     pub approvals: Vec<ApiApproval>,
+    /// Reviews and authors from the pull requests that touch it.
+    pub github: super::GithubFacts,
 }
 
 impl ChangeFacts {
@@ -178,12 +180,17 @@ pub(crate) async fn change_facts(
             .map(|r| action(&r, false, false))
             .transpose()?;
     let approvals = super::api_approvals_on(conn, id).await?;
+    let github = super::github::github_facts(conn, Some(id))
+        .await?
+        .remove(id)
+        .unwrap_or_default();
     Ok(ChangeFacts {
         attempts,
         confirmations,
         retries,
         abandonment,
         approvals,
+        github,
     })
 }
 
@@ -473,7 +480,7 @@ impl WriteTx {
 }
 
 impl Store {
-    /// Every change's facts in five queries, for lists and pages; the
+    /// Every change's facts in eight queries, for lists and pages; the
     /// per-change reads would be one round trip per table per change.
     pub async fn all_change_facts(
         &self,
@@ -518,6 +525,9 @@ impl Store {
                 comment: r.try_get("comment")?,
                 created_at: r.try_get("created_at")?,
             });
+        }
+        for (id, github) in super::github::github_facts(&mut conn, None).await? {
+            all.entry(id).or_default().github = github;
         }
         Ok(all)
     }

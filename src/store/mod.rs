@@ -18,9 +18,11 @@
 pub mod alerts;
 pub mod audit;
 mod gate;
+mod github;
 
 pub use alerts::{Alert, Delivery};
 pub use gate::*;
+pub use github::*;
 
 use std::str::FromStr;
 
@@ -54,6 +56,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value cannot be read back.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
 }
 
 impl StoreError {

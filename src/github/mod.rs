@@ -1,0 +1,628 @@
+//! GitHub integration (SPEC §4): the inbox worker that applies webhook
+//! deliveries, the bare mirror, commit statuses, team lookups and
+//! reconciliation (`changegate sync`).
+//!
+//! Deliveries are applied exactly once: each one's facts are written in the
+//! same transaction that marks it processed, and a delivery already marked
+//! is never applied again. Git work (fetching, reading heads) happens before
+//! that transaction, on blocking threads, one at a time.
+
+pub mod client;
+pub mod events;
+mod mirror;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+pub use client::{ApiError, GithubClient, StatusUpdate};
+use events::{Event, PayloadError, PullRequest, ReviewFact};
+pub use mirror::Mirror;
+
+use crate::clock::now_ms;
+use crate::config::GithubConfig;
+use crate::engine::{Engine, EngineError};
+use crate::gate::ChangeState;
+use crate::git::{ChangeRepo, GitError};
+use crate::model::{covered_paths, Approver, Digest};
+use crate::store::{PullRequestRecord, StoreError};
+
+/// A delivery is given up, and recorded as failed, after this many attempts.
+pub const MAX_DELIVERY_ATTEMPTS: i64 = 8;
+
+/// The digest recorded for a change that does not exist at a commit.
+const ABSENT: &str = "absent";
+
+/// Why applying something failed. Every variant is worth retrying except
+/// [`SyncError::Payload`].
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The payload cannot be acted on; retrying will not help.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// The mirror could not be fetched or read.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The GitHub API failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What reconciliation repaired.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncSummary {
+    /// Open pull requests listed.
+    pub pull_requests: usize,
+    /// Pull requests whose head or state was out of date.
+    pub pull_requests_updated: usize,
+    /// Reviews recorded that no webhook had delivered.
+    pub reviews_added: usize,
+    /// Reviews whose state changed (e.g. a missed dismissal).
+    pub reviews_updated: usize,
+}
+
+/// The GitHub side of a server (or of `changegate sync`).
+pub struct Github {
+    engine: Arc<Engine>,
+    config: GithubConfig,
+    client: GithubClient,
+    mirror: Mirror,
+    default_branch: String,
+    /// One git operation at a time: fetches into one repository must not race.
+    git: tokio::sync::Mutex<()>,
+}
+
+impl Github {
+    /// The GitHub side of `engine`, or `None` without a `[github]` section.
+    pub fn new(engine: Arc<Engine>) -> Result<Option<Github>, SyncError> {
+        let Some(config) = engine.config().github.clone() else {
+            return Ok(None);
+        };
+        let client = GithubClient::new(&config)?;
+        let mirror = Mirror::open(&engine.repo_path(), &engine.config().repo.url)?;
+        let default_branch = engine.config().repo.default_branch.clone();
+        Ok(Some(Github {
+            engine,
+            config,
+            client,
+            mirror,
+            default_branch,
+            git: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Seconds between reconciliations.
+    pub fn sync_interval_secs(&self) -> u64 {
+        self.config.sync_interval.as_secs()
+    }
+
+    /// Runs blocking git work on the mirror, one operation at a time.
+    async fn with_mirror<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Mirror) -> Result<T, GitError> + Send + 'static,
+    ) -> Result<T, SyncError> {
+        let _one_at_a_time = self.git.lock().await;
+        let mirror = self.mirror.clone();
+        Ok(tokio::task::spawn_blocking(move || work(&mirror))
+            .await
+            .expect("git work does not panic")?)
+    }
+
+    /// Fetches the default branch and every pull request head, then re-reads.
+    pub async fn fetch_and_refresh(&self) -> Result<crate::store::SyncReport, SyncError> {
+        let branch = self.default_branch.clone();
+        self.with_mirror(move |m| m.fetch_all(&branch)).await?;
+        Ok(self.engine.refresh().await?)
+    }
+
+    /// Applies every due inbox delivery. Returns how many were finished.
+    pub async fn process_inbox(&self) -> Result<usize, SyncError> {
+        let mut finished = 0;
+        loop {
+            let due = self.engine.store().due_deliveries(32).await?;
+            if due.is_empty() {
+                break;
+            }
+            for item in due {
+                match self.apply_delivery(&item.delivery_id, &item.event, &item.body).await {
+                    Ok(()) => finished += 1,
+                    Err(SyncError::Payload(e)) => {
+                        let mut w = self.engine.store().write().await?;
+                        if w.finish_delivery(&item.delivery_id, "rejected", Some(&e.to_string())).await? {
+                            w.audit(
+                                "github",
+                                "webhook.rejected",
+                                None,
+                                json!({"delivery": item.delivery_id, "event": item.event, "error": e.to_string()}),
+                            )
+                            .await?;
+                        }
+                        w.commit().await?;
+                        tracing::warn!(delivery = %item.delivery_id, error = %e, "delivery rejected");
+                        finished += 1;
+                    }
+                    Err(e) => {
+                        let attempts = item.attempts + 1;
+                        let give_up = attempts >= MAX_DELIVERY_ATTEMPTS;
+                        let wait = (1000_i64 << attempts.min(9)).min(300_000);
+                        tracing::warn!(delivery = %item.delivery_id, attempts, give_up, error = %e, "delivery not applied");
+                        self.engine
+                            .store()
+                            .delivery_failed(&item.delivery_id, &e.to_string(), now_ms() + wait, give_up)
+                            .await?;
+                        if give_up {
+                            finished += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if finished > 0 {
+            self.engine.refresh().await?;
+        }
+        Ok(finished)
+    }
+
+    /// Applies one delivery and marks it processed, in one transaction.
+    pub async fn apply_delivery(
+        &self,
+        delivery: &str,
+        event: &str,
+        body: &[u8],
+    ) -> Result<(), SyncError> {
+        match events::parse(event, body)? {
+            Event::PullRequest {
+                action,
+                sender,
+                pull_request,
+            } => {
+                // The opener always authors; so does whoever pushed.
+                let mut authors = vec![pull_request.user.login.clone()];
+                if matches!(action.as_str(), "opened" | "synchronize" | "reopened") {
+                    authors.push(sender);
+                }
+                self.apply_pull_request(&pull_request, &authors, Some((delivery, &action)))
+                    .await
+            }
+            Event::Review {
+                pull_request,
+                review,
+                ..
+            } => {
+                self.apply_review(&pull_request, &review, Some(delivery))
+                    .await
+                    .map(|_| ())
+            }
+            Event::Push { branch, after } if branch == self.default_branch => {
+                let default = self.default_branch.clone();
+                self.with_mirror(move |m| m.fetch_all(&default)).await?;
+                let mut w = self.engine.store().write().await?;
+                if w.finish_delivery(delivery, "applied", None).await? {
+                    w.audit("github", "github.push", None, json!({"delivery": delivery, "branch": branch, "after": after}))
+                        .await?;
+                }
+                w.commit().await?;
+                Ok(())
+            }
+            Event::Push { branch, .. } => self.ignore(delivery, &format!("push to `{branch}`, not the default branch")).await,
+            Event::Ignored { why } => self.ignore(delivery, &why).await,
+        }
+    }
+
+    async fn ignore(&self, delivery: &str, why: &str) -> Result<(), SyncError> {
+        let mut w = self.engine.store().write().await?;
+        w.finish_delivery(delivery, "ignored", Some(why)).await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Records a pull request's head, state, authors and touched changes
+    /// (with their digests at the head, and at every reviewed commit).
+    async fn apply_pull_request(
+        &self,
+        pr: &PullRequest,
+        authors: &[String],
+        delivery: Option<(&str, &str)>,
+    ) -> Result<(), SyncError> {
+        if pr.base.name != self.default_branch {
+            return match delivery {
+                Some((d, _)) => {
+                    self.ignore(d, &format!("pull request #{} targets `{}`, not the default branch", pr.number, pr.base.name))
+                        .await
+                }
+                None => Ok(()),
+            };
+        }
+        let number = pr.number as i64;
+        let store = self.engine.store();
+        let review_commits: BTreeSet<String> = store.review_commits(number).await?;
+        let (default, head, base) = (
+            self.default_branch.clone(),
+            pr.head.sha.clone(),
+            pr.base.sha.clone(),
+        );
+        let (touched, digests) = self
+            .with_mirror(move |m| {
+                m.fetch_pull(&default, number)?;
+                let touched = touched_changes(m.path(), &head, &base, &default)?;
+                let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
+                let digests = digests_at(m.path(), &review_commits, &ids)?;
+                Ok((touched, digests))
+            })
+            .await?;
+        let record = PullRequestRecord {
+            number,
+            head_sha: pr.head.sha.clone(),
+            base_ref: pr.base.name.clone(),
+            base_sha: pr.base.sha.clone(),
+            state: pr.state.clone(),
+            merged: pr.is_merged(),
+            opener: pr.user.login.clone(),
+        };
+        let mut w = store.write().await?;
+        if let Some((d, _)) = delivery {
+            if !w.finish_delivery(d, "applied", None).await? {
+                return Ok(());
+            }
+        }
+        w.upsert_pull_request(&record).await?;
+        for login in authors {
+            w.add_pr_author(number, login).await?;
+        }
+        w.set_pr_changes(number, &touched).await?;
+        w.put_digests(&digests).await?;
+        let changes: Vec<&str> = touched.iter().map(|(id, _)| id.as_str()).collect();
+        w.audit(
+            "github",
+            "github.pull_request",
+            None,
+            json!({
+                "delivery": delivery.map(|(d, _)| d),
+                "action": delivery.map_or("sync", |(_, a)| a),
+                "number": number,
+                "head": pr.head.sha,
+                "state": pr.state,
+                "merged": pr.is_merged(),
+                "authors": authors,
+                "changes": changes,
+            }),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Records a review, with the digest at its commit of every change the
+    /// pull request touches. An unknown pull request is recorded first,
+    /// from the review's own payload.
+    async fn apply_review(
+        &self,
+        pr: &PullRequest,
+        review: &ReviewFact,
+        delivery: Option<&str>,
+    ) -> Result<bool, SyncError> {
+        let number = pr.number as i64;
+        let store = self.engine.store();
+        if store.pull_request(number).await?.is_none() {
+            self.apply_pull_request(pr, std::slice::from_ref(&pr.user.login), None)
+                .await?;
+        }
+        let ids: Vec<String> = store
+            .pr_changes(number)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let (default, commit) = (self.default_branch.clone(), review.commit_sha.clone());
+        let digests = self
+            .with_mirror(move |m| {
+                let commits = BTreeSet::from([commit.clone()]);
+                match digests_at(m.path(), &commits, &ids) {
+                    Ok(d) => Ok(d),
+                    // Not fetched yet (the review raced the push): fetch and read again.
+                    Err(_) => {
+                        m.fetch_pull(&default, number)?;
+                        digests_at(m.path(), &commits, &ids)
+                    }
+                }
+            })
+            .await?;
+        let mut w = store.write().await?;
+        if let Some(d) = delivery {
+            if !w.finish_delivery(d, "applied", None).await? {
+                return Ok(false);
+            }
+        }
+        let changed = w
+            .upsert_review(
+                review.id as i64,
+                number,
+                &review.reviewer,
+                review.state.as_str(),
+                &review.commit_sha,
+                review.submitted_at,
+            )
+            .await?;
+        w.put_digests(&digests).await?;
+        if changed || delivery.is_some() {
+            w.audit(
+                "github",
+                "github.review",
+                None,
+                json!({
+                    "delivery": delivery,
+                    "source": if delivery.is_some() { "webhook" } else { "sync" },
+                    "number": number,
+                    "review": review.id,
+                    "reviewer": review.reviewer,
+                    "state": review.state.as_str(),
+                    "commit": review.commit_sha,
+                }),
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(changed)
+    }
+
+    /// Reconciliation: lists every open pull request and its reviews through
+    /// the REST API and records whatever webhooks missed; pull requests
+    /// tracked as open but no longer listed are re-read (closed or merged).
+    pub async fn sync(&self) -> Result<SyncSummary, SyncError> {
+        let store = self.engine.store();
+        let mut summary = SyncSummary::default();
+        let open = self.client.open_pulls().await?;
+        summary.pull_requests = open.len();
+        let listed: BTreeSet<u64> = open.iter().map(|p| p.number).collect();
+        let mut pulls = open;
+        for tracked in store.pull_requests(false).await? {
+            if !listed.contains(&(tracked.number as u64)) {
+                pulls.push(self.client.pull(tracked.number as u64).await?);
+            }
+        }
+        for pr in pulls.iter().filter(|p| p.base.name == self.default_branch) {
+            let number = pr.number as i64;
+            let known = store.pull_request(number).await?;
+            let stale = known.as_ref().is_none_or(|k| {
+                k.head_sha != pr.head.sha || k.state != pr.state || k.merged != pr.is_merged()
+            });
+            if stale {
+                self.apply_pull_request(pr, std::slice::from_ref(&pr.user.login), None)
+                    .await?;
+                summary.pull_requests_updated += 1;
+            }
+            let recorded = store.recorded_reviews(number).await?;
+            for review in self.client.reviews(pr.number).await? {
+                let Ok(fact) = review.fact(pr.number, None) else {
+                    tracing::warn!(pr = pr.number, review = review.id, "review without reviewer, commit or time; skipped");
+                    continue;
+                };
+                let is_new = !recorded.contains_key(&(review.id as i64));
+                if self.apply_review(pr, &fact, None).await? {
+                    if is_new {
+                        summary.reviews_added += 1;
+                    } else {
+                        summary.reviews_updated += 1;
+                    }
+                }
+            }
+        }
+        self.engine.refresh().await?;
+        Ok(summary)
+    }
+
+    /// Looks up every stale (team, login) pair that a policy in force could ask about.
+    pub async fn refresh_teams(&self) -> Result<(), SyncError> {
+        let view = self.engine.view();
+        let teams: BTreeSet<(String, String)> = view
+            .policies
+            .iter()
+            .flat_map(|p| p.approvals.from.iter())
+            .filter_map(|a| match a {
+                Approver::Team { org, slug } => Some((org.clone(), slug.clone())),
+                Approver::User(_) => None,
+            })
+            .collect();
+        if teams.is_empty() {
+            return Ok(());
+        }
+        let mut logins: BTreeSet<String> = self.engine.store().reviewers().await?;
+        logins.extend(self.engine.config().tokens.iter().filter_map(|t| t.github.clone()));
+        let ttl = std::time::Duration::from_secs(self.config.team_ttl.as_secs());
+        let cache = self.engine.teams();
+        for (org, slug) in &teams {
+            for login in &logins {
+                if !cache.is_stale(org, slug, login, ttl) {
+                    continue;
+                }
+                match self.client.is_team_member(org, slug, login).await {
+                    Ok(member) => cache.put(org, slug, login, member),
+                    Err(e) => tracing::warn!(%org, %slug, %login, error = %e, "team lookup failed; keeping the last answer"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Works out the commit status each tracked pull request should show
+    /// for each change it touches, and records those that changed.
+    pub async fn update_statuses(&self) -> Result<usize, SyncError> {
+        let store = self.engine.store();
+        let public = self.engine.config().server.public_url.trim_end_matches('/').to_string();
+        let mut changed = 0;
+        for pr in store.pull_requests(true).await? {
+            if pr.state != "open" && !pr.merged {
+                continue;
+            }
+            for (id, _) in store.pr_changes(pr.number).await? {
+                let Some(status) = self.wanted_status(&pr, &id).await? else {
+                    continue;
+                };
+                let url = format!("{public}/changes/{id}");
+                if store
+                    .want_status(&pr.head_sha, &format!("changegate/{id}"), status.0, &status.1, &url)
+                    .await?
+                {
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn wanted_status(
+        &self,
+        pr: &PullRequestRecord,
+        id: &str,
+    ) -> Result<Option<(&'static str, String)>, SyncError> {
+        if pr.state == "open" {
+            let Some(approval) = self.engine.pr_approval(pr.number, id).await? else {
+                return Ok(None);
+            };
+            return Ok(Some(if approval.satisfied {
+                ("success", format!("approved: {}", approval.summary()))
+            } else if let Some(r) = approval.reviews.iter().find(|r| r.reason == Some(crate::gate::approval::NotCounted::ChangesRequested)) {
+                ("pending", format!("changes requested by {}; {}", r.approver, approval.summary()))
+            } else {
+                ("pending", approval.summary())
+            }));
+        }
+        // Merged: the execution outcome on the default branch.
+        let Some(status) = self.engine.status(id).await? else {
+            return Ok(None);
+        };
+        let done = status.steps.iter().filter(|s| s.state == crate::gate::StepState::Succeeded).count();
+        let total = status.steps.len();
+        Ok(Some(match status.state {
+            ChangeState::Proposed | ChangeState::Approved => (
+                "pending",
+                format!("merged; needs approval at the merged digest: {}", status.approvals.summary()),
+            ),
+            ChangeState::Ready => ("success", format!("approved; ready to run ({total} steps)")),
+            ChangeState::Running => ("pending", format!("running: {done} of {total} steps succeeded")),
+            ChangeState::Completed => ("success", format!("completed: {total} of {total} steps succeeded")),
+            ChangeState::Failed => {
+                let failed = status
+                    .steps
+                    .iter()
+                    .find(|s| matches!(s.state, crate::gate::StepState::Failed | crate::gate::StepState::Interrupted))
+                    .map_or("a step".to_string(), |s| format!("step {}", s.id));
+                ("failure", format!("{failed} failed; dependents refused until retry or abandon"))
+            }
+            ChangeState::Abandoned => ("error", "abandoned".to_string()),
+        }))
+    }
+
+    /// Posts every commit status GitHub has not been told yet.
+    pub async fn post_statuses(&self) -> Result<usize, SyncError> {
+        let store = self.engine.store();
+        let mut posted = 0;
+        for s in store.due_statuses().await? {
+            let update = StatusUpdate {
+                state: s.state.clone(),
+                description: truncate(&s.description, 140),
+                context: s.context.clone(),
+                target_url: s.target_url.clone(),
+            };
+            match self.client.post_status(&s.sha, &update).await {
+                Ok(()) => {
+                    store.status_posted(&s).await?;
+                    posted += 1;
+                }
+                Err(e) => {
+                    let wait = (1000_i64 << s.attempts.min(8)).min(300_000);
+                    tracing::warn!(sha = %s.sha, context = %s.context, error = %e, "commit status not posted; will retry");
+                    store.status_failed(&s, &e.to_string(), now_ms() + wait).await?;
+                }
+            }
+        }
+        Ok(posted)
+    }
+
+    /// One pass of the worker: apply the inbox, refresh team lookups, and
+    /// bring commit statuses up to date.
+    pub async fn tick(&self) -> Result<(), SyncError> {
+        self.process_inbox().await?;
+        self.refresh_teams().await?;
+        self.update_statuses().await?;
+        self.post_statuses().await?;
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..s[..i].char_indices().last().map_or(0, |(j, _)| j)]),
+        None => s.to_string(),
+    }
+}
+
+/// Digest of every change at a commit, or `None` where it does not exist.
+fn all_digests(repo: &ChangeRepo, rev: &str) -> Result<BTreeMap<String, Digest>, GitError> {
+    let snapshot = repo.at(rev)?;
+    let model = snapshot.load_model()?;
+    Ok(model
+        .changes
+        .values()
+        .filter_map(|c| {
+            covered_paths(c, &snapshot)
+                .ok()
+                .map(|covered| (c.id.clone(), Digest::of(&covered)))
+        })
+        .collect())
+}
+
+/// The changes a pull request touches — those whose digest at `head`
+/// differs from the merge base with the default branch — with their
+/// digests at `head`.
+fn touched_changes(
+    mirror: &Path,
+    head: &str,
+    base: &str,
+    default_branch: &str,
+) -> Result<Vec<(String, String)>, GitError> {
+    let repo = ChangeRepo::open(mirror)?;
+    let head_id = repo.at(head)?.commit_id().to_string();
+    let base_id = repo
+        .at(base)
+        .or_else(|_| repo.at(&format!("refs/heads/{default_branch}")))?
+        .commit_id()
+        .to_string();
+    let git = repo.git();
+    let merge_base = git.merge_base(git2::Oid::from_str(&head_id)?, git2::Oid::from_str(&base_id)?)?;
+    let at_head = all_digests(&repo, &head_id)?;
+    let at_base = all_digests(&repo, &merge_base.to_string())?;
+    Ok(at_head
+        .into_iter()
+        .filter(|(id, d)| at_base.get(id) != Some(d))
+        .map(|(id, d)| (id, d.to_string()))
+        .collect())
+}
+
+/// (commit, change, digest) for each commit and change; [`ABSENT`] where
+/// the change does not exist at that commit.
+fn digests_at(
+    mirror: &Path,
+    commits: &BTreeSet<String>,
+    ids: &[String],
+) -> Result<Vec<(String, String, String)>, GitError> {
+    let repo = ChangeRepo::open(mirror)?;
+    let mut out = Vec::new();
+    for commit in commits {
+        let digests = all_digests(&repo, commit)?;
+        for id in ids {
+            let digest = digests.get(id).map_or(ABSENT.to_string(), |d| d.to_string());
+            out.push((commit.clone(), id.clone(), digest));
+        }
+    }
+    Ok(out)
+}
