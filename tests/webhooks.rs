@@ -5,6 +5,7 @@ mod common;
 
 use changegate::store::Store;
 use common::gate_fixture::*;
+use common::github::FakeGithub;
 use common::server::{self, Server};
 use common::{db, TestRepo};
 use hmac::{Hmac, Mac};
@@ -40,16 +41,17 @@ fn deliver(server: &Server, event: &str, delivery: &str, body: &[u8], signature:
         .as_u16()
 }
 
-fn start(repo: &TestRepo, backend: &str) -> (Server, db::TestDatabase) {
+fn start(repo: &TestRepo, backend: &str) -> (Server, db::TestDatabase, FakeGithub) {
+    let github = FakeGithub::start();
     let database = db::fresh(backend);
     let server = server::start_with(
         repo.path(),
         &database.url,
         &tokens(),
         "",
-        "[github]\nwebhook_secret_env = \"CG_TEST_GH_SECRET\"\n",
+        &github.config_section(),
     );
-    (server, database)
+    (server, database, github)
 }
 
 fn inbox(database: &db::TestDatabase) -> Vec<(String, String, Vec<u8>, bool)> {
@@ -71,7 +73,7 @@ fn inbox(database: &db::TestDatabase) -> Vec<(String, String, Vec<u8>, bool)> {
 fn signed_deliveries_are_stored_byte_for_byte_once() {
     for backend in db::BACKENDS {
         let repo = simple_repo("true", "");
-        let (server, database) = start(&repo, backend);
+        let (server, database, _github) = start(&repo, backend);
         let review = fixture("pull_request_review.submitted.approved.atlantis-trimmed.json");
         assert_eq!(
             deliver(
@@ -120,7 +122,7 @@ fn signed_deliveries_are_stored_byte_for_byte_once() {
 #[test]
 fn forged_or_unsigned_deliveries_get_401_and_nothing_is_stored() {
     let repo = simple_repo("true", "");
-    let (server, database) = start(&repo, "sqlite");
+    let (server, database, _github) = start(&repo, "sqlite");
     let body = fixture("pull_request_review.submitted.json");
     let mut tampered = body.clone();
     tampered[10] ^= 1;
@@ -143,13 +145,19 @@ fn forged_or_unsigned_deliveries_get_401_and_nothing_is_stored() {
         deliver(&server, "pull_request_review", "f-3", &body, ""),
         401
     );
+    let truncated = sign(&body)[..40].to_string();
+    assert_eq!(
+        deliver(&server, "pull_request_review", "f-4", &body, &truncated),
+        401,
+        "a truncated signature"
+    );
     assert!(inbox(&database).is_empty());
     let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
         .unwrap()
         .text()
         .unwrap();
     assert!(
-        metrics.contains("changegate_webhooks_total{outcome=\"rejected\"} 3"),
+        metrics.contains("changegate_webhooks_total{outcome=\"rejected\"} 4"),
         "{metrics}"
     );
 }
@@ -157,19 +165,37 @@ fn forged_or_unsigned_deliveries_get_401_and_nothing_is_stored() {
 #[test]
 fn unknown_events_are_acknowledged_and_recorded() {
     let repo = simple_repo("true", "");
-    let (server, database) = start(&repo, "sqlite");
+    let (server, database, _github) = start(&repo, "sqlite");
     let body = fixture("check_run.completed.json");
     assert_eq!(
         deliver(&server, "check_run", "u-1", &body, &sign(&body)),
         202
     );
     assert_eq!(inbox(&database)[0].1, "check_run");
+    let outcomes = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                Store::connect(&database.url)
+                    .await
+                    .unwrap()
+                    .delivery_outcomes()
+                    .await
+                    .unwrap()
+            })
+    };
+    wait_for(|| outcomes()[0].1.is_some(), "the delivery to be processed");
+    let (_, outcome, _, why) = outcomes().remove(0);
+    assert_eq!(outcome.as_deref(), Some("ignored"));
+    assert!(why.unwrap().contains("check_run"));
     let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
         .unwrap()
         .text()
         .unwrap();
     assert!(
-        metrics.contains("changegate_inbox_pending 1"),
+        metrics.contains("changegate_inbox_pending 0"),
         "the inbox depth is exported: {metrics}"
     );
 }
@@ -177,7 +203,7 @@ fn unknown_events_are_acknowledged_and_recorded() {
 #[test]
 fn bodies_over_25_mb_are_refused_with_413() {
     let repo = simple_repo("true", "");
-    let (server, database) = start(&repo, "sqlite");
+    let (server, database, _github) = start(&repo, "sqlite");
     let big = vec![b' '; 25 * 1024 * 1024 + 1];
     assert_eq!(deliver(&server, "push", "big-1", &big, &sign(&big)), 413);
     assert!(inbox(&database).is_empty());
@@ -186,7 +212,7 @@ fn bodies_over_25_mb_are_refused_with_413() {
 #[test]
 fn a_delivery_acknowledged_before_a_kill_9_is_there_after_restart() {
     let repo = simple_repo("true", "");
-    let (mut server, database) = start(&repo, "sqlite");
+    let (mut server, database, _github) = start(&repo, "sqlite");
     let body = fixture("push.json");
     assert_eq!(deliver(&server, "push", "k-1", &body, &sign(&body)), 202);
     server.kill9();

@@ -21,8 +21,8 @@ use crate::gate::{breaker_state, Breaker, BreakerConfig, ChangeState, Refusal, S
 use crate::git::{ChangeRepo, GitError};
 use crate::model::{covered_paths, policies_in_force, Digest, PoliciesInForce};
 use crate::store::{Attempt, ChangeFacts, Store, StoreError, SyncReport, WorldFacts, WriteTx};
-use view::{status_of, World};
 pub use teams::TeamCache;
+use view::{status_of, World};
 pub use view::{ChangeStatus, Proposal, RepoView};
 
 /// What went wrong while acting.
@@ -760,7 +760,10 @@ pub fn repo_path(config: &Config) -> std::path::PathBuf {
 
 /// Reads each open pull request's touched changes at its head. A head that
 /// cannot be read is skipped with a warning: the inbox worker retries it.
-pub fn read_proposals(path: &std::path::Path, open: &[(i64, String, Vec<String>)]) -> Vec<Proposal> {
+pub fn read_proposals(
+    path: &std::path::Path,
+    open: &[(i64, String, Vec<String>)],
+) -> Vec<Proposal> {
     let mut out = Vec::new();
     let Ok(repo) = ChangeRepo::open(path) else {
         return out;

@@ -16,10 +16,10 @@ pub struct TeamCache {
 impl TeamCache {
     /// Records a lookup.
     pub fn put(&self, org: &str, slug: &str, login: &str, member: bool) {
-        self.entries
-            .write()
-            .expect("team cache lock")
-            .insert((org.into(), slug.into(), login.into()), (member, Instant::now()));
+        self.entries.write().expect("team cache lock").insert(
+            (org.into(), slug.into(), login.into()),
+            (member, Instant::now()),
+        );
     }
 
     /// True when the entry is missing or older than `ttl`.

@@ -7,9 +7,7 @@ pub mod claim;
 
 use serde::Serialize;
 
-pub use approval::{
-    approval_status, ApprovalFact, ApprovalStatus, Person, Source, Teams, Verdict,
-};
+pub use approval::{approval_status, ApprovalFact, ApprovalStatus, Person, Source, Teams, Verdict};
 pub use breaker::{breaker_state, Breaker, BreakerConfig};
 pub use claim::{claim_decision, ClaimContext, Refusal, RefusalReason};
 

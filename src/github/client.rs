@@ -81,12 +81,7 @@ enum Next {
 /// The retry decision for an answer: 5xx backs off; 403 and 429 wait for
 /// the reset named by `retry-after` or `x-ratelimit-reset` when they say
 /// the rate limit is exhausted; other statuses fail at once.
-fn next_step(
-    status: u16,
-    headers: &http::HeaderMap,
-    attempt: u32,
-    now_unix: u64,
-) -> Next {
+fn next_step(status: u16, headers: &http::HeaderMap, attempt: u32, now_unix: u64) -> Next {
     let header = |name: &str| {
         headers
             .get(name)
@@ -134,7 +129,11 @@ impl GithubClient {
         let builder = Octocrab::builder()
             .base_uri(config.api_url.as_str())
             .map_err(|e| ApiError::Config(format!("api_url `{}`: {e}", config.api_url)))?;
-        let crab = match (config.app_id, &config.private_key_path, config.installation_id) {
+        let crab = match (
+            config.app_id,
+            &config.private_key_path,
+            config.installation_id,
+        ) {
             (Some(app), Some(key_path), Some(installation)) => {
                 let pem = std::fs::read(key_path).map_err(|e| {
                     ApiError::Config(format!("private key {}: {e}", key_path.display()))
@@ -171,8 +170,7 @@ impl GithubClient {
         method: http::Method,
         uri: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<http::Response<octocrab::OctoBody>, ApiError>
-    {
+    ) -> Result<http::Response<octocrab::OctoBody>, ApiError> {
         let call = format!("{method} {}", uri.split('?').next().unwrap_or(uri));
         let mut attempt = 0;
         loop {
@@ -246,11 +244,7 @@ impl GithubClient {
                     attempt += 1;
                 }
                 _ => {
-                    let text = self
-                        .crab
-                        .body_to_string(response)
-                        .await
-                        .unwrap_or_default();
+                    let text = self.crab.body_to_string(response).await.unwrap_or_default();
                     let message = serde_json::from_str::<serde_json::Value>(&text)
                         .ok()
                         .and_then(|v| v["message"].as_str().map(str::to_string))
@@ -304,7 +298,12 @@ impl GithubClient {
     }
 
     /// Whether `login` is an active member of team `org/slug`.
-    pub async fn is_team_member(&self, org: &str, slug: &str, login: &str) -> Result<bool, ApiError> {
+    pub async fn is_team_member(
+        &self,
+        org: &str,
+        slug: &str,
+        login: &str,
+    ) -> Result<bool, ApiError> {
         #[derive(serde::Deserialize)]
         struct Membership {
             state: String,
@@ -319,8 +318,11 @@ impl GithubClient {
 
     /// Every open pull request.
     pub async fn open_pulls(&self) -> Result<Vec<PullRequest>, ApiError> {
-        self.all_pages(&format!("{}/pulls?state=open&per_page=100", self.repo_path()))
-            .await
+        self.all_pages(&format!(
+            "{}/pulls?state=open&per_page=100",
+            self.repo_path()
+        ))
+        .await
     }
 
     /// One pull request.
@@ -366,23 +368,41 @@ mod tests {
 
     #[test]
     fn an_exhausted_rate_limit_waits_for_its_reset() {
-        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1010")]);
-        assert_eq!(next_step(403, &h, 0, 1000), Next::RetryAfter(Duration::from_secs(11)));
-        assert_eq!(next_step(429, &h, 0, 1000), Next::RetryAfter(Duration::from_secs(11)));
+        let h = headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1010"),
+        ]);
+        assert_eq!(
+            next_step(403, &h, 0, 1000),
+            Next::RetryAfter(Duration::from_secs(11))
+        );
+        assert_eq!(
+            next_step(429, &h, 0, 1000),
+            Next::RetryAfter(Duration::from_secs(11))
+        );
     }
 
     #[test]
     fn retry_after_wins_and_a_plain_403_fails() {
         let h = headers(&[("retry-after", "3")]);
-        assert_eq!(next_step(429, &h, 0, 0), Next::RetryAfter(Duration::from_secs(3)));
+        assert_eq!(
+            next_step(429, &h, 0, 0),
+            Next::RetryAfter(Duration::from_secs(3))
+        );
         assert_eq!(next_step(403, &headers(&[]), 0, 0), Next::Fail);
         assert_eq!(next_step(404, &headers(&[]), 0, 0), Next::Fail);
     }
 
     #[test]
     fn server_errors_back_off_exponentially() {
-        assert_eq!(next_step(502, &headers(&[]), 0, 0), Next::RetryAfter(Duration::from_millis(500)));
-        assert_eq!(next_step(502, &headers(&[]), 2, 0), Next::RetryAfter(Duration::from_millis(2000)));
+        assert_eq!(
+            next_step(502, &headers(&[]), 0, 0),
+            Next::RetryAfter(Duration::from_millis(500))
+        );
+        assert_eq!(
+            next_step(502, &headers(&[]), 2, 0),
+            Next::RetryAfter(Duration::from_millis(2000))
+        );
         assert_eq!(next_step(201, &headers(&[]), 0, 0), Next::Done);
     }
 }

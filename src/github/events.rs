@@ -125,9 +125,17 @@ impl Review {
     /// The recordable fact, or why this review cannot be one. `sender` is
     /// the delivery's sender: for a submission, that is the reviewer, and it
     /// stands in when a payload omits `review.user`.
-    pub fn fact(&self, pr_number: u64, sender: Option<&Account>) -> Result<ReviewFact, PayloadError> {
+    pub fn fact(
+        &self,
+        pr_number: u64,
+        sender: Option<&Account>,
+    ) -> Result<ReviewFact, PayloadError> {
         let missing = |field: &'static str| PayloadError::Missing { field };
-        let reviewer = self.user.as_ref().or(sender).ok_or(missing("review.user"))?;
+        let reviewer = self
+            .user
+            .as_ref()
+            .or(sender)
+            .ok_or(missing("review.user"))?;
         let state = ReviewState::parse(&self.state).ok_or_else(|| PayloadError::Invalid {
             field: "review.state",
             value: self.state.clone(),
@@ -269,7 +277,9 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
             let p: ReviewPayload = decode(event, body)?;
             match p.action.as_str() {
                 "submitted" | "edited" | "dismissed" => {
-                    let sender = (p.action == "submitted").then_some(p.sender.as_ref()).flatten();
+                    let sender = (p.action == "submitted")
+                        .then_some(p.sender.as_ref())
+                        .flatten();
                     let mut review = p.review.fact(p.pull_request.number, sender)?;
                     if p.action == "dismissed" {
                         review.state = ReviewState::Dismissed;

@@ -133,11 +133,16 @@ impl Github {
                 break;
             }
             for item in due {
-                match self.apply_delivery(&item.delivery_id, &item.event, &item.body).await {
+                match self
+                    .apply_delivery(&item.delivery_id, &item.event, &item.body)
+                    .await
+                {
                     Ok(()) => finished += 1,
                     Err(SyncError::Payload(e)) => {
                         let mut w = self.engine.store().write().await?;
-                        if w.finish_delivery(&item.delivery_id, "rejected", Some(&e.to_string())).await? {
+                        if w.finish_delivery(&item.delivery_id, "rejected", Some(&e.to_string()))
+                            .await?
+                        {
                             w.audit(
                                 "github",
                                 "webhook.rejected",
@@ -157,7 +162,12 @@ impl Github {
                         tracing::warn!(delivery = %item.delivery_id, attempts, give_up, error = %e, "delivery not applied");
                         self.engine
                             .store()
-                            .delivery_failed(&item.delivery_id, &e.to_string(), now_ms() + wait, give_up)
+                            .delivery_failed(
+                                &item.delivery_id,
+                                &e.to_string(),
+                                now_ms() + wait,
+                                give_up,
+                            )
                             .await?;
                         if give_up {
                             finished += 1;
@@ -197,23 +207,33 @@ impl Github {
                 pull_request,
                 review,
                 ..
-            } => {
-                self.apply_review(&pull_request, &review, Some(delivery))
-                    .await
-                    .map(|_| ())
-            }
+            } => self
+                .apply_review(&pull_request, &review, Some(delivery))
+                .await
+                .map(|_| ()),
             Event::Push { branch, after } if branch == self.default_branch => {
                 let default = self.default_branch.clone();
                 self.with_mirror(move |m| m.fetch_all(&default)).await?;
                 let mut w = self.engine.store().write().await?;
                 if w.finish_delivery(delivery, "applied", None).await? {
-                    w.audit("github", "github.push", None, json!({"delivery": delivery, "branch": branch, "after": after}))
-                        .await?;
+                    w.audit(
+                        "github",
+                        "github.push",
+                        None,
+                        json!({"delivery": delivery, "branch": branch, "after": after}),
+                    )
+                    .await?;
                 }
                 w.commit().await?;
                 Ok(())
             }
-            Event::Push { branch, .. } => self.ignore(delivery, &format!("push to `{branch}`, not the default branch")).await,
+            Event::Push { branch, .. } => {
+                self.ignore(
+                    delivery,
+                    &format!("push to `{branch}`, not the default branch"),
+                )
+                .await
+            }
             Event::Ignored { why } => self.ignore(delivery, &why).await,
         }
     }
@@ -236,8 +256,14 @@ impl Github {
         if pr.base.name != self.default_branch {
             return match delivery {
                 Some((d, _)) => {
-                    self.ignore(d, &format!("pull request #{} targets `{}`, not the default branch", pr.number, pr.base.name))
-                        .await
+                    self.ignore(
+                        d,
+                        &format!(
+                            "pull request #{} targets `{}`, not the default branch",
+                            pr.number, pr.base.name
+                        ),
+                    )
+                    .await
                 }
                 None => Ok(()),
             };
@@ -403,7 +429,11 @@ impl Github {
             let recorded = store.recorded_reviews(number).await?;
             for review in self.client.reviews(pr.number).await? {
                 let Ok(fact) = review.fact(pr.number, None) else {
-                    tracing::warn!(pr = pr.number, review = review.id, "review without reviewer, commit or time; skipped");
+                    tracing::warn!(
+                        pr = pr.number,
+                        review = review.id,
+                        "review without reviewer, commit or time; skipped"
+                    );
                     continue;
                 };
                 let is_new = !recorded.contains_key(&(review.id as i64));
@@ -436,7 +466,13 @@ impl Github {
             return Ok(());
         }
         let mut logins: BTreeSet<String> = self.engine.store().reviewers().await?;
-        logins.extend(self.engine.config().tokens.iter().filter_map(|t| t.github.clone()));
+        logins.extend(
+            self.engine
+                .config()
+                .tokens
+                .iter()
+                .filter_map(|t| t.github.clone()),
+        );
         let ttl = std::time::Duration::from_secs(self.config.team_ttl.as_secs());
         let cache = self.engine.teams();
         for (org, slug) in &teams {
@@ -446,7 +482,9 @@ impl Github {
                 }
                 match self.client.is_team_member(org, slug, login).await {
                     Ok(member) => cache.put(org, slug, login, member),
-                    Err(e) => tracing::warn!(%org, %slug, %login, error = %e, "team lookup failed; keeping the last answer"),
+                    Err(e) => {
+                        tracing::warn!(%org, %slug, %login, error = %e, "team lookup failed; keeping the last answer")
+                    }
                 }
             }
         }
@@ -457,7 +495,13 @@ impl Github {
     /// for each change it touches, and records those that changed.
     pub async fn update_statuses(&self) -> Result<usize, SyncError> {
         let store = self.engine.store();
-        let public = self.engine.config().server.public_url.trim_end_matches('/').to_string();
+        let public = self
+            .engine
+            .config()
+            .server
+            .public_url
+            .trim_end_matches('/')
+            .to_string();
         let mut changed = 0;
         for pr in store.pull_requests(true).await? {
             if pr.state != "open" && !pr.merged {
@@ -469,7 +513,13 @@ impl Github {
                 };
                 let url = format!("{public}/changes/{id}");
                 if store
-                    .want_status(&pr.head_sha, &format!("changegate/{id}"), status.0, &status.1, &url)
+                    .want_status(
+                        &pr.head_sha,
+                        &format!("changegate/{id}"),
+                        status.0,
+                        &status.1,
+                        &url,
+                    )
                     .await?
                 {
                     changed += 1;
@@ -490,8 +540,19 @@ impl Github {
             };
             return Ok(Some(if approval.satisfied {
                 ("success", format!("approved: {}", approval.summary()))
-            } else if let Some(r) = approval.reviews.iter().find(|r| r.reason == Some(crate::gate::approval::NotCounted::ChangesRequested)) {
-                ("pending", format!("changes requested by {}; {}", r.approver, approval.summary()))
+            } else if let Some(r) = approval
+                .reviews
+                .iter()
+                .find(|r| r.reason == Some(crate::gate::approval::NotCounted::ChangesRequested))
+            {
+                (
+                    "pending",
+                    format!(
+                        "changes requested by {}; {}",
+                        r.approver,
+                        approval.summary()
+                    ),
+                )
             } else {
                 ("pending", approval.summary())
             }));
@@ -500,23 +561,44 @@ impl Github {
         let Some(status) = self.engine.status(id).await? else {
             return Ok(None);
         };
-        let done = status.steps.iter().filter(|s| s.state == crate::gate::StepState::Succeeded).count();
+        let done = status
+            .steps
+            .iter()
+            .filter(|s| s.state == crate::gate::StepState::Succeeded)
+            .count();
         let total = status.steps.len();
         Ok(Some(match status.state {
             ChangeState::Proposed | ChangeState::Approved => (
                 "pending",
-                format!("merged; needs approval at the merged digest: {}", status.approvals.summary()),
+                format!(
+                    "merged; needs approval at the merged digest: {}",
+                    status.approvals.summary()
+                ),
             ),
             ChangeState::Ready => ("success", format!("approved; ready to run ({total} steps)")),
-            ChangeState::Running => ("pending", format!("running: {done} of {total} steps succeeded")),
-            ChangeState::Completed => ("success", format!("completed: {total} of {total} steps succeeded")),
+            ChangeState::Running => (
+                "pending",
+                format!("running: {done} of {total} steps succeeded"),
+            ),
+            ChangeState::Completed => (
+                "success",
+                format!("completed: {total} of {total} steps succeeded"),
+            ),
             ChangeState::Failed => {
                 let failed = status
                     .steps
                     .iter()
-                    .find(|s| matches!(s.state, crate::gate::StepState::Failed | crate::gate::StepState::Interrupted))
+                    .find(|s| {
+                        matches!(
+                            s.state,
+                            crate::gate::StepState::Failed | crate::gate::StepState::Interrupted
+                        )
+                    })
                     .map_or("a step".to_string(), |s| format!("step {}", s.id));
-                ("failure", format!("{failed} failed; dependents refused until retry or abandon"))
+                (
+                    "failure",
+                    format!("{failed} failed; dependents refused until retry or abandon"),
+                )
             }
             ChangeState::Abandoned => ("error", "abandoned".to_string()),
         }))
@@ -541,7 +623,9 @@ impl Github {
                 Err(e) => {
                     let wait = (1000_i64 << s.attempts.min(8)).min(300_000);
                     tracing::warn!(sha = %s.sha, context = %s.context, error = %e, "commit status not posted; will retry");
-                    store.status_failed(&s, &e.to_string(), now_ms() + wait).await?;
+                    store
+                        .status_failed(&s, &e.to_string(), now_ms() + wait)
+                        .await?;
                 }
             }
         }
@@ -561,7 +645,10 @@ impl Github {
 
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..s[..i].char_indices().last().map_or(0, |(j, _)| j)]),
+        Some((i, _)) => format!(
+            "{}…",
+            &s[..s[..i].char_indices().last().map_or(0, |(j, _)| j)]
+        ),
         None => s.to_string(),
     }
 }
@@ -598,7 +685,10 @@ fn touched_changes(
         .commit_id()
         .to_string();
     let git = repo.git();
-    let merge_base = git.merge_base(git2::Oid::from_str(&head_id)?, git2::Oid::from_str(&base_id)?)?;
+    let merge_base = git.merge_base(
+        git2::Oid::from_str(&head_id)?,
+        git2::Oid::from_str(&base_id)?,
+    )?;
     let at_head = all_digests(&repo, &head_id)?;
     let at_base = all_digests(&repo, &merge_base.to_string())?;
     Ok(at_head
@@ -620,7 +710,9 @@ fn digests_at(
     for commit in commits {
         let digests = all_digests(&repo, commit)?;
         for id in ids {
-            let digest = digests.get(id).map_or(ABSENT.to_string(), |d| d.to_string());
+            let digest = digests
+                .get(id)
+                .map_or(ABSENT.to_string(), |d| d.to_string());
             out.push((commit.clone(), id.clone(), digest));
         }
     }

@@ -121,7 +121,9 @@ fn decode_body(encoding: &str, stored: Vec<u8>) -> Result<Vec<u8>, StoreError> {
                 .map_err(|e| StoreError::Corrupt(format!("inbox payload: {e}")))?;
             Ok(out)
         }
-        other => Err(StoreError::Corrupt(format!("inbox payload encoding `{other}`"))),
+        other => Err(StoreError::Corrupt(format!(
+            "inbox payload encoding `{other}`"
+        ))),
     }
 }
 
@@ -162,8 +164,15 @@ pub(crate) async fn github_facts(
     conn: &mut AnyConnection,
     id: Option<&str>,
 ) -> Result<BTreeMap<String, GithubFacts>, StoreError> {
-    let filter = if id.is_some() { "AND pc.change_id = $1" } else { "" };
-    fn query<'q>(sql: &'q str, id: Option<&str>) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let filter = if id.is_some() {
+        "AND pc.change_id = $1"
+    } else {
+        ""
+    };
+    fn query<'q>(
+        sql: &'q str,
+        id: Option<&str>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
         let q = sqlx::query(sql);
         match id {
             Some(id) => q.bind(id.to_string()),
@@ -213,13 +222,15 @@ pub(crate) async fn github_facts(
 impl Store {
     /// A pull request, if tracked.
     pub async fn pull_request(&self, number: i64) -> Result<Option<PullRequestRecord>, StoreError> {
-        sqlx::query(&format!("SELECT {PR_COLUMNS} FROM pull_requests WHERE number = $1"))
-            .bind(number)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(pull_request)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {PR_COLUMNS} FROM pull_requests WHERE number = $1"
+        ))
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(pull_request)
+        .transpose()
     }
 
     /// Tracked pull requests: open ones, or every one with `all`.
@@ -237,13 +248,15 @@ impl Store {
 
     /// The changes a pull request touches, with their digests at its head.
     pub async fn pr_changes(&self, number: i64) -> Result<Vec<(String, String)>, StoreError> {
-        sqlx::query("SELECT change_id, digest FROM pr_changes WHERE pr_number = $1 ORDER BY change_id")
-            .bind(number)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get("change_id")?, r.try_get("digest")?)))
-            .collect()
+        sqlx::query(
+            "SELECT change_id, digest FROM pr_changes WHERE pr_number = $1 ORDER BY change_id",
+        )
+        .bind(number)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("change_id")?, r.try_get("digest")?)))
+        .collect()
     }
 
     /// Commits that a pull request's reviews were made on.
@@ -268,7 +281,10 @@ impl Store {
     }
 
     /// Review ids already recorded for a pull request, with their state.
-    pub async fn recorded_reviews(&self, number: i64) -> Result<BTreeMap<i64, (String, bool)>, StoreError> {
+    pub async fn recorded_reviews(
+        &self,
+        number: i64,
+    ) -> Result<BTreeMap<i64, (String, bool)>, StoreError> {
         sqlx::query("SELECT review_id, state, CAST(CASE WHEN dismissed THEN 1 ELSE 0 END AS BIGINT) AS dismissed FROM reviews WHERE pr_number = $1")
             .bind(number)
             .fetch_all(&self.pool)
@@ -319,7 +335,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut w = self.write().await?;
         if give_up {
-            if w.finish_delivery(delivery_id, "failed", Some(error)).await? {
+            if w.finish_delivery(delivery_id, "failed", Some(error))
+                .await?
+            {
                 w.audit(
                     "github",
                     "webhook.failed",
@@ -506,12 +524,14 @@ impl WriteTx {
     /// Records `login` as an author of the pull request (its opener, or
     /// someone who pushed to it). Returns true when new.
     pub async fn add_pr_author(&mut self, number: i64, login: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query("INSERT INTO pr_pushers (pr_number, login) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(number)
-            .bind(login)
-            .execute(self.conn())
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "INSERT INTO pr_pushers (pr_number, login) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(number)
+        .bind(login)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
         Ok(n == 1)
     }
 
@@ -526,18 +546,23 @@ impl WriteTx {
             .execute(self.conn())
             .await?;
         for (id, digest) in changes {
-            sqlx::query("INSERT INTO pr_changes (pr_number, change_id, digest) VALUES ($1, $2, $3)")
-                .bind(number)
-                .bind(id)
-                .bind(digest)
-                .execute(self.conn())
-                .await?;
+            sqlx::query(
+                "INSERT INTO pr_changes (pr_number, change_id, digest) VALUES ($1, $2, $3)",
+            )
+            .bind(number)
+            .bind(id)
+            .bind(digest)
+            .execute(self.conn())
+            .await?;
         }
         Ok(())
     }
 
     /// Records digests of changes at commits (commit, change, digest).
-    pub async fn put_digests(&mut self, digests: &[(String, String, String)]) -> Result<(), StoreError> {
+    pub async fn put_digests(
+        &mut self,
+        digests: &[(String, String, String)],
+    ) -> Result<(), StoreError> {
         for (sha, id, digest) in digests {
             sqlx::query("INSERT INTO commit_digests (commit_sha, change_id, digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(sha)

@@ -147,5 +147,6 @@ pub fn assert_error(errors: &[String], fragments: &[&str]) {
 
 pub mod db;
 pub mod gate_fixture;
+pub mod github;
 pub mod receivers;
 pub mod server;

@@ -1,0 +1,469 @@
+//! A fake GitHub REST API (wiremock) backed by a stateful in-memory model of
+//! one repository's pull requests, reviews, commit statuses and teams. It
+//! answers like GitHub: status codes, `per_page` capped pagination with a
+//! `Link` header, rate-limit headers. Plus builders for webhook deliveries
+//! made from the shared fixtures, signed like GitHub signs them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use git2::Oid;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use super::server::{Server, GITHUB_SECRET};
+use super::TestRepo;
+
+/// The repository the fake serves.
+pub const REPOSITORY: &str = "acme/infra";
+
+/// One answer to force on the next matching request (e.g. a rate limit).
+#[derive(Clone)]
+pub struct Forced {
+    /// Only requests whose `METHOD /path` starts with this.
+    pub prefix: String,
+    /// The status to answer.
+    pub status: u16,
+    /// Headers to send with it.
+    pub headers: Vec<(String, String)>,
+}
+
+/// GitHub's state, as the fake knows it.
+#[derive(Default)]
+pub struct State {
+    /// Pull requests by number (REST shape).
+    pub pulls: BTreeMap<u64, Value>,
+    /// Reviews by pull request (REST shape, oldest first).
+    pub reviews: BTreeMap<u64, Vec<Value>>,
+    /// Every status posted: (sha, body), in order.
+    pub statuses: Vec<(String, Value)>,
+    /// Members of `org/slug`.
+    pub teams: BTreeMap<String, BTreeSet<String>>,
+    /// Answers to force, first match first.
+    pub forced: VecDeque<Forced>,
+    /// `METHOD /path?query` of every request, with the unix time (ms) it came.
+    pub requests: Vec<(String, i64)>,
+    /// The largest page served (GitHub caps `per_page` at 100).
+    pub max_per_page: usize,
+}
+
+/// The running fake.
+pub struct FakeGithub {
+    /// Its base URL, for `github.api_url`.
+    pub url: String,
+    pub state: Arc<Mutex<State>>,
+    _server: MockServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+struct Api {
+    state: Arc<Mutex<State>>,
+    base: Arc<Mutex<String>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn not_found() -> ResponseTemplate {
+    ResponseTemplate::new(404).set_body_json(json!({
+        "message": "Not Found",
+        "documentation_url": "https://docs.github.com/rest"
+    }))
+}
+
+impl Api {
+    /// One page of `items`, with GitHub's `Link` header.
+    fn page(&self, req: &Request, items: &[Value]) -> ResponseTemplate {
+        let query: BTreeMap<String, String> = req.url.query_pairs().into_owned().collect();
+        let cap = self.state.lock().unwrap().max_per_page;
+        let per_page = query
+            .get("per_page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(30usize)
+            .clamp(1, cap);
+        let page = query
+            .get("page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1usize)
+            .max(1);
+        let last = items.len().div_ceil(per_page).max(1);
+        let slice: Vec<&Value> = items
+            .iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .collect();
+        let base = self.base.lock().unwrap().clone();
+        let link = |p: usize, rel: &str| {
+            let mut q = query.clone();
+            q.insert("page".into(), p.to_string());
+            q.insert("per_page".into(), per_page.to_string());
+            let qs: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("<{base}{}?{}>; rel=\"{rel}\"", req.url.path(), qs.join("&"))
+        };
+        let mut links = Vec::new();
+        if page < last {
+            links.push(link(page + 1, "next"));
+            links.push(link(last, "last"));
+        }
+        if page > 1 {
+            links.push(link(1, "first"));
+            links.push(link(page - 1, "prev"));
+        }
+        let mut r = ResponseTemplate::new(200).set_body_json(slice);
+        if !links.is_empty() {
+            r = r.insert_header("link", links.join(", "));
+        }
+        r
+    }
+}
+
+impl Respond for Api {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let path = req.url.path().to_string();
+        let call = format!("{} {}", req.method, path);
+        let full = match req.url.query() {
+            Some(q) => format!("{call}?{q}"),
+            None => call.clone(),
+        };
+        let mut state = self.state.lock().unwrap();
+        state.requests.push((full, now_ms()));
+        if let Some(i) = state
+            .forced
+            .iter()
+            .position(|f| call.starts_with(&f.prefix))
+        {
+            let f = state.forced.remove(i).unwrap();
+            let mut r = ResponseTemplate::new(f.status).set_body_json(json!({
+                "message": "API rate limit exceeded",
+                "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+            }));
+            for (k, v) in f.headers {
+                r = r.insert_header(k.as_str(), v.as_str());
+            }
+            return r;
+        }
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let repo: Vec<&str> = REPOSITORY.split('/').collect();
+        match (req.method.as_str(), parts.as_slice()) {
+            ("GET", ["repos", o, n, "pulls"]) if [*o, *n] == repo[..] => {
+                let wanted = req
+                    .url
+                    .query_pairs()
+                    .find(|(k, _)| k == "state")
+                    .map_or("open".to_string(), |(_, v)| v.into_owned());
+                let items: Vec<Value> = state
+                    .pulls
+                    .values()
+                    .filter(|p| wanted == "all" || p["state"] == wanted.as_str())
+                    .cloned()
+                    .collect();
+                drop(state);
+                self.page(req, &items)
+            }
+            ("GET", ["repos", o, n, "pulls", number]) if [*o, *n] == repo[..] => {
+                match number.parse::<u64>().ok().and_then(|n| state.pulls.get(&n)) {
+                    Some(p) => ResponseTemplate::new(200).set_body_json(p),
+                    None => not_found(),
+                }
+            }
+            ("GET", ["repos", o, n, "pulls", number, "reviews"]) if [*o, *n] == repo[..] => {
+                let Some(number) = number
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| state.pulls.contains_key(n))
+                else {
+                    return not_found();
+                };
+                let items = state.reviews.get(&number).cloned().unwrap_or_default();
+                drop(state);
+                self.page(req, &items)
+            }
+            ("POST", ["repos", o, n, "statuses", sha]) if [*o, *n] == repo[..] => {
+                let Ok(body) = req.body_json::<Value>() else {
+                    return ResponseTemplate::new(400)
+                        .set_body_json(json!({"message": "Problems parsing JSON"}));
+                };
+                let valid = ["error", "failure", "pending", "success"]
+                    .contains(&body["state"].as_str().unwrap_or(""));
+                if !valid
+                    || body["description"]
+                        .as_str()
+                        .is_some_and(|d| d.chars().count() > 140)
+                {
+                    return ResponseTemplate::new(422)
+                        .set_body_json(json!({"message": "Validation Failed"}));
+                }
+                state.statuses.push((sha.to_string(), body.clone()));
+                ResponseTemplate::new(201).set_body_json(json!({
+                    "state": body["state"], "description": body["description"], "context": body["context"],
+                }))
+            }
+            ("GET", ["orgs", org, "teams", slug, "memberships", login]) => {
+                let team = format!("{org}/{slug}");
+                if state.teams.get(&team).is_some_and(|m| m.contains(*login)) {
+                    ResponseTemplate::new(200)
+                        .set_body_json(json!({"state": "active", "role": "member"}))
+                } else {
+                    not_found()
+                }
+            }
+            _ => not_found(),
+        }
+    }
+}
+
+impl FakeGithub {
+    pub fn start() -> FakeGithub {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(Mutex::new(State {
+            max_per_page: 100,
+            ..State::default()
+        }));
+        let base = Arc::new(Mutex::new(String::new()));
+        let server = runtime.block_on(async {
+            let server = MockServer::start().await;
+            Mock::given(wiremock::matchers::any())
+                .respond_with(Api {
+                    state: state.clone(),
+                    base: base.clone(),
+                })
+                .mount(&server)
+                .await;
+            server
+        });
+        *base.lock().unwrap() = server.uri();
+        FakeGithub {
+            url: server.uri(),
+            state,
+            _server: server,
+            _runtime: runtime,
+        }
+    }
+
+    /// The `[github]` section pointing at this fake.
+    pub fn config_section(&self) -> String {
+        format!(
+            "[github]\napi_url = {:?}\nrepository = {REPOSITORY:?}\nwebhook_secret_env = \"CG_TEST_GH_SECRET\"\nsync_interval = \"1h\"\nteam_ttl = \"1h\"\n",
+            self.url
+        )
+    }
+
+    /// Statuses posted for `context` on `sha`: (state, description), in order.
+    pub fn statuses(&self, sha: &str, context: &str) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .unwrap()
+            .statuses
+            .iter()
+            .filter(|(s, b)| s == sha && b["context"] == context)
+            .map(|(_, b)| {
+                (
+                    b["state"].as_str().unwrap().to_string(),
+                    b["description"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Requests seen whose `METHOD /path` starts with `prefix`, with their times.
+    pub fn requests(&self, prefix: &str) -> Vec<(String, i64)> {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(r, _)| r.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+fn fixture(name: &str) -> Value {
+    let bytes = std::fs::read(
+        super::project_root()
+            .join("../shared/fixtures/github-webhooks")
+            .join(name),
+    )
+    .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A pull request in GitHub's shape (from the `pull_request.opened` fixture).
+pub fn pull(number: u64, head: Oid, base: Oid, opener: &str) -> Value {
+    let mut pr = fixture("pull_request.opened.json")["pull_request"].clone();
+    pr["number"] = json!(number);
+    pr["head"]["sha"] = json!(head.to_string());
+    pr["head"]["ref"] = json!(format!("pr-{number}"));
+    pr["base"]["sha"] = json!(base.to_string());
+    pr["base"]["ref"] = json!("main");
+    pr["user"]["login"] = json!(opener);
+    pr
+}
+
+/// A review in the REST shape (`GET …/reviews`), from the review fixture.
+pub fn review(id: u64, reviewer: &str, state: &str, commit: Oid, at_secs: u64) -> Value {
+    let mut r = fixture("pull_request_review.submitted.json")["review"].clone();
+    r["id"] = json!(id);
+    r["user"]["login"] = json!(reviewer);
+    r["state"] = json!(state.to_ascii_uppercase());
+    r["commit_id"] = json!(commit.to_string());
+    r["submitted_at"] = json!(rfc3339(at_secs));
+    r
+}
+
+fn rfc3339(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A `pull_request` delivery body (from the fixture of the same action).
+pub fn pull_request_event(action: &str, pr: &Value, sender: &str) -> Vec<u8> {
+    let file = match action {
+        "synchronize" => "pull_request.synchronize.json",
+        "closed" => "pull_request.closed.json",
+        _ => "pull_request.opened.json",
+    };
+    let mut body = fixture(file);
+    body["action"] = json!(action);
+    body["number"] = pr["number"].clone();
+    body["pull_request"] = pr.clone();
+    body["sender"]["login"] = json!(sender);
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A `pull_request_review` delivery body: submitted (with the webhook's
+/// lower-case state) or dismissed.
+pub fn review_event(action: &str, pr: &Value, review: &Value) -> Vec<u8> {
+    let file = if action == "dismissed" {
+        "pull_request_review.dismissed.json"
+    } else {
+        "pull_request_review.submitted.json"
+    };
+    let mut body = fixture(file);
+    body["action"] = json!(action);
+    body["pull_request"] = pr.clone();
+    let mut r = review.clone();
+    r["state"] = json!(if action == "dismissed" {
+        "dismissed".to_string()
+    } else {
+        review["state"].as_str().unwrap().to_ascii_lowercase()
+    });
+    body["review"] = r;
+    body["sender"]["login"] = review["user"]["login"].clone();
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A `push` delivery body for `main` (from the new-branch fixture).
+pub fn push_event(before: Oid, after: Oid) -> Vec<u8> {
+    let mut body = fixture("push.with-new-branch.json");
+    body["ref"] = json!("refs/heads/main");
+    body["before"] = json!(before.to_string());
+    body["after"] = json!(after.to_string());
+    body["created"] = json!(false);
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// `sha256=<hex>` over `body` with the test secret.
+pub fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(GITHUB_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// POSTs a delivery; returns the status code.
+pub fn deliver(server: &Server, event: &str, delivery: &str, body: &[u8], signature: &str) -> u16 {
+    reqwest::blocking::Client::new()
+        .post(format!("{}/webhooks/github", server.url))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", signature)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Delivers a correctly signed body and expects 202.
+pub fn deliver_signed(server: &Server, event: &str, delivery: &str, body: &[u8]) {
+    assert_eq!(
+        deliver(server, event, delivery, body, &sign(body)),
+        202,
+        "{event} {delivery}"
+    );
+}
+
+/// Pull requests made the way GitHub makes them: a branch `pr-N` whose head
+/// is also `refs/pull/N/head`; `main` is left as it was.
+impl TestRepo {
+    pub fn main_tip(&self) -> Oid {
+        self.repo.refname_to_id("refs/heads/main").unwrap()
+    }
+
+    /// Commits `files` onto pull request `number` (starting it from `main`
+    /// if new) as `author`; returns the new head.
+    pub fn push_to_pr(&self, number: u64, files: &[(&str, &str)], author: &str) -> Oid {
+        let branch = format!("pr-{number}");
+        let main = self.main_tip();
+        let start = self
+            .repo
+            .refname_to_id(&format!("refs/heads/{branch}"))
+            .unwrap_or(main);
+        self.branch(&branch, start);
+        for (path, content) in files {
+            self.write(path, content);
+        }
+        let head = self.commit_as(
+            &format!("PR #{number}"),
+            author,
+            &format!("{author}@example.com"),
+        );
+        self.repo
+            .reference(
+                &format!("refs/pull/{number}/head"),
+                head,
+                true,
+                "pull request head",
+            )
+            .unwrap();
+        self.repo.set_head("refs/heads/main").unwrap();
+        self.repo
+            .checkout_head(Some(
+                git2::build::CheckoutBuilder::new()
+                    .force()
+                    .remove_untracked(true),
+            ))
+            .unwrap();
+        head
+    }
+
+    /// Fast-forwards `main` to pull request `number`'s head (a merge).
+    pub fn merge_pr(&self, number: u64) -> Oid {
+        let head = self
+            .repo
+            .refname_to_id(&format!("refs/pull/{number}/head"))
+            .unwrap();
+        self.repo
+            .reference("refs/heads/main", head, true, "merge")
+            .unwrap();
+        self.repo
+            .checkout_head(Some(
+                git2::build::CheckoutBuilder::new()
+                    .force()
+                    .remove_untracked(true),
+            ))
+            .unwrap();
+        head
+    }
+}

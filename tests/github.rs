@@ -1,0 +1,566 @@
+//! Approval through GitHub pull request reviews, end to end: a real git
+//! origin with `refs/pull/N/head`, a real `changegate serve`, signed
+//! deliveries built from the shared fixtures, and a fake GitHub REST API.
+
+mod common;
+
+use changegate::store::Store;
+use common::gate_fixture::*;
+use common::github::*;
+use common::server::{self, Server};
+use common::{db, TestRepo};
+use serde_json::{json, Value};
+
+const POLICY_TWO: &str = "approvals:\n  required: 2\n";
+
+fn change(title: &str, script: &str) -> String {
+    format!(
+        "title: {title}\nkind: config\ntargets: [web]\nsteps:\n  - id: only\n    run: {script}\n"
+    )
+}
+
+/// `main` with one policy and two scripts; nothing to approve yet.
+fn origin(policy: &str) -> TestRepo {
+    let repo = TestRepo::new();
+    for (name, body) in [
+        ("ok.sh", "echo ran >> \"$RUNS\"\n"),
+        ("fail.sh", "echo ran >> \"$RUNS\"\nexit 3\n"),
+    ] {
+        repo.write(name, format!("#!/bin/sh\n{body}"));
+        std::fs::set_permissions(
+            repo.path().join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    repo.write("policies/p.yaml", policy);
+    repo.write("README", "infra\n");
+    repo.commit("main");
+    repo
+}
+
+fn start(repo: &TestRepo, backend: &str, github: &FakeGithub) -> (Server, db::TestDatabase) {
+    let database = db::fresh(backend);
+    let server = server::start_with(
+        repo.path(),
+        &database.url,
+        &tokens(),
+        "",
+        &github.config_section(),
+    );
+    (server, database)
+}
+
+fn status(server: &Server, id: &str) -> Value {
+    let (code, body) = server.get(&format!("/api/v1/changes/{id}"), Some("alice-token"));
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// (approver, counts, reason) of each review of `id`.
+fn reviews(server: &Server, id: &str) -> Vec<(String, bool, String)> {
+    status(server, id)["approvals"]["reviews"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["approver"].as_str().unwrap().to_string(),
+                r["counts"].as_bool().unwrap(),
+                r["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn summary(server: &Server, id: &str) -> (String, u64) {
+    let s = status(server, id);
+    (
+        s["state"].as_str().unwrap().to_string(),
+        s["approvals"]["policies"][0]["counted"].as_u64().unwrap(),
+    )
+}
+
+/// Waits until `id` is in `state` with `counted` approvals.
+fn wait_state(server: &Server, id: &str, state: &str, counted: u64) {
+    wait_for(
+        || {
+            let (code, body) = server.get(&format!("/api/v1/changes/{id}"), Some("alice-token"));
+            code == 200
+                && body["state"] == state
+                && body["approvals"]["policies"][0]["counted"] == counted
+        },
+        &format!("`{id}` {state} with {counted} approvals"),
+    );
+}
+
+fn wait_status(github: &FakeGithub, sha: git2::Oid, context: &str, state: &str, text: &str) {
+    wait_for(
+        || {
+            github
+                .statuses(&sha.to_string(), context)
+                .last()
+                .is_some_and(|(s, d)| s == state && d == text)
+        },
+        &format!(
+            "status {state} \"{text}\" on {sha}; got {:?}",
+            github.statuses(&sha.to_string(), context)
+        ),
+    );
+}
+
+/// The review events of one review id in the audit log.
+fn audited_reviews(server: &Server, review: u64) -> usize {
+    server
+        .get("/api/v1/audit", Some("alice-token"))
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "github.review" && e["data"]["review"] == review)
+        .count()
+}
+
+#[test]
+fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_TWO);
+        let base = repo.main_tip();
+        let (server, _db) = start(&repo, backend, &github);
+        let ctx = "changegate/d";
+
+        // Carol opens PR #1 adding change `d`.
+        let head1 = repo.push_to_pr(1, &[("changes/d.yaml", &change("d", "./fail.sh"))], "carol");
+        let mut pr = pull(1, head1, base, "carol-gh");
+        github.state.lock().unwrap().pulls.insert(1, pr.clone());
+        deliver_signed(
+            &server,
+            "pull_request",
+            "pr1-opened",
+            &pull_request_event("opened", &pr, "carol-gh"),
+        );
+        wait_state(&server, "d", "proposed", 0);
+        wait_status(
+            &github,
+            head1,
+            ctx,
+            "pending",
+            "0 of 2 approvals (policy p)",
+        );
+
+        // The author's own approval does not count.
+        let r = review(11, "carol-gh", "approved", head1, 1_000);
+        deliver_signed(
+            &server,
+            "pull_request_review",
+            "r11",
+            &review_event("submitted", &pr, &r),
+        );
+        wait_for(
+            || reviews(&server, "d").len() == 1,
+            "carol's review recorded",
+        );
+        assert_eq!(
+            reviews(&server, "d"),
+            vec![("carol".into(), false, "author".into())],
+            "{backend}"
+        );
+
+        // Erin pushes an unrelated file; she is now an author too.
+        let head2 = repo.push_to_pr(1, &[("docs/notes.md", "notes\n")], "erin");
+        pr = pull(1, head2, base, "carol-gh");
+        deliver_signed(
+            &server,
+            "pull_request",
+            "pr1-sync1",
+            &pull_request_event("synchronize", &pr, "erin-gh"),
+        );
+        let r = review(12, "erin-gh", "approved", head2, 1_010);
+        deliver_signed(
+            &server,
+            "pull_request_review",
+            "r12",
+            &review_event("submitted", &pr, &r),
+        );
+        // Alice approves the first commit: the later unrelated push leaves it standing.
+        let r = review(13, "alice-gh", "approved", head1, 1_020);
+        deliver_signed(
+            &server,
+            "pull_request_review",
+            "r13",
+            &review_event("submitted", &pr, &r),
+        );
+        wait_for(
+            || reviews(&server, "d").len() == 3,
+            "three reviews recorded",
+        );
+        let seen = reviews(&server, "d");
+        assert!(
+            seen.contains(&("erin-gh".into(), false, "author".into())),
+            "{backend}: a pusher does not approve: {seen:?}"
+        );
+        assert!(
+            seen.contains(&("alice-gh".into(), true, "".into())),
+            "{backend}: {seen:?}"
+        );
+        assert_eq!(summary(&server, "d"), ("proposed".into(), 1));
+        wait_status(
+            &github,
+            head2,
+            ctx,
+            "pending",
+            "1 of 2 approvals (policy p)",
+        );
+
+        // Carol changes `d` itself: Alice's approval is now of another digest.
+        let head3 = repo.push_to_pr(
+            1,
+            &[("changes/d.yaml", &change("d, retitled", "./fail.sh"))],
+            "carol",
+        );
+        pr = pull(1, head3, base, "carol-gh");
+        github.state.lock().unwrap().pulls.insert(1, pr.clone());
+        deliver_signed(
+            &server,
+            "pull_request",
+            "pr1-sync2",
+            &pull_request_event("synchronize", &pr, "carol-gh"),
+        );
+        wait_state(&server, "d", "proposed", 0);
+        assert!(reviews(&server, "d").contains(&("alice-gh".into(), false, "stale-digest".into())));
+
+        // Two fresh approvals at the head approve it.
+        for (id, who, at) in [(14, "alice-gh", 1_030), (15, "bob-gh", 1_040)] {
+            let r = review(id, who, "approved", head3, at);
+            deliver_signed(
+                &server,
+                "pull_request_review",
+                &format!("r{id}"),
+                &review_event("submitted", &pr, &r),
+            );
+        }
+        wait_state(&server, "d", "approved", 2);
+        wait_status(
+            &github,
+            head3,
+            ctx,
+            "success",
+            "approved: 2 of 2 approvals (policy p)",
+        );
+
+        // Dave requests changes: blocked until that review is dismissed.
+        let dave = review(16, "dave-gh", "changes_requested", head3, 1_050);
+        deliver_signed(
+            &server,
+            "pull_request_review",
+            "r16",
+            &review_event("submitted", &pr, &dave),
+        );
+        wait_state(&server, "d", "proposed", 2);
+        wait_status(
+            &github,
+            head3,
+            ctx,
+            "pending",
+            "changes requested by dave-gh; 2 of 2 approvals (policy p)",
+        );
+        deliver_signed(
+            &server,
+            "pull_request_review",
+            "r16-dismissed",
+            &review_event("dismissed", &pr, &dave),
+        );
+        wait_state(&server, "d", "approved", 2);
+
+        // A dismissed approval no longer counts.
+        let bob = review(15, "bob-gh", "approved", head3, 1_040);
+        deliver_signed(
+            &server,
+            "pull_request_review",
+            "r15-dismissed",
+            &review_event("dismissed", &pr, &bob),
+        );
+        wait_state(&server, "d", "proposed", 1);
+        assert!(reviews(&server, "d").contains(&("bob-gh".into(), false, "dismissed".into())));
+        let again = review(17, "bob-gh", "approved", head3, 1_060);
+        let body = review_event("submitted", &pr, &again);
+        deliver_signed(&server, "pull_request_review", "r17", &body);
+        wait_state(&server, "d", "approved", 2);
+
+        // A redelivery is acknowledged and not applied twice.
+        assert_eq!(
+            deliver(&server, "pull_request_review", "r17", &body, &sign(&body)),
+            200
+        );
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        assert_eq!(audited_reviews(&server, 17), 1, "{backend}");
+
+        // Merged: the approvals bind to the same digest on main, so `d` is ready.
+        let before = repo.main_tip();
+        let merged = repo.merge_pr(1);
+        let mut closed = pr.clone();
+        closed["state"] = json!("closed");
+        closed["merged"] = json!(true);
+        github.state.lock().unwrap().pulls.insert(1, closed.clone());
+        deliver_signed(
+            &server,
+            "pull_request",
+            "pr1-closed",
+            &pull_request_event("closed", &closed, "carol-gh"),
+        );
+        deliver_signed(&server, "push", "push-main", &push_event(before, merged));
+        wait_state(&server, "d", "ready", 2);
+        wait_status(
+            &github,
+            head3,
+            ctx,
+            "success",
+            "approved; ready to run (1 steps)",
+        );
+
+        // The step fails: the status on the pull request says so.
+        let runs = tempfile::tempdir().unwrap();
+        let out = exec_command(&repo, &server, "d", &runs.path().join("runs"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        wait_status(
+            &github,
+            head3,
+            ctx,
+            "failure",
+            "step only failed; dependents refused until retry or abandon",
+        );
+    }
+}
+
+#[test]
+fn the_default_branchs_policies_and_teams_decide_not_the_pull_requests() {
+    let github = FakeGithub::start();
+    github
+        .state
+        .lock()
+        .unwrap()
+        .teams
+        .insert("acme/dba".into(), ["alice-gh".to_string()].into());
+    let repo = origin("approvals:\n  required: 1\n  from: [\"team:acme/dba\"]\n");
+    let base = repo.main_tip();
+    let (server, _db) = start(&repo, "sqlite", &github);
+    // The PR adds `e` and loosens the policy to anyone: that is not in force.
+    let head = repo.push_to_pr(
+        2,
+        &[
+            ("changes/e.yaml", &change("e", "./ok.sh")),
+            ("policies/p.yaml", "approvals:\n  required: 1\n"),
+        ],
+        "carol",
+    );
+    let pr = pull(2, head, base, "carol-gh");
+    deliver_signed(
+        &server,
+        "pull_request",
+        "pr2",
+        &pull_request_event("opened", &pr, "carol-gh"),
+    );
+    let r = review(21, "bob-gh", "approved", head, 2_000);
+    deliver_signed(
+        &server,
+        "pull_request_review",
+        "r21",
+        &review_event("submitted", &pr, &r),
+    );
+    wait_for(
+        || server.get("/api/v1/changes/e", Some("alice-token")).0 == 200,
+        &format!("`e` proposed: {}", server.log()),
+    );
+    wait_for(|| reviews(&server, "e").len() == 1, "bob's review recorded");
+    assert_eq!(
+        reviews(&server, "e"),
+        vec![("bob-gh".into(), false, "not-eligible".into())]
+    );
+    assert_eq!(summary(&server, "e"), ("proposed".into(), 0));
+    let r = review(22, "alice-gh", "approved", head, 2_010);
+    deliver_signed(
+        &server,
+        "pull_request_review",
+        "r22",
+        &review_event("submitted", &pr, &r),
+    );
+    wait_state(&server, "e", "approved", 1);
+    assert!(
+        !github
+            .requests("GET /orgs/acme/teams/dba/memberships/bob-gh")
+            .is_empty(),
+        "membership is looked up through the API"
+    );
+    wait_status(
+        &github,
+        head,
+        "changegate/e",
+        "success",
+        "approved: 1 of 1 approvals (policy p)",
+    );
+}
+
+#[test]
+fn sync_repairs_missed_webhooks_through_paginated_rate_limited_lists() {
+    let github = FakeGithub::start();
+    let repo = origin(POLICY_TWO);
+    let base = repo.main_tip();
+    let (mut server, _database) = start(&repo, "sqlite", &github);
+    // The server reconciles once at start; wait for it, then stop it, so
+    // only `changegate sync` talks to GitHub below.
+    wait_for(
+        || !github.requests("GET /repos/acme/infra/pulls").is_empty(),
+        "the startup sync",
+    );
+    assert!(server.terminate().success());
+    let head = repo.push_to_pr(3, &[("changes/f.yaml", &change("f", "./ok.sh"))], "carol");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    {
+        let mut gh = github.state.lock().unwrap();
+        gh.max_per_page = 2;
+        gh.pulls.insert(3, pull(3, head, base, "carol-gh"));
+        // Five reviews that no webhook ever delivered: three pages of two.
+        gh.reviews.insert(
+            3,
+            vec![
+                review(31, "carol-gh", "approved", head, 3_000),
+                review(32, "dave-gh", "commented", head, 3_010),
+                review(33, "alice-gh", "approved", head, 3_020),
+                review(34, "erin-gh", "commented", head, 3_030),
+                review(35, "bob-gh", "approved", head, 3_040),
+            ],
+        );
+        gh.forced.push_back(Forced {
+            prefix: "GET /repos/acme/infra/pulls/3/reviews".into(),
+            status: 403,
+            headers: vec![
+                ("x-ratelimit-limit".into(), "5000".into()),
+                ("x-ratelimit-remaining".into(), "0".into()),
+                ("x-ratelimit-reset".into(), (now + 2).to_string()),
+            ],
+        });
+        gh.forced.push_back(Forced {
+            prefix: "POST /repos/acme/infra/statuses".into(),
+            status: 429,
+            headers: vec![("retry-after".into(), "1".into())],
+        });
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
+        .arg("--config")
+        .arg(server.config_path())
+        .arg("sync")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 open pull requests; 1 updated; 5 reviews added, 0 updated"),
+        "{}",
+        text(&out)
+    );
+    // Page 1 was refused by the rate limit and asked again after the reset;
+    // then pages 2 and 3 followed the Link header.
+    let pages = github.requests("GET /repos/acme/infra/pulls/3/reviews");
+    assert_eq!(pages.len(), 4, "{pages:?}");
+    assert!(
+        pages[1].1 >= (now as i64 + 2) * 1000,
+        "retried only after the reset: {pages:?}"
+    );
+    assert!(
+        pages[2].0.contains("page=2") && pages[3].0.contains("page=3"),
+        "{pages:?}"
+    );
+    let posts = github.requests("POST /repos/acme/infra/statuses");
+    assert!(
+        posts.len() >= 2 && posts[1].1 - posts[0].1 >= 1000,
+        "429 retried after Retry-After: {posts:?}"
+    );
+    assert_eq!(
+        github
+            .statuses(&head.to_string(), "changegate/f")
+            .last()
+            .unwrap(),
+        &(
+            "success".to_string(),
+            "approved: 2 of 2 approvals (policy p)".to_string()
+        )
+    );
+    // The server sees what sync recorded.
+    server.restart();
+    wait_for(
+        || server.get("/api/v1/changes/f", Some("alice-token")).0 == 200,
+        "f known to the server",
+    );
+    let seen = reviews(&server, "f");
+    assert!(
+        seen.contains(&("carol".into(), false, "author".into())),
+        "{seen:?}"
+    );
+    assert_eq!(seen.iter().filter(|r| r.1).count(), 2, "{seen:?}");
+}
+
+#[test]
+fn a_delivery_acknowledged_before_a_crash_is_applied_after_restart() {
+    let github = FakeGithub::start();
+    let repo = origin(POLICY_TWO);
+    let base = repo.main_tip();
+    let (mut server, database) = start(&repo, "sqlite", &github);
+    // The head is not fetchable yet, so the delivery waits in the inbox.
+    let head = repo.push_to_pr(4, &[("changes/g.yaml", &change("g", "./ok.sh"))], "carol");
+    repo.repo
+        .find_reference("refs/pull/4/head")
+        .unwrap()
+        .delete()
+        .unwrap();
+    let pr = pull(4, head, base, "carol-gh");
+    deliver_signed(
+        &server,
+        "pull_request",
+        "pr4",
+        &pull_request_event("opened", &pr, "carol-gh"),
+    );
+    let outcomes = || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            Store::connect(&database.url)
+                .await
+                .unwrap()
+                .delivery_outcomes()
+                .await
+                .unwrap()
+        })
+    };
+    wait_for(
+        || outcomes().first().is_some_and(|o| o.2 >= 1),
+        "a failed first attempt",
+    );
+    let (_, outcome, _, error) = outcomes().remove(0);
+    assert_eq!(outcome, None, "still waiting to be applied");
+    assert!(error.is_some_and(|e| e.contains(&head.to_string()[..7]) || e.contains("revision")));
+    server.kill9();
+    repo.repo
+        .reference("refs/pull/4/head", head, true, "push")
+        .unwrap();
+    server.restart();
+    wait_for(
+        || server.get("/api/v1/changes/g", Some("alice-token")).0 == 200,
+        "the delivery applied after the restart",
+    );
+    assert_eq!(outcomes()[0].1.as_deref(), Some("applied"));
+    let received = server.get("/api/v1/audit", Some("alice-token")).1;
+    let applied = received
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "github.pull_request")
+        .count();
+    assert_eq!(applied, 1, "applied exactly once");
+}
