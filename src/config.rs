@@ -72,6 +72,15 @@ pub struct GithubConfig {
     /// Attempts per API call on 5xx and rate limits before giving up.
     #[serde(default = "default_api_attempts")]
     pub api_attempts: u32,
+    /// Whether this server applies the inbox, posts statuses and
+    /// reconciles. Set false on replicas that should only accept webhooks
+    /// (every replica stores deliveries; any one may apply them).
+    #[serde(default = "yes")]
+    pub worker: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl GithubConfig {

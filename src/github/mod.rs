@@ -100,6 +100,11 @@ impl Github {
         }))
     }
 
+    /// Whether this server applies deliveries (`github.worker`).
+    pub fn is_worker(&self) -> bool {
+        self.config.worker
+    }
+
     /// Seconds between reconciliations.
     pub fn sync_interval_secs(&self) -> u64 {
         self.config.sync_interval.as_secs()

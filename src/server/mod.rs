@@ -3,6 +3,7 @@
 mod api;
 pub mod auth;
 mod error;
+mod ingest;
 pub mod metrics;
 mod pages;
 pub mod webhooks;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Wakes the GitHub worker when a delivery is stored.
     pub inbox_wake: Arc<tokio::sync::Notify>,
+    /// The inbox's group-commit writer.
+    pub ingest: ingest::Ingest,
 }
 
 #[derive(OpenApi)]
@@ -146,8 +149,11 @@ pub async fn run(
     }
     let addr = listener.local_addr()?;
     let inbox_wake = Arc::new(tokio::sync::Notify::new());
+    let (ingest, ingest_writer) = ingest::Ingest::start(store.clone());
     let background = tokio::spawn(background(config.clone(), engine.clone(), github.clone()));
-    let github_worker = github.map(|g| tokio::spawn(github_worker(g, inbox_wake.clone())));
+    let github_worker = github
+        .filter(|g| g.is_worker())
+        .map(|g| tokio::spawn(github_worker(g, inbox_wake.clone())));
     let metrics = Arc::new(metrics::Metrics::default());
     let delivery = tokio::spawn(crate::alerts::worker(
         store.clone(),
@@ -160,12 +166,14 @@ pub async fn run(
         engine,
         metrics,
         inbox_wake,
+        ingest,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     background.abort();
     delivery.abort();
+    ingest_writer.abort();
     if let Some(worker) = github_worker {
         worker.abort();
     }

@@ -92,12 +92,8 @@ pub async fn github(
             json!({"error": "missing-headers", "detail": "X-GitHub-Delivery and X-GitHub-Event are required"}),
         );
     };
-    match state
-        .engine
-        .store()
-        .store_delivery(&delivery, &event, &body)
-        .await
-    {
+    let prepared = crate::store::PreparedDelivery::new(&delivery, &event, &body);
+    match state.ingest.store(prepared).await {
         Ok(true) => {
             count("accepted");
             state.inbox_wake.notify_one();

@@ -97,6 +97,41 @@ pub struct PendingStatus {
 /// repetitive JSON and shrink several-fold, so each commit writes less.
 const COMPRESS_OVER_BYTES: usize = 4 * 1024;
 
+/// A delivery ready to store: compressed off the write path, so the one
+/// writer only writes.
+#[derive(Debug, Clone)]
+pub struct PreparedDelivery {
+    /// `X-GitHub-Delivery`.
+    pub delivery_id: String,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    /// The payload as stored.
+    stored: Vec<u8>,
+    /// `identity` or `deflate`.
+    encoding: &'static str,
+    /// The raw payload's size.
+    bytes: usize,
+}
+
+impl PreparedDelivery {
+    /// Prepares (compresses) a raw delivery.
+    pub fn new(delivery_id: &str, event: &str, body: &[u8]) -> PreparedDelivery {
+        let (encoding, stored) = encode_body(body);
+        PreparedDelivery {
+            delivery_id: delivery_id.to_string(),
+            event: event.to_string(),
+            stored,
+            encoding,
+            bytes: body.len(),
+        }
+    }
+
+    /// Bytes written for it.
+    pub fn stored_len(&self) -> usize {
+        self.stored.len()
+    }
+}
+
 fn encode_body(body: &[u8]) -> (&'static str, Vec<u8>) {
     use std::io::Write;
     if body.len() <= COMPRESS_OVER_BYTES {
@@ -609,34 +644,36 @@ impl WriteTx {
 }
 
 impl Store {
-    /// Stores a webhook delivery in the inbox, once per delivery id, with
-    /// its audit event. Returns false for a redelivery.
-    pub async fn store_delivery(
+    /// Stores webhook deliveries in the inbox, each once per delivery id
+    /// with its audit event, all in one transaction (one fsync for the
+    /// batch). Returns, per delivery, false for a redelivery.
+    pub async fn store_deliveries(
         &self,
-        delivery_id: &str,
-        event: &str,
-        body: &[u8],
-    ) -> Result<bool, StoreError> {
+        deliveries: &[PreparedDelivery],
+    ) -> Result<Vec<bool>, StoreError> {
         let mut w = self.write().await?;
-        let (encoding, stored_body) = encode_body(body);
-        let stored = sqlx::query("INSERT INTO inbox (delivery_id, event, body, encoding, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (delivery_id) DO NOTHING")
-            .bind(delivery_id)
-            .bind(event)
-            .bind(stored_body)
-            .bind(encoding)
-            .bind(now_ms())
-            .execute(w.conn())
-            .await?
-            .rows_affected()
-            == 1;
-        if stored {
-            w.audit(
-                "github",
-                "webhook.received",
-                None,
-                serde_json::json!({"delivery": delivery_id, "event": event, "bytes": body.len()}),
-            )
-            .await?;
+        let mut stored = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let new = sqlx::query("INSERT INTO inbox (delivery_id, event, body, encoding, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (delivery_id) DO NOTHING")
+                .bind(&d.delivery_id)
+                .bind(&d.event)
+                .bind(&d.stored)
+                .bind(d.encoding)
+                .bind(now_ms())
+                .execute(w.conn())
+                .await?
+                .rows_affected()
+                == 1;
+            if new {
+                w.audit(
+                    "github",
+                    "webhook.received",
+                    None,
+                    serde_json::json!({"delivery": d.delivery_id, "event": d.event, "bytes": d.bytes}),
+                )
+                .await?;
+            }
+            stored.push(new);
         }
         w.commit().await?;
         Ok(stored)

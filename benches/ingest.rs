@@ -1,0 +1,251 @@
+//! Webhook ingest: signed ~30 KB `pull_request_review` deliveries from 64
+//! concurrent clients on loopback, each stored durably (inbox row + audit
+//! event, committed) before its 2xx. Baselines measured in the same run:
+//!
+//! - the same clients and bodies against a no-op axum handler;
+//! - single-row durable SQLite transactions (30 KB blob, WAL,
+//!   `synchronous=FULL`) on the same disk, one after another.
+//!
+//! Set `CHANGEGATE_BENCH_POSTGRES_URL` to also measure Postgres, and
+//! `CHANGEGATE_BENCH_DELIVERIES` to change the count (default 20,000).
+//! See README.md, "Benchmarks".
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+
+const CLIENTS: usize = 64;
+const SECRET: &str = "bench-webhook-secret";
+
+struct Load {
+    bodies: Vec<(String, Vec<u8>, String)>,
+}
+
+fn deliveries(n: usize) -> Load {
+    let fixture = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/github-webhooks/pull_request_review.submitted.json"),
+    )
+    .expect("the shared fixtures beside the repository");
+    let template: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
+    let bodies = (0..n)
+        .map(|i| {
+            let mut v = template.clone();
+            v["review"]["id"] = serde_json::json!(1_000_000 + i);
+            v["review"]["state"] = serde_json::json!("approved");
+            let body = serde_json::to_vec_pretty(&v).unwrap();
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(&body);
+            let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            (format!("bench-{i}"), body, sig)
+        })
+        .collect();
+    Load { bodies }
+}
+
+struct Outcome {
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Sends every delivery from `CLIENTS` concurrent clients; every answer must be 2xx.
+fn drive(url: &str, load: &Load) -> Outcome {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(load.bodies.len())));
+    let bodies = Arc::new(load.bodies.clone());
+    let started = Instant::now();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(CLIENTS)
+            .build()
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let (client, next, latencies, bodies) = (
+                client.clone(),
+                next.clone(),
+                latencies.clone(),
+                bodies.clone(),
+            );
+            let url = format!("{url}/webhooks/github");
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((id, body, sig)) = bodies.get(i) else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    let status = client
+                        .post(&url)
+                        .header("X-GitHub-Event", "pull_request_review")
+                        .header("X-GitHub-Delivery", id)
+                        .header("X-Hub-Signature-256", sig)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    assert!(status.is_success(), "delivery {id}: {status}");
+                    mine.push(t.elapsed());
+                }
+                latencies.lock().unwrap().extend(mine);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let elapsed = started.elapsed();
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort();
+    let pick = |p: f64| l[((l.len() - 1) as f64 * p).round() as usize];
+    Outcome {
+        per_sec: l.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.5),
+        p99: pick(0.99),
+    }
+}
+
+/// A no-op axum handler that reads the body and answers 202.
+fn noop_server(rt: &tokio::runtime::Runtime) -> String {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/webhooks/github",
+        axum::routing::post(|_body: axum::body::Bytes| async { axum::http::StatusCode::ACCEPTED }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// `changegate serve` in-process, storing deliveries (the inbox worker off,
+/// so only ingest is measured).
+fn changegate_server(
+    rt: &tokio::runtime::Runtime,
+    data: &std::path::Path,
+    database_url: &str,
+) -> String {
+    let repo = data.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    support::generate(&repo, 1);
+    let text = format!(
+        "[server]\ndata_dir = {:?}\ndatabase_url = {database_url:?}\n[repo]\nurl = {:?}\n[github]\napi_url = \"http://127.0.0.1:9\"\nrepository = \"acme/infra\"\nwebhook_secret_env = \"CHANGEGATE_BENCH_SECRET\"\nworker = false\n",
+        data, repo
+    );
+    let config = changegate::config::Config::parse(&text).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(changegate::server::run(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::blocking::get(format!("{url}/readyz"))
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    url
+}
+
+/// Single-row durable transactions per second: 30 KB blobs, one commit each.
+fn sqlite_transactions(dir: &std::path::Path, blob: &[u8]) -> f64 {
+    use sqlx::ConnectOptions;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join("raw.db"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+        let mut conn = options.connect().await.unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < Duration::from_secs(3) {
+            sqlx::query("INSERT INTO t (body) VALUES ($1)")
+                .bind(blob)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            n += 1;
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+fn report(label: &str, o: &Outcome, baseline: Option<&Outcome>) {
+    let ratio = baseline.map_or(String::new(), |b| {
+        format!("   {:.2}× the no-op's throughput", o.per_sec / b.per_sec)
+    });
+    println!(
+        "  {label:<34} {:>8.0} /s   p50 {:>6.2} ms   p99 {:>6.2} ms{ratio}",
+        o.per_sec,
+        o.p50.as_secs_f64() * 1000.0,
+        o.p99.as_secs_f64() * 1000.0
+    );
+}
+
+fn main() {
+    // Only `cargo bench` runs this (not `cargo test`'s bench smoke run).
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    std::env::set_var("CHANGEGATE_BENCH_SECRET", SECRET);
+    let n: usize = std::env::var("CHANGEGATE_BENCH_DELIVERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let load = deliveries(n);
+    let size = load.bodies[0].1.len();
+    println!("webhook ingest: {n} signed pull_request_review deliveries of {size} bytes, {CLIENTS} concurrent clients, loopback");
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let noop = drive(&noop_server(&server_rt), &load);
+    report("no-op axum handler", &noop, None);
+    let data = tempfile::tempdir().unwrap();
+    let sqlite = drive(
+        &changegate_server(&server_rt, data.path(), "sqlite://bench.db"),
+        &load,
+    );
+    report("changegate, SQLite (durable)", &sqlite, Some(&noop));
+    if let Ok(pg) = std::env::var("CHANGEGATE_BENCH_POSTGRES_URL") {
+        let pg_data = tempfile::tempdir().unwrap();
+        let postgres = drive(&changegate_server(&server_rt, pg_data.path(), &pg), &load);
+        report("changegate, Postgres (durable)", &postgres, Some(&noop));
+    }
+    let tx = sqlite_transactions(data.path(), &load.bodies[0].1);
+    println!(
+        "  {:<34} {tx:>8.0} /s   (one 30 KB row per commit, same disk)",
+        "single-row SQLite transactions"
+    );
+    println!("  changegate stores {:.1}× the deliveries per second that one transaction per delivery allows", sqlite.per_sec / tx);
+}
