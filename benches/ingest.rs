@@ -211,6 +211,30 @@ fn report(label: &str, o: &Outcome, baseline: Option<&Outcome>) {
     );
 }
 
+/// The round with the median throughput.
+fn median(mut rounds: Vec<Outcome>) -> Outcome {
+    rounds.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+    rounds.swap_remove(rounds.len() / 2)
+}
+
+/// A fresh, empty Postgres database on the server named by `admin_url`.
+fn fresh_postgres(rt: &tokio::runtime::Runtime, admin_url: &str, name: &str) -> String {
+    rt.block_on(async {
+        let admin = changegate::store::Store::connect(admin_url).await.unwrap();
+        admin
+            .execute_raw(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .unwrap();
+        admin
+            .execute_raw(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        admin.close().await;
+    });
+    let (base, _) = admin_url.rsplit_once('/').expect("postgres://host/db");
+    format!("{base}/{name}")
+}
+
 fn main() {
     // Only `cargo bench` runs this (not `cargo test`'s bench smoke run).
     if !std::env::args().any(|a| a == "--bench") {
@@ -221,31 +245,53 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    const ROUNDS: usize = 3;
     let load = deliveries(n);
     let size = load.bodies[0].1.len();
-    println!("webhook ingest: {n} signed pull_request_review deliveries of {size} bytes, {CLIENTS} concurrent clients, loopback");
+    println!("webhook ingest: {n} signed pull_request_review deliveries of {size} bytes, {CLIENTS} concurrent clients, loopback; {ROUNDS} rounds, median shown");
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let noop = drive(&noop_server(&server_rt), &load);
-    report("no-op axum handler", &noop, None);
+    let mut noop = Vec::new();
+    let mut sqlite = Vec::new();
+    let mut postgres = Vec::new();
     let data = tempfile::tempdir().unwrap();
-    let sqlite = drive(
-        &changegate_server(&server_rt, data.path(), "sqlite://bench.db"),
-        &load,
-    );
+    let pg_admin = std::env::var("CHANGEGATE_BENCH_POSTGRES_URL").ok();
+    for round in 0..ROUNDS {
+        noop.push(drive(&noop_server(&server_rt), &load));
+        let dir = data.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        sqlite.push(drive(
+            &changegate_server(&server_rt, &dir, "sqlite://bench.db"),
+            &load,
+        ));
+        if let Some(admin) = &pg_admin {
+            let url = fresh_postgres(&server_rt, admin, &format!("changegate_bench_{round}"));
+            let pg_dir = data.path().join(format!("pg-{round}"));
+            std::fs::create_dir_all(&pg_dir).unwrap();
+            postgres.push(drive(&changegate_server(&server_rt, &pg_dir, &url), &load));
+        }
+    }
+    let noop = median(noop);
+    report("no-op axum handler", &noop, None);
+    let sqlite = median(sqlite);
     report("changegate, SQLite (durable)", &sqlite, Some(&noop));
-    if let Ok(pg) = std::env::var("CHANGEGATE_BENCH_POSTGRES_URL") {
-        let pg_data = tempfile::tempdir().unwrap();
-        let postgres = drive(&changegate_server(&server_rt, pg_data.path(), &pg), &load);
-        report("changegate, Postgres (durable)", &postgres, Some(&noop));
+    if !postgres.is_empty() {
+        report(
+            "changegate, Postgres (durable)",
+            &median(postgres),
+            Some(&noop),
+        );
     }
     let tx = sqlite_transactions(data.path(), &load.bodies[0].1);
     println!(
         "  {:<34} {tx:>8.0} /s   (one 30 KB row per commit, same disk)",
         "single-row SQLite transactions"
     );
-    println!("  changegate stores {:.1}× the deliveries per second that one transaction per delivery allows", sqlite.per_sec / tx);
+    println!(
+        "  changegate stores {:.1}× the deliveries per second that one transaction per delivery allows",
+        sqlite.per_sec / tx
+    );
 }

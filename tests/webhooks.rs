@@ -7,7 +7,7 @@ use changegate::store::Store;
 use common::gate_fixture::*;
 use common::github::FakeGithub;
 use common::server::{self, Server};
-use common::{db, TestRepo};
+use common::{changegate, db, TestRepo};
 use hmac::{Hmac, Mac};
 
 const SECRET: &str = server::GITHUB_SECRET;
@@ -75,16 +75,14 @@ fn signed_deliveries_are_stored_byte_for_byte_once() {
         let repo = simple_repo("true", "");
         let (server, database, _github) = start(&repo, backend);
         let review = fixture("pull_request_review.submitted.approved.atlantis-trimmed.json");
-        assert_eq!(
-            deliver(
-                &server,
-                "pull_request_review",
-                "d-1",
-                &review,
-                &sign(&review)
-            ),
-            202
+        let first = deliver(
+            &server,
+            "pull_request_review",
+            "d-1",
+            &review,
+            &sign(&review),
         );
+        assert_eq!(first, 202, "{backend}: {}", server.log());
         assert_eq!(
             deliver(
                 &server,
@@ -114,8 +112,14 @@ fn signed_deliveries_are_stored_byte_for_byte_once() {
             .unwrap()
             .iter()
             .filter(|e| e["kind"] == "webhook.received")
-            .count();
-        assert_eq!(received, 2);
+            .flat_map(|e| e["data"]["deliveries"].as_array().unwrap().clone())
+            .map(|d| d["delivery"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        assert_eq!(
+            received,
+            ["d-1", "d-2"],
+            "{backend}: each stored delivery is audited once"
+        );
     }
 }
 
@@ -223,4 +227,87 @@ fn a_delivery_acknowledged_before_a_kill_9_is_there_after_restart() {
         200,
         "still deduplicated after the restart"
     );
+}
+
+#[test]
+fn concurrent_deliveries_share_commits_and_each_is_stored_once() {
+    for backend in db::BACKENDS {
+        let repo = simple_repo("true", "");
+        let (server, database, _github) = start(&repo, backend);
+        let body = fixture("check_run.created.json");
+        // 48 deliveries from 16 threads, every third one a redelivery.
+        let codes: Vec<(String, u16)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|t| {
+                    let (server, body) = (&server, &body);
+                    s.spawn(move || {
+                        (0..3)
+                            .map(|i| {
+                                let id = format!("c-{}", (t * 3 + i) % 32);
+                                let code = deliver(server, "check_run", &id, body, &sign(body));
+                                (id, code)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert!(
+            codes.iter().all(|(_, c)| *c == 202 || *c == 200),
+            "{codes:?}"
+        );
+        assert_eq!(
+            codes.iter().filter(|(_, c)| *c == 202).count(),
+            32,
+            "{backend}: one 202 per delivery id"
+        );
+        assert_eq!(inbox(&database).len(), 32);
+        let out = changegate(
+            repo.path(),
+            &[
+                "audit",
+                "verify",
+                "--config",
+                server.config_path().to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{backend}: {}", text(&out));
+    }
+}
+
+#[test]
+fn one_batch_with_a_repeated_delivery_id_stores_it_once() {
+    use changegate::store::PreparedDelivery;
+    for backend in db::BACKENDS {
+        let database = db::fresh(backend);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = Store::connect(&database.url).await.unwrap();
+            store.migrate().await.unwrap();
+            let big = fixture("pull_request_review.submitted.json");
+            let d = |id: &str| PreparedDelivery::new(id, "pull_request_review", &big);
+            assert!(
+                d("x").stored_len() < big.len() / 3,
+                "large payloads are stored deflated"
+            );
+            let stored = store
+                .store_deliveries(vec![d("a"), d("b"), d("a")])
+                .await
+                .unwrap();
+            assert_eq!(stored, [true, true, false], "{backend}");
+            assert_eq!(store.store_deliveries(vec![d("b")]).await.unwrap(), [false]);
+            let inbox = store.inbox().await.unwrap();
+            assert_eq!(inbox.len(), 2);
+            assert_eq!(inbox[0].2, big, "{backend}: decompressed byte for byte");
+            // One audit event for the batch; none for the redelivery.
+            assert_eq!(store.verify_audit().await.unwrap(), Ok(1), "{backend}");
+        });
+    }
 }

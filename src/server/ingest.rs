@@ -49,17 +49,18 @@ impl Ingest {
 async fn writer(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let deliveries: Vec<PreparedDelivery> = batch.iter().map(|j| j.delivery.clone()).collect();
-        match store.store_deliveries(&deliveries).await {
+        let (deliveries, replies): (Vec<PreparedDelivery>, Vec<_>) =
+            batch.drain(..).map(|j| (j.delivery, j.reply)).unzip();
+        match store.store_deliveries(deliveries).await {
             Ok(stored) => {
-                for (job, new) in batch.drain(..).zip(stored) {
-                    let _ = job.reply.send(Ok(new));
+                for (reply, new) in replies.into_iter().zip(stored) {
+                    let _ = reply.send(Ok(new));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, deliveries = batch.len(), "cannot store deliveries");
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(e.to_string()));
+                tracing::error!(error = %e, deliveries = replies.len(), "cannot store deliveries");
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
                 }
             }
         }

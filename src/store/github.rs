@@ -644,36 +644,65 @@ impl WriteTx {
 }
 
 impl Store {
-    /// Stores webhook deliveries in the inbox, each once per delivery id
-    /// with its audit event, all in one transaction (one fsync for the
-    /// batch). Returns, per delivery, false for a redelivery.
+    /// Stores webhook deliveries in the inbox, each once per delivery id,
+    /// in one transaction (one fsync for the batch) with one audit event
+    /// naming them. Returns, per delivery, false for a redelivery.
     pub async fn store_deliveries(
         &self,
-        deliveries: &[PreparedDelivery],
+        deliveries: Vec<PreparedDelivery>,
     ) -> Result<Vec<bool>, StoreError> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut w = self.write().await?;
-        let mut stored = Vec::with_capacity(deliveries.len());
+        // One statement for the batch; RETURNING names the rows inserted.
+        // (`$N` written out: the Any driver's query builder writes `?`,
+        // which Postgres refuses.)
+        let rows: Vec<String> = (0..deliveries.len())
+            .map(|i| {
+                let n = i * 4;
+                format!("(${}, ${}, ${}, ${}, $1)", n + 2, n + 3, n + 4, n + 5)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO inbox (delivery_id, event, body, encoding, received_at) VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
+            rows.join(", ")
+        );
+        let mut insert = sqlx::query(&sql).bind(now_ms());
+        let mut summary = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            let new = sqlx::query("INSERT INTO inbox (delivery_id, event, body, encoding, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (delivery_id) DO NOTHING")
-                .bind(&d.delivery_id)
-                .bind(&d.event)
-                .bind(&d.stored)
-                .bind(d.encoding)
-                .bind(now_ms())
-                .execute(w.conn())
-                .await?
-                .rows_affected()
-                == 1;
-            if new {
-                w.audit(
-                    "github",
-                    "webhook.received",
-                    None,
-                    serde_json::json!({"delivery": d.delivery_id, "event": d.event, "bytes": d.bytes}),
-                )
-                .await?;
-            }
-            stored.push(new);
+            summary.push((d.delivery_id.clone(), d.event.clone(), d.bytes));
+            insert = insert
+                .bind(d.delivery_id)
+                .bind(d.event)
+                .bind(d.stored)
+                .bind(d.encoding);
+        }
+        let mut inserted: BTreeSet<String> = insert
+            .fetch_all(w.conn())
+            .await?
+            .iter()
+            .map(|r| r.try_get("delivery_id"))
+            .collect::<Result<_, _>>()?;
+        // A delivery id twice in one batch: the first one is the new one.
+        let stored: Vec<bool> = summary
+            .iter()
+            .map(|(id, _, _)| inserted.remove(id))
+            .collect();
+        let received: Vec<serde_json::Value> = summary
+            .iter()
+            .zip(&stored)
+            .filter(|(_, new)| **new)
+            .map(|((id, event, bytes), _)| serde_json::json!({"delivery": id, "event": event, "bytes": bytes}))
+            .collect();
+        if !received.is_empty() {
+            w.audit(
+                "github",
+                "webhook.received",
+                None,
+                serde_json::json!({"deliveries": received}),
+            )
+            .await?;
         }
         w.commit().await?;
         Ok(stored)
