@@ -455,6 +455,7 @@ fn sync_repairs_missed_webhooks_through_paginated_rate_limited_lists() {
         .arg("--config")
         .arg(server.config_path())
         .arg("sync")
+        .env("CG_TEST_GH_TOKEN", API_TOKEN)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -563,4 +564,55 @@ fn a_delivery_acknowledged_before_a_crash_is_applied_after_restart() {
         .filter(|e| e["kind"] == "github.pull_request")
         .count();
     assert_eq!(applied, 1, "applied exactly once");
+}
+
+#[test]
+fn a_github_app_mints_an_installation_token_and_uses_it() {
+    let github = FakeGithub::start();
+    {
+        let mut gh = github.state.lock().unwrap();
+        gh.app = Some((1234, 42));
+        gh.token = "ghs_installation_token_from_the_app".into();
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("app.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let repo = origin(POLICY_TWO);
+    let base = repo.main_tip();
+    let database = db::fresh("sqlite");
+    // The plain token the other tests use is not accepted here: only the
+    // installation token works, so every call below proves the App flow.
+    let section = github.config_section().replace(
+        "token_env = \"CG_TEST_GH_TOKEN\"\n",
+        &format!("app_id = 1234\ninstallation_id = 42\nprivate_key_path = {key:?}\n"),
+    );
+    let server = server::start_with(repo.path(), &database.url, &tokens(), "", &section);
+    let head = repo.push_to_pr(5, &[("changes/h.yaml", &change("h", "./ok.sh"))], "carol");
+    let pr = pull(5, head, base, "carol-gh");
+    deliver_signed(
+        &server,
+        "pull_request",
+        "pr5",
+        &pull_request_event("opened", &pr, "carol-gh"),
+    );
+    wait_status(
+        &github,
+        head,
+        "changegate/h",
+        "pending",
+        "0 of 2 approvals (policy p)",
+    );
+    let claims = github.state.lock().unwrap().jwt_claims.clone();
+    assert!(!claims.is_empty(), "an installation token was minted");
+    assert!(claims[0]["exp"].as_i64().unwrap() > claims[0]["iat"].as_i64().unwrap());
+    assert!(
+        !server.log().contains("ghs_installation_token_from_the_app"),
+        "the token never reaches the log"
+    );
 }

@@ -46,6 +46,33 @@ pub struct State {
     pub requests: Vec<(String, i64)>,
     /// The largest page served (GitHub caps `per_page` at 100).
     pub max_per_page: usize,
+    /// The bearer token API calls must carry (a plain token, or the
+    /// installation token minted for the App).
+    pub token: String,
+    /// A GitHub App: (app id, installation id) that may mint `token`.
+    pub app: Option<(u64, u64)>,
+    /// JWT claims presented to mint installation tokens.
+    pub jwt_claims: Vec<Value>,
+}
+
+/// The token test servers get in `CG_TEST_GH_TOKEN`.
+pub const API_TOKEN: &str = "gh-test-token";
+
+/// The claims of a JWT (unverified: the fake only checks their shape).
+fn jwt_claims(token: &str) -> Option<Value> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let header = parts.next()?;
+    let claims = parts.next()?;
+    parts.next()?;
+    let decode = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .ok()
+    };
+    let header: Value = serde_json::from_slice(&decode(header)?).ok()?;
+    (header["alg"] == "RS256").then_some(())?;
+    serde_json::from_slice(&decode(claims)?).ok()
 }
 
 /// The running fake.
@@ -149,6 +176,42 @@ impl Respond for Api {
         }
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let repo: Vec<&str> = REPOSITORY.split('/').collect();
+        let bearer = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_string();
+        if let ("POST", ["app", "installations", id, "access_tokens"]) =
+            (req.method.as_str(), parts.as_slice())
+        {
+            let Some((app, installation)) = state.app else {
+                return not_found();
+            };
+            let claims = jwt_claims(&bearer);
+            let iss_ok = claims
+                .as_ref()
+                .is_some_and(|c| c["iss"] == app.to_string() || c["iss"] == app);
+            if !iss_ok || id.parse::<u64>().ok() != Some(installation) {
+                return ResponseTemplate::new(401)
+                    .set_body_json(json!({"message": "A JSON web token could not be decoded"}));
+            }
+            state.jwt_claims.push(claims.unwrap());
+            let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+            return ResponseTemplate::new(201).set_body_json(json!({
+                "token": state.token,
+                "expires_at": expires.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "permissions": {"statuses": "write", "pull_requests": "read", "members": "read"},
+                "repository_selection": "selected",
+            }));
+        }
+        if bearer != state.token {
+            return ResponseTemplate::new(401).set_body_json(json!({
+                "message": "Bad credentials",
+                "documentation_url": "https://docs.github.com/rest"
+            }));
+        }
         match (req.method.as_str(), parts.as_slice()) {
             ("GET", ["repos", o, n, "pulls"]) if [*o, *n] == repo[..] => {
                 let wanted = req
@@ -225,6 +288,7 @@ impl FakeGithub {
             .unwrap();
         let state = Arc::new(Mutex::new(State {
             max_per_page: 100,
+            token: API_TOKEN.into(),
             ..State::default()
         }));
         let base = Arc::new(Mutex::new(String::new()));
@@ -251,7 +315,7 @@ impl FakeGithub {
     /// The `[github]` section pointing at this fake.
     pub fn config_section(&self) -> String {
         format!(
-            "[github]\napi_url = {:?}\nrepository = {REPOSITORY:?}\nwebhook_secret_env = \"CG_TEST_GH_SECRET\"\nsync_interval = \"1h\"\nteam_ttl = \"1h\"\n",
+            "[github]\napi_url = {:?}\nrepository = {REPOSITORY:?}\ntoken_env = \"CG_TEST_GH_TOKEN\"\nwebhook_secret_env = \"CG_TEST_GH_SECRET\"\nsync_interval = \"1h\"\nteam_ttl = \"1h\"\n",
             self.url
         )
     }

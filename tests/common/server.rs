@@ -128,6 +128,7 @@ impl Server {
             .env("CG_TEST_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("CG_TEST_PD_KEY", PAGERDUTY_KEY)
             .env("CG_TEST_GH_SECRET", GITHUB_SECRET)
+            .env("CG_TEST_GH_TOKEN", super::github::API_TOKEN)
             .env_remove("CHANGEGATE_DATABASE_URL")
             .env_remove("CHANGEGATE_CONFIG")
             .stdout(Stdio::null())
