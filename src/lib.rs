@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod executor;
+pub mod fuzzing;
 pub mod gate;
 pub mod git;
 pub mod github;

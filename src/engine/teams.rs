@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 
 use crate::gate::Teams;
 
+/// (org, slug, login).
+type Key = (String, String, String);
+
 /// (org, slug, login) → (member, when looked up).
 #[derive(Debug, Default)]
 pub struct TeamCache {
-    entries: RwLock<HashMap<(String, String, String), (bool, Instant)>>,
+    entries: RwLock<HashMap<Key, (bool, Instant)>>,
 }
 
 impl TeamCache {

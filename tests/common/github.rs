@@ -190,9 +190,9 @@ impl Respond for Api {
                 return not_found();
             };
             let claims = jwt_claims(&bearer);
-            let iss_ok = claims
-                .as_ref()
-                .is_some_and(|c| c["iss"] == app.to_string() || c["iss"] == app);
+            let iss_ok = claims.as_ref().is_some_and(|c| {
+                c["iss"].as_str() == Some(app.to_string().as_str()) || c["iss"] == app
+            });
             if !iss_ok || id.parse::<u64>().ok() != Some(installation) {
                 return ResponseTemplate::new(401)
                     .set_body_json(json!({"message": "A JSON web token could not be decoded"}));
