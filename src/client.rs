@@ -35,6 +35,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Worth trying again: the server was unreachable, or answered 503
+    /// (its database is down).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Http { .. } | ClientError::Refused { status: 503, .. }
+        )
+    }
+
     /// The refusal's reason word, when the server refused.
     pub fn reason(&self) -> Option<&str> {
         match self {

@@ -59,27 +59,32 @@ fn checkout_digest(dir: &Path, id: &str) -> Result<(Digest, std::path::PathBuf),
     Ok((Digest::of(&covered), workdir))
 }
 
+/// How long `exec` keeps trying to report: longer than a server restart or
+/// a database failover, so a step's outcome is not lost to one. (If the
+/// lease expires meanwhile, the step is `interrupted` and the report is
+/// recorded as late.)
+const REPORT_PATIENCE: Duration = Duration::from_secs(120);
+
 fn report_with_retries(
     client: &Client,
     attempt: &str,
     report: &Report,
 ) -> Result<serde_json::Value, ClientError> {
+    let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(200);
-    let mut last = None;
-    for _ in 0..5 {
+    loop {
         match client.report(attempt, report) {
             Ok(v) => return Ok(v),
-            // Reports are idempotent, so a retry after a lost answer is safe.
-            Err(e @ ClientError::Http { .. }) => {
-                eprintln!("  report failed ({e}); retrying");
-                last = Some(e);
+            // Reports are idempotent, so a retry after a lost answer is
+            // safe: unreachable, or 503 while the database is down.
+            Err(e) if e.is_transient() && started.elapsed() < REPORT_PATIENCE => {
+                eprintln!("  report failed ({e}); retrying in {delay:?}");
                 std::thread::sleep(delay);
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
     }
-    Err(last.expect("at least one try"))
 }
 
 pub(super) fn exec(id: &str, keep_going: bool, dir: &Path, label: Option<&str>) -> u8 {

@@ -31,6 +31,8 @@ pub struct Server {
     cwd: PathBuf,
     /// Whether to pass `--config`; without it `serve` finds its own.
     explicit_config: bool,
+    /// A fixed listen address for restarts, instead of a free port.
+    listen: Option<String>,
 }
 
 /// Writes a config with these tokens and starts a server on a free port.
@@ -74,6 +76,7 @@ pub fn start_with(
         config,
         cwd: repo.to_path_buf(),
         explicit_config: true,
+        listen: None,
     };
     server.restart();
     server
@@ -91,6 +94,7 @@ pub fn start_as_new_user(cwd: &std::path::Path) -> Server {
         config,
         cwd: cwd.to_path_buf(),
         explicit_config: false,
+        listen: None,
     };
     server.restart();
     server
@@ -123,6 +127,9 @@ impl Server {
             cmd.arg("--config").arg(&self.config);
         } else {
             cmd.env("CHANGEGATE_LISTEN", "127.0.0.1:0");
+        }
+        if let Some(listen) = &self.listen {
+            cmd.env("CHANGEGATE_LISTEN", listen);
         }
         let child = cmd
             .env("CG_TEST_WEBHOOK_SECRET", WEBHOOK_SECRET)
@@ -176,6 +183,13 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Restarts on `port`, the port it had, so clients holding the URL
+    /// (a running `exec`) reach it again.
+    pub fn restart_on(&mut self, port: &str) {
+        self.listen = Some(format!("127.0.0.1:{port}"));
+        self.restart();
     }
 
     /// SIGKILL: no shutdown, no flush.
