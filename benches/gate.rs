@@ -3,7 +3,8 @@
 //! 1. Per-step executor overhead: `changegate exec` of a step whose command
 //!    is `true`, against `sh -c true` and one HTTP round trip to `/healthz`.
 //! 2. `GET /api/v1/changes/{id}` (approval status, steps, blockers) with
-//!    10,000 changes and 100,000 recorded approvals: p50 and p99.
+//!    1,000 and 10,000 changes (`CHANGEGATE_BENCH_CHANGES`, e.g.
+//!    `1000,10000,100000`) and ten GitHub reviews each: p50 and p99.
 //!
 //! The server runs in-process on a temp SQLite. See README.md, "Benchmarks".
 
@@ -161,17 +162,15 @@ fn exec_overhead(runtime: &tokio::runtime::Runtime) {
     );
 }
 
-fn status_latency(runtime: &tokio::runtime::Runtime) {
-    let changes: usize = std::env::var("CHANGEGATE_BENCH_CHANGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let approvals_per_change = 10;
+/// Approval status (`GET /api/v1/changes/{id}`) with `changes` changes and
+/// ten GitHub reviews each (one merged pull request per change, reviews
+/// bound through the digest at their commit), inserted in bulk.
+fn status_latency(runtime: &tokio::runtime::Runtime, changes: usize) {
+    let reviews_per_change = 10;
     let repo = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     support::generate(repo.path(), changes);
     let url = start_server(repo.path(), data.path(), runtime);
-    // 100,000 recorded approvals, inserted in bulk behind the server's back.
     let store = runtime
         .block_on(changegate::store::Store::connect(&format!(
             "sqlite://{}",
@@ -190,19 +189,33 @@ fn status_latency(runtime: &tokio::runtime::Runtime) {
             )
         })
         .collect();
-    for chunk in digests.chunks(500) {
-        let mut sql = String::from(
-            "INSERT INTO api_approvals (change_id, approver, digest, comment, created_at) VALUES ",
-        );
-        let rows: Vec<String> = chunk
-            .iter()
-            .flat_map(|(id, d)| {
-                (0..approvals_per_change)
-                    .map(move |k| format!("('{id}', 'reviewer-{k}', '{d}', '', {k})"))
-            })
-            .collect();
-        sql.push_str(&rows.join(","));
-        runtime.block_on(store.execute_raw(&sql)).unwrap();
+    for (n, chunk) in digests.chunks(500).enumerate() {
+        let numbered = chunk.iter().enumerate().map(|(j, c)| (n * 500 + j, c));
+        let mut prs = Vec::new();
+        let mut touched = Vec::new();
+        let mut digest_rows = Vec::new();
+        let mut reviews = Vec::new();
+        for (i, (id, d)) in numbered {
+            prs.push(format!(
+                "({i}, 'c{i}', 'main', '', 'closed', TRUE, 'author-{i}', 0)"
+            ));
+            touched.push(format!("({i}, '{id}', '{d}')"));
+            digest_rows.push(format!("('c{i}', '{id}', '{d}')"));
+            for k in 0..reviews_per_change {
+                reviews.push(format!(
+                    "({}, {i}, 'reviewer-{k}', 'approved', 'c{i}', {k}, FALSE)",
+                    i * reviews_per_change + k
+                ));
+            }
+        }
+        for sql in [
+            format!("INSERT INTO pull_requests (number, head_sha, base_ref, base_sha, state, merged, opener, updated_at) VALUES {}", prs.join(",")),
+            format!("INSERT INTO pr_changes (pr_number, change_id, digest) VALUES {}", touched.join(",")),
+            format!("INSERT INTO commit_digests (commit_sha, change_id, digest) VALUES {}", digest_rows.join(",")),
+            format!("INSERT INTO reviews (review_id, pr_number, reviewer, state, commit_sha, submitted_at, dismissed) VALUES {}", reviews.join(",")),
+        ] {
+            runtime.block_on(store.execute_raw(&sql)).unwrap();
+        }
     }
     let client = Client::new(&url, "alice-token");
     let mut times = Vec::new();
@@ -213,16 +226,13 @@ fn status_latency(runtime: &tokio::runtime::Runtime) {
         times.push(t.elapsed());
         assert_eq!(
             status["approvals"]["reviews"].as_array().unwrap().len(),
-            approvals_per_change
+            reviews_per_change
         );
     }
     times.sort();
     println!(
-        "GET /api/v1/changes/{{id}} with {changes} changes and {} approvals (2000 requests, one keep-alive client):",
-        changes * approvals_per_change
-    );
-    println!(
-        "  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        "  {changes:>7} changes, {:>9} reviews: p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        changes * reviews_per_change,
         ms(percentile(&times, 0.5)),
         ms(percentile(&times, 0.99)),
         ms(*times.last().unwrap())
@@ -236,5 +246,13 @@ fn main() {
         .build()
         .unwrap();
     exec_overhead(&runtime);
-    status_latency(&runtime);
+    let sizes: Vec<usize> = std::env::var("CHANGEGATE_BENCH_CHANGES")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("CHANGEGATE_BENCH_CHANGES: numbers"))
+        .collect();
+    println!("GET /api/v1/changes/{{id}}, 10 GitHub reviews per change (2000 requests, one keep-alive client):");
+    for changes in sizes {
+        status_latency(&runtime, changes);
+    }
 }

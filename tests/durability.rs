@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::server::{self, TestToken};
-use common::{changegate, db, simple_change, TestRepo};
+use common::{db, simple_change, TestRepo};
 use serde_json::json;
 
 const WRITERS: usize = 4;
@@ -88,15 +88,7 @@ fn every_acknowledged_write_survives_kill_9_and_the_chain_verifies() {
                 "{backend}: acknowledged approval by {name} was lost"
             );
         }
-        let out = changegate(
-            repo.path(),
-            &[
-                "audit",
-                "verify",
-                "--config",
-                server.config_path().to_str().unwrap(),
-            ],
-        );
+        let out = server.audit_verify();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

@@ -39,18 +39,6 @@ fn origin(policy: &str) -> TestRepo {
     repo
 }
 
-fn start(repo: &TestRepo, backend: &str, github: &FakeGithub) -> (Server, db::TestDatabase) {
-    let database = db::fresh(backend);
-    let server = server::start_with(
-        repo.path(),
-        &database.url,
-        &tokens(),
-        "",
-        &github.config_section(),
-    );
-    (server, database)
-}
-
 fn status(server: &Server, id: &str) -> Value {
     let (code, body) = server.get(&format!("/api/v1/changes/{id}"), Some("alice-token"));
     assert_eq!(code, 200, "{body}");
@@ -127,7 +115,7 @@ fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
         let github = FakeGithub::start();
         let repo = origin(POLICY_TWO);
         let base = repo.main_tip();
-        let (server, _db) = start(&repo, backend, &github);
+        let (server, _db) = start_server(&repo, backend, &github);
         let ctx = "changegate/d";
 
         // Carol opens PR #1 adding change `d`.
@@ -346,7 +334,7 @@ fn the_default_branchs_policies_and_teams_decide_not_the_pull_requests() {
         .insert("acme/dba".into(), ["alice-gh".to_string()].into());
     let repo = origin("approvals:\n  required: 1\n  from: [\"team:acme/dba\"]\n");
     let base = repo.main_tip();
-    let (server, _db) = start(&repo, "sqlite", &github);
+    let (server, _db) = start_server(&repo, "sqlite", &github);
     // The PR adds `e` and loosens the policy to anyone: that is not in force.
     let head = repo.push_to_pr(
         2,
@@ -408,7 +396,7 @@ fn sync_repairs_missed_webhooks_through_paginated_rate_limited_lists() {
     let github = FakeGithub::start();
     let repo = origin(POLICY_TWO);
     let base = repo.main_tip();
-    let (mut server, _database) = start(&repo, "sqlite", &github);
+    let (mut server, _database) = start_server(&repo, "sqlite", &github);
     // The server reconciles once at start; wait for it, then stop it, so
     // only `changegate sync` talks to GitHub below.
     wait_for(
@@ -510,7 +498,7 @@ fn a_delivery_acknowledged_before_a_crash_is_applied_after_restart() {
     let github = FakeGithub::start();
     let repo = origin(POLICY_TWO);
     let base = repo.main_tip();
-    let (mut server, database) = start(&repo, "sqlite", &github);
+    let (mut server, database) = start_server(&repo, "sqlite", &github);
     // The head is not fetchable yet, so the delivery waits in the inbox.
     let head = repo.push_to_pr(4, &[("changes/g.yaml", &change("g", "./ok.sh"))], "carol");
     repo.repo

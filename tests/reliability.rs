@@ -16,10 +16,10 @@ use std::sync::{Mutex, RwLock};
 
 use changegate::engine::{Outcome, Report};
 use changegate::store::Store;
+use common::db;
 use common::gate_fixture::*;
 use common::github::*;
 use common::server;
-use common::{changegate, db};
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -233,15 +233,7 @@ fn webhook_load_with_forgeries_redeliveries_and_three_kill_9s_loses_and_forges_n
         applied.values().all(|n| *n == 1),
         "each delivery applied once: {applied:?}"
     );
-    let out = changegate(
-        repo.path(),
-        &[
-            "audit",
-            "verify",
-            "--config",
-            server.config_path().to_str().unwrap(),
-        ],
-    );
+    let out = server.audit_verify();
     assert!(out.status.success(), "{}", text(&out));
     let kills = server.log().matches("\"message\":\"listening\"").count();
     assert_eq!(kills, 4, "three restarts happened");

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::server::{self, TestToken};
-use common::{changegate, db, simple_change, TestRepo};
+use common::{db, simple_change, TestRepo};
 use serde_json::json;
 
 const IDENTITIES: usize = 100;
@@ -114,15 +114,7 @@ fn two_replicas_never_both_win_a_conflict_and_the_chain_stays_linear() {
         (1..=(IDENTITIES as i64 + 2)).collect::<Vec<_>>(),
         "one linear chain, no gaps, no forks"
     );
-    let out = changegate(
-        repo.path(),
-        &[
-            "audit",
-            "verify",
-            "--config",
-            r1.config_path().to_str().unwrap(),
-        ],
-    );
+    let out = r1.audit_verify();
     assert!(
         out.status.success(),
         "{}",

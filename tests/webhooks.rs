@@ -5,12 +5,9 @@ mod common;
 
 use changegate::store::Store;
 use common::gate_fixture::*;
-use common::github::FakeGithub;
-use common::server::{self, Server};
-use common::{changegate, db, TestRepo};
-use hmac::{Hmac, Mac};
-
-const SECRET: &str = server::GITHUB_SECRET;
+use common::github::{deliver, sign, start_server, FakeGithub};
+use common::server::Server;
+use common::{db, TestRepo};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -21,36 +18,9 @@ fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn deliver(server: &Server, event: &str, delivery: &str, body: &[u8], signature: &str) -> u16 {
-    reqwest::blocking::Client::new()
-        .post(format!("{}/webhooks/github", server.url))
-        .header("X-GitHub-Event", event)
-        .header("X-GitHub-Delivery", delivery)
-        .header("X-Hub-Signature-256", signature)
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .send()
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 fn start(repo: &TestRepo, backend: &str) -> (Server, db::TestDatabase, FakeGithub) {
     let github = FakeGithub::start();
-    let database = db::fresh(backend);
-    let server = server::start_with(
-        repo.path(),
-        &database.url,
-        &tokens(),
-        "",
-        &github.config_section(),
-    );
+    let (server, database) = start_server(repo, backend, &github);
     (server, database, github)
 }
 
@@ -266,15 +236,7 @@ fn concurrent_deliveries_share_commits_and_each_is_stored_once() {
             "{backend}: one 202 per delivery id"
         );
         assert_eq!(inbox(&database).len(), 32);
-        let out = changegate(
-            repo.path(),
-            &[
-                "audit",
-                "verify",
-                "--config",
-                server.config_path().to_str().unwrap(),
-            ],
-        );
+        let out = server.audit_verify();
         assert!(out.status.success(), "{backend}: {}", text(&out));
     }
 }

@@ -235,6 +235,25 @@ impl Engine {
         Ok((world, breaker))
     }
 
+    /// What a decision about one change sees.
+    fn world<'a>(
+        &'a self,
+        view: &'a RepoView,
+        read: &'a WorldFacts,
+        breaker: &'a Breaker,
+        now: i64,
+    ) -> World<'a> {
+        World {
+            config: &self.config,
+            view,
+            dependency_facts: &read.others,
+            locks: &read.locks,
+            breaker,
+            now,
+            teams: &self.teams,
+        }
+    }
+
     /// Everything decided about one change, or `None` if unknown.
     pub async fn status(&self, id: &str) -> Result<Option<ChangeStatus>, EngineError> {
         let view = self.view();
@@ -242,15 +261,7 @@ impl Engine {
             return Ok(None);
         }
         let (read, breaker) = self.world_facts(None, &view, id).await?;
-        let world = World {
-            config: &self.config,
-            view: &view,
-            dependency_facts: &read.others,
-            locks: &read.locks,
-            breaker: &breaker,
-            now: now_ms(),
-            teams: &self.teams,
-        };
+        let world = self.world(&view, &read, &breaker, now_ms());
         Ok(Some(status_of(&world, id, &read.facts, None)))
     }
 
@@ -270,15 +281,7 @@ impl Engine {
             return Ok(None);
         };
         let (read, breaker) = self.world_facts(None, &view, id).await?;
-        let world = World {
-            config: &self.config,
-            view: &view,
-            dependency_facts: &read.others,
-            locks: &read.locks,
-            breaker: &breaker,
-            now: now_ms(),
-            teams: &self.teams,
-        };
+        let world = self.world(&view, &read, &breaker, now_ms());
         Ok(Some(view::approval_of(
             &world,
             &p.change,
@@ -353,15 +356,7 @@ impl Engine {
         let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
         let facts = &read.facts;
         let now = now_ms();
-        let world = World {
-            config: &self.config,
-            view: &view,
-            dependency_facts: &read.others,
-            locks: &read.locks,
-            breaker: &breaker,
-            now,
-            teams: &self.teams,
-        };
+        let world = self.world(&view, &read, &breaker, now);
         let (decision, _) = view::decide_claim(&world, id, facts, digest);
         let next = match decision {
             Ok(next) => next,

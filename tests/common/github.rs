@@ -12,8 +12,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use super::server::{Server, GITHUB_SECRET};
-use super::TestRepo;
+use super::server::{self, Server, GITHUB_SECRET};
+use super::{db, TestRepo};
 
 /// The repository the fake serves.
 pub const REPOSITORY: &str = "acme/infra";
@@ -358,6 +358,24 @@ fn fixture(name: &str) -> Value {
     )
     .unwrap();
     serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A server on `repo` and a fresh `backend` database, with `[github]`
+/// pointing at `github` and the gate fixture's identities.
+pub fn start_server(
+    repo: &TestRepo,
+    backend: &str,
+    github: &FakeGithub,
+) -> (Server, db::TestDatabase) {
+    let database = db::fresh(backend);
+    let server = server::start_with(
+        repo.path(),
+        &database.url,
+        &super::gate_fixture::tokens(),
+        "",
+        &github.config_section(),
+    );
+    (server, database)
 }
 
 /// A pull request in GitHub's shape (from the `pull_request.opened` fixture).

@@ -192,6 +192,15 @@ impl Server {
         self.restart();
     }
 
+    /// `changegate audit verify` against this server's database.
+    pub fn audit_verify(&self) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_changegate"))
+            .args(["audit", "verify", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

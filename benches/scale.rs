@@ -1,0 +1,142 @@
+//! How cost grows with the repository, at 1,000 and 10,000 (and, with
+//! `CHANGEGATE_BENCH_SIZES=1000,10000,100000`, 100,000):
+//!
+//! - **startup**: `changegate serve` (the release binary, a process of its
+//!   own, fresh SQLite) from spawn until `/readyz` answers 200, with N
+//!   change sets on `main`;
+//! - **memory**: that process's resident set once idle;
+//! - **digest**: `changegate digest` of one change in a repository of N
+//!   files (median of 10 runs).
+//!
+//! See README.md, "Benchmarks".
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (seconds until ready, idle RSS in MiB) for `serve` on `repo`.
+fn startup(repo: &Path) -> (f64, f64) {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = data.path().join("changegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[repo]\nurl = {:?}\n",
+            data.path(),
+            repo
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_changegate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("CHANGEGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let client = reqwest::blocking::Client::new();
+    while client
+        .get(&url)
+        .send()
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "serve never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ready = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = rss_kib(child.id(), "VmRSS") as f64 / 1024.0;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (ready, rss)
+}
+
+/// A repository of `files` files, one change set covering two of them.
+fn files_repo(dir: &Path, files: usize) {
+    git2::Repository::init(dir).unwrap();
+    for i in 0..files {
+        let path = dir.join(format!("data/{:03}/file-{i:06}.txt", i % 1000));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, format!("{i}\n")).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("changes")).unwrap();
+    std::fs::write(dir.join("apply.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::write(
+        dir.join("changes/one.yaml"),
+        "title: one\nkind: config\ntargets: [a]\nsteps:\n  - id: s\n    run: ./apply.sh ./data/000/file-000000.txt\n",
+    )
+    .unwrap();
+    support::commit_all(dir);
+}
+
+fn digest_median(repo: &Path) -> f64 {
+    let mut times: Vec<f64> = (0..10)
+        .map(|_| {
+            let t = Instant::now();
+            let out = Command::new(env!("CARGO_BIN_EXE_changegate"))
+                .args(["digest", "one", "--repo"])
+                .arg(repo)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("CHANGEGATE_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("CHANGEGATE_BENCH_SIZES: numbers"))
+        .collect();
+    println!(
+        "{:>8}  {:>14}  {:>12}  {:>20}",
+        "N", "startup (s)", "idle RSS", "digest, N files"
+    );
+    for n in sizes {
+        let changes = tempfile::tempdir().unwrap();
+        support::generate(changes.path(), n);
+        let (ready, rss) = startup(changes.path());
+        let files = tempfile::tempdir().unwrap();
+        files_repo(files.path(), n);
+        let digest = digest_median(files.path());
+        println!("{n:>8}  {ready:>14.2}  {rss:>8.1} MiB  {digest:>17.2} ms");
+    }
+}
