@@ -167,6 +167,55 @@ fn changegate_server(
     url
 }
 
+/// `serve` as a process of its own, with 10,000 change sets on `main`:
+/// (idle RSS, peak RSS under one round of the load), in MiB.
+fn memory_under_load(load: &Load) -> (f64, f64) {
+    let data = tempfile::tempdir().unwrap();
+    let repo = data.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    support::generate(&repo, 10_000);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = data.path().join("changegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[repo]\nurl = {:?}\n[github]\napi_url = \"http://127.0.0.1:9\"\nrepository = \"acme/infra\"\nwebhook_secret_env = \"CHANGEGATE_BENCH_SECRET\"\nworker = false\n",
+            data.path(),
+            repo
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("CHANGEGATE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while reqwest::blocking::get(format!("{url}/readyz")).map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let kib = |field: &str| -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap()
+    };
+    let idle = kib("VmRSS") / 1024.0;
+    drive(&url, load);
+    let peak = kib("VmHWM") / 1024.0;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (idle, peak)
+}
+
 /// Single-row durable transactions per second: 30 KB blobs, one commit each.
 fn sqlite_transactions(dir: &std::path::Path, blob: &[u8]) -> f64 {
     use sqlx::ConnectOptions;
@@ -294,4 +343,6 @@ fn main() {
         "  changegate stores {:.1}× the deliveries per second that one transaction per delivery allows",
         sqlite.per_sec / tx
     );
+    let (idle, peak) = memory_under_load(&load);
+    println!("  serve RSS with 10,000 change sets: {idle:.1} MiB idle, {peak:.1} MiB peak under this load (SQLite)");
 }
