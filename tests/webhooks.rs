@@ -160,10 +160,24 @@ fn unknown_events_are_acknowledged_and_recorded() {
                     .unwrap()
             })
     };
-    wait_for(|| outcomes()[0].1.is_some(), "the delivery to be processed");
-    let (_, outcome, _, why) = outcomes().remove(0);
+    // A signed delivery that is not JSON is rejected with the reason, not retried.
+    let garbage = b"{\"action\": \"opened\", \"pull_request\": ";
+    assert_eq!(
+        deliver(&server, "pull_request", "u-2", garbage, &sign(garbage)),
+        202
+    );
+    wait_for(
+        || outcomes().iter().all(|o| o.1.is_some()),
+        "the deliveries to be processed",
+    );
+    let all = outcomes();
+    let (_, outcome, _, why) = &all[0];
     assert_eq!(outcome.as_deref(), Some("ignored"));
-    assert!(why.unwrap().contains("check_run"));
+    assert!(why.as_deref().unwrap().contains("check_run"));
+    let (_, outcome, attempts, why) = &all[1];
+    assert_eq!(outcome.as_deref(), Some("rejected"));
+    assert_eq!(*attempts, 0, "a payload that cannot parse is not retried");
+    assert!(why.as_deref().unwrap().contains("line 1"), "{why:?}");
     let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
         .unwrap()
         .text()

@@ -117,9 +117,10 @@ impl Github {
     ) -> Result<T, SyncError> {
         let _one_at_a_time = self.git.lock().await;
         let mirror = self.mirror.clone();
-        Ok(tokio::task::spawn_blocking(move || work(&mirror))
+        tokio::task::spawn_blocking(move || work(&mirror))
             .await
-            .expect("git work does not panic")?)
+            .map_err(|e| GitError::Git(git2::Error::from_str(&format!("git work stopped: {e}"))))?
+            .map_err(SyncError::from)
     }
 
     /// Fetches the default branch and every pull request head, then re-reads.
