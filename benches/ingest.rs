@@ -174,7 +174,11 @@ fn memory_under_load(load: &Load) -> (f64, f64) {
     let repo = data.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     support::generate(&repo, 10_000);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = data.path().join("changegate.toml");
     std::fs::write(
         &config,
@@ -195,7 +199,10 @@ fn memory_under_load(load: &Load) -> (f64, f64) {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(300);
-    while reqwest::blocking::get(format!("{url}/readyz")).map(|r| r.status() != 200).unwrap_or(true) {
+    while reqwest::blocking::get(format!("{url}/readyz"))
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
         assert!(Instant::now() < deadline, "serve did not start");
         std::thread::sleep(Duration::from_millis(20));
     }

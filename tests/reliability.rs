@@ -237,6 +237,18 @@ fn webhook_load_with_forgeries_redeliveries_and_three_kill_9s_loses_and_forges_n
     assert!(out.status.success(), "{}", text(&out));
     let kills = server.log().matches("\"message\":\"listening\"").count();
     assert_eq!(kills, 4, "three restarts happened");
+    let refused_while_down = answers
+        .values()
+        .map(|c| c.iter().filter(|c| **c == 503).count())
+        .sum::<usize>();
+    println!(
+        "{total} deliveries: {} forged, all refused; {} genuine ids, all stored and processed once ({} applied, {} ignored); {} answers of 503 while the database was closing; 3 SIGKILLs; audit chain intact",
+        forged.len(),
+        genuine.len(),
+        outcomes.iter().filter(|o| o.1.as_deref() == Some("applied")).count() - 1,
+        outcomes.iter().filter(|o| o.1.as_deref() == Some("ignored")).count(),
+        refused_while_down,
+    );
 }
 
 #[test]
