@@ -604,3 +604,65 @@ fn a_github_app_mints_an_installation_token_and_uses_it() {
         "the token never reaches the log"
     );
 }
+
+#[test]
+fn two_replicas_on_postgres_apply_each_delivery_once() {
+    let github = FakeGithub::start();
+    let repo = origin(POLICY_TWO);
+    let base = repo.main_tip();
+    let database = db::fresh("postgres");
+    let start = || {
+        server::start_with(
+            repo.path(),
+            &database.url,
+            &tokens(),
+            "",
+            &github.config_section(),
+        )
+    };
+    let (r1, r2) = (start(), start());
+    let head = repo.push_to_pr(6, &[("changes/k.yaml", &change("k", "./ok.sh"))], "carol");
+    let pr = pull(6, head, base, "carol-gh");
+    deliver_signed(
+        &r1,
+        "pull_request",
+        "pr6",
+        &pull_request_event("opened", &pr, "carol-gh"),
+    );
+    // Forty reviews, alternately to each replica; both workers run.
+    for i in 0..40u64 {
+        let r = review(
+            600 + i,
+            &format!("reviewer-{}", i % 7),
+            "approved",
+            head,
+            6_000 + i,
+        );
+        let body = review_event("submitted", &pr, &r);
+        let replica = if i % 2 == 0 { &r1 } else { &r2 };
+        deliver_signed(replica, "pull_request_review", &format!("r6-{i}"), &body);
+    }
+    let applied = |server: &Server| -> Vec<String> {
+        server
+            .get("/api/v1/audit", Some("alice-token"))
+            .1
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "github.review" || e["kind"] == "github.pull_request")
+            .filter_map(|e| e["data"]["delivery"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_for(|| applied(&r1).len() >= 41, "every delivery applied");
+    let mut seen = applied(&r2);
+    seen.sort();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(
+        (before, seen.len()),
+        (41, 41),
+        "each delivery applied exactly once across replicas"
+    );
+    wait_state(&r1, "k", "approved", 7);
+    assert!(r1.audit_verify().status.success());
+}
