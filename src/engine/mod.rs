@@ -187,7 +187,11 @@ impl Engine {
     /// Re-reads the default branch, records changes and digests, and swaps the view.
     pub async fn refresh(&self) -> Result<SyncReport, EngineError> {
         let path = self.repo_path();
-        let mut view = read_default_branch(&self.config, &path)?;
+        let old = self.view();
+        let tip = ChangeRepo::open(&path)?
+            .at(&self.config.repo.default_branch)?
+            .commit_id()
+            .to_string();
         let mut open = Vec::new();
         for pr in self.store.pull_requests(false).await? {
             let ids: Vec<String> = self
@@ -199,13 +203,36 @@ impl Engine {
                 .collect();
             open.push((pr.number, pr.head_sha, ids));
         }
-        view.proposals = read_proposals(&path, &open);
-        let changes: Vec<_> = view
-            .changes
-            .values()
-            .map(|(c, d, _)| (c.clone(), d.clone()))
-            .collect();
-        let report = self.store.sync_changes(&view.commit, &changes).await?;
+        // Reading a commit is O(change sets): skip what has not moved, so a
+        // timer tick or a review costs nothing and a pull request event
+        // re-reads only that pull request's head.
+        if tip == old.commit && open == old.proposal_heads {
+            return Ok(SyncReport::default());
+        }
+        let (mut view, report) = if tip == old.commit {
+            let mut same = (*old).clone();
+            same.proposals.clear();
+            (same, SyncReport::default())
+        } else {
+            let view = read_default_branch(&self.config, &path)?;
+            let changes: Vec<_> = view
+                .changes
+                .values()
+                .map(|(c, d, _)| (c.clone(), d.clone()))
+                .collect();
+            let report = self.store.sync_changes(&view.commit, &changes).await?;
+            (view, report)
+        };
+        for head in &open {
+            if old.proposal_heads.contains(head) {
+                view.proposals
+                    .extend(old.proposals.iter().filter(|p| p.pr == head.0).cloned());
+            } else {
+                view.proposals
+                    .extend(read_proposals(&path, std::slice::from_ref(head)));
+            }
+        }
+        view.proposal_heads = open;
         *self.view.write().expect("view lock") = Arc::new(view);
         Ok(report)
     }
@@ -831,6 +858,7 @@ pub fn read_default_branch(config: &Config, path: &std::path::Path) -> Result<Re
         policies: model.policies,
         authors,
         proposals: Vec::new(),
+        proposal_heads: Vec::new(),
     })
 }
 

@@ -30,6 +30,8 @@ pub struct RepoView {
     pub authors: BTreeMap<String, BTreeSet<String>>,
     /// Changes in open pull requests that differ from the default branch.
     pub proposals: Vec<Proposal>,
+    /// What `proposals` were read from: (pull request, head, touched ids).
+    pub proposal_heads: Vec<(i64, String, Vec<String>)>,
 }
 
 /// A change set as an open pull request would have it.

@@ -26,6 +26,7 @@ use crate::clock::now_ms;
 use crate::config::GithubConfig;
 use crate::engine::{Engine, EngineError};
 use crate::gate::ChangeState;
+use crate::gate::Teams;
 use crate::git::{ChangeRepo, GitError};
 use crate::model::{covered_paths, Approver, Digest};
 use crate::store::{PullRequestRecord, StoreError};
@@ -79,6 +80,8 @@ pub struct Github {
     default_branch: String,
     /// One git operation at a time: fetches into one repository must not race.
     git: tokio::sync::Mutex<()>,
+    /// The audit sequence statuses were last worked out at.
+    statuses_at: std::sync::atomic::AtomicI64,
 }
 
 impl Github {
@@ -97,6 +100,7 @@ impl Github {
             mirror,
             default_branch,
             git: tokio::sync::Mutex::new(()),
+            statuses_at: std::sync::atomic::AtomicI64::new(-1),
         }))
     }
 
@@ -456,8 +460,9 @@ impl Github {
         Ok(summary)
     }
 
-    /// Looks up every stale (team, login) pair that a policy in force could ask about.
-    pub async fn refresh_teams(&self) -> Result<(), SyncError> {
+    /// Looks up every stale (team, login) pair that a policy in force could
+    /// ask about. Returns true when an answer changed.
+    pub async fn refresh_teams(&self) -> Result<bool, SyncError> {
         let view = self.engine.view();
         let teams: BTreeSet<(String, String)> = view
             .policies
@@ -469,7 +474,7 @@ impl Github {
             })
             .collect();
         if teams.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut logins: BTreeSet<String> = self.engine.store().reviewers().await?;
         logins.extend(
@@ -481,20 +486,24 @@ impl Github {
         );
         let ttl = std::time::Duration::from_secs(self.config.team_ttl.as_secs());
         let cache = self.engine.teams();
+        let mut changed = false;
         for (org, slug) in &teams {
             for login in &logins {
                 if !cache.is_stale(org, slug, login, ttl) {
                     continue;
                 }
                 match self.client.is_team_member(org, slug, login).await {
-                    Ok(member) => cache.put(org, slug, login, member),
+                    Ok(member) => {
+                        changed |= cache.is_member(org, slug, login) != member;
+                        cache.put(org, slug, login, member);
+                    }
                     Err(e) => {
                         tracing::warn!(%org, %slug, %login, error = %e, "team lookup failed; keeping the last answer")
                     }
                 }
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Works out the commit status each tracked pull request should show
@@ -639,11 +648,18 @@ impl Github {
     }
 
     /// One pass of the worker: apply the inbox, refresh team lookups, and
-    /// bring commit statuses up to date.
+    /// bring commit statuses up to date. Statuses are worked out again only
+    /// when a fact was recorded since (any write moves the audit chain) or
+    /// a team lookup changed, so an idle tick reads two rows.
     pub async fn tick(&self) -> Result<(), SyncError> {
+        use std::sync::atomic::Ordering;
         self.process_inbox().await?;
-        self.refresh_teams().await?;
-        self.update_statuses().await?;
+        let teams_changed = self.refresh_teams().await?;
+        let seq = self.engine.store().audit_seq().await?;
+        if teams_changed || seq != self.statuses_at.load(Ordering::SeqCst) {
+            self.update_statuses().await?;
+            self.statuses_at.store(seq, Ordering::SeqCst);
+        }
         self.post_statuses().await?;
         Ok(())
     }

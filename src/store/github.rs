@@ -412,6 +412,15 @@ impl Store {
             .collect()
     }
 
+    /// The audit chain's length: it moves with every recorded fact, so an
+    /// unchanged value means nothing a commit status shows has changed.
+    pub async fn audit_seq(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("seq")?)
+    }
+
     /// Records what status `(sha, context)` should show. Returns true when
     /// that differs from what GitHub was last told.
     pub async fn want_status(
