@@ -121,3 +121,41 @@ fn two_replicas_never_both_win_a_conflict_and_the_chain_stays_linear() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn two_replicas_grant_a_fleet_action_budget_once() {
+    let repo = TestRepo::new();
+    repo.write("run.sh", "")
+        .write("changes/a.yaml", simple_change("a"))
+        .write(
+            "policies/fleet.yaml",
+            "actions:\n  reboot: { max: 3, per: 10m }\n",
+        );
+    repo.commit("a budget of three reboots");
+    let tokens: Vec<TestToken> = vec![("monitor".into(), "monitor", "monitor-token".into())];
+    let database = db::fresh("postgres");
+    let r1 = server::start(repo.path(), &database.url, &tokens);
+    let r2 = server::start(repo.path(), &database.url, &tokens);
+    // Forty reboots asked at once, half through each replica.
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let url = if i % 2 == 0 { &r1.url } else { &r2.url };
+                s.spawn(move || {
+                    reqwest::blocking::Client::new()
+                        .post(format!("{url}/api/v1/actions"))
+                        .bearer_auth("monitor-token")
+                        .json(&json!({"actor": "fleet-sm", "action": "reboot", "target": format!("pg-{i}")}))
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 37, "{codes:?}");
+    assert!(r1.audit_verify().status.success());
+}
