@@ -418,10 +418,18 @@ fn sync_repairs_missed_webhooks_through_paginated_rate_limited_lists() {
             3,
             vec![
                 review(31, "carol-gh", "approved", head, 3_000),
-                review(32, "dave-gh", "commented", head, 3_010),
+                review(32, "dave-gh", "approved", head, 3_010),
                 review(33, "alice-gh", "approved", head, 3_020),
                 review(34, "erin-gh", "commented", head, 3_030),
                 review(35, "bob-gh", "approved", head, 3_040),
+            ],
+        );
+        // Dave pushed a commit to it; no `synchronize` ever said so.
+        gh.commits.insert(
+            3,
+            vec![
+                commit(head, "carol-gh", "carol-gh"),
+                commit(head, "dave-gh", "web-flow"),
             ],
         );
         gh.forced.push_back(Forced {
@@ -448,7 +456,9 @@ fn sync_repairs_missed_webhooks_through_paginated_rate_limited_lists() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("1 open pull requests; 1 updated; 5 reviews added, 0 updated"),
+        text(&out).contains(
+            "1 open pull requests; 1 updated; 2 authors added; 5 reviews added, 0 updated"
+        ),
         "{}",
         text(&out)
     );

@@ -109,8 +109,12 @@ pub(super) fn sync(config: Option<&Path>) -> u8 {
     match result {
         Ok(s) => {
             println!(
-                "{} open pull requests; {} updated; {} reviews added, {} updated",
-                s.pull_requests, s.pull_requests_updated, s.reviews_added, s.reviews_updated
+                "{} open pull requests; {} updated; {} authors added; {} reviews added, {} updated",
+                s.pull_requests,
+                s.pull_requests_updated,
+                s.authors_added,
+                s.reviews_added,
+                s.reviews_updated
             );
             exit::OK
         }

@@ -331,6 +331,32 @@ impl GithubClient {
             .await
     }
 
+    /// GitHub logins of the authors and committers of a pull request's
+    /// commits: the people who pushed to it, as far as the REST API can
+    /// tell (it does not name pushers).
+    pub async fn commit_logins(
+        &self,
+        number: u64,
+    ) -> Result<std::collections::BTreeSet<String>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Commit {
+            author: Option<super::events::Account>,
+            committer: Option<super::events::Account>,
+        }
+        let commits: Vec<Commit> = self
+            .all_pages(&format!(
+                "{}/pulls/{number}/commits?per_page=100",
+                self.repo_path()
+            ))
+            .await?;
+        Ok(commits
+            .into_iter()
+            .flat_map(|c| [c.author, c.committer])
+            .flatten()
+            .map(|a| a.login)
+            .collect())
+    }
+
     /// Every review of a pull request, oldest first.
     pub async fn reviews(&self, number: u64) -> Result<Vec<Review>, ApiError> {
         self.all_pages(&format!(

@@ -69,6 +69,9 @@ pub struct SyncSummary {
     pub reviews_added: usize,
     /// Reviews whose state changed (e.g. a missed dismissal).
     pub reviews_updated: usize,
+    /// Commit authors and committers not yet known as pull request authors
+    /// (a missed `synchronize` names no pusher; the commits do).
+    pub authors_added: usize,
 }
 
 /// The GitHub side of a server (or of `changegate sync`).
@@ -410,9 +413,11 @@ impl Github {
         Ok(changed)
     }
 
-    /// Reconciliation: lists every open pull request and its reviews through
-    /// the REST API and records whatever webhooks missed; pull requests
-    /// tracked as open but no longer listed are re-read (closed or merged).
+    /// Reconciliation: lists every open pull request, its commits and its
+    /// reviews through the REST API and records whatever webhooks missed —
+    /// heads, authors (commit authors and committers), reviews; pull
+    /// requests tracked as open but no longer listed are re-read (closed or
+    /// merged).
     pub async fn sync(&self) -> Result<SyncSummary, SyncError> {
         let store = self.engine.store();
         let mut summary = SyncSummary::default();
@@ -436,6 +441,25 @@ impl Github {
                     .await?;
                 summary.pull_requests_updated += 1;
             }
+            let logins = self.client.commit_logins(pr.number).await?;
+            let mut w = store.write().await?;
+            let mut added = Vec::new();
+            for login in logins {
+                if w.add_pr_author(number, &login).await? {
+                    added.push(login);
+                }
+            }
+            if !added.is_empty() {
+                w.audit(
+                    "github",
+                    "github.authors",
+                    None,
+                    json!({"number": number, "added": added, "source": "sync"}),
+                )
+                .await?;
+            }
+            w.commit().await?;
+            summary.authors_added += added.len();
             let recorded = store.recorded_reviews(number).await?;
             for review in self.client.reviews(pr.number).await? {
                 let Ok(fact) = review.fact(pr.number, None) else {

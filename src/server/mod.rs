@@ -195,7 +195,7 @@ async fn github_worker(github: Arc<Github>, wake: Arc<tokio::sync::Notify>) {
             _ = tick.tick() => {}
             _ = wake.notified() => {}
             _ = sync.tick() => match github.sync().await {
-                Ok(s) => tracing::info!(pull_requests = s.pull_requests, updated = s.pull_requests_updated, reviews_added = s.reviews_added, reviews_updated = s.reviews_updated, "reconciled with GitHub"),
+                Ok(s) => tracing::info!(pull_requests = s.pull_requests, updated = s.pull_requests_updated, authors_added = s.authors_added, reviews_added = s.reviews_added, reviews_updated = s.reviews_updated, "reconciled with GitHub"),
                 Err(e) => tracing::warn!(error = %e, "reconciliation failed; will retry"),
             },
         }

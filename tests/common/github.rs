@@ -36,6 +36,8 @@ pub struct State {
     pub pulls: BTreeMap<u64, Value>,
     /// Reviews by pull request (REST shape, oldest first).
     pub reviews: BTreeMap<u64, Vec<Value>>,
+    /// Commits by pull request (REST shape).
+    pub commits: BTreeMap<u64, Vec<Value>>,
     /// Every status posted: (sha, body), in order.
     pub statuses: Vec<(String, Value)>,
     /// Members of `org/slug`.
@@ -246,6 +248,18 @@ impl Respond for Api {
                 drop(state);
                 self.page(req, &items)
             }
+            ("GET", ["repos", o, n, "pulls", number, "commits"]) if [*o, *n] == repo[..] => {
+                let Some(number) = number
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| state.pulls.contains_key(n))
+                else {
+                    return not_found();
+                };
+                let items = state.commits.get(&number).cloned().unwrap_or_default();
+                drop(state);
+                self.page(req, &items)
+            }
             ("POST", ["repos", o, n, "statuses", sha]) if [*o, *n] == repo[..] => {
                 let Ok(body) = req.body_json::<Value>() else {
                     return ResponseTemplate::new(400)
@@ -399,6 +413,16 @@ pub fn review(id: u64, reviewer: &str, state: &str, commit: Oid, at_secs: u64) -
     r["commit_id"] = json!(commit.to_string());
     r["submitted_at"] = json!(rfc3339(at_secs));
     r
+}
+
+/// A pull request commit in the REST shape (`GET …/pulls/{n}/commits`).
+pub fn commit(sha: Oid, author: &str, committer: &str) -> Value {
+    serde_json::json!({
+        "sha": sha.to_string(),
+        "commit": {"message": "change", "author": {"name": author}, "committer": {"name": committer}},
+        "author": {"login": author, "type": "User"},
+        "committer": {"login": committer, "type": "User"},
+    })
 }
 
 fn rfc3339(secs: u64) -> String {
