@@ -122,12 +122,7 @@ fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
         let head1 = repo.push_to_pr(1, &[("changes/d.yaml", &change("d", "./fail.sh"))], "carol");
         let mut pr = pull(1, head1, base, "carol-gh");
         github.state.lock().unwrap().pulls.insert(1, pr.clone());
-        deliver_signed(
-            &server,
-            "pull_request",
-            "pr1-opened",
-            &pull_request_event("opened", &pr, "carol-gh"),
-        );
+        deliver_pr(&server, "pr1-opened", "opened", &pr, "carol-gh");
         wait_state(&server, "d", "proposed", 0);
         wait_status(
             &github,
@@ -139,12 +134,7 @@ fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
 
         // The author's own approval does not count.
         let r = review(11, "carol-gh", "approved", head1, 1_000);
-        deliver_signed(
-            &server,
-            "pull_request_review",
-            "r11",
-            &review_event("submitted", &pr, &r),
-        );
+        deliver_review(&server, "r11", "submitted", &pr, &r);
         wait_for(
             || reviews(&server, "d").len() == 1,
             "carol's review recorded",
@@ -158,27 +148,12 @@ fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
         // Erin pushes an unrelated file; she is now an author too.
         let head2 = repo.push_to_pr(1, &[("docs/notes.md", "notes\n")], "erin");
         pr = pull(1, head2, base, "carol-gh");
-        deliver_signed(
-            &server,
-            "pull_request",
-            "pr1-sync1",
-            &pull_request_event("synchronize", &pr, "erin-gh"),
-        );
+        deliver_pr(&server, "pr1-sync1", "synchronize", &pr, "erin-gh");
         let r = review(12, "erin-gh", "approved", head2, 1_010);
-        deliver_signed(
-            &server,
-            "pull_request_review",
-            "r12",
-            &review_event("submitted", &pr, &r),
-        );
+        deliver_review(&server, "r12", "submitted", &pr, &r);
         // Alice approves the first commit: the later unrelated push leaves it standing.
         let r = review(13, "alice-gh", "approved", head1, 1_020);
-        deliver_signed(
-            &server,
-            "pull_request_review",
-            "r13",
-            &review_event("submitted", &pr, &r),
-        );
+        deliver_review(&server, "r13", "submitted", &pr, &r);
         wait_for(
             || reviews(&server, "d").len() == 3,
             "three reviews recorded",
@@ -209,24 +184,14 @@ fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
         );
         pr = pull(1, head3, base, "carol-gh");
         github.state.lock().unwrap().pulls.insert(1, pr.clone());
-        deliver_signed(
-            &server,
-            "pull_request",
-            "pr1-sync2",
-            &pull_request_event("synchronize", &pr, "carol-gh"),
-        );
+        deliver_pr(&server, "pr1-sync2", "synchronize", &pr, "carol-gh");
         wait_state(&server, "d", "proposed", 0);
         assert!(reviews(&server, "d").contains(&("alice-gh".into(), false, "stale-digest".into())));
 
         // Two fresh approvals at the head approve it.
         for (id, who, at) in [(14, "alice-gh", 1_030), (15, "bob-gh", 1_040)] {
             let r = review(id, who, "approved", head3, at);
-            deliver_signed(
-                &server,
-                "pull_request_review",
-                &format!("r{id}"),
-                &review_event("submitted", &pr, &r),
-            );
+            deliver_review(&server, &format!("r{id}"), "submitted", &pr, &r);
         }
         wait_state(&server, "d", "approved", 2);
         wait_status(
@@ -239,12 +204,7 @@ fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
 
         // Dave requests changes: blocked until that review is dismissed.
         let dave = review(16, "dave-gh", "changes_requested", head3, 1_050);
-        deliver_signed(
-            &server,
-            "pull_request_review",
-            "r16",
-            &review_event("submitted", &pr, &dave),
-        );
+        deliver_review(&server, "r16", "submitted", &pr, &dave);
         wait_state(&server, "d", "proposed", 2);
         wait_status(
             &github,
@@ -253,22 +213,12 @@ fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
             "pending",
             "changes requested by dave-gh; 2 of 2 approvals (policy p)",
         );
-        deliver_signed(
-            &server,
-            "pull_request_review",
-            "r16-dismissed",
-            &review_event("dismissed", &pr, &dave),
-        );
+        deliver_review(&server, "r16-dismissed", "dismissed", &pr, &dave);
         wait_state(&server, "d", "approved", 2);
 
         // A dismissed approval no longer counts.
         let bob = review(15, "bob-gh", "approved", head3, 1_040);
-        deliver_signed(
-            &server,
-            "pull_request_review",
-            "r15-dismissed",
-            &review_event("dismissed", &pr, &bob),
-        );
+        deliver_review(&server, "r15-dismissed", "dismissed", &pr, &bob);
         wait_state(&server, "d", "proposed", 1);
         assert!(reviews(&server, "d").contains(&("bob-gh".into(), false, "dismissed".into())));
         let again = review(17, "bob-gh", "approved", head3, 1_060);
@@ -291,12 +241,7 @@ fn reviews_on_a_pull_request_approve_the_digest_at_its_head() {
         closed["state"] = json!("closed");
         closed["merged"] = json!(true);
         github.state.lock().unwrap().pulls.insert(1, closed.clone());
-        deliver_signed(
-            &server,
-            "pull_request",
-            "pr1-closed",
-            &pull_request_event("closed", &closed, "carol-gh"),
-        );
+        deliver_pr(&server, "pr1-closed", "closed", &closed, "carol-gh");
         deliver_signed(&server, "push", "push-main", &push_event(before, merged));
         wait_state(&server, "d", "ready", 2);
         wait_status(
@@ -345,19 +290,9 @@ fn the_default_branchs_policies_and_teams_decide_not_the_pull_requests() {
         "carol",
     );
     let pr = pull(2, head, base, "carol-gh");
-    deliver_signed(
-        &server,
-        "pull_request",
-        "pr2",
-        &pull_request_event("opened", &pr, "carol-gh"),
-    );
+    deliver_pr(&server, "pr2", "opened", &pr, "carol-gh");
     let r = review(21, "bob-gh", "approved", head, 2_000);
-    deliver_signed(
-        &server,
-        "pull_request_review",
-        "r21",
-        &review_event("submitted", &pr, &r),
-    );
+    deliver_review(&server, "r21", "submitted", &pr, &r);
     wait_for(
         || server.get("/api/v1/changes/e", Some("alice-token")).0 == 200,
         &format!("`e` proposed: {}", server.log()),
@@ -369,12 +304,7 @@ fn the_default_branchs_policies_and_teams_decide_not_the_pull_requests() {
     );
     assert_eq!(summary(&server, "e"), ("proposed".into(), 0));
     let r = review(22, "alice-gh", "approved", head, 2_010);
-    deliver_signed(
-        &server,
-        "pull_request_review",
-        "r22",
-        &review_event("submitted", &pr, &r),
-    );
+    deliver_review(&server, "r22", "submitted", &pr, &r);
     wait_state(&server, "e", "approved", 1);
     assert!(
         !github
@@ -442,6 +372,11 @@ fn sync_repairs_missed_webhooks_through_paginated_rate_limited_lists() {
             ],
         });
         gh.forced.push_back(Forced {
+            prefix: "GET /repos/acme/infra/pulls/3/commits".into(),
+            status: 502,
+            headers: vec![],
+        });
+        gh.forced.push_back(Forced {
             prefix: "POST /repos/acme/infra/statuses".into(),
             status: 429,
             headers: vec![("retry-after".into(), "1".into())],
@@ -473,6 +408,13 @@ fn sync_repairs_missed_webhooks_through_paginated_rate_limited_lists() {
     assert!(
         pages[2].0.contains("page=2") && pages[3].0.contains("page=3"),
         "{pages:?}"
+    );
+    assert_eq!(
+        github
+            .requests("GET /repos/acme/infra/pulls/3/commits")
+            .len(),
+        2,
+        "a 502 is retried"
     );
     let posts = github.requests("POST /repos/acme/infra/statuses");
     assert!(
@@ -517,12 +459,7 @@ fn a_delivery_acknowledged_before_a_crash_is_applied_after_restart() {
         .delete()
         .unwrap();
     let pr = pull(4, head, base, "carol-gh");
-    deliver_signed(
-        &server,
-        "pull_request",
-        "pr4",
-        &pull_request_event("opened", &pr, "carol-gh"),
-    );
+    deliver_pr(&server, "pr4", "opened", &pr, "carol-gh");
     let outcomes = || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -593,12 +530,7 @@ fn a_github_app_mints_an_installation_token_and_uses_it() {
     let server = server::start_with(repo.path(), &database.url, &tokens(), "", &section);
     let head = repo.push_to_pr(5, &[("changes/h.yaml", &change("h", "./ok.sh"))], "carol");
     let pr = pull(5, head, base, "carol-gh");
-    deliver_signed(
-        &server,
-        "pull_request",
-        "pr5",
-        &pull_request_event("opened", &pr, "carol-gh"),
-    );
+    deliver_pr(&server, "pr5", "opened", &pr, "carol-gh");
     wait_status(
         &github,
         head,
@@ -633,12 +565,7 @@ fn two_replicas_on_postgres_apply_each_delivery_once() {
     let (r1, r2) = (start(), start());
     let head = repo.push_to_pr(6, &[("changes/k.yaml", &change("k", "./ok.sh"))], "carol");
     let pr = pull(6, head, base, "carol-gh");
-    deliver_signed(
-        &r1,
-        "pull_request",
-        "pr6",
-        &pull_request_event("opened", &pr, "carol-gh"),
-    );
+    deliver_pr(&r1, "pr6", "opened", &pr, "carol-gh");
     // Forty reviews, alternately to each replica; both workers run.
     for i in 0..40u64 {
         let r = review(

@@ -59,12 +59,7 @@ fn webhook_load_with_forgeries_redeliveries_and_three_kill_9s_loses_and_forges_n
         "carol",
     );
     let pr = pull(1, head, base, "carol-gh");
-    deliver_signed(
-        &server,
-        "pull_request",
-        "opened",
-        &pull_request_event("opened", &pr, "carol-gh"),
-    );
+    deliver_pr(&server, "opened", "opened", &pr, "carol-gh");
 
     // 5% forged, 10% redeliveries of an earlier id, the rest new: half
     // reviews (applied), half check runs (ignored).

@@ -480,7 +480,7 @@ impl WriteTx {
 }
 
 impl Store {
-    /// Every change's facts in eight queries, for lists and pages; the
+    /// Every change's facts in seven queries, for lists and pages; the
     /// per-change reads would be one round trip per table per change.
     pub async fn all_change_facts(
         &self,

@@ -59,8 +59,6 @@ pub struct GithubFacts {
     pub reviews: Vec<StoredReview>,
     /// Openers and pushers of those pull requests.
     pub authors: BTreeSet<String>,
-    /// The pull requests (number, head sha).
-    pub pull_requests: Vec<(i64, String)>,
 }
 
 /// A delivery waiting in the inbox.
@@ -238,18 +236,6 @@ pub(crate) async fn github_facts(
             .or_default()
             .authors
             .insert(r.try_get("login")?);
-    }
-    let sql = format!(
-        "SELECT pc.change_id, p.number, p.head_sha FROM pr_changes pc
-         JOIN pull_requests p ON p.number = pc.pr_number
-         WHERE {COUNTED_PRS} {filter} ORDER BY p.number"
-    );
-    for r in query(&sql, id).fetch_all(&mut *conn).await? {
-        let change: String = r.try_get("change_id")?;
-        out.entry(change)
-            .or_default()
-            .pull_requests
-            .push((r.try_get("number")?, r.try_get("head_sha")?));
     }
     Ok(out)
 }
@@ -502,26 +488,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Every commit status: (sha, context, state, description, posted).
-    pub async fn commit_statuses(
-        &self,
-    ) -> Result<Vec<(String, String, String, String, Option<String>)>, StoreError> {
-        sqlx::query("SELECT sha, context, state, description, posted FROM commit_statuses ORDER BY sha, context")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("sha")?,
-                    r.try_get("context")?,
-                    r.try_get("state")?,
-                    r.try_get("description")?,
-                    r.try_get("posted")?,
-                ))
-            })
-            .collect()
     }
 }
 

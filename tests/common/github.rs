@@ -510,6 +510,26 @@ pub fn deliver_signed(server: &Server, event: &str, delivery: &str, body: &[u8])
     );
 }
 
+/// Delivers a signed `pull_request` event (`action` by `sender`).
+pub fn deliver_pr(server: &Server, delivery: &str, action: &str, pr: &Value, sender: &str) {
+    deliver_signed(
+        server,
+        "pull_request",
+        delivery,
+        &pull_request_event(action, pr, sender),
+    );
+}
+
+/// Delivers a signed `pull_request_review` event (`submitted` or `dismissed`).
+pub fn deliver_review(server: &Server, delivery: &str, action: &str, pr: &Value, review: &Value) {
+    deliver_signed(
+        server,
+        "pull_request_review",
+        delivery,
+        &review_event(action, pr, review),
+    );
+}
+
 /// Pull requests made the way GitHub makes them: a branch `pr-N` whose head
 /// is also `refs/pull/N/head`; `main` is left as it was.
 impl TestRepo {
