@@ -563,6 +563,13 @@ fn two_replicas_on_postgres_apply_each_delivery_once() {
         )
     };
     let (r1, r2) = (start(), start());
+    // Seven collaborators with write access review.
+    github
+        .state
+        .lock()
+        .unwrap()
+        .writers
+        .extend((0..7).map(|i| format!("reviewer-{i}")));
     let head = repo.push_to_pr(6, &[("changes/k.yaml", &change("k", "./ok.sh"))], "carol");
     let pr = pull(6, head, base, "carol-gh");
     deliver_pr(&r1, "pr6", "opened", &pr, "carol-gh");
@@ -602,4 +609,269 @@ fn two_replicas_on_postgres_apply_each_delivery_once() {
     );
     wait_state(&r1, "k", "approved", 7);
     assert!(r1.audit_verify().status.success());
+}
+
+// ---- Deliveries from other repositories (one App or organisation secret
+// covers many): recorded as ignored, and they change nothing.
+
+const POLICY_ONE: &str = "approvals:\n  required: 1\n";
+
+/// (outcome, reason) of delivery `id`, once it was processed.
+fn delivery_outcome(database: &db::TestDatabase, id: &str) -> Option<(String, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcomes = rt.block_on(async {
+        Store::connect(&database.url)
+            .await
+            .unwrap()
+            .delivery_outcomes()
+            .await
+            .unwrap()
+    });
+    outcomes
+        .into_iter()
+        .find(|o| o.0 == id)
+        .and_then(|(_, outcome, _, reason)| Some((outcome?, reason.unwrap_or_default())))
+}
+
+fn wait_ignored(database: &db::TestDatabase, id: &str, reason: &str) {
+    wait_for(
+        || delivery_outcome(database, id).is_some(),
+        &format!("delivery {id} processed"),
+    );
+    assert_eq!(
+        delivery_outcome(database, id),
+        Some(("ignored".to_string(), reason.to_string())),
+        "{id}"
+    );
+}
+
+/// Carol's PR #7 on the configured repository, adding change `d`, opened.
+fn tracked_pr(repo: &TestRepo, server: &Server, github: &FakeGithub) -> (git2::Oid, Value) {
+    let base = repo.main_tip();
+    let head = repo.push_to_pr(7, &[("changes/d.yaml", &change("d", "./ok.sh"))], "carol");
+    let pr = pull(7, head, base, "carol-gh");
+    github.state.lock().unwrap().pulls.insert(7, pr.clone());
+    deliver_pr(server, "fleet-pr7-opened", "opened", &pr, "carol-gh");
+    wait_state(server, "d", "proposed", 0);
+    (head, pr)
+}
+
+fn website() -> Value {
+    foreign_repository_json("acme/website", 9_999_001)
+}
+
+#[test]
+fn a_foreign_review_on_the_same_number_and_commit_does_not_count() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_ONE);
+        let (server, database) = start_server(&repo, backend, &github);
+        let (head, pr) = tracked_pr(&repo, &server, &github);
+
+        // `outsider` approves acme/website #7 at the fleet PR's head commit.
+        let r = review(71, "outsider", "approved", head, 1_000);
+        let body = from_repository(&review_event("submitted", &pr, &r), &website());
+        deliver_signed(&server, "pull_request_review", "website-r71", &body);
+        wait_ignored(&database, "website-r71", "foreign repository acme/website");
+        assert!(
+            reviews(&server, "d").is_empty(),
+            "{backend}: nothing recorded"
+        );
+        assert_eq!(summary(&server, "d"), ("proposed".into(), 0), "{backend}");
+        let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            metrics.contains(
+                "changegate_webhooks_total{outcome=\"ignored\",reason=\"foreign-repository\"} 1"
+            ),
+            "{backend}: {metrics}"
+        );
+
+        // The same review on the configured repository counts.
+        deliver_review(
+            &server,
+            "fleet-r72",
+            "submitted",
+            &pr,
+            &review(72, "alice-gh", "approved", head, 1_001),
+        );
+        wait_state(&server, "d", "approved", 1);
+    }
+}
+
+#[test]
+fn a_foreign_close_with_the_same_number_does_not_close_the_tracked_pull_request() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_ONE);
+        let (server, database) = start_server(&repo, backend, &github);
+        let (head, pr) = tracked_pr(&repo, &server, &github);
+
+        let mut closed = pr.clone();
+        closed["state"] = json!("closed");
+        let body = from_repository(
+            &pull_request_event("closed", &closed, "outsider"),
+            &website(),
+        );
+        deliver_signed(&server, "pull_request", "website-pr7-closed", &body);
+        wait_ignored(
+            &database,
+            "website-pr7-closed",
+            "foreign repository acme/website",
+        );
+
+        // Still open: a review on it still counts.
+        deliver_review(
+            &server,
+            "fleet-r73",
+            "submitted",
+            &pr,
+            &review(73, "alice-gh", "approved", head, 1_002),
+        );
+        wait_state(&server, "d", "approved", 1);
+    }
+}
+
+#[test]
+fn a_foreign_push_to_main_fetches_nothing() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_ONE);
+        let database = db::fresh(backend);
+        // No periodic refresh during the test: only a push may fetch.
+        let server = server::start_with(
+            repo.path(),
+            &database.url,
+            &tokens(),
+            "refresh_secs = 3600",
+            &github.config_section(),
+        );
+        let before = repo.main_tip();
+        repo.write("changes/e.yaml", change("e", "./ok.sh"));
+        let after = repo.commit("add e on main");
+        wait_for(
+            || !github.requests("GET /repos/acme/infra/pulls").is_empty(),
+            "the start-up reconciliation",
+        );
+        let api_calls = github.requests("").len();
+
+        let body = from_repository(&push_event(before, after), &website());
+        deliver_signed(&server, "push", "website-push", &body);
+        wait_ignored(&database, "website-push", "foreign repository acme/website");
+        // The mirror was not fetched: `e`, only on the origin's main, is unknown.
+        assert_eq!(
+            server.get("/api/v1/changes/e", Some("alice-token")).0,
+            404,
+            "{backend}"
+        );
+        assert_eq!(
+            github.requests("").len(),
+            api_calls,
+            "{backend}: no API call either"
+        );
+
+        // The configured repository's push fetches it.
+        deliver_signed(&server, "push", "fleet-push", &push_event(before, after));
+        wait_for(
+            || server.get("/api/v1/changes/e", Some("alice-token")).0 == 200,
+            "the configured repository's push fetched main",
+        );
+    }
+}
+
+#[test]
+fn a_renamed_repository_is_matched_by_its_pinned_id() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_ONE);
+        let (server, database) = start_server(&repo, backend, &github);
+        wait_for(
+            || !github.requests("GET /repos/acme/infra").is_empty(),
+            "the id pinned from the API",
+        );
+        let base = repo.main_tip();
+        let head = repo.push_to_pr(8, &[("changes/d.yaml", &change("d", "./ok.sh"))], "carol");
+        let pr = pull(8, head, base, "carol-gh");
+        let renamed = repository_json("acme/infra-v2");
+        let body = from_repository(&pull_request_event("opened", &pr, "carol-gh"), &renamed);
+        deliver_signed(&server, "pull_request", "renamed-pr8", &body);
+        wait_state(&server, "d", "proposed", 0);
+        assert_eq!(
+            delivery_outcome(&database, "renamed-pr8").map(|o| o.0),
+            Some("applied".into()),
+            "{backend}"
+        );
+        // A different repository that took the configured name is not this one.
+        let impostor = foreign_repository_json(REPOSITORY, 9_999_002);
+        let r = review(81, "outsider", "approved", head, 1_000);
+        let body = from_repository(&review_event("submitted", &pr, &r), &impostor);
+        deliver_signed(&server, "pull_request_review", "impostor-r81", &body);
+        wait_ignored(&database, "impostor-r81", "foreign repository acme/infra");
+        assert_eq!(summary(&server, "d"), ("proposed".into(), 0), "{backend}");
+        let pinned = server
+            .get("/api/v1/audit", Some("alice-token"))
+            .1
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "github.repository.pinned")
+            .count();
+        assert_eq!(pinned, 1, "{backend}: pinned once, and audited");
+    }
+}
+
+#[test]
+fn an_app_delivery_from_another_installation_is_ignored() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        {
+            let mut gh = github.state.lock().unwrap();
+            gh.app = Some((1234, INSTALLATION_ID));
+            gh.token = "ghs_installation_token_from_the_app".into();
+        }
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("app.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made));
+        let repo = origin(POLICY_ONE);
+        let database = db::fresh(backend);
+        let section = github.config_section().replace(
+            "token_env = \"CG_TEST_GH_TOKEN\"\n",
+            &format!(
+                "app_id = 1234\ninstallation_id = {INSTALLATION_ID}\nprivate_key_path = {key:?}\n"
+            ),
+        );
+        let server = server::start_with(repo.path(), &database.url, &tokens(), "", &section);
+        let base = repo.main_tip();
+        let head = repo.push_to_pr(9, &[("changes/d.yaml", &change("d", "./ok.sh"))], "carol");
+        let pr = pull(9, head, base, "carol-gh");
+        let mut body: Value =
+            serde_json::from_slice(&pull_request_event("opened", &pr, "carol-gh")).unwrap();
+        body["installation"]["id"] = json!(43);
+        deliver_signed(
+            &server,
+            "pull_request",
+            "other-install",
+            &serde_json::to_vec(&body).unwrap(),
+        );
+        wait_ignored(&database, "other-install", "foreign installation 43");
+        assert_eq!(
+            server.get("/api/v1/changes/d", Some("alice-token")).0,
+            404,
+            "{backend}"
+        );
+
+        deliver_pr(&server, "our-install", "opened", &pr, "carol-gh");
+        wait_state(&server, "d", "proposed", 0);
+    }
 }

@@ -131,7 +131,8 @@ fn forged_or_unsigned_deliveries_get_401_and_nothing_is_stored() {
         .text()
         .unwrap();
     assert!(
-        metrics.contains("changegate_webhooks_total{outcome=\"rejected\"} 4"),
+        metrics
+            .contains("changegate_webhooks_total{outcome=\"rejected\",reason=\"bad-signature\"} 4"),
         "{metrics}"
     );
 }

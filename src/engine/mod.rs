@@ -6,7 +6,7 @@
 mod actions;
 pub use actions::{ActionAnswer, ActionDecision};
 mod alerting;
-mod teams;
+mod directory;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,8 +20,10 @@ use crate::config::Config;
 use crate::gate::{breaker_state, Breaker, BreakerConfig, ChangeState, Refusal, StepState};
 use crate::git::{ChangeRepo, GitError};
 use crate::model::{covered_paths, policies_in_force, Digest, PoliciesInForce};
-use crate::store::{Attempt, ChangeFacts, Store, StoreError, SyncReport, WorldFacts, WriteTx};
-pub use teams::TeamCache;
+use crate::store::{
+    Attempt, ChangeFacts, GoAheadRecord, Store, StoreError, SyncReport, WorldFacts, WriteTx,
+};
+pub use directory::DirectoryCache;
 use view::{status_of, World};
 pub use view::{ChangeStatus, Proposal, RepoView};
 
@@ -137,7 +139,7 @@ pub struct Engine {
     config: Arc<Config>,
     store: Store,
     view: RwLock<Arc<RepoView>>,
-    teams: TeamCache,
+    directory: DirectoryCache,
 }
 
 impl Engine {
@@ -147,13 +149,13 @@ impl Engine {
             config,
             store,
             view: RwLock::new(Arc::new(RepoView::default())),
-            teams: TeamCache::default(),
+            directory: DirectoryCache::default(),
         }
     }
 
-    /// Cached team memberships.
-    pub fn teams(&self) -> &TeamCache {
-        &self.teams
+    /// Cached team memberships and repository permissions.
+    pub fn directory(&self) -> &DirectoryCache {
+        &self.directory
     }
 
     /// The configuration.
@@ -277,7 +279,7 @@ impl Engine {
             locks: &read.locks,
             breaker,
             now,
-            teams: &self.teams,
+            directory: &self.directory,
         }
     }
 
@@ -314,7 +316,6 @@ impl Engine {
             &p.change,
             &p.digest,
             &read.facts,
-            &self.teams,
         )))
     }
 
@@ -334,7 +335,7 @@ impl Engine {
             locks: &locks,
             breaker: &breaker,
             now: now_ms(),
-            teams: &self.teams,
+            directory: &self.directory,
         };
         let empty = ChangeFacts::default();
         Ok(view
@@ -596,7 +597,7 @@ impl Engine {
         reason: &str,
     ) -> Result<(), EngineError> {
         let view = self.view();
-        let (change, _, _) = view
+        let (change, digest, _) = view
             .changes
             .get(id)
             .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
@@ -606,14 +607,31 @@ impl Engine {
             )));
         }
         let mut w = self.store.write().await?;
-        if w.insert_confirmation(id, step, actor, reason, now_ms())
+        // For the step's next attempt, at the digest on main now.
+        let attempt_no = w
+            .change_facts(id)
             .await?
-        {
+            .attempts
+            .iter()
+            .filter(|a| a.step_id == step)
+            .map(|a| a.attempt_no)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let go_ahead = GoAheadRecord {
+            step_id: step.to_string(),
+            digest: digest.to_string(),
+            attempt_no,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            at: now_ms(),
+        };
+        if w.insert_go_ahead(id, &go_ahead).await? {
             w.audit(
                 actor,
                 "step.go-ahead",
                 Some(id),
-                json!({"step": step, "reason": reason}),
+                json!({"step": step, "digest": go_ahead.digest, "attempt": attempt_no, "reason": reason}),
             )
             .await?;
         }
@@ -631,14 +649,15 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
         let mut w = self.store.write().await?;
         self.expire_in(&mut w).await?;
-        let facts = w.change_facts(id).await?;
+        let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
+        let facts = &read.facts;
         if facts.abandonment.is_some() {
             return Err(refused(
                 "abandoned",
                 format!("`{id}` was abandoned; it cannot be retried"),
             ));
         }
-        let progress = view::step_progress(change, &facts);
+        let progress = view::step_progress(change, facts);
         let Some(n) = progress
             .iter()
             .position(|p| matches!(p.state, StepState::Failed | StepState::Interrupted))
@@ -663,13 +682,11 @@ impl Engine {
         };
         if needs_approval {
             let failed_at = failed.ended_at.unwrap_or(failed.started_at);
-            let fresh = facts.approvals.iter().any(|a| {
-                a.approver != actor && a.created_at > failed_at && a.digest == digest.as_str()
-            });
-            if !fresh {
+            let world = self.world(&view, &read, &breaker, now_ms());
+            if view::fresh_approver(&world, change, digest, facts, failed_at, actor).is_none() {
                 return Err(refused(
                     "needs-approval",
-                    format!("retrying `{id}` needs a fresh approval of {digest}, recorded after the failure by someone other than {actor}"),
+                    format!("retrying `{id}` needs a fresh approval of {digest} that counts under every policy in force, recorded after the failure by someone other than {actor}"),
                 ));
             }
         }

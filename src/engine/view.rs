@@ -10,12 +10,12 @@ use crate::config::Config;
 use crate::gate::claim::{Dependency, StepProgress};
 use crate::gate::{
     self, approval_status, ApprovalFact, ApprovalStatus, Breaker, ChangeState, ClaimContext,
-    Person, Refusal, Source, StepState, Teams, Verdict,
+    Directory, People, Person, Refusal, Source, StepState, Verdict,
 };
 use crate::model::{
     policies_in_force, ChangeSet, CoveredPath, Digest, PoliciesInForce, Policy, Window,
 };
-use crate::store::{Attempt, ChangeFacts, OperatorAction, TargetLock};
+use crate::store::{Attempt, ChangeFacts, GoAheadRecord, OperatorAction, TargetLock};
 
 /// The default branch as last read.
 #[derive(Debug, Clone, Default)]
@@ -83,8 +83,8 @@ pub struct StepStatus {
     pub state: StepState,
     /// An operator's go-ahead is needed before it can be claimed.
     pub needs_confirmation: bool,
-    /// The go-ahead, once given.
-    pub confirmation: Option<OperatorAction>,
+    /// The go-ahead its next attempt would use, at the current digest.
+    pub confirmation: Option<GoAheadRecord>,
     /// Every attempt, oldest first.
     pub attempts: Vec<Attempt>,
 }
@@ -140,8 +140,8 @@ pub struct World<'a> {
     pub breaker: &'a Breaker,
     /// Now (unix ms).
     pub now: i64,
-    /// Cached team memberships.
-    pub teams: &'a (dyn Teams + Sync),
+    /// Cached team memberships and repository permissions.
+    pub directory: &'a (dyn Directory + Sync),
 }
 
 impl World<'_> {
@@ -220,6 +220,7 @@ pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgres
                 state,
                 running,
                 failure,
+                attempts: latest.map_or(0, |a| a.attempt_no),
             }
         })
         .collect()
@@ -233,7 +234,6 @@ pub fn approval_of(
     change: &ChangeSet,
     digest: &Digest,
     facts: &ChangeFacts,
-    teams: &dyn Teams,
 ) -> ApprovalStatus {
     let in_force = policies_in_force(change, &world.view.policies);
     let rules = in_force.approval_rules();
@@ -271,7 +271,38 @@ pub fn approval_of(
         .cloned()
         .unwrap_or_default();
     authors.extend(facts.github.authors.iter().cloned());
-    approval_status(digest.as_str(), &rules, &approval_facts, &authors, teams)
+    let identities: BTreeSet<String> = world.config.tokens.iter().map(|t| t.name.clone()).collect();
+    let people = People {
+        authors: &authors,
+        identities: &identities,
+        directory: world.directory,
+    };
+    approval_status(digest.as_str(), &rules, &approval_facts, &people)
+}
+
+/// Someone, other than `actor`, whose approval of `digest` recorded after
+/// `since` counts under every policy in force: what a retry needs.
+pub fn fresh_approver(
+    world: &World<'_>,
+    change: &ChangeSet,
+    digest: &Digest,
+    facts: &ChangeFacts,
+    since: i64,
+    actor: &str,
+) -> Option<String> {
+    let mut fresh = facts.clone();
+    fresh.approvals.retain(|a| a.created_at > since);
+    fresh.github.reviews.retain(|r| r.submitted_at > since);
+    let status = approval_of(world, change, digest, &fresh);
+    let actor = world.person(actor);
+    let mut policies = status.policies.iter();
+    let first = policies.next()?;
+    first
+        .approvers
+        .iter()
+        .filter(|who| actor.display() != who.as_str())
+        .find(|who| policies.clone().all(|p| p.approvers.contains(who)))
+        .cloned()
 }
 
 /// A change's state from its facts.
@@ -336,7 +367,7 @@ pub fn status_of(
             abandonment: None,
         };
     };
-    let approvals = approval_of(world, change, digest, facts, world.teams);
+    let approvals = approval_of(world, change, digest, facts);
     let progress = step_progress(change, facts);
     let state = match proposal {
         Some(_) if approvals.satisfied => ChangeState::Approved,
@@ -402,7 +433,15 @@ pub fn status_of(
             (l.target.clone(), l.change_id.clone(), holder_state)
         })
         .collect();
-    let confirmed = facts.confirmed();
+    let go_aheads: Vec<gate::GoAhead> = facts
+        .go_aheads
+        .iter()
+        .map(|g| gate::GoAhead {
+            step_id: g.step_id.clone(),
+            digest: g.digest.clone(),
+            attempt_no: g.attempt_no,
+        })
+        .collect();
     let summary = approvals.summary();
     let ctx = ClaimContext {
         id,
@@ -416,7 +455,7 @@ pub fn status_of(
         now: weekday_minute(world.now),
         windows: &windows,
         steps: &progress,
-        confirmed: &confirmed,
+        go_aheads: &go_aheads,
         confirm_each_step: governing.iter().any(|p| p.execution.confirm_each_step),
         locks: &lock_states,
         max_targets_per_step: governing
@@ -445,10 +484,15 @@ pub fn status_of(
             id: s.id.clone(),
             state: p.state,
             needs_confirmation: s.confirm || confirm_each,
+            // The go-ahead the next attempt would use, if one is recorded.
             confirmation: facts
-                .confirmations
+                .go_aheads
                 .iter()
-                .find(|c| c.step_id.as_deref() == Some(&s.id))
+                .find(|g| {
+                    g.step_id == s.id
+                        && g.digest == digest.as_str()
+                        && g.attempt_no == p.attempts + 1
+                })
                 .cloned(),
             attempts: facts
                 .attempts

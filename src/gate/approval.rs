@@ -87,6 +87,9 @@ pub enum NotCounted {
     Superseded,
     /// It requests changes.
     ChangesRequested,
+    /// A GitHub reviewer without write, maintain or admin permission on the
+    /// repository (or whose permission is not known yet: unknown never grants).
+    NoWriteAccess,
 }
 
 /// A review and whether it counts.
@@ -147,29 +150,67 @@ impl ApprovalStatus {
     }
 }
 
-/// Answers "is this login a member of team org/slug?" from cached lookups.
-pub trait Teams {
-    /// True when `login` is a member of `org/slug`.
+/// What GitHub says about people, from cached lookups. An answer not
+/// looked up yet is `false`: unknown never grants.
+pub trait Directory {
+    /// True when `login` is a member of team `org/slug`.
     fn is_member(&self, org: &str, slug: &str, login: &str) -> bool;
+    /// True when `login` has write, maintain or admin permission on the
+    /// change repository.
+    fn can_write(&self, login: &str) -> bool;
 }
 
-/// No team information: nobody is a member.
-impl Teams for () {
+/// No GitHub: nobody is a member of anything, and nobody can write.
+impl Directory for () {
     fn is_member(&self, _: &str, _: &str, _: &str) -> bool {
+        false
+    }
+    fn can_write(&self, _: &str) -> bool {
         false
     }
 }
 
-fn in_from(approvals: &Approvals, who: &Person, teams: &dyn Teams) -> bool {
-    approvals.from.is_empty()
-        || approvals.from.iter().any(|a| match a {
-            Approver::User(login) => who.is(login),
-            Approver::Team { org, slug } => who
+/// Who may count, beyond the facts themselves.
+pub struct People<'a> {
+    /// Names or GitHub logins of the change's authors.
+    pub authors: &'a BTreeSet<String>,
+    /// Configured identity names. A plain `from` entry equal to one of them
+    /// matches only that identity, never a GitHub user who has that login.
+    pub identities: &'a BTreeSet<String>,
+    /// Team memberships and repository permissions.
+    pub directory: &'a dyn Directory,
+}
+
+impl People<'_> {
+    /// Whether `who` satisfies `from` (SPEC §2.3). A plain entry naming a
+    /// configured identity is that identity; any other is a GitHub login;
+    /// teams are looked up by GitHub login only.
+    fn in_from(&self, approvals: &Approvals, who: &Person) -> bool {
+        approvals.from.is_empty()
+            || approvals.from.iter().any(|a| match a {
+                Approver::User(entry) if self.identities.contains(entry) => {
+                    who.name.as_deref() == Some(entry.as_str())
+                }
+                Approver::User(login) => who.github.as_deref() == Some(login.as_str()),
+                Approver::Team { org, slug } => who
+                    .github
+                    .as_deref()
+                    .is_some_and(|l| self.directory.is_member(org, slug, l)),
+            })
+    }
+
+    fn is_author(&self, who: &Person) -> bool {
+        self.authors.iter().any(|a| who.is(a))
+    }
+
+    /// A GitHub review speaks only for someone who can write to the repository.
+    fn may_review(&self, f: &ApprovalFact) -> bool {
+        f.source != Source::Github
+            || f.approver
                 .github
                 .as_deref()
-                .or(who.name.as_deref())
-                .is_some_and(|l| teams.is_member(org, slug, l)),
-        })
+                .is_some_and(|l| self.directory.can_write(l))
+    }
 }
 
 /// The approval status of a change at `digest` under `rules` (each matching
@@ -179,8 +220,7 @@ pub fn approval_status(
     digest: &str,
     rules: &[(&str, Approvals)],
     facts: &[ApprovalFact],
-    authors: &BTreeSet<String>,
-    teams: &dyn Teams,
+    people: &People<'_>,
 ) -> ApprovalStatus {
     // The latest GitHub review of each reviewer on each pull request.
     let mut latest: BTreeMap<(Option<u64>, &str), usize> = BTreeMap::new();
@@ -194,7 +234,6 @@ pub fn approval_status(
             latest.insert(key, i);
         }
     }
-    let is_author = |p: &Person| authors.iter().any(|a| p.is(a));
     let mut blocked = false;
     let mut reviews = Vec::with_capacity(facts.len());
     let mut tallies: Vec<BTreeSet<String>> = vec![BTreeSet::new(); rules.len()];
@@ -206,18 +245,24 @@ pub fn approval_status(
         } else {
             match f.verdict {
                 Verdict::Dismissed => Some(NotCounted::Dismissed),
+                // Only someone who may review can block: a stranger's
+                // request for changes is shown, not obeyed.
+                Verdict::ChangesRequested if !people.may_review(f) => {
+                    Some(NotCounted::NoWriteAccess)
+                }
                 Verdict::ChangesRequested => {
                     blocked = true;
                     Some(NotCounted::ChangesRequested)
                 }
                 Verdict::Approved if f.digest != digest => Some(NotCounted::StaleDigest),
+                Verdict::Approved if !people.may_review(f) => Some(NotCounted::NoWriteAccess),
                 Verdict::Approved => {
                     let mut counted = false;
                     let mut author_refused = false;
                     for (n, (_, approvals)) in rules.iter().enumerate() {
-                        if is_author(&f.approver) && !approvals.author_may_approve {
+                        if people.is_author(&f.approver) && !approvals.author_may_approve {
                             author_refused = true;
-                        } else if in_from(approvals, &f.approver, teams) {
+                        } else if people.in_from(approvals, &f.approver) {
                             tallies[n].insert(f.approver.display().to_string());
                             counted = true;
                         }
@@ -306,14 +351,45 @@ mod tests {
         BTreeSet::new()
     }
 
+    /// Everyone can write to the repository; nobody is in a team.
+    struct Writers;
+    impl Directory for Writers {
+        fn is_member(&self, _: &str, _: &str, _: &str) -> bool {
+            false
+        }
+        fn can_write(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// The status at `D`, with alice, bob, carol and dave as configured identities.
+    fn status(
+        rules: &[(&str, Approvals)],
+        facts: &[ApprovalFact],
+        authors: &BTreeSet<String>,
+        directory: &dyn Directory,
+    ) -> ApprovalStatus {
+        let identities: BTreeSet<String> =
+            ["alice", "bob", "carol", "dave"].map(String::from).into();
+        approval_status(
+            D,
+            rules,
+            facts,
+            &People {
+                authors,
+                identities: &identities,
+                directory,
+            },
+        )
+    }
+
     #[test]
     fn two_eligible_approvals_satisfy_a_two_approval_policy() {
-        let s = approval_status(
-            D,
+        let s = status(
             &two_from(&[]),
             &[api("alice", D, 1), api("bob", D, 2)],
             &no_authors(),
-            &(),
+            &Writers,
         );
         assert!(s.satisfied);
         assert_eq!(s.summary(), "2 of 2 approvals (policy pg)");
@@ -322,12 +398,11 @@ mod tests {
     #[test]
     fn the_author_never_approves_their_own_change() {
         let authors: BTreeSet<String> = ["carol".to_string()].into();
-        let s = approval_status(
-            D,
+        let s = status(
             &two_from(&[]),
             &[api("alice", D, 1), api("carol", D, 2)],
             &authors,
-            &(),
+            &Writers,
         );
         assert!(!s.satisfied);
         assert_eq!(s.reviews[1].reason, Some(NotCounted::Author));
@@ -337,7 +412,7 @@ mod tests {
     #[test]
     fn authors_are_matched_by_github_login_too() {
         let authors: BTreeSet<String> = ["carol-gh".to_string()].into();
-        let s = approval_status(D, &two_from(&[]), &[api("carol", D, 1)], &authors, &());
+        let s = status(&two_from(&[]), &[api("carol", D, 1)], &authors, &Writers);
         assert_eq!(s.reviews[0].reason, Some(NotCounted::Author));
     }
 
@@ -346,18 +421,17 @@ mod tests {
         let mut rules = two_from(&[]);
         rules[0].1.author_may_approve = true;
         let authors: BTreeSet<String> = ["carol".to_string()].into();
-        let s = approval_status(D, &rules, &[api("carol", D, 1)], &authors, &());
+        let s = status(&rules, &[api("carol", D, 1)], &authors, &Writers);
         assert!(s.reviews[0].counts);
     }
 
     #[test]
     fn an_approver_outside_from_does_not_count() {
-        let s = approval_status(
-            D,
+        let s = status(
             &two_from(&["alice", "bob"]),
             &[api("mallory", D, 1)],
             &no_authors(),
-            &(),
+            &Writers,
         );
         assert_eq!(s.reviews[0].reason, Some(NotCounted::NotEligible));
     }
@@ -365,9 +439,12 @@ mod tests {
     #[test]
     fn from_matches_github_logins_and_teams() {
         struct Leads;
-        impl Teams for Leads {
+        impl Directory for Leads {
             fn is_member(&self, org: &str, slug: &str, login: &str) -> bool {
                 (org, slug, login) == ("acme", "leads", "bob-gh")
+            }
+            fn can_write(&self, _: &str) -> bool {
+                true
             }
         }
         let rules = vec![(
@@ -384,8 +461,7 @@ mod tests {
                 author_may_approve: false,
             },
         )];
-        let s = approval_status(
-            D,
+        let s = status(
             &rules,
             &[api("alice", D, 1), api("bob", D, 2), api("eve", D, 3)],
             &no_authors(),
@@ -397,12 +473,11 @@ mod tests {
 
     #[test]
     fn an_approval_at_an_old_digest_does_not_count() {
-        let s = approval_status(
-            D,
+        let s = status(
             &two_from(&[]),
             &[api("alice", "sha256:old", 1)],
             &no_authors(),
-            &(),
+            &Writers,
         );
         assert_eq!(s.reviews[0].reason, Some(NotCounted::StaleDigest));
         assert_eq!(s.policies[0].counted, 0);
@@ -410,12 +485,11 @@ mod tests {
 
     #[test]
     fn one_person_counts_once_across_github_and_the_api() {
-        let s = approval_status(
-            D,
+        let s = status(
             &two_from(&[]),
             &[api("alice", D, 1), review("alice", Verdict::Approved, D, 2)],
             &no_authors(),
-            &(),
+            &Writers,
         );
         assert_eq!(s.policies[0].counted, 1);
         assert!(!s.satisfied);
@@ -427,19 +501,18 @@ mod tests {
             review("alice", Verdict::Approved, D, 1),
             review("alice", Verdict::ChangesRequested, D, 2),
         ];
-        let s = approval_status(D, &two_from(&[]), &facts, &no_authors(), &());
+        let s = status(&two_from(&[]), &facts, &no_authors(), &Writers);
         assert_eq!(s.reviews[0].reason, Some(NotCounted::Superseded));
         assert_eq!(s.reviews[1].reason, Some(NotCounted::ChangesRequested));
     }
 
     #[test]
     fn a_dismissed_review_does_not_count() {
-        let s = approval_status(
-            D,
+        let s = status(
             &two_from(&[]),
             &[review("alice", Verdict::Dismissed, D, 1)],
             &no_authors(),
-            &(),
+            &Writers,
         );
         assert_eq!(s.reviews[0].reason, Some(NotCounted::Dismissed));
     }
@@ -451,7 +524,7 @@ mod tests {
             api("bob", D, 2),
             review("carol", Verdict::ChangesRequested, D, 3),
         ];
-        let s = approval_status(D, &two_from(&[]), &facts, &no_authors(), &());
+        let s = status(&two_from(&[]), &facts, &no_authors(), &Writers);
         assert_eq!(s.policies[0].counted, 2);
         assert!(!s.satisfied);
     }
@@ -476,15 +549,112 @@ mod tests {
                 },
             ),
         ];
-        let s = approval_status(D, &rules, &[api("alice", D, 1)], &no_authors(), &());
+        let s = status(&rules, &[api("alice", D, 1)], &no_authors(), &Writers);
         assert!(!s.satisfied);
-        let s = approval_status(
-            D,
+        let s = status(
             &rules,
             &[api("alice", D, 1), api("bob", D, 2)],
             &no_authors(),
-            &(),
+            &Writers,
         );
         assert!(s.satisfied);
+    }
+
+    fn github_only(login: &str, verdict: Verdict) -> ApprovalFact {
+        ApprovalFact {
+            approver: Person {
+                name: None,
+                github: Some(login.into()),
+            },
+            ..review("x", verdict, D, 5)
+        }
+    }
+
+    #[test]
+    fn an_identity_name_in_from_never_matches_a_github_user_with_that_login() {
+        // `bob` is a configured identity with no `github` login; the GitHub
+        // user `bob` is someone else.
+        let s = status(
+            &two_from(&["bob"]),
+            &[github_only("bob", Verdict::Approved)],
+            &no_authors(),
+            &Writers,
+        );
+        assert_eq!(s.reviews[0].reason, Some(NotCounted::NotEligible));
+        // A plain entry that names no identity is a GitHub login.
+        let s = status(
+            &two_from(&["frank"]),
+            &[github_only("frank", Verdict::Approved)],
+            &no_authors(),
+            &Writers,
+        );
+        assert!(s.reviews[0].counts);
+    }
+
+    #[test]
+    fn teams_are_looked_up_by_github_login_only() {
+        struct TeamOfBob;
+        impl Directory for TeamOfBob {
+            fn is_member(&self, _: &str, _: &str, login: &str) -> bool {
+                login == "bob"
+            }
+            fn can_write(&self, _: &str) -> bool {
+                true
+            }
+        }
+        let rules = vec![(
+            "pg",
+            Approvals {
+                required: 1,
+                from: vec![Approver::Team {
+                    org: "acme".into(),
+                    slug: "leads".into(),
+                }],
+                author_may_approve: false,
+            },
+        )];
+        // The identity `bob` (GitHub login unknown) is not the GitHub user `bob`.
+        let bob = ApprovalFact {
+            approver: Person {
+                name: Some("bob".into()),
+                github: None,
+            },
+            ..api("bob", D, 1)
+        };
+        let s = status(&rules, &[bob], &no_authors(), &TeamOfBob);
+        assert_eq!(s.reviews[0].reason, Some(NotCounted::NotEligible));
+    }
+
+    #[test]
+    fn a_github_reviewer_without_write_access_does_not_count_or_block() {
+        struct NoOne;
+        impl Directory for NoOne {
+            fn is_member(&self, _: &str, _: &str, _: &str) -> bool {
+                false
+            }
+            fn can_write(&self, _: &str) -> bool {
+                false
+            }
+        }
+        let s = status(
+            &two_from(&[]),
+            &[
+                api("alice", D, 1),
+                github_only("stranger", Verdict::Approved),
+                ApprovalFact {
+                    at: 6,
+                    ..github_only("troll", Verdict::ChangesRequested)
+                },
+            ],
+            &no_authors(),
+            &NoOne,
+        );
+        assert_eq!(
+            s.reviews[0].reason, None,
+            "API approvals need no GitHub access"
+        );
+        assert_eq!(s.reviews[1].reason, Some(NotCounted::NoWriteAccess));
+        assert_eq!(s.reviews[2].reason, Some(NotCounted::NoWriteAccess));
+        assert_eq!(s.policies[0].counted, 1);
     }
 }

@@ -2,8 +2,6 @@
 //! is granted only if…"). The first unmet rule, in the spec's order, is the
 //! answer, with a detail that says what would satisfy it.
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
 
 use super::{Breaker, ChangeState, StepState};
@@ -77,6 +75,19 @@ pub struct StepProgress {
     pub running: Option<(String, i64)>,
     /// For a failed step: "exit 1" or "interrupted".
     pub failure: Option<String>,
+    /// Attempts made so far: the next one is `attempts + 1`.
+    pub attempts: i64,
+}
+
+/// A recorded go-ahead: for attempt `attempt_no` of `step_id` at `digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoAhead {
+    /// The step.
+    pub step_id: String,
+    /// The digest it was given at.
+    pub digest: String,
+    /// The attempt it is for.
+    pub attempt_no: i64,
 }
 
 /// Everything a claim decision reads.
@@ -104,8 +115,8 @@ pub struct ClaimContext<'a> {
     pub windows: &'a [(&'a str, &'a [Window])],
     /// Per step, in order.
     pub steps: &'a [StepProgress],
-    /// Steps with a recorded go-ahead.
-    pub confirmed: &'a BTreeSet<String>,
+    /// Every go-ahead recorded for the change.
+    pub go_aheads: &'a [GoAhead],
     /// A policy demands a go-ahead for every step.
     pub confirm_each_step: bool,
     /// Held target locks: (target, holding change, its state).
@@ -208,17 +219,32 @@ pub fn claim_decision(c: &ClaimContext<'_>) -> Result<usize, Refusal> {
         );
     };
     let step = &change.steps[next];
-    if (step.confirm || c.confirm_each_step)
-        && !c.confirmed.contains(&step.id)
-        && c.steps[next].state == StepState::Pending
-    {
-        return refuse(
-            R::NeedsConfirmation,
-            format!(
-                "step {} needs a go-ahead: `changegate proceed {id} {} --reason …`",
-                step.id, step.id
-            ),
-        );
+    if (step.confirm || c.confirm_each_step) && c.steps[next].state == StepState::Pending {
+        // A go-ahead is for the next attempt at the approved digest: one
+        // given for an earlier attempt or another digest does not carry over.
+        let attempt_no = c.steps[next].attempts + 1;
+        let mut given = c
+            .go_aheads
+            .iter()
+            .filter(|g| g.step_id == step.id && g.attempt_no == attempt_no);
+        if !given.clone().any(|g| g.digest == c.approved_digest) {
+            let elsewhere = given
+                .next()
+                .map(|g| {
+                    format!(
+                        " (the go-ahead recorded was given at {}, not at the approved {})",
+                        g.digest, c.approved_digest
+                    )
+                })
+                .unwrap_or_default();
+            return refuse(
+                R::NeedsConfirmation,
+                format!(
+                    "step {} needs a go-ahead for attempt {attempt_no} at {}{elsewhere}: `changegate proceed {id} {} --reason …`",
+                    step.id, c.approved_digest, step.id
+                ),
+            );
+        }
     }
     if let Some((target, holder, state)) = c
         .locks
@@ -298,6 +324,7 @@ mod tests {
             state: StepState::Pending,
             running: None,
             failure: None,
+            attempts: 0,
         }
     }
 
@@ -306,6 +333,7 @@ mod tests {
             state: StepState::Succeeded,
             running: None,
             failure: None,
+            attempts: 1,
         }
     }
 
@@ -317,7 +345,6 @@ mod tests {
     fn decide_with(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<usize, Refusal> {
         let change = change();
         let steps = [pending(), pending()];
-        let confirmed = BTreeSet::new();
         let mut c = ClaimContext {
             id: "up",
             change: Some(&change),
@@ -330,7 +357,7 @@ mod tests {
             now: (0, 600),
             windows: &[],
             steps: &steps,
-            confirmed: &confirmed,
+            go_aheads: &[],
             confirm_each_step: false,
             locks: &[],
             max_targets_per_step: None,
@@ -452,15 +479,63 @@ mod tests {
             decide(|c| c.confirm_each_step = true),
             Err(RefusalReason::NeedsConfirmation)
         );
-        let confirmed: &'static BTreeSet<String> =
-            Box::leak(Box::new(["backup".to_string()].into()));
+        let given = go_ahead("backup", D, 1);
         assert_eq!(
             decide(|c| {
                 c.confirm_each_step = true;
-                c.confirmed = confirmed
+                c.go_aheads = given
             }),
             Ok(0)
         );
+    }
+
+    fn go_ahead(step: &str, digest: &str, attempt_no: i64) -> &'static [GoAhead] {
+        Box::leak(Box::new([GoAhead {
+            step_id: step.into(),
+            digest: digest.into(),
+            attempt_no,
+        }]))
+    }
+
+    #[test]
+    fn a_go_ahead_given_at_another_digest_does_not_count_and_the_detail_says_so() {
+        let refusal = decide_with(|c| {
+            c.confirm_each_step = true;
+            c.go_aheads = go_ahead("backup", "sha256:older", 1)
+        })
+        .unwrap_err();
+        assert_eq!(refusal.reason, RefusalReason::NeedsConfirmation);
+        assert!(
+            refusal
+                .detail
+                .contains("given at sha256:older, not at the approved sha256:approved"),
+            "{}",
+            refusal.detail
+        );
+    }
+
+    #[test]
+    fn a_retried_step_needs_a_new_go_ahead() {
+        // Attempt 1 failed and was retried: the go-ahead for attempt 1 is used up.
+        let retried: &'static [StepProgress] = Box::leak(Box::new([
+            StepProgress {
+                attempts: 1,
+                ..pending()
+            },
+            pending(),
+        ]));
+        let decide_at = |given| {
+            decide(|c| {
+                c.confirm_each_step = true;
+                c.steps = retried;
+                c.go_aheads = given
+            })
+        };
+        assert_eq!(
+            decide_at(go_ahead("backup", D, 1)),
+            Err(RefusalReason::NeedsConfirmation)
+        );
+        assert_eq!(decide_at(go_ahead("backup", D, 2)), Ok(0));
     }
 
     #[test]
@@ -483,6 +558,7 @@ mod tests {
                 state: StepState::Running,
                 running: Some(("a1".into(), 0)),
                 failure: None,
+                attempts: 1,
             },
             pending(),
         ]));
@@ -498,11 +574,9 @@ mod tests {
     #[test]
     fn blast_radius() {
         let first_done: &'static [StepProgress] = Box::leak(Box::new([done(), pending()]));
-        let confirmed: &'static BTreeSet<String> =
-            Box::leak(Box::new(["switch".to_string()].into()));
         let at_second = |c: &mut ClaimContext<'_>| {
             c.steps = first_done;
-            c.confirmed = confirmed;
+            c.go_aheads = go_ahead("switch", D, 1);
             c.max_targets_per_step = Some(1)
         };
         assert_eq!(

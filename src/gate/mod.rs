@@ -7,9 +7,11 @@ pub mod claim;
 
 use serde::Serialize;
 
-pub use approval::{approval_status, ApprovalFact, ApprovalStatus, Person, Source, Teams, Verdict};
+pub use approval::{
+    approval_status, ApprovalFact, ApprovalStatus, Directory, People, Person, Source, Verdict,
+};
 pub use breaker::{breaker_state, Breaker, BreakerConfig};
-pub use claim::{claim_decision, ClaimContext, Refusal, RefusalReason};
+pub use claim::{claim_decision, ClaimContext, GoAhead, Refusal, RefusalReason};
 
 /// A change's lifecycle state (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

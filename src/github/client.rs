@@ -285,6 +285,13 @@ impl GithubClient {
         format!("/repos/{}/{}", self.owner, self.name)
     }
 
+    /// The configured repository, with the numeric id deliveries are
+    /// matched by (GitHub answers a renamed repository's old name with a
+    /// redirect, which the client follows).
+    pub async fn repository(&self) -> Result<super::events::Repository, ApiError> {
+        self.get_json(&self.repo_path()).await
+    }
+
     /// Sets commit status `context` on `sha`.
     pub async fn post_status(&self, sha: &str, status: &StatusUpdate) -> Result<(), ApiError> {
         let body = serde_json::to_value(status).expect("a status serialises");
@@ -311,6 +318,25 @@ impl GithubClient {
         let uri = format!("/orgs/{org}/teams/{slug}/memberships/{login}");
         match self.get_json::<Membership>(&uri).await {
             Ok(m) => Ok(m.state == "active"),
+            Err(ApiError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `login` has write, maintain or admin permission on the
+    /// repository. Not a collaborator (404) is no.
+    pub async fn can_write(&self, login: &str) -> Result<bool, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Permission {
+            permission: String,
+            #[serde(default)]
+            role_name: Option<String>,
+        }
+        let uri = format!("{}/collaborators/{login}/permission", self.repo_path());
+        match self.get_json::<Permission>(&uri).await {
+            // `permission` folds maintain into write; `role_name` says it.
+            Ok(p) => Ok(matches!(p.permission.as_str(), "admin" | "write")
+                || matches!(p.role_name.as_deref(), Some("admin" | "maintain" | "write"))),
             Err(ApiError::Status { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
         }

@@ -18,6 +18,42 @@ pub struct Ref {
     pub name: String,
     /// The commit.
     pub sha: String,
+    /// The repository the branch lives in (absent in trimmed payloads).
+    #[serde(default)]
+    pub repo: Option<Repository>,
+}
+
+/// A repository as payloads name it: `repository`, `pull_request.base.repo`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Repository {
+    /// GitHub's numeric id: survives renames and transfers.
+    pub id: u64,
+    /// `owner/name` today.
+    pub full_name: String,
+}
+
+/// Where a delivery comes from: its `repository` and, for a GitHub App,
+/// its `installation`. Either may be absent (`ping`, `installation`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct Envelope {
+    /// The repository the event happened in.
+    #[serde(default)]
+    pub repository: Option<Repository>,
+    /// The App installation that delivered it.
+    #[serde(default)]
+    pub installation: Option<Installation>,
+}
+
+/// `installation` in an App's deliveries.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Installation {
+    /// The installation id.
+    pub id: u64,
+}
+
+/// Reads only where a delivery comes from, whatever its event.
+pub fn envelope(event: &str, body: &[u8]) -> Result<Envelope, PayloadError> {
+    decode(event, body)
 }
 
 /// A pull request as webhooks and `GET /repos/{o}/{r}/pulls` describe it.

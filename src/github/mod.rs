@@ -10,6 +10,7 @@
 pub mod client;
 pub mod events;
 mod mirror;
+pub mod origin;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,12 +22,12 @@ use serde_json::json;
 pub use client::{ApiError, GithubClient, StatusUpdate};
 use events::{Event, PayloadError, PullRequest, ReviewFact};
 pub use mirror::Mirror;
+pub use origin::{Foreign, Home};
 
 use crate::clock::now_ms;
 use crate::config::GithubConfig;
 use crate::engine::{Engine, EngineError};
 use crate::gate::ChangeState;
-use crate::gate::Teams;
 use crate::git::{ChangeRepo, GitError};
 use crate::model::{covered_paths, Approver, Digest};
 use crate::store::{PullRequestRecord, StoreError};
@@ -80,11 +81,15 @@ pub struct Github {
     config: GithubConfig,
     client: GithubClient,
     mirror: Mirror,
+    /// The repository deliveries must come from.
+    home: Arc<Home>,
     default_branch: String,
     /// One git operation at a time: fetches into one repository must not race.
     git: tokio::sync::Mutex<()>,
     /// The audit sequence statuses were last worked out at.
     statuses_at: std::sync::atomic::AtomicI64,
+    /// When the directory was last refreshed (unix ms).
+    directory_at: std::sync::atomic::AtomicI64,
 }
 
 impl Github {
@@ -96,15 +101,59 @@ impl Github {
         let client = GithubClient::new(&config)?;
         let mirror = Mirror::open(&engine.repo_path(), &engine.config().repo.url)?;
         let default_branch = engine.config().repo.default_branch.clone();
+        // The installation is compared only under App authentication.
+        let installation = config.app_id.and(config.installation_id);
+        let home = Arc::new(Home::new(&config.repository, installation));
         Ok(Some(Github {
             engine,
             config,
             client,
             mirror,
+            home,
             default_branch,
             git: tokio::sync::Mutex::new(()),
             statuses_at: std::sync::atomic::AtomicI64::new(-1),
+            directory_at: std::sync::atomic::AtomicI64::new(0),
         }))
+    }
+
+    /// The repository deliveries must come from, shared with the webhook
+    /// handler so its log line and metrics can name foreign traffic.
+    pub fn home(&self) -> Arc<Home> {
+        self.home.clone()
+    }
+
+    /// Pins the configured repository's numeric id: from the store, else
+    /// from `GET /repos/{owner}/{repo}` (recorded and audited). Until this
+    /// succeeds, deliveries are matched by `full_name`.
+    pub async fn pin_repository(&self) -> Result<u64, SyncError> {
+        if let Some(id) = self.home.id() {
+            return Ok(id);
+        }
+        let store = self.engine.store();
+        let full_name = self.home.full_name().to_string();
+        let id = match store.pinned_repository(&full_name).await? {
+            Some(id) => id,
+            None => {
+                let repository = self.client.repository().await?;
+                let mut w = store.write().await?;
+                let id = w.pin_repository(&full_name, repository.id).await?;
+                if id == repository.id {
+                    w.audit(
+                        "github",
+                        "github.repository.pinned",
+                        None,
+                        json!({"configured": full_name, "id": id, "full_name": repository.full_name}),
+                    )
+                    .await?;
+                }
+                w.commit().await?;
+                tracing::info!(repository = %full_name, id, "repository id pinned");
+                id
+            }
+        };
+        self.home.pin(id);
+        Ok(id)
     }
 
     /// Whether this server applies deliveries (`github.worker`).
@@ -202,6 +251,12 @@ impl Github {
         event: &str,
         body: &[u8],
     ) -> Result<(), SyncError> {
+        // Another repository's delivery, signed with a shared App or
+        // organisation secret, changes nothing: not even a fetch.
+        if let Some(foreign) = self.home.foreign(&events::envelope(event, body)?) {
+            tracing::info!(%delivery, %event, outcome = "ignored", reason = foreign.label(), "delivery from another repository");
+            return self.ignore(delivery, &foreign.reason()).await;
+        }
         match events::parse(event, body)? {
             Event::PullRequest {
                 action,
@@ -421,6 +476,7 @@ impl Github {
     pub async fn sync(&self) -> Result<SyncSummary, SyncError> {
         let store = self.engine.store();
         let mut summary = SyncSummary::default();
+        self.pin_repository().await?;
         let open = self.client.open_pulls().await?;
         summary.pull_requests = open.len();
         let listed: BTreeSet<u64> = open.iter().map(|p| p.number).collect();
@@ -430,7 +486,13 @@ impl Github {
                 pulls.push(self.client.pull(tracked.number as u64).await?);
             }
         }
-        for pr in pulls.iter().filter(|p| p.base.name == self.default_branch) {
+        // The list is the configured repository's, but a pull request that
+        // names another base repository is never recorded as this one's.
+        let home = |p: &PullRequest| p.base.repo.as_ref().is_none_or(|r| self.home.is_home(r));
+        for pr in pulls
+            .iter()
+            .filter(|p| p.base.name == self.default_branch && home(p))
+        {
             let number = pr.number as i64;
             let known = store.pull_request(number).await?;
             let stale = known.as_ref().is_none_or(|k| {
@@ -484,9 +546,10 @@ impl Github {
         Ok(summary)
     }
 
-    /// Looks up every stale (team, login) pair that a policy in force could
-    /// ask about. Returns true when an answer changed.
-    pub async fn refresh_teams(&self) -> Result<bool, SyncError> {
+    /// Looks up, for every reviewer, whatever the cache holds no fresh
+    /// answer to: write access to the repository, and membership of each
+    /// team a policy in force names. Returns true when an answer changed.
+    pub async fn refresh_directory(&self) -> Result<bool, SyncError> {
         let view = self.engine.view();
         let teams: BTreeSet<(String, String)> = view
             .policies
@@ -497,9 +560,6 @@ impl Github {
                 Approver::User(_) => None,
             })
             .collect();
-        if teams.is_empty() {
-            return Ok(false);
-        }
         let mut logins: BTreeSet<String> = self.engine.store().reviewers().await?;
         logins.extend(
             self.engine
@@ -509,18 +569,23 @@ impl Github {
                 .filter_map(|t| t.github.clone()),
         );
         let ttl = std::time::Duration::from_secs(self.config.team_ttl.as_secs());
-        let cache = self.engine.teams();
+        let cache = self.engine.directory();
         let mut changed = false;
-        for (org, slug) in &teams {
-            for login in &logins {
-                if !cache.is_stale(org, slug, login, ttl) {
+        for login in &logins {
+            if cache.writer_is_stale(login, ttl) {
+                match self.client.can_write(login).await {
+                    Ok(yes) => changed |= cache.put_writer(login, yes),
+                    Err(e) => {
+                        tracing::warn!(%login, error = %e, "permission lookup failed; keeping the last answer")
+                    }
+                }
+            }
+            for (org, slug) in &teams {
+                if !cache.member_is_stale(org, slug, login, ttl) {
                     continue;
                 }
                 match self.client.is_team_member(org, slug, login).await {
-                    Ok(member) => {
-                        changed |= cache.is_member(org, slug, login) != member;
-                        cache.put(org, slug, login, member);
-                    }
+                    Ok(member) => changed |= cache.put_member(org, slug, login, member),
                     Err(e) => {
                         tracing::warn!(%org, %slug, %login, error = %e, "team lookup failed; keeping the last answer")
                     }
@@ -671,16 +736,26 @@ impl Github {
         Ok(posted)
     }
 
-    /// One pass of the worker: apply the inbox, refresh team lookups, and
-    /// bring commit statuses up to date. Statuses are worked out again only
-    /// when a fact was recorded since (any write moves the audit chain) or
-    /// a team lookup changed, so an idle tick reads two rows.
+    /// One pass of the worker: apply the inbox, refresh the directory
+    /// (permissions, teams), and bring commit statuses up to date. The
+    /// directory is refreshed when a fact was recorded since (a new
+    /// reviewer) and once a minute (answers go stale); statuses are worked
+    /// out again when a fact was recorded or an answer changed, so an idle
+    /// tick reads two rows.
     pub async fn tick(&self) -> Result<(), SyncError> {
         use std::sync::atomic::Ordering;
         self.process_inbox().await?;
-        let teams_changed = self.refresh_teams().await?;
         let seq = self.engine.store().audit_seq().await?;
-        if teams_changed || seq != self.statuses_at.load(Ordering::SeqCst) {
+        let moved = seq != self.statuses_at.load(Ordering::SeqCst);
+        let now = now_ms();
+        let directory_changed = if moved || now - self.directory_at.load(Ordering::SeqCst) >= 60_000
+        {
+            self.directory_at.store(now, Ordering::SeqCst);
+            self.refresh_directory().await?
+        } else {
+            false
+        };
+        if directory_changed || moved {
             self.update_statuses().await?;
             self.statuses_at.store(seq, Ordering::SeqCst);
         }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub inbox_wake: Arc<tokio::sync::Notify>,
     /// The inbox's group-commit writer.
     pub ingest: ingest::Ingest,
+    /// The repository deliveries must come from (with `[github]`).
+    pub home: Option<Arc<crate::github::Home>>,
 }
 
 #[derive(OpenApi)]
@@ -138,6 +140,7 @@ pub async fn run(
     let config = Arc::new(config);
     let engine = Arc::new(Engine::new(config.clone(), store.clone()));
     let github = Github::new(engine.clone())?.map(Arc::new);
+    let home = github.as_ref().map(|g| g.home());
     match refresh_all(&engine, github.as_deref()).await {
         Ok(r) => tracing::info!(
             added = r.added,
@@ -167,6 +170,7 @@ pub async fn run(
         metrics,
         inbox_wake,
         ingest,
+        home,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -234,7 +238,13 @@ async fn background(config: Arc<Config>, engine: Arc<Engine>, github: Option<Arc
 /// Re-reads the default branch, fetching the mirror first with GitHub.
 async fn refresh_all(engine: &Engine, github: Option<&Github>) -> Result<SyncReport, String> {
     match github {
-        Some(github) => github.fetch_and_refresh().await.map_err(|e| e.to_string()),
+        Some(github) => {
+            // Until pinned, deliveries are matched by name; keep trying.
+            if let Err(e) = github.pin_repository().await {
+                tracing::warn!(error = %e, "cannot pin the repository's id yet; matching deliveries by name");
+            }
+            github.fetch_and_refresh().await.map_err(|e| e.to_string())
+        }
         None => engine.refresh().await.map_err(|e| e.to_string()),
     }
 }

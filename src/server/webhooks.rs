@@ -18,8 +18,11 @@ pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 /// Labels of a webhook delivery.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
-    /// `accepted`, `duplicate` or `rejected`.
-    pub outcome: String,
+    /// `accepted`, `duplicate`, `ignored` or `rejected`.
+    pub outcome: &'static str,
+    /// Why, from a fixed set: `bad-signature`, `missing-headers`,
+    /// `foreign-repository`, `foreign-installation`; empty otherwise.
+    pub reason: &'static str,
 }
 
 /// Does `signature` (`sha256=<hex>`) match the HMAC-SHA256 of `body`?
@@ -44,13 +47,11 @@ pub async fn github(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let count = |outcome: &str| {
+    let count = |outcome: &'static str, reason: &'static str| {
         state
             .metrics
             .webhooks
-            .get_or_create(&WebhookLabels {
-                outcome: outcome.into(),
-            })
+            .get_or_create(&WebhookLabels { outcome, reason })
             .inc()
     };
     let Some(github) = &state.config.github else {
@@ -74,7 +75,7 @@ pub async fn github(
     };
     let signature = header("x-hub-signature-256").unwrap_or_default();
     if !signature_matches(secret.as_bytes(), &body, &signature) {
-        count("rejected");
+        count("rejected", "bad-signature");
         tracing::warn!(
             delivery = header("x-github-delivery").unwrap_or_default(),
             "webhook signature does not verify"
@@ -86,25 +87,41 @@ pub async fn github(
     }
     let (Some(delivery), Some(event)) = (header("x-github-delivery"), header("x-github-event"))
     else {
-        count("rejected");
+        count("rejected", "missing-headers");
         return reply(
             StatusCode::BAD_REQUEST,
             json!({"error": "missing-headers", "detail": "X-GitHub-Delivery and X-GitHub-Event are required"}),
         );
     };
+    // Another repository's delivery is stored like any other (the worker
+    // records it as ignored); saying so here lets an operator see it.
+    let foreign = state.home.as_ref().and_then(|home| {
+        crate::github::events::envelope(&event, &body)
+            .ok()
+            .and_then(|e| home.foreign(&e))
+    });
     let prepared = crate::store::PreparedDelivery::new(&delivery, &event, &body);
     match state.ingest.store(prepared).await {
         Ok(true) => {
-            count("accepted");
             state.inbox_wake.notify_one();
-            tracing::info!(%delivery, %event, "webhook stored");
+            match &foreign {
+                Some(f) => {
+                    count("ignored", f.label());
+                    tracing::info!(%delivery, %event, outcome = "ignored", reason = f.label(), "webhook stored; {}", f.reason());
+                }
+                None => {
+                    count("accepted", "");
+                    tracing::info!(%delivery, %event, outcome = "accepted", "webhook stored");
+                }
+            }
+            let ignored = foreign.map(|f| f.reason());
             reply(
                 StatusCode::ACCEPTED,
-                json!({"delivery": delivery, "stored": true}),
+                json!({"delivery": delivery, "stored": true, "ignored": ignored}),
             )
         }
         Ok(false) => {
-            count("duplicate");
+            count("duplicate", "");
             reply(
                 StatusCode::OK,
                 json!({"delivery": delivery, "stored": false, "detail": "already received; not applied twice"}),

@@ -2,8 +2,6 @@
 //! target locks and the breaker. Reads take a connection so the same code
 //! runs on the pool or inside a [`WriteTx`].
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -98,13 +96,41 @@ fn action(r: &AnyRow, step: bool, after: bool) -> Result<OperatorAction, sqlx::E
     })
 }
 
+/// An operator's go-ahead: for attempt `attempt_no` of a step at `digest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct GoAheadRecord {
+    /// The step.
+    pub step_id: String,
+    /// The digest it was given at.
+    pub digest: String,
+    /// The attempt it is for: the step's next one when it was given.
+    pub attempt_no: i64,
+    /// The identity.
+    pub actor: String,
+    /// Their reason.
+    pub reason: String,
+    /// Unix ms.
+    pub at: i64,
+}
+
+fn go_ahead(r: &AnyRow) -> Result<GoAheadRecord, sqlx::Error> {
+    Ok(GoAheadRecord {
+        step_id: r.try_get("step_id")?,
+        digest: r.try_get("digest")?,
+        attempt_no: r.try_get("attempt_no")?,
+        actor: r.try_get("actor")?,
+        reason: r.try_get("reason")?,
+        at: r.try_get("at")?,
+    })
+}
+
 /// Everything recorded about one change's execution and approval.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeFacts {
     /// Every attempt, oldest first.
     pub attempts: Vec<Attempt>,
-    /// Go-aheads.
-    pub confirmations: Vec<OperatorAction>,
+    /// Go-aheads, each for one attempt at one digest.
+    pub go_aheads: Vec<GoAheadRecord>,
     /// Re-opened steps.
     pub retries: Vec<OperatorAction>,
     /// The abandonment, if any.
@@ -113,16 +139,6 @@ pub struct ChangeFacts {
     pub approvals: Vec<ApiApproval>,
     /// Reviews and authors from the pull requests that touch it.
     pub github: super::GithubFacts,
-}
-
-impl ChangeFacts {
-    /// Steps with a recorded go-ahead.
-    pub fn confirmed(&self) -> BTreeSet<String> {
-        self.confirmations
-            .iter()
-            .filter_map(|c| c.step_id.clone())
-            .collect()
-    }
 }
 
 /// A held target lock.
@@ -158,12 +174,12 @@ pub(crate) async fn change_facts(
         .iter()
         .map(attempt)
         .collect::<Result<_, _>>()?;
-    let confirmations = sqlx::query("SELECT step_id, actor, reason, created_at AS at FROM confirmations WHERE change_id = $1 ORDER BY created_at")
+    let go_aheads = sqlx::query("SELECT step_id, digest, attempt_no, actor, reason, created_at AS at FROM go_aheads WHERE change_id = $1 ORDER BY created_at")
         .bind(id)
         .fetch_all(&mut *conn)
         .await?
         .iter()
-        .map(|r| action(r, true, false))
+        .map(go_ahead)
         .collect::<Result<_, _>>()?;
     let retries = sqlx::query("SELECT step_id, after_attempt, actor, reason, at FROM retries WHERE change_id = $1 ORDER BY at")
         .bind(id)
@@ -186,7 +202,7 @@ pub(crate) async fn change_facts(
         .unwrap_or_default();
     Ok(ChangeFacts {
         attempts,
-        confirmations,
+        go_aheads,
         retries,
         abandonment,
         approvals,
@@ -396,21 +412,20 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Records a go-ahead for a step (once).
-    pub async fn insert_confirmation(
+    /// Records a go-ahead for one attempt of a step at a digest (once).
+    pub async fn insert_go_ahead(
         &mut self,
         change_id: &str,
-        step_id: &str,
-        actor: &str,
-        reason: &str,
-        at: i64,
+        g: &GoAheadRecord,
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query("INSERT INTO confirmations (change_id, step_id, actor, reason, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+        let n = sqlx::query("INSERT INTO go_aheads (change_id, step_id, digest, attempt_no, actor, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING")
             .bind(change_id)
-            .bind(step_id)
-            .bind(actor)
-            .bind(reason)
-            .bind(at)
+            .bind(&g.step_id)
+            .bind(&g.digest)
+            .bind(g.attempt_no)
+            .bind(&g.actor)
+            .bind(&g.reason)
+            .bind(g.at)
             .execute(self.conn())
             .await?
             .rows_affected();
@@ -497,8 +512,8 @@ impl Store {
             let a = attempt(&r)?;
             all.entry(a.change_id.clone()).or_default().attempts.push(a);
         }
-        for r in sqlx::query("SELECT change_id, step_id, actor, reason, created_at AS at FROM confirmations ORDER BY created_at").fetch_all(&mut *conn).await? {
-            all.entry(r.try_get("change_id")?).or_default().confirmations.push(action(&r, true, false)?);
+        for r in sqlx::query("SELECT change_id, step_id, digest, attempt_no, actor, reason, created_at AS at FROM go_aheads ORDER BY created_at").fetch_all(&mut *conn).await? {
+            all.entry(r.try_get("change_id")?).or_default().go_aheads.push(go_ahead(&r)?);
         }
         for r in sqlx::query(
             "SELECT change_id, step_id, after_attempt, actor, reason, at FROM retries ORDER BY at",

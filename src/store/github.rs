@@ -241,6 +241,19 @@ pub(crate) async fn github_facts(
 }
 
 impl Store {
+    /// The pinned numeric id of the configured repository `full_name`.
+    pub async fn pinned_repository(&self, full_name: &str) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT repo_id FROM github_repository WHERE full_name = $1")
+            .bind(full_name.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let id: i64 = r.try_get("repo_id")?;
+            u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("repository id {id}")))
+        })
+        .transpose()
+    }
+
     /// A pull request, if tracked.
     pub async fn pull_request(&self, number: i64) -> Result<Option<PullRequestRecord>, StoreError> {
         sqlx::query(&format!(
@@ -492,6 +505,25 @@ impl Store {
 }
 
 impl WriteTx {
+    /// Pins the configured repository `full_name` to GitHub's id for it.
+    /// The first pin stands (replicas racing agree, or the later is
+    /// ignored); returns the id in force.
+    pub async fn pin_repository(&mut self, full_name: &str, id: u64) -> Result<u64, StoreError> {
+        let key = full_name.to_ascii_lowercase();
+        sqlx::query("INSERT INTO github_repository (full_name, repo_id, pinned_at) VALUES ($1, $2, $3) ON CONFLICT (full_name) DO NOTHING")
+            .bind(&key)
+            .bind(id as i64)
+            .bind(now_ms())
+            .execute(self.conn())
+            .await?;
+        let pinned: i64 = sqlx::query("SELECT repo_id FROM github_repository WHERE full_name = $1")
+            .bind(&key)
+            .fetch_one(self.conn())
+            .await?
+            .try_get("repo_id")?;
+        Ok(pinned as u64)
+    }
+
     /// Marks a delivery done with `outcome`; false if it already was (by
     /// another worker), in which case the caller must not apply it.
     pub async fn finish_delivery(

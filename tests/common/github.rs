@@ -18,6 +18,12 @@ use super::{db, TestRepo};
 /// The repository the fake serves.
 pub const REPOSITORY: &str = "acme/infra";
 
+/// Its numeric id, as `GET /repos/{owner}/{repo}` and payloads give it.
+pub const REPOSITORY_ID: u64 = 4_242_001;
+
+/// The App installation deliveries carry (tests with App auth configure it).
+pub const INSTALLATION_ID: u64 = 42;
+
 /// One answer to force on the next matching request (e.g. a rate limit).
 #[derive(Clone)]
 pub struct Forced {
@@ -55,7 +61,12 @@ pub struct State {
     pub app: Option<(u64, u64)>,
     /// JWT claims presented to mint installation tokens.
     pub jwt_claims: Vec<Value>,
+    /// Logins with write access to the repository; everyone else reads.
+    pub writers: BTreeSet<String>,
 }
+
+/// The test cast's GitHub logins, all collaborators with write access.
+pub const WRITERS: [&str; 5] = ["alice-gh", "bob-gh", "carol-gh", "dave-gh", "erin-gh"];
 
 /// The token test servers get in `CG_TEST_GH_TOKEN`.
 pub const API_TOKEN: &str = "gh-test-token";
@@ -215,6 +226,9 @@ impl Respond for Api {
             }));
         }
         match (req.method.as_str(), parts.as_slice()) {
+            ("GET", ["repos", o, n]) if [*o, *n] == repo[..] => {
+                ResponseTemplate::new(200).set_body_json(repository_json(REPOSITORY))
+            }
             ("GET", ["repos", o, n, "pulls"]) if [*o, *n] == repo[..] => {
                 let wanted = req
                     .url
@@ -280,6 +294,21 @@ impl Respond for Api {
                     "state": body["state"], "description": body["description"], "context": body["context"],
                 }))
             }
+            ("GET", ["repos", o, n, "collaborators", login, "permission"])
+                if [*o, *n] == repo[..] =>
+            {
+                // GitHub answers any user; a non-collaborator of a public repository reads.
+                let (permission, role) = if state.writers.contains(*login) {
+                    ("write", "write")
+                } else {
+                    ("read", "read")
+                };
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "permission": permission,
+                    "role_name": role,
+                    "user": {"login": login, "type": "User"},
+                }))
+            }
             ("GET", ["orgs", org, "teams", slug, "memberships", login]) => {
                 let team = format!("{org}/{slug}");
                 if state.teams.get(&team).is_some_and(|m| m.contains(*login)) {
@@ -303,6 +332,7 @@ impl FakeGithub {
         let state = Arc::new(Mutex::new(State {
             max_per_page: 100,
             token: API_TOKEN.into(),
+            writers: WRITERS.iter().map(|w| w.to_string()).collect(),
             ..State::default()
         }));
         let base = Arc::new(Mutex::new(String::new()));
@@ -392,9 +422,37 @@ pub fn start_server(
     (server, database)
 }
 
+/// The configured repository in GitHub's shape, under `full_name`
+/// (another name with the same id is the same repository, renamed).
+pub fn repository_json(full_name: &str) -> Value {
+    let mut r = fixture("pull_request.opened.json")["repository"].clone();
+    let (owner, name) = full_name.split_once('/').unwrap();
+    r["id"] = json!(REPOSITORY_ID);
+    r["full_name"] = json!(full_name);
+    r["name"] = json!(name);
+    r["owner"]["login"] = json!(owner);
+    r
+}
+
+/// Another repository that the same App or organisation secret covers.
+pub fn foreign_repository_json(full_name: &str, id: u64) -> Value {
+    let mut r = repository_json(full_name);
+    r["id"] = json!(id);
+    r
+}
+
+/// Makes `body` a delivery from `repository` (a value from
+/// [`repository_json`] or [`foreign_repository_json`]).
+pub fn from_repository(body: &[u8], repository: &Value) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(body).unwrap();
+    v["repository"] = repository.clone();
+    serde_json::to_vec(&v).unwrap()
+}
+
 /// A pull request in GitHub's shape (from the `pull_request.opened` fixture).
 pub fn pull(number: u64, head: Oid, base: Oid, opener: &str) -> Value {
     let mut pr = fixture("pull_request.opened.json")["pull_request"].clone();
+    pr["base"]["repo"] = repository_json(REPOSITORY);
     pr["number"] = json!(number);
     pr["head"]["sha"] = json!(head.to_string());
     pr["head"]["ref"] = json!(format!("pr-{number}"));
@@ -444,7 +502,14 @@ pub fn pull_request_event(action: &str, pr: &Value, sender: &str) -> Vec<u8> {
     body["number"] = pr["number"].clone();
     body["pull_request"] = pr.clone();
     body["sender"]["login"] = json!(sender);
+    home(&mut body);
     serde_json::to_vec(&body).unwrap()
+}
+
+/// A delivery from the configured repository, through the App's installation.
+fn home(body: &mut Value) {
+    body["repository"] = repository_json(REPOSITORY);
+    body["installation"] = json!({"id": INSTALLATION_ID});
 }
 
 /// A `pull_request_review` delivery body: submitted (with the webhook's
@@ -466,6 +531,7 @@ pub fn review_event(action: &str, pr: &Value, review: &Value) -> Vec<u8> {
     });
     body["review"] = r;
     body["sender"]["login"] = review["user"]["login"].clone();
+    home(&mut body);
     serde_json::to_vec(&body).unwrap()
 }
 
@@ -476,6 +542,7 @@ pub fn push_event(before: Oid, after: Oid) -> Vec<u8> {
     body["before"] = json!(before.to_string());
     body["after"] = json!(after.to_string());
     body["created"] = json!(false);
+    home(&mut body);
     serde_json::to_vec(&body).unwrap()
 }
 
