@@ -25,14 +25,12 @@ impl TreeView for Tree {
         self.0.get(path).cloned()
     }
 
-    fn blobs_under(&self, dir: &str) -> Vec<(String, String)> {
+    fn blobs_under(&self, dir: &str) -> Vec<(String, Entry)> {
         self.0
             .iter()
             .filter(|(p, _)| p.starts_with(&format!("{dir}/")))
-            .filter_map(|(p, e)| match e {
-                Entry::Blob(id) => Some((p.to_string(), id.clone())),
-                Entry::Tree => None,
-            })
+            .filter(|(_, e)| !matches!(e, Entry::Tree))
+            .map(|(p, e)| (p.to_string(), e.clone()))
             .collect()
     }
 }

@@ -155,12 +155,12 @@ impl changegate::model::TreeView for MapTree {
             .then_some(changegate::model::Entry::Tree)
     }
 
-    fn blobs_under(&self, dir: &str) -> Vec<(String, String)> {
+    fn blobs_under(&self, dir: &str) -> Vec<(String, changegate::model::Entry)> {
         let prefix = format!("{dir}/");
         self.0
             .iter()
             .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), changegate::model::Entry::Blob(v.clone())))
             .collect()
     }
 }

@@ -299,3 +299,187 @@ fn a_retried_attempt_needs_a_new_go_ahead() {
             .unwrap();
     }
 }
+
+// ---- Hole 1: exactly the approved blobs run (hermetic execution).
+
+/// Writes an executable file.
+fn script(repo: &TestRepo, path: &str, body: &str) {
+    repo.write(path, format!("#!/bin/sh\n{body}\n"));
+    std::fs::set_permissions(
+        repo.path().join(path),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+/// A repository whose change `c` runs `run`, approved by Alice, on a server.
+fn approved(
+    run: &str,
+    files: &[(&str, &str)],
+    backend: &str,
+) -> (TestRepo, Server, db::TestDatabase) {
+    let repo = TestRepo::new();
+    for (path, body) in files {
+        script(&repo, path, body);
+    }
+    repo.write(
+        "policies/p.yaml",
+        "approvals:\n  required: 1\n  from: [alice, bob, dave]\n",
+    );
+    repo.write(
+        "changes/c.yaml",
+        format!("title: t\nkind: config\ntargets: [web]\nsteps:\n  - id: only\n    run: {run}\n"),
+    );
+    repo.commit_as("change c", "Carol", "carol@example.com");
+    let (server, database) = start(&repo, backend, "");
+    approve(&server, "alice", &repo, "c");
+    (repo, server, database)
+}
+
+fn runs_log(runs: &tempfile::NamedTempFile) -> String {
+    std::fs::read_to_string(runs.path()).unwrap_or_default()
+}
+
+#[test]
+fn a_helper_sourced_by_a_covered_script_but_not_covered_never_runs() {
+    for backend in db::BACKENDS {
+        let (repo, server, _db) = approved(
+            "./ops/a.sh",
+            &[
+                (
+                    "ops/a.sh",
+                    ". \"$(dirname \"$0\")/helper.sh\"\necho a-ran >> \"$RUNS\"",
+                ),
+                ("ops/helper.sh", "echo helper-v1 >> \"$RUNS\""),
+            ],
+            backend,
+        );
+        // After the approval, the uncovered helper is edited on main: the
+        // digest does not move, so no new approval is asked for.
+        let before = digest(&repo, "c");
+        script(
+            &repo,
+            "ops/helper.sh",
+            "echo helper-v2-unreviewed >> \"$RUNS\"",
+        );
+        repo.commit("edit the helper");
+        assert_eq!(digest(&repo, "c"), before);
+        let runs = tempfile::NamedTempFile::new().unwrap();
+        let out = exec_command(&repo, &server, "c", runs.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{backend}: it fails loudly: {}",
+            text(&out)
+        );
+        assert!(
+            !runs_log(&runs).contains("helper-v2"),
+            "{backend}: the unreviewed helper ran"
+        );
+        assert!(
+            text(&out).contains("hint: `ops/helper.sh` is in the repository but not covered")
+                && text(&out).contains("include: [ops/]"),
+            "{backend}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn a_script_named_without_dot_slash_is_not_there_for_the_step() {
+    for backend in db::BACKENDS {
+        let (repo, server, _db) = approved(
+            "sh ops/b.sh",
+            &[("ops/b.sh", "echo b-v1 >> \"$RUNS\"")],
+            backend,
+        );
+        script(&repo, "ops/b.sh", "echo b-v2-unreviewed >> \"$RUNS\"");
+        repo.commit("edit b.sh");
+        let runs = tempfile::NamedTempFile::new().unwrap();
+        let out = exec_command(&repo, &server, "c", runs.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{backend}: {}", text(&out));
+        assert_eq!(runs_log(&runs), "", "{backend}: nothing of ops/b.sh ran");
+        assert!(
+            text(&out).contains("`ops/b.sh` is in the repository"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn a_covered_symlink_is_a_validation_error() {
+    let repo = TestRepo::new();
+    script(&repo, "real.sh", "echo real");
+    std::os::unix::fs::symlink("real.sh", repo.path().join("link.sh")).unwrap();
+    repo.write(
+        "changes/c.yaml",
+        "title: t\nkind: config\ntargets: [web]\nsteps:\n  - id: only\n    run: ./link.sh\n",
+    );
+    repo.commit("a symlinked step");
+    let out = repo.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("`link.sh` is a symbolic link: the digest would cover the link's text"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn an_uncommitted_file_in_the_checkout_does_not_exist_for_the_step() {
+    for backend in db::BACKENDS {
+        let (repo, server, _db) = approved(
+            "./step.sh",
+            &[("step.sh", "echo covered-ran >> \"$RUNS\"\npwd >> \"$RUNS\"\nstat -c %a . >> \"$RUNS\"\nif [ -e extra.sh ]; then sh extra.sh; fi")],
+            backend,
+        );
+        // The CI checkout holds an uncommitted, uncovered file.
+        repo.write("extra.sh", "echo extra-ran >> \"$RUNS\"\n");
+        let runs = tempfile::NamedTempFile::new().unwrap();
+        let out = exec_command(&repo, &server, "c", runs.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        let log = runs_log(&runs);
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines[0], "covered-ran", "{backend}: {log}");
+        assert!(!log.contains("extra-ran"), "{backend}: {log}");
+        // It ran in a private directory (0700) outside the checkout, since removed.
+        let world = std::path::Path::new(lines[1]);
+        assert!(!world.starts_with(repo.path()), "{backend}: {log}");
+        assert_eq!(lines[2], "700", "{backend}: {log}");
+        assert!(
+            !world.exists(),
+            "{backend}: {} was not removed",
+            world.display()
+        );
+    }
+}
+
+#[test]
+fn the_private_directory_is_removed_when_exec_is_terminated() {
+    let (repo, server, _db) = approved(
+        "./step.sh",
+        &[("step.sh", "pwd >> \"$RUNS\"\nsleep 30")],
+        "sqlite",
+    );
+    let runs = tempfile::NamedTempFile::new().unwrap();
+    let mut child = exec_command(&repo, &server, "c", runs.path())
+        .spawn()
+        .unwrap();
+    wait_for(|| runs_log(&runs).lines().count() == 1, "the step started");
+    let world = std::path::PathBuf::from(runs_log(&runs).trim());
+    assert!(world.exists());
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(!world.exists(), "{} was not removed", world.display());
+}

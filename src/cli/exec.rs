@@ -1,6 +1,7 @@
 //! `changegate exec ID [--continue]`: the executor CI runs.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use crate::client::{Client, ClientError};
 use crate::engine::{redact, Outcome, Report};
 use crate::executor::{run_step, StepEnd, StopSignal};
 use crate::git::ChangeRepo;
-use crate::model::{covered_paths, Digest};
+use crate::model::{covered_paths, has_parent_component, CoveredPath, Digest, Entry, TreeView};
 
 /// Values of this process's secret-looking variables, to redact from output.
 fn env_secrets() -> Vec<String> {
@@ -23,8 +24,64 @@ fn env_secrets() -> Vec<String> {
         .collect()
 }
 
-/// The digest of `id` in the checkout at `dir`, refusing dirty covered paths.
-fn checkout_digest(dir: &Path, id: &str) -> Result<(Digest, std::path::PathBuf), (u8, String)> {
+/// What `exec` runs: the covered blobs of `id` at the checkout's HEAD.
+struct Checkout {
+    /// The repository (for materialising each step's private copy).
+    repo_dir: PathBuf,
+    /// HEAD's commit.
+    commit: String,
+    /// The covered paths at HEAD.
+    covered: Vec<CoveredPath>,
+    /// Their digest.
+    digest: Digest,
+}
+
+impl Checkout {
+    /// A fresh private directory (0700) holding exactly the covered blobs,
+    /// removed when dropped: on success, on failure and on SIGTERM alike.
+    fn materialize(&self) -> Result<tempfile::TempDir, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("changegate-step-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map_err(|e| format!("cannot create a private directory: {e}"))?;
+        let repo = ChangeRepo::open(&self.repo_dir).map_err(|e| e.to_string())?;
+        repo.at(&self.commit)
+            .and_then(|s| s.materialize(&self.covered, dir.path()))
+            .map_err(|e| format!("cannot write the covered files: {e}"))?;
+        Ok(dir)
+    }
+
+    /// Hints for a failed step whose output names repository paths that
+    /// exist at HEAD but are not covered, so the step could not see them.
+    fn uncovered_hints(&self, output: &str, world: &Path) -> Vec<String> {
+        let Ok(repo) = ChangeRepo::open(&self.repo_dir) else {
+            return Vec::new();
+        };
+        let Ok(snapshot) = repo.at(&self.commit) else {
+            return Vec::new();
+        };
+        let covered: BTreeSet<&str> = self.covered.iter().map(|c| c.path.as_str()).collect();
+        let prefix = format!("{}/", world.display());
+        let mut seen = BTreeSet::new();
+        output
+            .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
+            .map(|t| t.strip_prefix(prefix.as_str()).unwrap_or(t))
+            .map(|t| t.trim_start_matches("./").trim_end_matches(['.', '/']))
+            .filter(|t| t.contains('/') && !t.starts_with('/') && !has_parent_component(t))
+            .filter(|t| !covered.contains(t) && seen.insert(t.to_string()))
+            .filter(|t| matches!(snapshot.entry(t), Some(Entry::Blob(_))))
+            .map(|t| {
+                let folder = t.rsplit_once('/').map_or(t, |(d, _)| d);
+                format!("hint: `{t}` is in the repository but not covered by the digest, so the step cannot see it; add `include: [{folder}/]` (or `{t}`) to the change and have it approved")
+            })
+            .collect()
+    }
+}
+
+/// The covered paths of `id` in the checkout at `dir`, refusing dirty ones.
+fn checkout(dir: &Path, id: &str) -> Result<Checkout, (u8, String)> {
     let repo = ChangeRepo::open(dir).map_err(|e| (exit::USAGE, e.to_string()))?;
     let snapshot = repo.at("HEAD").map_err(|e| (exit::USAGE, e.to_string()))?;
     let model = snapshot
@@ -37,7 +94,7 @@ fn checkout_digest(dir: &Path, id: &str) -> Result<(Digest, std::path::PathBuf),
         )
     })?;
     let covered = covered_paths(change, &snapshot).map_err(|e| (exit::USAGE, e))?;
-    let workdir = repo
+    let repo_dir = repo
         .git()
         .workdir()
         .ok_or_else(|| {
@@ -56,7 +113,43 @@ fn checkout_digest(dir: &Path, id: &str) -> Result<(Digest, std::path::PathBuf),
             return Err((exit::REFUSED, format!("refused: dirty: covered path {} differs from HEAD in the checkout; commit or reset it", c.path)));
         }
     }
-    Ok((Digest::of(&covered), workdir))
+    Ok(Checkout {
+        repo_dir,
+        commit: snapshot.commit_id().to_string(),
+        digest: Digest::of(&covered),
+        covered,
+    })
+}
+
+/// Which covered paths differ between the checkout and what was approved
+/// (the server's `covered_paths` for the change on main).
+fn differing_paths(ours: &[CoveredPath], approved: &serde_json::Value) -> Vec<String> {
+    let theirs: BTreeMap<&str, &str> = approved["covered_paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c["path"].as_str()?, c["blob"].as_str()?)))
+        .collect();
+    let ours: BTreeMap<&str, &str> = ours
+        .iter()
+        .map(|c| (c.path.as_str(), c.blob.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for (path, blob) in &ours {
+        match theirs.get(path) {
+            None => out.push(format!("{path}: not covered by the approved digest")),
+            Some(b) if b != blob => out.push(format!(
+                "{path}: blob {} here, {} approved",
+                &blob[..blob.len().min(12)],
+                &b[..b.len().min(12)]
+            )),
+            Some(_) => {}
+        }
+    }
+    for path in theirs.keys().filter(|p| !ours.contains_key(*p)) {
+        out.push(format!("{path}: approved, but not covered here"));
+    }
+    out
 }
 
 /// How long `exec` keeps trying to report: longer than a server restart or
@@ -105,13 +198,14 @@ pub(super) fn exec_with(
     dir: &Path,
     label: Option<&str>,
 ) -> u8 {
-    let (digest, workdir) = match checkout_digest(dir, id) {
+    let checkout = match checkout(dir, id) {
         Ok(v) => v,
         Err((code, message)) => {
             eprintln!("{message}");
             return code;
         }
     };
+    let digest = &checkout.digest;
     let stop = StopSignal::default();
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, stop.flag()) {
@@ -122,6 +216,15 @@ pub(super) fn exec_with(
     println!("changegate exec {id} at {digest}");
     let mut ran = 0;
     loop {
+        // Materialised before the claim, so a claim is never left without
+        // a step to run; removed when it goes out of scope.
+        let world = match checkout.materialize() {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        };
         let grant = match client.claim(id, digest.as_str(), label) {
             Ok(g) => g,
             Err(ClientError::Refused {
@@ -137,6 +240,13 @@ pub(super) fn exec_with(
                     return exit::OK;
                 }
                 println!("refused: {reason}: {detail}");
+                if reason == "digest-mismatch" {
+                    if let Ok(approved) = client.change(id) {
+                        for line in differing_paths(&checkout.covered, &approved) {
+                            println!("  {line}");
+                        }
+                    }
+                }
                 return exit::REFUSED;
             }
             Err(e) => {
@@ -165,7 +275,7 @@ pub(super) fn exec_with(
                 }
             })
         };
-        let run = run_step(&grant, &workdir, &stop, true);
+        let run = run_step(&grant, world.path(), &stop, true);
         drop(done);
         let _ = heartbeat.join();
         let outcome = if run.end == StepEnd::Succeeded {
@@ -203,6 +313,11 @@ pub(super) fn exec_with(
             ),
             StepEnd::Stopped { role, why } => {
                 println!("✘ {} failed: `{role}` was killed: {why}", grant.step)
+            }
+        }
+        if run.end != StepEnd::Succeeded {
+            for hint in checkout.uncovered_hints(&run.output, world.path()) {
+                println!("  {hint}");
             }
         }
         match answer {

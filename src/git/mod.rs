@@ -6,7 +6,7 @@ use std::path::Path;
 
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
-use crate::model::{load_repo_with_progress, Entry, RepoModel, SourceFile, TreeView};
+use crate::model::{load_repo_with_progress, CoveredPath, Entry, RepoModel, SourceFile, TreeView};
 
 /// Why the repository or revision could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,24 @@ pub enum GitError {
     /// Any other libgit2 failure.
     #[error("git: {0}")]
     Git(#[from] git2::Error),
+    /// Writing a covered file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A covered path does not hold the covered blob at this commit.
+    #[error("`{path}` at {commit} is not the covered blob {blob}")]
+    NotCovered {
+        /// The path.
+        path: String,
+        /// The commit read.
+        commit: String,
+        /// The blob the digest covers.
+        blob: String,
+    },
 }
 
 /// A git repository holding `changes/` and `policies/`.
@@ -102,7 +120,10 @@ impl<'r> Snapshot<'r> {
         {
             let blob = self.repo.find_blob(entry.id())?;
             let path = format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes()));
-            known.insert(path.clone(), Some(Entry::Blob(entry.id().to_string())));
+            known.insert(
+                path.clone(),
+                file_entry(ObjectType::Blob, entry.filemode(), entry.id()),
+            );
             files.push(SourceFile {
                 path,
                 bytes: blob.content().to_vec(),
@@ -127,6 +148,18 @@ impl<'r> Snapshot<'r> {
     }
 }
 
+/// git's mode for a symbolic link.
+const LINK_MODE: i32 = 0o120000;
+
+fn file_entry(kind: ObjectType, mode: i32, id: git2::Oid) -> Option<Entry> {
+    match kind {
+        ObjectType::Blob if mode == LINK_MODE => Some(Entry::Link(id.to_string())),
+        ObjectType::Blob => Some(Entry::Blob(id.to_string())),
+        ObjectType::Tree => Some(Entry::Tree),
+        _ => None,
+    }
+}
+
 impl TreeView for Snapshot<'_> {
     fn entry(&self, path: &str) -> Option<Entry> {
         if let Some(known) = self.entries.borrow().get(path) {
@@ -136,18 +169,14 @@ impl TreeView for Snapshot<'_> {
             .tree
             .get_path(Path::new(path))
             .ok()
-            .and_then(|e| match e.kind()? {
-                ObjectType::Blob => Some(Entry::Blob(e.id().to_string())),
-                ObjectType::Tree => Some(Entry::Tree),
-                _ => None,
-            });
+            .and_then(|e| file_entry(e.kind()?, e.filemode(), e.id()));
         self.entries
             .borrow_mut()
             .insert(path.to_string(), entry.clone());
         entry
     }
 
-    fn blobs_under(&self, dir: &str) -> Vec<(String, String)> {
+    fn blobs_under(&self, dir: &str) -> Vec<(String, Entry)> {
         let subtree = self
             .tree
             .get_path(Path::new(dir))
@@ -159,12 +188,61 @@ impl TreeView for Snapshot<'_> {
             let _ = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
                 if entry.kind() == Some(ObjectType::Blob) {
                     let name = String::from_utf8_lossy(entry.name_bytes());
-                    out.push((format!("{dir}/{root}{name}"), entry.id().to_string()));
+                    if let Some(e) = file_entry(ObjectType::Blob, entry.filemode(), entry.id()) {
+                        out.push((format!("{dir}/{root}{name}"), e));
+                    }
                 }
                 TreeWalkResult::Ok
             });
         }
         out
+    }
+}
+
+impl Snapshot<'_> {
+    /// Writes exactly the `covered` blobs of this commit below `dest`, with
+    /// git's file modes (0755 for executables, 0644 otherwise) and private
+    /// folders (0700): the world a step runs in (SPEC §11).
+    pub fn materialize(&self, covered: &[CoveredPath], dest: &Path) -> Result<(), GitError> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let mut dirs = std::fs::DirBuilder::new();
+        dirs.recursive(true).mode(0o700);
+        for c in covered {
+            let entry = self.tree.get_path(Path::new(&c.path))?;
+            if entry.id().to_string() != c.blob || entry.filemode() == LINK_MODE {
+                return Err(GitError::NotCovered {
+                    path: c.path.clone(),
+                    commit: self.commit_id.clone(),
+                    blob: c.blob.clone(),
+                });
+            }
+            let blob = self.repo.find_blob(entry.id())?;
+            let path = dest.join(&c.path);
+            if let Some(parent) = path.parent() {
+                dirs.create(parent).map_err(|e| io_error(&path, e))?;
+            }
+            let mode = if entry.filemode() == 0o100755 {
+                0o755
+            } else {
+                0o644
+            };
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .and_then(|mut f| f.write_all(blob.content()))
+                .map_err(|e| io_error(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> GitError {
+    GitError::Io {
+        path: path.display().to_string(),
+        source,
     }
 }
 

@@ -7,7 +7,7 @@ use super::digest::{command_paths, has_parent_component};
 use super::yaml::{Key, Node, Pos, Value};
 use super::{
     is_valid_change_id, is_valid_step_id, ActionBudget, Approvals, Approver, ChangeSet, Diagnostic,
-    Duration, Execution, Match, Policy, Step, TreeView, Window,
+    Duration, Entry, Execution, Match, Policy, Step, TreeView, Window,
 };
 
 /// Keys of a change set, in the order the spec lists them.
@@ -232,11 +232,34 @@ impl<'p> Decoder<'p> {
         let lookup = path.trim_start_matches("./").trim_end_matches('/');
         if has_parent_component(path) {
             self.error(pos, format!("{subject} `{path}`, which contains `..`; paths must stay inside the repository"));
-        } else if lookup.is_empty() || ctx.tree.entry(lookup).is_none() {
-            self.error(
-                pos,
-                format!("{subject} `{path}`, but that path is not in the tree at this revision"),
-            );
+            return;
+        }
+        // A covered symbolic link would bind the approval to the link's
+        // text, not to what it runs.
+        let link = match (!lookup.is_empty())
+            .then(|| ctx.tree.entry(lookup))
+            .flatten()
+        {
+            None => {
+                self.error(
+                    pos,
+                    format!(
+                        "{subject} `{path}`, but that path is not in the tree at this revision"
+                    ),
+                );
+                return;
+            }
+            Some(Entry::Link(_)) => Some(lookup.to_string()),
+            Some(Entry::Tree) => ctx
+                .tree
+                .blobs_under(lookup)
+                .into_iter()
+                .find(|(_, e)| matches!(e, Entry::Link(_)))
+                .map(|(p, _)| p),
+            Some(Entry::Blob(_)) => None,
+        };
+        if let Some(link) = link {
+            self.error(pos, format!("{subject} `{path}`, but `{link}` is a symbolic link: the digest would cover the link's text, not what it runs; commit the file itself"));
         }
     }
 }

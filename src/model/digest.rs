@@ -42,6 +42,10 @@ pub fn has_parent_component(path: &str) -> bool {
     path.split('/').any(|part| part == "..")
 }
 
+fn symlink(path: &str) -> String {
+    format!("`{path}` is a symbolic link: the digest would cover the link's text, not what it runs; commit the file itself")
+}
+
 /// A covered path and the id of its blob at the commit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct CoveredPath {
@@ -75,7 +79,15 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
             Some(Entry::Blob(oid)) => {
                 covered.insert(path.to_string(), oid);
             }
-            Some(Entry::Tree) => covered.extend(tree.blobs_under(path)),
+            Some(Entry::Tree) => {
+                for (below, entry) in tree.blobs_under(path) {
+                    match entry {
+                        Entry::Blob(oid) => covered.insert(below, oid),
+                        _ => return Err(symlink(&below)),
+                    };
+                }
+            }
+            Some(Entry::Link(_)) => return Err(symlink(path)),
             None => return Err(format!("`{path}` is not in the tree")),
         }
     }

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use decode::{decode_change_set, decode_policy, RepoContext};
-pub use digest::{covered_paths, CoveredPath, Digest};
+pub use digest::{covered_paths, has_parent_component, CoveredPath, Digest};
 pub use duration::Duration;
 pub use policy::{policies_in_force, PoliciesInForce};
 pub use repo::{load_repo, load_repo_with_progress, RepoModel, SourceFile};
@@ -332,6 +332,9 @@ pub enum Entry {
     Blob(String),
     /// A folder.
     Tree,
+    /// A symbolic link, with the blob id of its target text. Never covered:
+    /// a digest over the link text says nothing about what it runs.
+    Link(String),
 }
 
 /// A read-only view of one commit's tree. The git layer implements it over
@@ -339,6 +342,6 @@ pub enum Entry {
 pub trait TreeView {
     /// What `path` (slash-separated, relative to the root) names, if anything.
     fn entry(&self, path: &str) -> Option<Entry>;
-    /// Every blob below the folder `dir`, as (path, blob id hex).
-    fn blobs_under(&self, dir: &str) -> Vec<(String, String)>;
+    /// Every file below the folder `dir`: (path, [`Entry::Blob`] or [`Entry::Link`]).
+    fn blobs_under(&self, dir: &str) -> Vec<(String, Entry)>;
 }
