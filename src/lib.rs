@@ -23,5 +23,6 @@ pub mod gate;
 pub mod git;
 pub mod github;
 pub mod model;
+pub mod redact;
 pub mod server;
 pub mod store;

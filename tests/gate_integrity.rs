@@ -483,3 +483,204 @@ fn the_private_directory_is_removed_when_exec_is_terminated() {
     assert_eq!(status.code(), Some(1));
     assert!(!world.exists(), "{} was not removed", world.display());
 }
+
+// ---- Holes 6–8: limits, secrets and hygiene.
+
+fn audit_kinds(server: &Server) -> Vec<String> {
+    server
+        .get("/api/v1/audit", Some("alice-token"))
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn serve_refuses_to_start_with_github_and_an_empty_webhook_secret() {
+    let repo = github_origin("approvals:\n  required: 1\n");
+    let github = FakeGithub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("changegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[repo]\nurl = {:?}\n{}",
+            dir.path(),
+            repo.path(),
+            github.config_section()
+        ),
+    )
+    .unwrap();
+    for secret in [Some(""), None] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"));
+        cmd.args(["serve", "--config"]).arg(&config);
+        match secret {
+            Some(s) => cmd.env("CG_TEST_GH_SECRET", s),
+            None => cmd.env_remove("CG_TEST_GH_SECRET"),
+        };
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{secret:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("webhook secret `CG_TEST_GH_SECRET` is unset or empty"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn made_up_ids_get_404_and_leave_no_audit_event() {
+    for backend in db::BACKENDS {
+        let repo = repo_with("approvals:\n  required: 1\n", "true", "");
+        let database = db::fresh(backend);
+        let mut toks = tokens();
+        toks.push(("monitor".into(), "monitor", "monitor-token".into()));
+        let server = common::server::start_with(repo.path(), &database.url, &toks, "", "");
+        let before = audit_kinds(&server).len();
+        let long = "a".repeat(300);
+        for id in [long.as_str(), "UPPER", "..", "a%2Fb"] {
+            let (code, _) = server.post(
+                &format!("/api/v1/changes/{id}/claim"),
+                "ci-token",
+                &serde_json::json!({"digest": "sha256:x"}),
+            );
+            assert_eq!(code, 404, "{backend}: {id}");
+        }
+        let (code, body) = server.post(
+            "/api/v1/actions",
+            "monitor-token",
+            &serde_json::json!({"actor": "fleet", "action": "reboot", "target": "x".repeat(5000)}),
+        );
+        assert_eq!(code, 422, "{backend}: {body}");
+        assert_eq!(
+            audit_kinds(&server).len(),
+            before,
+            "{backend}: nothing audited"
+        );
+    }
+}
+
+#[test]
+fn impossible_reports_are_refused_with_422() {
+    for backend in db::BACKENDS {
+        let repo = repo_with("approvals:\n  required: 1\n  from: [alice]\n", "true", "");
+        let (server, _db) = start(&repo, backend, "");
+        approve(&server, "alice", &repo, "c");
+        let grant = client(&server, "ci")
+            .claim("c", &digest(&repo, "c"), None)
+            .unwrap();
+        let path = format!("/api/v1/attempts/{}/report", grant.attempt);
+        for bad in [
+            serde_json::json!({"outcome": "succeeded", "exit_code": 0, "duration_ms": -5}),
+            serde_json::json!({"outcome": "failed", "exit_code": 999, "duration_ms": 5}),
+            serde_json::json!({"outcome": "exploded", "exit_code": 0, "duration_ms": 5}),
+        ] {
+            let (code, _) = server.post(&path, "ci-token", &bad);
+            assert_eq!(code, 422, "{backend}: {bad}");
+        }
+        // Still running: nothing was recorded.
+        let s = client(&server, "alice").change("c").unwrap();
+        assert_eq!(s["steps"][0]["state"], "running", "{backend}");
+    }
+}
+
+#[test]
+fn the_server_redacts_credentials_in_output_tails_and_reasons() {
+    for backend in db::BACKENDS {
+        let repo = repo_with("approvals:\n  required: 1\n  from: [alice]\n", "true", "");
+        let (server, _db) = start(&repo, backend, "");
+        approve(&server, "alice", &repo, "c");
+        let grant = client(&server, "ci")
+            .claim("c", &digest(&repo, "c"), None)
+            .unwrap();
+        // A report sent straight to the API, past the executor's own redaction.
+        let (code, _) = server.post(
+            &format!("/api/v1/attempts/{}/report", grant.attempt),
+            "ci-token",
+            &serde_json::json!({"outcome": "failed", "exit_code": 1, "duration_ms": 5,
+                "output_tail": "connecting to postgres://app:s3cretpw@db/app\nPGPASSWORD=hunter2 psql\n"}),
+        );
+        assert_eq!(code, 200, "{backend}");
+        client(&server, "bob")
+            .abandon("c", "the DSN postgres://app:s3cretpw@db/app is wrong")
+            .unwrap();
+        let everything = format!(
+            "{}{}",
+            client(&server, "alice").change("c").unwrap(),
+            server.get("/api/v1/audit", Some("alice-token")).1
+        );
+        assert!(!everything.contains("s3cretpw"), "{backend}: {everything}");
+        assert!(!everything.contains("hunter2"), "{backend}: {everything}");
+        assert!(
+            everything.contains("postgres://[redacted]@db/app"),
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn pages_send_security_headers_and_metrics_bound_methods() {
+    let repo = repo_with("approvals:\n  required: 1\n", "true", "");
+    let (server, _db) = start(&repo, "sqlite", "");
+    let http = reqwest::blocking::Client::new();
+    for path in ["/", "/changes/c", "/feed.atom"] {
+        let r = http
+            .get(format!("{}{path}", server.url))
+            .bearer_auth("alice-token")
+            .send()
+            .unwrap();
+        let h = r.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && !csp.contains("script-src"),
+            "{path}: {csp}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+    }
+    for i in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        http.request(method, format!("{}/api/v1/changes", server.url))
+            .send()
+            .unwrap();
+    }
+    let metrics = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!metrics.contains("MADEUP"), "one label for made-up methods");
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+}
+
+#[test]
+fn a_huge_delivery_header_is_truncated_in_the_log() {
+    let github = FakeGithub::start();
+    let repo = github_origin("approvals:\n  required: 1\n");
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    let before = server.log().len();
+    let huge = "x".repeat(60_000);
+    for _ in 0..20 {
+        let code = reqwest::blocking::Client::new()
+            .post(format!("{}/webhooks/github", server.url))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", &huge)
+            .header("X-Hub-Signature-256", "sha256=00")
+            .body("{}")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(code, 401);
+    }
+    let grown = server.log().len() - before;
+    assert!(
+        grown < 20 * 1_000,
+        "the log grew {grown} bytes for 20 requests"
+    );
+}

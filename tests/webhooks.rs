@@ -5,7 +5,9 @@ mod common;
 
 use changegate::store::Store;
 use common::gate_fixture::*;
-use common::github::{deliver, sign, start_server, FakeGithub};
+use common::github::{
+    deliver, from_repository, repository_json, sign, start_server, FakeGithub, REPOSITORY,
+};
 use common::server::Server;
 use common::{db, TestRepo};
 
@@ -141,7 +143,11 @@ fn forged_or_unsigned_deliveries_get_401_and_nothing_is_stored() {
 fn unknown_events_are_acknowledged_and_recorded() {
     let repo = simple_repo("true", "");
     let (server, database, _github) = start(&repo, "sqlite");
-    let body = fixture("check_run.completed.json");
+    // From the configured repository (the fixture's own is foreign here).
+    let body = from_repository(
+        &fixture("check_run.completed.json"),
+        &repository_json(REPOSITORY),
+    );
     assert_eq!(
         deliver(&server, "check_run", "u-1", &body, &sign(&body)),
         202

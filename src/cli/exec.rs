@@ -7,19 +7,16 @@ use std::time::Duration;
 
 use super::exit;
 use crate::client::{Client, ClientError};
-use crate::engine::{redact, Outcome, Report};
+use crate::engine::{Outcome, Report};
 use crate::executor::{run_step, StepEnd, StopSignal};
 use crate::git::ChangeRepo;
 use crate::model::{covered_paths, has_parent_component, CoveredPath, Digest, Entry, TreeView};
+use crate::redact::{is_secret_name, redact};
 
 /// Values of this process's secret-looking variables, to redact from output.
 fn env_secrets() -> Vec<String> {
     std::env::vars()
-        .filter(|(k, _)| {
-            ["TOKEN", "SECRET", "PASSWORD", "KEY"]
-                .iter()
-                .any(|s| k.to_ascii_uppercase().contains(s))
-        })
+        .filter(|(k, _)| is_secret_name(k))
         .map(|(_, v)| v)
         .collect()
 }

@@ -48,6 +48,17 @@ pub(super) fn serve(config: Option<&Path>, log_format: LogFormat) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Without a secret, every forged delivery would verify (an HMAC with
+    // the empty key is anyone's to compute): refuse to start.
+    if let Some(github) = &config.github {
+        if !std::env::var(&github.webhook_secret_env).is_ok_and(|s| !s.is_empty()) {
+            eprintln!(
+                "error: [github] is configured but the webhook secret `{}` is unset or empty; set it to the secret of the GitHub webhook or App",
+                github.webhook_secret_env
+            );
+            return exit::USAGE;
+        }
+    }
     match runtime().block_on(crate::server::serve(config)) {
         Ok(()) => exit::OK,
         Err(e) => {

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::gate::{breaker_state, Breaker, BreakerConfig, ChangeState, Refusal, StepState};
 use crate::git::{ChangeRepo, GitError};
 use crate::model::{covered_paths, policies_in_force, Digest, PoliciesInForce};
+use crate::redact::redact;
 use crate::store::{
     Attempt, ChangeFacts, GoAheadRecord, Store, StoreError, SyncReport, WorldFacts, WriteTx,
 };
@@ -151,6 +152,20 @@ impl Engine {
             view: RwLock::new(Arc::new(RepoView::default())),
             directory: DirectoryCache::default(),
         }
+    }
+
+    /// `text` with secrets removed ([`redact`]), including this server's
+    /// own: the GitHub token and the webhook secret. For output tails,
+    /// reasons and comments, before they are stored or sent anywhere.
+    pub fn scrub(&self, text: &str) -> String {
+        let own: Vec<String> = self
+            .config
+            .github
+            .iter()
+            .flat_map(|g| [&g.token_env, &g.webhook_secret_env])
+            .filter_map(|var| std::env::var(var).ok())
+            .collect();
+        redact(text, &own)
     }
 
     /// Cached team memberships and repository permissions.
@@ -511,7 +526,7 @@ impl Engine {
         let view = self.view();
         let mut w = self.store.write().await?;
         let a = self.owned_attempt(&mut w, attempt_id, executor).await?;
-        let output = redact(tail(&report.output_tail), &[]);
+        let output = self.scrub(tail(&report.output_tail));
         let a_was_running = a.state == "running";
         let now = now_ms();
         match a.state.as_str() {
@@ -761,33 +776,6 @@ impl Engine {
     }
 }
 
-/// Replaces each of `secrets` (values of 8 bytes or more) and anything
-/// shaped like a changegate token (`cg_` and 64 hex) in `text` with
-/// `[redacted]`. Step output must not carry a secret into the audit trail
-/// or the status page.
-pub fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| s.len() >= 8) {
-        out = out.replace(s.as_str(), "[redacted]");
-    }
-    let mut result = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find("cg_") {
-        let candidate = &rest[i + 3..];
-        let hex_len = candidate.bytes().take_while(u8::is_ascii_hexdigit).count();
-        result.push_str(&rest[..i]);
-        if hex_len >= 64 {
-            result.push_str("[redacted]");
-            rest = &candidate[hex_len..];
-        } else {
-            result.push_str("cg_");
-            rest = candidate;
-        }
-    }
-    result.push_str(rest);
-    result
-}
-
 /// Where change sets are read from: the bare mirror under `data_dir` when
 /// GitHub is configured, else `repo.url`.
 pub fn repo_path(config: &Config) -> std::path::PathBuf {
@@ -882,16 +870,6 @@ pub fn read_default_branch(config: &Config, path: &std::path::Path) -> Result<Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redaction_removes_secrets_and_tokens() {
-        let token = format!("cg_{}", "ab".repeat(32));
-        let text = format!("password=hunter2hunter2 token={token} cg_short");
-        assert_eq!(
-            redact(&text, &["hunter2hunter2".into()]),
-            "password=[redacted] token=[redacted] cg_short"
-        );
-    }
 
     #[test]
     fn the_tail_keeps_the_last_64_kib_on_a_char_boundary() {

@@ -47,12 +47,13 @@ pub async fn list_changes(
 #[utoipa::path(get, path = "/api/v1/changes/{id}", security(("bearer" = [])),
     params(("id" = String, Path, description = "change id")),
     responses((status = 200, body = ChangeStatus), (status = 401), (status = 404)))]
-#[tracing::instrument(skip_all, fields(change = %id))]
+#[tracing::instrument(skip_all, fields(change = %clip(&id, 100)))]
 pub async fn get_change(
     _who: Identity,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ChangeStatus>, ApiError> {
+    known_id(&id)?;
     let status = state
         .engine
         .status(&id)
@@ -92,7 +93,7 @@ pub struct ApprovalRecorded {
               (status = 200, body = ApprovalRecorded, description = "already recorded"),
               (status = 401), (status = 403), (status = 404),
               (status = 409, description = "`stale-digest`: the digest is not the change's current one")))]
-#[tracing::instrument(skip_all, fields(change = %id, approver = %who.name))]
+#[tracing::instrument(skip_all, fields(change = %clip(&id, 100), approver = %who.name))]
 pub async fn record_approval(
     who: Identity,
     State(state): State<AppState>,
@@ -100,10 +101,16 @@ pub async fn record_approval(
     Json(req): Json<ApprovalRequest>,
 ) -> Result<(StatusCode, Json<ApprovalRecorded>), ApiError> {
     who.require(Role::Operator)?;
+    known_id(&id)?;
     let outcome = state
         .engine
         .store()
-        .record_api_approval(&id, &who.name, &req.digest, &req.comment)
+        .record_api_approval(
+            &id,
+            &who.name,
+            &req.digest,
+            &state.engine.scrub(&req.comment),
+        )
         .await?;
     let recorded = |created| {
         Json(ApprovalRecorded {
@@ -145,7 +152,7 @@ pub struct ClaimRequest {
 #[utoipa::path(post, path = "/api/v1/changes/{id}/claim", security(("bearer" = [])),
     params(("id" = String, Path, description = "change id")), request_body = ClaimRequest,
     responses((status = 200, body = ClaimGrant), (status = 409, description = "`{reason, detail}`: the first unmet rule"), (status = 401), (status = 403)))]
-#[tracing::instrument(skip_all, fields(change = %id, executor = %who.name))]
+#[tracing::instrument(skip_all, fields(change = %clip(&id, 100), executor = %who.name))]
 pub async fn claim(
     who: Identity,
     State(state): State<AppState>,
@@ -153,6 +160,7 @@ pub async fn claim(
     Json(req): Json<ClaimRequest>,
 ) -> Result<Json<ClaimGrant>, ApiError> {
     who.require(Role::Executor)?;
+    known_id(&id)?;
     let decision = state.engine.claim(&id, &req.digest, &who.name).await?;
     let (outcome, reason) = match &decision {
         Ok(_) => ("granted", String::new()),
@@ -194,6 +202,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
 ) -> Result<Json<Attempt>, ApiError> {
     who.require(Role::Executor)?;
+    known_attempt(&id)?;
     Ok(Json(state.engine.heartbeat(&id, &who.name).await?))
 }
 
@@ -201,7 +210,7 @@ pub async fn heartbeat(
 #[utoipa::path(post, path = "/api/v1/attempts/{id}/report", security(("bearer" = [])),
     params(("id" = String, Path, description = "attempt id")), request_body = Report,
     responses((status = 200, body = AttemptAnswer), (status = 404), (status = 409)))]
-#[tracing::instrument(skip_all, fields(attempt = %id))]
+#[tracing::instrument(skip_all, fields(attempt = %clip(&id, 100)))]
 pub async fn report(
     who: Identity,
     State(state): State<AppState>,
@@ -209,6 +218,8 @@ pub async fn report(
     Json(req): Json<Report>,
 ) -> Result<Json<AttemptAnswer>, ApiError> {
     who.require(Role::Executor)?;
+    known_attempt(&id)?;
+    possible_report(&req)?;
     let answer = state.engine.report(&id, &who.name, &req).await?;
     if answer.recorded {
         let outcome = serde_json::to_value(req.outcome)
@@ -255,6 +266,73 @@ pub struct Done {
     pub recorded: String,
 }
 
+/// At most `max` characters of `text`, for answers that echo input.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+/// A change id that cannot exist is unknown: 404 before anything is read
+/// or recorded, so made-up ids never reach the audit trail.
+fn known_id(id: &str) -> Result<(), ApiError> {
+    if crate::model::is_valid_change_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("no change `{}`", clip(id, 100))))
+    }
+}
+
+/// Attempt ids are `<change>.<step>.<n>`; anything longer is unknown.
+fn known_attempt(id: &str) -> Result<(), ApiError> {
+    if id.len() <= 220
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "no attempt `{}`",
+            clip(id, 100)
+        )))
+    }
+}
+
+/// A name in a fleet action request: 1 to 100 of `[A-Za-z0-9._:/@-]`.
+fn action_name(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= 100
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!(
+            "`{field}` must be 1 to 100 of [A-Za-z0-9._:/@-], not `{}`",
+            clip(value, 100)
+        )))
+    }
+}
+
+/// A report must say something that can have happened.
+fn possible_report(r: &Report) -> Result<(), ApiError> {
+    if r.duration_ms < 0 {
+        return Err(ApiError::Invalid(format!(
+            "`duration_ms` is {}: a step cannot take negative time",
+            r.duration_ms
+        )));
+    }
+    if let Some(code) = r.exit_code.filter(|c| !(0..=255).contains(c)) {
+        return Err(ApiError::Invalid(format!(
+            "`exit_code` is {code}: exit codes are 0 to 255"
+        )));
+    }
+    Ok(())
+}
+
 fn need_reason(reason: &str) -> Result<(), ApiError> {
     if reason.trim().is_empty() {
         return Err(ApiError::Conflict {
@@ -276,10 +354,11 @@ pub async fn proceed(
     Json(req): Json<ProceedRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
+    known_id(&id)?;
     need_reason(&req.reason)?;
     state
         .engine
-        .proceed(&id, &req.step, &who.name, &req.reason)
+        .proceed(&id, &req.step, &who.name, &state.engine.scrub(&req.reason))
         .await?;
     Ok(Json(Done {
         change: id,
@@ -298,8 +377,12 @@ pub async fn retry(
     Json(req): Json<ReasonRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
+    known_id(&id)?;
     need_reason(&req.reason)?;
-    let step = state.engine.retry(&id, &who.name, &req.reason).await?;
+    let step = state
+        .engine
+        .retry(&id, &who.name, &state.engine.scrub(&req.reason))
+        .await?;
     Ok(Json(Done {
         change: id,
         recorded: format!("retry of step {step}"),
@@ -317,8 +400,12 @@ pub async fn abandon(
     Json(req): Json<ReasonRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
+    known_id(&id)?;
     need_reason(&req.reason)?;
-    state.engine.abandon(&id, &who.name, &req.reason).await?;
+    state
+        .engine
+        .abandon(&id, &who.name, &state.engine.scrub(&req.reason))
+        .await?;
     Ok(Json(Done {
         change: id,
         recorded: "abandoned".into(),
@@ -373,10 +460,15 @@ pub async fn reset_breaker(
         Some(action) => {
             state
                 .engine
-                .reset_action(&who.name, action, &req.reason)
+                .reset_action(&who.name, action, &state.engine.scrub(&req.reason))
                 .await?
         }
-        None => state.engine.reset_breaker(&who.name, &req.reason).await?,
+        None => {
+            state
+                .engine
+                .reset_breaker(&who.name, &state.engine.scrub(&req.reason))
+                .await?
+        }
     }
     let (breaker, last_reset) = state.engine.breaker().await?;
     Ok(Json(BreakerView {
@@ -425,13 +517,16 @@ pub struct ActionRequest {
 /// owned by a running or failed change, 429 the action's budget is spent.
 #[utoipa::path(post, path = "/api/v1/actions", security(("bearer" = [])), request_body = ActionRequest,
     responses((status = 200, body = ActionAnswer), (status = 423, body = ActionAnswer), (status = 429, body = ActionAnswer), (status = 403)))]
-#[tracing::instrument(skip_all, fields(action = %req.action, target = %req.target))]
+#[tracing::instrument(skip_all, fields(action = %clip(&req.action, 100), target = %clip(&req.target, 100)))]
 pub async fn actions(
     who: Identity,
     State(state): State<AppState>,
     Json(req): Json<ActionRequest>,
 ) -> Result<(StatusCode, Json<ActionAnswer>), ApiError> {
     who.require(Role::Monitor)?;
+    action_name("actor", &req.actor)?;
+    action_name("action", &req.action)?;
+    action_name("target", &req.target)?;
     let answer = state
         .engine
         .request_action(&who.name, &req.actor, &req.action, &req.target)

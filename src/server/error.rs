@@ -34,6 +34,9 @@ pub enum ApiError {
     /// A claim refused by the gate: 409 with the rule and what would satisfy it.
     #[error("claim refused: {}", .0.detail)]
     Refused(Refusal),
+    /// The request is well-formed JSON that says something impossible.
+    #[error("{0}")]
+    Invalid(String),
     /// The database cannot be reached; retry later.
     #[error("the database is unavailable")]
     Unavailable,
@@ -90,6 +93,10 @@ impl IntoResponse for ApiError {
             ApiError::Refused(r) => (
                 StatusCode::CONFLICT,
                 json!({"reason": r.reason, "detail": r.detail}),
+            ),
+            ApiError::Invalid(detail) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": "invalid", "detail": detail}),
             ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -75,15 +75,16 @@ pub fn router(state: AppState) -> axum::Router {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    let pages = axum::Router::new()
+        .route("/", get(pages::index))
+        .route("/changes/{id}", get(pages::change))
+        .route("/feed.atom", get(pages::feed))
+        .with_state(state.clone())
+        .layer(axum::middleware::map_response(pages::security_headers));
     router
         .route("/openapi.json", get(move || async move { Json(openapi) }))
         .route("/metrics", get(metrics::metrics).with_state(state.clone()))
-        .route("/", get(pages::index).with_state(state.clone()))
-        .route(
-            "/changes/{id}",
-            get(pages::change).with_state(state.clone()),
-        )
-        .route("/feed.atom", get(pages::feed).with_state(state.clone()))
+        .merge(pages)
         .route(
             "/webhooks/github",
             axum::routing::post(webhooks::github)

@@ -13,6 +13,30 @@ use crate::clock::format_ms;
 use crate::engine::ChangeStatus;
 use crate::gate::{Breaker, ChangeState, StepState};
 
+/// Headers every page answer carries: no script may run, the pages are
+/// never framed or sniffed, links leak no referrer, and what they show
+/// (live state behind a token) is never cached.
+pub async fn security_headers(mut response: Response) -> Response {
+    use axum::http::header::{HeaderName, HeaderValue};
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
+}
+
 /// Read access to the pages: public when `server.public_pages`, else a
 /// token in the `Authorization` header or the `changegate_token` cookie.
 pub struct PageAccess;

@@ -36,6 +36,15 @@ pub fn signature_matches(secret: &[u8], body: &[u8], signature: &str) -> bool {
     mac.verify_slice(&claimed).is_ok()
 }
 
+/// A header value as logged: at most 64 characters, so a client cannot
+/// fill the log with one request.
+fn loggable(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &value[..i]),
+        None => value.to_string(),
+    }
+}
+
 fn reply(status: StatusCode, body: Value) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
@@ -60,7 +69,10 @@ pub async fn github(
             json!({"error": "not-configured", "detail": "this server has no [github] section"}),
         );
     };
-    let Ok(secret) = std::env::var(&github.webhook_secret_env) else {
+    let Some(secret) = std::env::var(&github.webhook_secret_env)
+        .ok()
+        .filter(|s| !s.is_empty())
+    else {
         tracing::error!(variable = %github.webhook_secret_env, "webhook secret is not set");
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -77,7 +89,7 @@ pub async fn github(
     if !signature_matches(secret.as_bytes(), &body, &signature) {
         count("rejected", "bad-signature");
         tracing::warn!(
-            delivery = header("x-github-delivery").unwrap_or_default(),
+            delivery = %loggable(&header("x-github-delivery").unwrap_or_default()),
             "webhook signature does not verify"
         );
         return reply(
