@@ -684,3 +684,41 @@ fn a_huge_delivery_header_is_truncated_in_the_log() {
         "the log grew {grown} bytes for 20 requests"
     );
 }
+
+#[test]
+fn a_step_cannot_read_the_executors_token_from_its_environment_block() {
+    for backend in db::BACKENDS {
+        // The step walks up to `changegate exec` and dumps its environment
+        // block, base64-encoded so plain redaction would not catch it.
+        let (repo, server, _db) = approved(
+            "./step.sh",
+            &[(
+                "step.sh",
+                r#"pid=$$
+while [ "$pid" -gt 1 ]; do
+  pid=$(awk '{print $4}' "/proc/$pid/stat")
+  if tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "changegate exec"; then
+    tr '\0' '\n' < "/proc/$pid/environ" | grep CHANGEGATE_TOKEN | tr -d '\n' | base64 -w0 | tee -a "$RUNS"
+  fi
+done
+echo"#,
+            )],
+            backend,
+        );
+        let runs = tempfile::NamedTempFile::new().unwrap();
+        let out = exec_command(&repo, &server, "c", runs.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        use base64::Engine;
+        let leaked = base64::engine::general_purpose::STANDARD.encode("CHANGEGATE_TOKEN=ci-token");
+        let encode = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        assert!(!runs_log(&runs).contains(&leaked), "{backend}: the step read the token");
+        // Root may read any environment block: there it shows the token overwritten.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(runs_log(&runs), encode("CHANGEGATE_TOKEN=********"), "{backend}");
+        }
+        let stored = client(&server, "alice").change("c").unwrap()["steps"][0]["attempts"][0]
+            ["output_tail"]
+            .to_string();
+        assert!(!stored.contains(&leaked), "{backend}: {stored}");
+    }
+}

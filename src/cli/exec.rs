@@ -177,8 +177,49 @@ fn report_with_retries(
     }
 }
 
+/// Keeps the executor's token from the steps it runs. The process is made
+/// non-dumpable, which closes `/proc/<pid>/environ`, `/proc/<pid>/mem` and
+/// ptrace to other processes of the same (non-root) user, and the token's
+/// bytes in the original environment block are overwritten, so even a
+/// reader who may look (root) finds no token there. Root can still read the
+/// copy the client holds in memory: run steps as another user than root
+/// where that matters (README, "Security model").
+fn keep_token_from_steps() {
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    scrub_environment_block("CHANGEGATE_TOKEN");
+    std::env::remove_var("CHANGEGATE_TOKEN");
+}
+
+/// Overwrites the value of `name` where the kernel shows it: the strings
+/// `environ` points into at start (what `/proc/<pid>/environ` reads).
+fn scrub_environment_block(name: &str) {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    let prefix = format!("{name}=");
+    // SAFETY: `environ` is the NUL-terminated array of NUL-terminated
+    // strings libc keeps; each value is overwritten in place within its own
+    // length. Nothing else changes the environment at this point of `exec`.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if text.starts_with(prefix.as_bytes()) {
+                let value = (*entry).add(prefix.len());
+                std::ptr::write_bytes(value, b'*', text.len() - prefix.len());
+            }
+            entry = entry.add(1);
+        }
+    }
+}
+
 pub(super) fn exec(id: &str, keep_going: bool, dir: &Path, label: Option<&str>) -> u8 {
-    match Client::from_env() {
+    let client = Client::from_env();
+    keep_token_from_steps();
+    match client {
         Ok(client) => exec_with(&client, id, keep_going, dir, label),
         Err(e) => {
             eprintln!("error: {e}");
