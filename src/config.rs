@@ -195,6 +195,16 @@ pub struct ServerConfig {
     pub lease: Duration,
     /// Serve the status page, change pages and feed without a token.
     pub public_pages: bool,
+    /// Memory, in MiB, that webhook bodies being received may hold at once
+    /// (at least 25, one largest delivery). Past it, deliveries get 503 and
+    /// GitHub redelivers them later.
+    pub webhook_memory_mib: u64,
+    /// A client must send a request's headers within this, from the moment
+    /// the server waits for them: on a new connection and between requests
+    /// on a kept-alive one (so it bounds idle connections too).
+    pub header_timeout: Duration,
+    /// A client must finish sending a request body within this.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -207,6 +217,9 @@ impl Default for ServerConfig {
             refresh_secs: 30,
             lease: Duration::from_secs(300),
             public_pages: false,
+            webhook_memory_mib: 64,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

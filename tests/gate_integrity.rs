@@ -706,19 +706,170 @@ echo"#,
             backend,
         );
         let runs = tempfile::NamedTempFile::new().unwrap();
-        let out = exec_command(&repo, &server, "c", runs.path()).output().unwrap();
+        let out = exec_command(&repo, &server, "c", runs.path())
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
         use base64::Engine;
         let leaked = base64::engine::general_purpose::STANDARD.encode("CHANGEGATE_TOKEN=ci-token");
         let encode = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
-        assert!(!runs_log(&runs).contains(&leaked), "{backend}: the step read the token");
+        assert!(
+            !runs_log(&runs).contains(&leaked),
+            "{backend}: the step read the token"
+        );
         // Root may read any environment block: there it shows the token overwritten.
         if unsafe { libc::geteuid() } == 0 {
-            assert_eq!(runs_log(&runs), encode("CHANGEGATE_TOKEN=********"), "{backend}");
+            assert_eq!(
+                runs_log(&runs),
+                encode("CHANGEGATE_TOKEN=********"),
+                "{backend}"
+            );
         }
         let stored = client(&server, "alice").change("c").unwrap()["steps"][0]["attempts"][0]
             ["output_tail"]
             .to_string();
         assert!(!stored.contains(&leaked), "{backend}: {stored}");
     }
+}
+
+/// POSTs `body` as a forged delivery from each of `n` threads at once;
+/// the status of each, or `None` where the server closed the connection
+/// before reading it all (as it may for a refused body).
+fn forged_at_once(url: &str, n: usize, body: &std::sync::Arc<Vec<u8>>) -> Vec<Option<u16>> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (url, body, barrier) = (url.to_string(), body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(std::time::Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                barrier.wait();
+                http.post(format!("{url}/webhooks/github"))
+                    .header("X-GitHub-Event", "push")
+                    .header("X-GitHub-Delivery", format!("forged-{i}"))
+                    .header("X-Hub-Signature-256", "sha256=00")
+                    .body(body.to_vec())
+                    .send()
+                    .ok()
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn concurrent_large_forged_bodies_stay_within_the_memory_budget() {
+    let github = FakeGithub::start();
+    let repo = github_origin("approvals:\n  required: 1\n");
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    let before = server.peak_rss_kib();
+    let body = std::sync::Arc::new(vec![b'x'; 20 << 20]);
+    let codes = forged_at_once(&server.url, 16, &body);
+    let grown_mib = (server.peak_rss_kib() - before) / 1024;
+    eprintln!("16 concurrent 20 MB forgeries: peak RSS grew {grown_mib} MiB; answers {codes:?}");
+    assert!(grown_mib < 150, "peak RSS grew {grown_mib} MiB: {codes:?}");
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(401 | 503) | None)),
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&Some(401)),
+        "some were read and refused: {codes:?}"
+    );
+    // Still serving.
+    assert_eq!(server.get("/healthz", None).0, 200);
+}
+
+#[test]
+fn a_server_without_github_reads_no_webhook_body() {
+    let repo = repo_with("approvals:\n  required: 1\n", "true", "");
+    let (server, _db) = start(&repo, "sqlite", "");
+    let before = server.peak_rss_kib();
+    let body = std::sync::Arc::new(vec![b'x'; 20 << 20]);
+    let codes = forged_at_once(&server.url, 16, &body);
+    let grown_mib = (server.peak_rss_kib() - before) / 1024;
+    assert!(grown_mib < 40, "peak RSS grew {grown_mib} MiB: {codes:?}");
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(404) | None)),
+        "{codes:?}"
+    );
+}
+
+/// Reads from `stream` until the server closes it; `None` if it is still
+/// open after `limit`. Returns what the server sent before closing.
+fn read_until_closed(
+    stream: &mut std::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&got).into_owned())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn slow_server() -> (Server, db::TestDatabase, String) {
+    let repo = repo_with("approvals:\n  required: 1\n", "true", "");
+    let (server, database) = start(
+        &repo,
+        "sqlite",
+        "header_timeout = \"1s\"\nbody_timeout = \"1s\"",
+    );
+    let addr = server.url.trim_start_matches("http://").to_string();
+    (server, database, addr)
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_closed_by_the_header_timeout() {
+    use std::io::Write;
+    let (_server, _db, addr) = slow_server();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // The documented timeout is 1s here; the connection is gone well within 10s.
+    let answer = read_until_closed(&mut stream, std::time::Duration::from_secs(10));
+    assert!(answer.is_some(), "still open after 10s");
+}
+
+#[test]
+fn an_idle_kept_alive_connection_is_closed_by_the_header_timeout() {
+    use std::io::Write;
+    let (_server, _db, addr) = slow_server();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = read_until_closed(&mut stream, std::time::Duration::from_secs(10));
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "{answer:?}"
+    );
+}
+
+#[test]
+fn a_dribbled_body_is_cut_off_by_the_body_timeout() {
+    use std::io::Write;
+    let (_server, _db, addr) = slow_server();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .write_all(b"POST /api/v1/changes/c/approvals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice-token\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"digest\":")
+        .unwrap();
+    let answer = read_until_closed(&mut stream, std::time::Duration::from_secs(10));
+    assert!(answer.is_some(), "still open after 10s");
+    assert!(!answer.unwrap().contains(" 200 "), "nothing was approved");
 }

@@ -4,6 +4,7 @@ mod api;
 pub mod auth;
 mod error;
 mod ingest;
+mod listen;
 pub mod metrics;
 mod pages;
 pub mod webhooks;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub ingest: ingest::Ingest,
     /// The repository deliveries must come from (with `[github]`).
     pub home: Option<Arc<crate::github::Home>>,
+    /// Memory that webhook bodies being received may hold at once.
+    pub webhook_budget: webhooks::BodyBudget,
 }
 
 #[derive(OpenApi)]
@@ -87,11 +90,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(pages)
         .route(
             "/webhooks/github",
-            axum::routing::post(webhooks::github)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    webhooks::MAX_BODY_BYTES,
-                ))
-                .with_state(state.clone()),
+            axum::routing::post(webhooks::github).with_state(state.clone()),
         )
         .layer(axum::middleware::from_fn_with_state(state, metrics::track))
 }
@@ -165,6 +164,11 @@ pub async fn run(
         metrics.clone(),
     ));
     tracing::info!(%addr, "listening");
+    let webhook_budget = webhooks::BodyBudget::new(config.server.webhook_memory_mib);
+    let (header_timeout, body_timeout) = (
+        config.server.header_timeout.as_secs().max(1),
+        config.server.body_timeout.as_secs().max(1),
+    );
     let app = router(AppState {
         config,
         engine,
@@ -172,10 +176,13 @@ pub async fn run(
         inbox_wake,
         ingest,
         home,
+        webhook_budget,
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let timeouts = listen::Timeouts {
+        header: std::time::Duration::from_secs(header_timeout),
+        body: std::time::Duration::from_secs(body_timeout),
+    };
+    listen::serve(listener, app, timeouts, shutdown).await?;
     background.abort();
     delivery.abort();
     ingest_writer.abort();

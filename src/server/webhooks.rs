@@ -21,7 +21,8 @@ pub struct WebhookLabels {
     /// `accepted`, `duplicate`, `ignored` or `rejected`.
     pub outcome: &'static str,
     /// Why, from a fixed set: `bad-signature`, `missing-headers`,
-    /// `foreign-repository`, `foreign-installation`; empty otherwise.
+    /// `too-large`, `busy`, `broken-body`, `foreign-repository`,
+    /// `foreign-installation`; empty otherwise.
     pub reason: &'static str,
 }
 
@@ -49,13 +50,78 @@ fn reply(status: StatusCode, body: Value) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
 
+/// Memory that webhook bodies being received may hold at once, counted in
+/// KiB permits. A body holds its permits from its first byte until it is
+/// stored (or refused), so concurrent large bodies cannot exhaust memory.
+#[derive(Clone)]
+pub struct BodyBudget(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl BodyBudget {
+    /// A budget of `mib` MiB (never less than one largest delivery).
+    pub fn new(mib: u64) -> BodyBudget {
+        let kib = (mib * 1024).max((MAX_BODY_BYTES / 1024 + 1) as u64);
+        BodyBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            kib as usize,
+        )))
+    }
+}
+
+/// Why a body was not read.
+enum BodyError {
+    TooLarge,
+    OverBudget,
+    Broken(String),
+}
+
+/// Reads the body within the budget: the declared length is reserved up
+/// front, a body without one reserves as it arrives.
+async fn read_body(
+    body: axum::body::Body,
+    declared: Option<usize>,
+    budget: &BodyBudget,
+) -> Result<(Bytes, tokio::sync::SemaphorePermit<'_>), BodyError> {
+    use http_body_util::BodyExt;
+    let kib = |bytes: usize| (bytes / 1024 + 1) as u32;
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut permit = budget
+        .0
+        .try_acquire_many(kib(declared.unwrap_or(0)))
+        .map_err(|_| BodyError::OverBudget)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > MAX_BODY_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        let wanted = kib(buf.len() + data.len());
+        if wanted > permit.num_permits() as u32 {
+            let more = budget
+                .0
+                .try_acquire_many(wanted - permit.num_permits() as u32)
+                .map_err(|_| BodyError::OverBudget)?;
+            permit.merge(more);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((Bytes::from(buf), permit))
+}
+
 /// Verifies the signature over the raw body, then stores the delivery in
 /// the inbox in one transaction with its audit event, before replying.
+/// Nothing is read from a server without `[github]`, and bodies are read
+/// only within the memory budget.
 pub async fn github(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> (StatusCode, Json<Value>) {
+    let (parts, body) = request.into_parts();
+    let headers: HeaderMap = parts.headers;
     let count = |outcome: &'static str, reason: &'static str| {
         state
             .metrics
@@ -84,6 +150,32 @@ pub async fn github(
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
+    };
+    let declared = header("content-length").and_then(|n| n.parse::<usize>().ok());
+    let (body, _reserved) = match read_body(body, declared, &state.webhook_budget).await {
+        Ok(read) => read,
+        Err(BodyError::TooLarge) => {
+            count("rejected", "too-large");
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "too-large", "detail": "deliveries are at most 25 MB"}),
+            );
+        }
+        Err(BodyError::OverBudget) => {
+            count("rejected", "busy");
+            tracing::warn!("webhook refused: bodies being received fill the memory budget");
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "busy", "detail": "too many large deliveries at once; redeliver"}),
+            );
+        }
+        Err(BodyError::Broken(e)) => {
+            count("rejected", "broken-body");
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "broken-body", "detail": format!("the body could not be read: {}", loggable(&e))}),
+            );
+        }
     };
     let signature = header("x-hub-signature-256").unwrap_or_default();
     if !signature_matches(secret.as_bytes(), &body, &signature) {
