@@ -873,3 +873,60 @@ fn a_dribbled_body_is_cut_off_by_the_body_timeout() {
     assert!(answer.is_some(), "still open after 10s");
     assert!(!answer.unwrap().contains(" 200 "), "nothing was approved");
 }
+
+#[test]
+fn validate_warns_where_a_step_reaches_for_an_uncovered_file() {
+    let repo = TestRepo::new();
+    script(
+        &repo,
+        "ops/a.sh",
+        ". \"$(dirname \"$0\")/helper.sh\"\nsource lib/common.sh\nbash ops/tool.sh\n./ops/covered.sh",
+    );
+    for path in [
+        "ops/helper.sh",
+        "lib/common.sh",
+        "ops/tool.sh",
+        "ops/covered.sh",
+        "ops/b.sh",
+    ] {
+        script(&repo, path, "true");
+    }
+    repo.write(
+        "changes/c.yaml",
+        "title: t\nkind: config\ntargets: [web]\nsteps:\n  - id: one\n    run: ./ops/a.sh && ./ops/covered.sh\n  - id: two\n    run: sh ops/b.sh\n",
+    );
+    repo.commit("scripts");
+    let out = repo.run(&["validate"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "warnings alone pass: {}",
+        text(&out)
+    );
+    let said = text(&out);
+    for expected in [
+        "ops/a.sh:2:4: warning: `ops/a.sh` refers to `ops/helper.sh`, which the digest of `c` does not cover, so the step will not find it; add `include: [ops/]` to changes/c.yaml",
+        "ops/a.sh:3:8: warning: `ops/a.sh` refers to `lib/common.sh`",
+        "ops/a.sh:4:6: warning: `ops/a.sh` refers to `ops/tool.sh`",
+        "changes/c.yaml:8:13: warning: step `two` names `ops/b.sh` without `./`",
+        "valid, 4 warnings",
+    ] {
+        assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
+    }
+    assert!(
+        !said.contains("ops/covered.sh"),
+        "a covered path is fine:\n{said}"
+    );
+    let strict = repo.run(&["validate", "--strict"]);
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
+    assert!(
+        text(&strict).contains("ops/a.sh:2:4: error:"),
+        "{}",
+        text(&strict)
+    );
+    let json = repo.run(&["validate", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["warnings"][0]["path"], "changes/c.yaml");
+}

@@ -36,6 +36,9 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Treat warnings (uncovered paths a step would reach for) as errors.
+        #[arg(long)]
+        strict: bool,
     },
     /// Show a change's steps, covered paths, digest and the approvals it needs.
     Plan {
@@ -224,7 +227,11 @@ pub mod exit {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Validate { repo, format } => repo_cmds::validate(&repo, format),
+        Command::Validate {
+            repo,
+            format,
+            strict,
+        } => repo_cmds::validate(&repo, format, strict),
         Command::Plan {
             id,
             repo,

@@ -20,7 +20,7 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-pub(super) fn validate(args: &RepoArgs, format: Format) -> u8 {
+pub(super) fn validate(args: &RepoArgs, format: Format, strict: bool) -> u8 {
     let repo = match ChangeRepo::open(&args.repo) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -42,16 +42,20 @@ pub(super) fn validate(args: &RepoArgs, format: Format) -> u8 {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
+    let warnings = snapshot.uncovered_warnings(&model);
+    let valid = model.is_valid() && (warnings.is_empty() || !strict);
     match format {
         Format::Json => println!(
             "{}",
             json!({
-                "valid": model.is_valid(),
+                "valid": valid,
                 "rev": args.rev,
                 "commit": snapshot.commit_id(),
                 "change_sets": model.change_files,
                 "policies": model.policy_files,
                 "errors": model.diagnostics,
+                "warnings": warnings,
+                "strict": strict,
             })
         ),
         Format::Text => {
@@ -59,11 +63,21 @@ pub(super) fn validate(args: &RepoArgs, format: Format) -> u8 {
             for d in &model.diagnostics {
                 let _ = writeln!(out, "{d}");
             }
-            let verdict = if model.is_valid() {
-                "all valid".to_string()
-            } else {
-                let n = model.diagnostics.len();
-                format!("{n} error{}", if n == 1 { "" } else { "s" })
+            let kind = if strict { "error" } else { "warning" };
+            for w in &warnings {
+                let _ = writeln!(
+                    out,
+                    "{}:{}:{}: {kind}: {}",
+                    w.path, w.line, w.column, w.message
+                );
+            }
+            let plural =
+                |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+            let verdict = match (model.diagnostics.len(), warnings.len()) {
+                (0, 0) => "all valid".to_string(),
+                (0, w) if !strict => format!("valid, {}", plural(w, "warning")),
+                (e, 0) => plural(e, "error"),
+                (e, w) => format!("{}, {}", plural(e, "error"), plural(w, kind)),
             };
             let _ = writeln!(
                 out,
@@ -75,7 +89,7 @@ pub(super) fn validate(args: &RepoArgs, format: Format) -> u8 {
             );
         }
     }
-    if model.is_valid() {
+    if valid {
         exit::OK
     } else {
         exit::INVALID

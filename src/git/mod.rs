@@ -6,7 +6,11 @@ use std::path::Path;
 
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
-use crate::model::{load_repo_with_progress, CoveredPath, Entry, RepoModel, SourceFile, TreeView};
+use crate::model::references::{bare_words, references};
+use crate::model::{
+    covered_paths, load_repo_with_progress, CoveredPath, Diagnostic, Entry, RepoModel, SourceFile,
+    TreeView,
+};
 
 /// Why the repository or revision could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +241,89 @@ impl Snapshot<'_> {
         }
         Ok(())
     }
+}
+
+impl Snapshot<'_> {
+    /// The text of the blob at `path`, if it is UTF-8 and under 1 MiB.
+    fn text(&self, path: &str) -> Option<String> {
+        let blob = self
+            .tree
+            .get_path(Path::new(path))
+            .ok()?
+            .to_object(self.repo)
+            .ok()?
+            .peel_to_blob()
+            .ok()?;
+        (blob.size() < 1 << 20)
+            .then(|| String::from_utf8(blob.content().to_vec()).ok())
+            .flatten()
+    }
+
+    /// `validate`'s warnings (SPEC §11): where a covered script, or a step
+    /// command, refers to a file in the repository that the change's
+    /// digest does not cover, so the step would not find it. Each names
+    /// the `include` entry that would cover it.
+    pub fn uncovered_warnings(&self, model: &RepoModel) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for change in model.changes.values() {
+            let Ok(covered) = covered_paths(change, self) else {
+                continue;
+            };
+            let covered: BTreeSet<&str> = covered.iter().map(|c| c.path.as_str()).collect();
+            let own = format!("changes/{}.yaml", change.id);
+            let exists = |p: &str| matches!(self.entry(p), Some(Entry::Blob(_)));
+            let include = |p: &str| match p.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/"),
+                None => p.to_string(),
+            };
+            let own_text = self.text(&own).unwrap_or_default();
+            for step in &change.steps {
+                for (_, command) in step.commands() {
+                    for (_, word) in bare_words(command) {
+                        if covered.contains(word) || !exists(word) {
+                            continue;
+                        }
+                        let (line, column) = position_of(&own_text, word);
+                        out.push(Diagnostic {
+                            path: own.clone(),
+                            line,
+                            column,
+                            message: format!("step `{}` names `{word}` without `./`, so the digest does not cover it and the step will not find it; write `./{word}`, or add `include: [{}]`", step.id, include(word)),
+                        });
+                    }
+                }
+            }
+            for script in covered.iter().filter(|p| **p != own) {
+                let Some(text) = self.text(script) else {
+                    continue;
+                };
+                for r in references(&text, Some(script)) {
+                    if covered.contains(r.path.as_str()) || !exists(&r.path) {
+                        continue;
+                    }
+                    out.push(Diagnostic {
+                        path: script.to_string(),
+                        line: r.line,
+                        column: r.column,
+                        message: format!("`{script}` refers to `{}`, which the digest of `{}` does not cover, so the step will not find it; add `include: [{}]` to {own}", r.path, change.id, include(&r.path)),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.path, a.line, a.column, &a.message).cmp(&(&b.path, b.line, b.column, &b.message))
+        });
+        out.dedup();
+        out
+    }
+}
+
+/// 1-based (line, column) of the first `word` in `text`, else (1, 1).
+fn position_of(text: &str, word: &str) -> (usize, usize) {
+    text.lines()
+        .enumerate()
+        .find_map(|(n, line)| line.find(word).map(|c| (n + 1, c + 1)))
+        .unwrap_or((1, 1))
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> GitError {

@@ -7,6 +7,7 @@ mod decode;
 pub mod digest;
 mod duration;
 pub mod policy;
+pub mod references;
 pub mod repo;
 pub mod schema;
 mod window;

@@ -73,6 +73,24 @@ enum BodyError {
     Broken(String),
 }
 
+/// Discards the rest of a body that is somewhat too large, so the client
+/// reads a clean 413 rather than a reset connection; one that claims to be
+/// far larger is not read at all. Nothing is kept, and the body timeout
+/// bounds the wait.
+async fn too_large(mut body: axum::body::Body, declared: Option<usize>) -> BodyError {
+    use http_body_util::BodyExt;
+    if declared.is_none_or(|n| n <= 2 * MAX_BODY_BYTES) {
+        let mut drained = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > 2 * MAX_BODY_BYTES {
+                break;
+            }
+        }
+    }
+    BodyError::TooLarge
+}
+
 /// Reads the body within the budget: the declared length is reserved up
 /// front, a body without one reserves as it arrives.
 async fn read_body(
@@ -83,7 +101,7 @@ async fn read_body(
     use http_body_util::BodyExt;
     let kib = |bytes: usize| (bytes / 1024 + 1) as u32;
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(BodyError::TooLarge);
+        return Err(too_large(body, declared).await);
     }
     let mut permit = budget
         .0
@@ -97,7 +115,8 @@ async fn read_body(
             continue;
         };
         if buf.len() + data.len() > MAX_BODY_BYTES {
-            return Err(BodyError::TooLarge);
+            drop(buf);
+            return Err(too_large(body, None).await);
         }
         let wanted = kib(buf.len() + data.len());
         if wanted > permit.num_permits() as u32 {
