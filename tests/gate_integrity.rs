@@ -930,3 +930,33 @@ fn validate_warns_where_a_step_reaches_for_an_uncovered_file() {
     assert_eq!(v["warnings"].as_array().unwrap().len(), 4, "{v}");
     assert_eq!(v["warnings"][0]["path"], "changes/c.yaml");
 }
+
+#[test]
+fn plan_says_whom_each_from_entry_resolves_to() {
+    let repo = repo_with(
+        "approvals:\n  required: 2\n  from: [alice, bob, frank, \"team:acme/leads\"]\n",
+        "true",
+        "",
+    );
+    let config = repo.path().join("changegate.toml");
+    std::fs::write(
+        &config,
+        format!("[[tokens]]\nname = \"alice\"\nrole = \"operator\"\nsha256 = \"{0}\"\ngithub = \"alice-gh\"\n[[tokens]]\nname = \"bob\"\nrole = \"operator\"\nsha256 = \"{1}\"\n", "a".repeat(64), "b".repeat(64)),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
+        .args(["plan", "c"])
+        .current_dir(repo.path())
+        .env("CHANGEGATE_CONFIG", &config)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    for expected in [
+        "`alice`: the identity alice, through the API or as GitHub user alice-gh (with write access)",
+        "`bob`: the identity bob, through the API only (no `github` login configured; the GitHub user bob does not count)",
+        "`frank`: the GitHub user frank (with write access)",
+        "`team:acme/leads`: members of that team, by GitHub login",
+    ] {
+        assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
+    }
+}

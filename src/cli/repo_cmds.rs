@@ -1,5 +1,6 @@
 //! Commands that read the change repository: `validate`, `plan`, `digest`, `schema`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde_json::json;
@@ -289,6 +290,42 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
             }
             PoliciesInForce::BuiltinDefault => {
                 line("  built-in default: 1 approval from anyone who is not an author".into())
+            }
+        }
+        // Whom each `from` entry resolves to, by the server's identities
+        // (the config `serve` would read here, if any).
+        let (identities, config_problem): (BTreeMap<String, Option<String>>, _) =
+            match crate::config::Config::load(None) {
+                Ok(c) => (
+                    c.tokens.into_iter().map(|t| (t.name, t.github)).collect(),
+                    None,
+                ),
+                Err(e) => (BTreeMap::new(), Some(e)),
+            };
+        if let Some(e) = config_problem {
+            line(format!(
+                "(the config could not be read, so identities are unknown: {e})"
+            ));
+        }
+        line(if identities.is_empty() {
+            "who may approve (no [[tokens]] in the config here: every plain entry is a GitHub login):".to_string()
+        } else {
+            format!(
+                "who may approve (identities: {}):",
+                identities.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        });
+        for (name, approvals) in &rules {
+            if approvals.from.is_empty() {
+                line(format!(
+                    "  {name}: anyone who is not an author (a GitHub reviewer needs write access)"
+                ));
+            }
+            for entry in &approvals.from {
+                line(format!(
+                    "  {name}: {}",
+                    crate::gate::who_matches(entry, &identities)
+                ));
             }
         }
         let total: u32 = rules.iter().map(|(_, a)| a.required).max().unwrap_or(1);

@@ -213,6 +213,25 @@ impl People<'_> {
     }
 }
 
+/// Whom a `from` entry lets approve, in words, given the configured
+/// identities (name → GitHub login): the rule of [`People`], for `plan`.
+pub fn who_matches(entry: &Approver, identities: &BTreeMap<String, Option<String>>) -> String {
+    match entry {
+        Approver::User(name) => match identities.get(name) {
+            Some(Some(login)) => format!(
+                "`{name}`: the identity {name}, through the API or as GitHub user {login} (with write access)"
+            ),
+            Some(None) => format!(
+                "`{name}`: the identity {name}, through the API only (no `github` login configured; the GitHub user {name} does not count)"
+            ),
+            None => format!("`{name}`: the GitHub user {name} (with write access)"),
+        },
+        Approver::Team { org, slug } => format!(
+            "`team:{org}/{slug}`: members of that team, by GitHub login (with write access); an identity counts through its `github` login"
+        ),
+    }
+}
+
 /// The approval status of a change at `digest` under `rules` (each matching
 /// policy's name and approvals section), given every recorded fact.
 /// `authors` are names or logins of the change's authors.

@@ -8,7 +8,8 @@ pub mod claim;
 use serde::Serialize;
 
 pub use approval::{
-    approval_status, ApprovalFact, ApprovalStatus, Directory, People, Person, Source, Verdict,
+    approval_status, who_matches, ApprovalFact, ApprovalStatus, Directory, People, Person, Source,
+    Verdict,
 };
 pub use breaker::{breaker_state, Breaker, BreakerConfig};
 pub use claim::{claim_decision, ClaimContext, GoAhead, Refusal, RefusalReason};
