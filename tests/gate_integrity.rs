@@ -960,3 +960,70 @@ fn plan_says_whom_each_from_entry_resolves_to() {
         assert!(said.contains(expected), "missing {expected:?} in:\n{said}");
     }
 }
+
+#[test]
+fn an_approval_older_than_expire_after_at_the_first_claim_does_not_count() {
+    for backend in db::BACKENDS {
+        let repo = repo_with(
+            "approvals:\n  required: 1\n  from: [alice, bob]\n  expire_after: 1s\n",
+            "true",
+            "",
+        );
+        let (server, _db) = start(&repo, backend, "");
+        approve(&server, "alice", &repo, "c");
+        std::thread::sleep(std::time::Duration::from_millis(2_100));
+        assert_eq!(
+            claim_reason(&server, &repo, "c"),
+            "not-approved",
+            "{backend}"
+        );
+        assert_eq!(
+            reviews(&server, "c"),
+            [("alice".to_string(), false, "expired".to_string())],
+            "{backend}"
+        );
+        approve(&server, "bob", &repo, "c");
+        client(&server, "ci")
+            .claim("c", &digest(&repo, "c"), None)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_path_owners_policy_governs_changes_that_cover_its_paths() {
+    for backend in db::BACKENDS {
+        let repo = TestRepo::new();
+        script(&repo, "ops/db/migrate.sh", "true");
+        script(&repo, "ops/web.sh", "true");
+        repo.write(
+            "policies/p.yaml",
+            "approvals:\n  required: 1\n  from: [alice, bob]\n",
+        );
+        repo.write(
+            "policies/db-owners.yaml",
+            "match:\n  paths: [\"ops/db/**\"]\napprovals:\n  required: 1\n  from: [dave]\n",
+        );
+        for (id, run) in [("db", "./ops/db/migrate.sh"), ("web", "./ops/web.sh")] {
+            repo.write(
+                &format!("changes/{id}.yaml"),
+                format!("title: t\nkind: config\ntargets: [{id}-host]\nsteps:\n  - id: only\n    run: {run}\n"),
+            );
+        }
+        repo.commit_as("two changes", "Carol", "carol@example.com");
+        let (server, _db) = start(&repo, backend, "");
+        approve(&server, "alice", &repo, "db");
+        approve(&server, "alice", &repo, "web");
+        assert_eq!(
+            claim_reason(&server, &repo, "db"),
+            "not-approved",
+            "{backend}: the owners must approve"
+        );
+        client(&server, "ci")
+            .claim("web", &digest(&repo, "web"), None)
+            .unwrap();
+        approve(&server, "dave", &repo, "db");
+        client(&server, "ci")
+            .claim("db", &digest(&repo, "db"), None)
+            .unwrap();
+    }
+}

@@ -208,7 +208,7 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
             None => (format!("{} (no branch `{default_branch}`)", args.rev), None),
         };
         let policies = base_model.as_ref().map_or(&model.policies, |m| &m.policies);
-        let in_force = policies_in_force(change, policies);
+        let in_force = policies_in_force(change, &covered, policies);
         let rules = in_force.approval_rules();
         let confirm_all = matches!(&in_force, PoliciesInForce::Matched { policies } if policies.iter().any(|p| p.execution.confirm_each_step));
 

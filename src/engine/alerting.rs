@@ -22,14 +22,16 @@ impl Engine {
         let view = self.view();
         let named: Vec<String> = change
             .and_then(|id| view.changes.get(id))
-            .map(|(c, _, _)| match policies_in_force(c, &view.policies) {
-                PoliciesInForce::Matched { policies } => policies
-                    .iter()
-                    .filter_map(|p| p.alerts.clone())
-                    .flatten()
-                    .collect(),
-                PoliciesInForce::BuiltinDefault => vec![],
-            })
+            .map(
+                |(c, _, covered)| match policies_in_force(c, covered, &view.policies) {
+                    PoliciesInForce::Matched { policies } => policies
+                        .iter()
+                        .filter_map(|p| p.alerts.clone())
+                        .flatten()
+                        .collect(),
+                    PoliciesInForce::BuiltinDefault => vec![],
+                },
+            )
             .unwrap_or_default();
         if named.is_empty() {
             all

@@ -330,6 +330,7 @@ impl Engine {
             &world,
             &p.change,
             &p.digest,
+            &p.covered,
             &read.facts,
         )))
     }
@@ -658,7 +659,7 @@ impl Engine {
     /// needs an approval recorded after the failure by someone other than `actor`.
     pub async fn retry(&self, id: &str, actor: &str, reason: &str) -> Result<String, EngineError> {
         let view = self.view();
-        let (change, digest, _) = view
+        let (change, digest, covered) = view
             .changes
             .get(id)
             .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
@@ -689,7 +690,7 @@ impl Engine {
             .filter(|a| a.step_id == step.id)
             .max_by_key(|a| a.attempt_no)
             .expect("a failed step has an attempt");
-        let needs_approval = match policies_in_force(change, &view.policies) {
+        let needs_approval = match policies_in_force(change, covered, &view.policies) {
             PoliciesInForce::Matched { policies } => {
                 policies.iter().any(|p| p.execution.retry_requires_approval)
             }
@@ -698,7 +699,9 @@ impl Engine {
         if needs_approval {
             let failed_at = failed.ended_at.unwrap_or(failed.started_at);
             let world = self.world(&view, &read, &breaker, now_ms());
-            if view::fresh_approver(&world, change, digest, facts, failed_at, actor).is_none() {
+            if view::fresh_approver(&world, change, digest, covered, facts, failed_at, actor)
+                .is_none()
+            {
                 return Err(refused(
                     "needs-approval",
                     format!("retrying `{id}` needs a fresh approval of {digest} that counts under every policy in force, recorded after the failure by someone other than {actor}"),

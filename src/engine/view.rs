@@ -233,9 +233,10 @@ pub fn approval_of(
     world: &World<'_>,
     change: &ChangeSet,
     digest: &Digest,
+    covered: &[CoveredPath],
     facts: &ChangeFacts,
 ) -> ApprovalStatus {
-    let in_force = policies_in_force(change, &world.view.policies);
+    let in_force = policies_in_force(change, covered, &world.view.policies);
     let rules = in_force.approval_rules();
     let api = facts.approvals.iter().map(|a| ApprovalFact {
         approver: world.person(&a.approver),
@@ -272,10 +273,19 @@ pub fn approval_of(
         .unwrap_or_default();
     authors.extend(facts.github.authors.iter().cloned());
     let identities: BTreeSet<String> = world.config.tokens.iter().map(|t| t.name.clone()).collect();
+    // Expiry is judged at the first claim: an approval fresh then stays so
+    // while the change runs.
+    let as_of = facts
+        .attempts
+        .iter()
+        .map(|a| a.started_at)
+        .min()
+        .unwrap_or(world.now);
     let people = People {
         authors: &authors,
         identities: &identities,
         directory: world.directory,
+        as_of,
     };
     approval_status(digest.as_str(), &rules, &approval_facts, &people)
 }
@@ -286,6 +296,7 @@ pub fn fresh_approver(
     world: &World<'_>,
     change: &ChangeSet,
     digest: &Digest,
+    covered: &[CoveredPath],
     facts: &ChangeFacts,
     since: i64,
     actor: &str,
@@ -293,7 +304,7 @@ pub fn fresh_approver(
     let mut fresh = facts.clone();
     fresh.approvals.retain(|a| a.created_at > since);
     fresh.github.reviews.retain(|r| r.submitted_at > since);
-    let status = approval_of(world, change, digest, &fresh);
+    let status = approval_of(world, change, digest, covered, &fresh);
     let actor = world.person(actor);
     let mut policies = status.policies.iter();
     let first = policies.next()?;
@@ -367,7 +378,7 @@ pub fn status_of(
             abandonment: None,
         };
     };
-    let approvals = approval_of(world, change, digest, facts);
+    let approvals = approval_of(world, change, digest, covered, facts);
     let progress = step_progress(change, facts);
     let state = match proposal {
         Some(_) if approvals.satisfied => ChangeState::Approved,
@@ -398,7 +409,7 @@ pub fn status_of(
             }
         })
         .collect();
-    let in_force = policies_in_force(change, &world.view.policies);
+    let in_force = policies_in_force(change, covered, &world.view.policies);
     let governing: Vec<&Policy> = match &in_force {
         PoliciesInForce::Matched { policies } => policies.clone(),
         PoliciesInForce::BuiltinDefault => vec![],

@@ -90,6 +90,8 @@ pub enum NotCounted {
     /// A GitHub reviewer without write, maintain or admin permission on the
     /// repository (or whose permission is not known yet: unknown never grants).
     NoWriteAccess,
+    /// Older than `approvals.expire_after` at the change's first claim.
+    Expired,
 }
 
 /// A review and whether it counts.
@@ -179,6 +181,9 @@ pub struct People<'a> {
     pub identities: &'a BTreeSet<String>,
     /// Team memberships and repository permissions.
     pub directory: &'a dyn Directory,
+    /// When approvals are judged (unix ms), for `expire_after`: the
+    /// change's first claim, or now before one.
+    pub as_of: i64,
 }
 
 impl People<'_> {
@@ -278,18 +283,25 @@ pub fn approval_status(
                 Verdict::Approved => {
                     let mut counted = false;
                     let mut author_refused = false;
+                    let mut expired = false;
                     for (n, (_, approvals)) in rules.iter().enumerate() {
+                        let too_old = approvals
+                            .expire_after
+                            .is_some_and(|d| f.at < people.as_of - d.as_secs() as i64 * 1000);
                         if people.is_author(&f.approver) && !approvals.author_may_approve {
                             author_refused = true;
+                        } else if too_old {
+                            expired = true;
                         } else if people.in_from(approvals, &f.approver) {
                             tallies[n].insert(f.approver.display().to_string());
                             counted = true;
                         }
                     }
-                    match (counted, author_refused) {
-                        (true, _) => None,
-                        (false, true) => Some(NotCounted::Author),
-                        (false, false) => Some(NotCounted::NotEligible),
+                    match (counted, author_refused, expired) {
+                        (true, _, _) => None,
+                        (false, true, _) => Some(NotCounted::Author),
+                        (false, false, true) => Some(NotCounted::Expired),
+                        (false, false, false) => Some(NotCounted::NotEligible),
                     }
                 }
             }
@@ -362,6 +374,7 @@ mod tests {
                 required: 2,
                 from: from.iter().map(|s| Approver::User(s.to_string())).collect(),
                 author_may_approve: false,
+                expire_after: None,
             },
         )]
     }
@@ -398,6 +411,7 @@ mod tests {
                 authors,
                 identities: &identities,
                 directory,
+                as_of: 1_000_000_000,
             },
         )
     }
@@ -478,6 +492,7 @@ mod tests {
                     },
                 ],
                 author_may_approve: false,
+                expire_after: None,
             },
         )];
         let s = status(
@@ -557,6 +572,7 @@ mod tests {
                     required: 1,
                     from: vec![],
                     author_may_approve: false,
+                    expire_after: None,
                 },
             ),
             (
@@ -565,6 +581,7 @@ mod tests {
                     required: 1,
                     from: vec![Approver::User("bob".into())],
                     author_may_approve: false,
+                    expire_after: None,
                 },
             ),
         ];
@@ -630,6 +647,7 @@ mod tests {
                     slug: "leads".into(),
                 }],
                 author_may_approve: false,
+                expire_after: None,
             },
         )];
         // The identity `bob` (GitHub login unknown) is not the GitHub user `bob`.
@@ -675,5 +693,20 @@ mod tests {
         assert_eq!(s.reviews[1].reason, Some(NotCounted::NoWriteAccess));
         assert_eq!(s.reviews[2].reason, Some(NotCounted::NoWriteAccess));
         assert_eq!(s.policies[0].counted, 1);
+    }
+
+    #[test]
+    fn an_approval_older_than_expire_after_at_the_first_claim_is_expired() {
+        let mut rules = two_from(&[]);
+        rules[0].1.required = 1;
+        rules[0].1.expire_after = Some("1h".parse().unwrap());
+        let hour = 3_600_000;
+        // Judged at 1_000_000_000: one approval from just over an hour before, one within it.
+        let old = api("alice", D, 1_000_000_000 - hour - 1);
+        let recent = api("bob", D, 1_000_000_000 - hour + 1);
+        let s = status(&rules, &[old, recent], &no_authors(), &Writers);
+        assert_eq!(s.reviews[0].reason, Some(NotCounted::Expired));
+        assert_eq!(s.reviews[1].reason, None);
+        assert!(s.satisfied);
     }
 }

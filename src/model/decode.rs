@@ -33,8 +33,9 @@ pub(crate) const POLICY_KEYS: &[&str] = &[
     "alerts",
     "actions",
 ];
-pub(crate) const MATCH_KEYS: &[&str] = &["kinds", "targets"];
-pub(crate) const APPROVALS_KEYS: &[&str] = &["required", "from", "author_may_approve"];
+pub(crate) const MATCH_KEYS: &[&str] = &["kinds", "targets", "paths"];
+pub(crate) const APPROVALS_KEYS: &[&str] =
+    &["required", "from", "author_may_approve", "expire_after"];
 pub(crate) const EXECUTION_KEYS: &[&str] = &[
     "confirm_each_step",
     "windows",
@@ -589,6 +590,13 @@ fn decode_match(d: &mut Decoder<'_>, node: &Node) -> Option<Match> {
     if let Some(targets) = d.optional(&f, "targets", |d, n| globs(d, n, "match.targets")) {
         m.targets = targets;
     }
+    if let Some(paths) = d.optional(&f, "paths", |d, n| globs(d, n, "match.paths")) {
+        m.paths = paths;
+        // Paths alone: kinds and targets do not match on their own.
+        if !f.has_any(&["kinds", "targets"]) {
+            m.kinds = Vec::new();
+        }
+    }
     Some(m)
 }
 
@@ -649,6 +657,9 @@ fn decode_approvals(d: &mut Decoder<'_>, node: &Node) -> Option<Approvals> {
     }) {
         a.author_may_approve = b;
     }
+    a.expire_after = d.optional(&f, "expire_after", |d, n| {
+        d.parsed(n, "approvals.expire_after")
+    });
     Some(a)
 }
 

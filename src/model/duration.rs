@@ -35,13 +35,14 @@ impl FromStr for Duration {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let expected = || {
-            format!("invalid duration `{s}`: expected a positive number followed by s, m or h, like `30s`, `15m` or `2h`")
+            format!("invalid duration `{s}`: expected a positive number followed by s, m, h or d, like `30s`, `15m`, `2h` or `7d`")
         };
         let unit = s.chars().last().ok_or_else(expected)?;
         let factor = match unit {
             's' => 1,
             'm' => 60,
             'h' => 3600,
+            'd' => 86_400,
             _ => return Err(expected()),
         };
         let digits = &s[..s.len() - 1];
@@ -59,6 +60,7 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.secs {
+            s if s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
             s if s % 3600 == 0 => write!(f, "{}h", s / 3600),
             s if s % 60 == 0 => write!(f, "{}m", s / 60),
             s => write!(f, "{s}s"),
@@ -87,7 +89,7 @@ impl JsonSchema for Duration {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": "^[0-9]*[1-9][0-9]*[smh]$",
+            "pattern": "^[0-9]*[1-9][0-9]*[smhd]$",
             "description": "A positive whole number of seconds (s), minutes (m) or hours (h), e.g. `15m`."
         })
     }
@@ -102,6 +104,7 @@ mod tests {
         assert_eq!("30s".parse::<Duration>().unwrap().as_secs(), 30);
         assert_eq!("15m".parse::<Duration>().unwrap().as_secs(), 900);
         assert_eq!("2h".parse::<Duration>().unwrap().as_secs(), 7200);
+        assert_eq!("7d".parse::<Duration>().unwrap().as_secs(), 7 * 86_400);
     }
 
     #[test]
@@ -110,7 +113,7 @@ mod tests {
             "0s",
             "15",
             "m",
-            "1d",
+            "1w",
             "-1m",
             "1.5h",
             "",
@@ -124,5 +127,6 @@ mod tests {
     fn displays_in_the_largest_whole_unit() {
         assert_eq!("120m".parse::<Duration>().unwrap().to_string(), "2h");
         assert_eq!("90s".parse::<Duration>().unwrap().to_string(), "90s");
+        assert_eq!("48h".parse::<Duration>().unwrap().to_string(), "2d");
     }
 }

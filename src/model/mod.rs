@@ -170,6 +170,11 @@ pub struct Match {
     /// Target globs; the policy matches when any change target matches.
     #[serde(default = "star")]
     pub targets: Vec<String>,
+    /// Path globs (`changes/scripts/db/**`): the policy also matches a
+    /// change when any covered path matches one (path ownership). Given
+    /// without `kinds` or `targets`, only the paths decide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 fn star() -> Vec<String> {
@@ -181,6 +186,7 @@ impl Default for Match {
         Match {
             kinds: star(),
             targets: star(),
+            paths: Vec::new(),
         }
     }
 }
@@ -200,6 +206,10 @@ pub struct Approvals {
     /// Whether an author's own approval counts; default false.
     #[serde(default)]
     pub author_may_approve: bool,
+    /// An approval older than this at the change's first claim (or now,
+    /// before one) does not count: `expired`. Default: approvals keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<Duration>,
 }
 
 fn one() -> u32 {
@@ -212,6 +222,7 @@ impl Default for Approvals {
             required: 1,
             from: Vec::new(),
             author_may_approve: false,
+            expire_after: None,
         }
     }
 }

@@ -2,27 +2,43 @@
 
 use serde::Serialize;
 
-use super::{Approvals, ChangeSet, Policy};
+use super::{Approvals, ChangeSet, CoveredPath, Policy};
+
+/// Path globs: `*` stays within a folder, `**` crosses folders.
+fn path_options() -> glob::MatchOptions {
+    glob::MatchOptions {
+        require_literal_separator: true,
+        ..glob::MatchOptions::new()
+    }
+}
 
 fn glob_matches(pattern: &str, text: &str) -> bool {
     glob::Pattern::new(pattern).is_ok_and(|p| p.matches(text))
 }
 
 impl Policy {
-    /// Does this policy apply to `change`? Its kind must match one of
-    /// `match.kinds`, and at least one change target one of `match.targets`.
-    /// A file holding only `actions:` applies to no change.
-    pub fn applies_to(&self, change: &ChangeSet) -> bool {
-        self.governs_changes
-            && self
-                .matches
-                .kinds
-                .iter()
-                .any(|k| glob_matches(k, &change.kind))
+    /// Does this policy apply to `change` (whose covered paths are
+    /// `covered`)? Either its kind matches one of `match.kinds` and at least
+    /// one change target one of `match.targets`, or a covered path matches
+    /// one of `match.paths`. A file holding only `actions:` applies to no change.
+    pub fn applies_to(&self, change: &ChangeSet, covered: &[CoveredPath]) -> bool {
+        let by_kind_and_target = self
+            .matches
+            .kinds
+            .iter()
+            .any(|k| glob_matches(k, &change.kind))
             && change
                 .targets
                 .iter()
-                .any(|t| self.matches.targets.iter().any(|g| glob_matches(g, t)))
+                .any(|t| self.matches.targets.iter().any(|g| glob_matches(g, t)));
+        let by_path = covered.iter().any(|c| {
+            self.matches.paths.iter().any(|g| {
+                glob::Pattern::new(g).is_ok_and(|p| {
+                    p.matches_path_with(std::path::Path::new(&c.path), path_options())
+                })
+            })
+        });
+        self.governs_changes && (by_kind_and_target || by_path)
     }
 }
 
@@ -52,10 +68,18 @@ impl PoliciesInForce<'_> {
     }
 }
 
-/// The policies governing `change`: every matching one, or the built-in
-/// default when none matches. `policies` must come from the default branch.
-pub fn policies_in_force<'p>(change: &ChangeSet, policies: &'p [Policy]) -> PoliciesInForce<'p> {
-    let matched: Vec<&Policy> = policies.iter().filter(|p| p.applies_to(change)).collect();
+/// The policies governing `change` (with covered paths `covered`): every
+/// matching one, or the built-in default when none matches. `policies`
+/// must come from the default branch.
+pub fn policies_in_force<'p>(
+    change: &ChangeSet,
+    covered: &[CoveredPath],
+    policies: &'p [Policy],
+) -> PoliciesInForce<'p> {
+    let matched: Vec<&Policy> = policies
+        .iter()
+        .filter(|p| p.applies_to(change, covered))
+        .collect();
     if matched.is_empty() {
         PoliciesInForce::BuiltinDefault
     } else {
@@ -99,6 +123,7 @@ mod tests {
             matches: Match {
                 kinds: kinds.iter().map(|s| s.to_string()).collect(),
                 targets: targets.iter().map(|s| s.to_string()).collect(),
+                paths: vec![],
             },
             approvals: Default::default(),
             execution: Default::default(),
@@ -115,7 +140,7 @@ mod tests {
             policy("dns", &["dns"], &["*"]),
         ];
         let c = change("postgres-upgrade", &["web", "state-machine-db"]);
-        let PoliciesInForce::Matched { policies: m } = policies_in_force(&c, &policies) else {
+        let PoliciesInForce::Matched { policies: m } = policies_in_force(&c, &[], &policies) else {
             panic!("expected matches")
         };
         assert_eq!(
@@ -127,15 +152,15 @@ mod tests {
     #[test]
     fn target_globs_match_when_any_target_matches() {
         let p = policy("dbs", &["*"], &["*-db"]);
-        assert!(p.applies_to(&change("x", &["web", "a-db"])));
-        assert!(!p.applies_to(&change("x", &["web", "db-a"])));
+        assert!(p.applies_to(&change("x", &["web", "a-db"]), &[]));
+        assert!(!p.applies_to(&change("x", &["web", "db-a"]), &[]));
     }
 
     #[test]
     fn no_match_falls_back_to_the_builtin_default() {
         let policies = [policy("dns", &["dns"], &["*"])];
         let c = change("postgres-upgrade", &["db"]);
-        let in_force = policies_in_force(&c, &policies);
+        let in_force = policies_in_force(&c, &[], &policies);
         assert_eq!(in_force, PoliciesInForce::BuiltinDefault);
         let rules = in_force.approval_rules();
         assert_eq!(rules[0].1.required, 1);
@@ -146,6 +171,33 @@ mod tests {
     fn an_actions_only_policy_governs_no_change() {
         let mut p = policy("budgets", &["*"], &["*"]);
         p.governs_changes = false;
-        assert!(!p.applies_to(&change("anything", &["x"])));
+        assert!(!p.applies_to(&change("anything", &["x"]), &[]));
+    }
+
+    fn covering(paths: &[&str]) -> Vec<CoveredPath> {
+        paths
+            .iter()
+            .map(|p| CoveredPath {
+                path: p.to_string(),
+                blob: "0".repeat(40),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn path_owners_match_changes_that_cover_their_paths() {
+        // `match: {paths: [...]}` alone: kinds and targets do not match.
+        let mut owners = policy("db-owners", &[], &["*"]);
+        owners.matches.paths = vec!["changes/scripts/db/**".into()];
+        let c = change("config", &["web"]);
+        assert!(owners.applies_to(
+            &c,
+            &covering(&["changes/c.yaml", "changes/scripts/db/migrate.sh"])
+        ));
+        assert!(!owners.applies_to(&c, &covering(&["changes/c.yaml", "changes/scripts/web.sh"])));
+        // `*` stays within a folder.
+        let mut shallow = policy("top", &[], &["*"]);
+        shallow.matches.paths = vec!["changes/scripts/*.sh".into()];
+        assert!(!shallow.applies_to(&c, &covering(&["changes/scripts/db/x.sh"])));
     }
 }
