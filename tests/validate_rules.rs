@@ -232,12 +232,13 @@ fn a_yml_file_is_flagged_rather_than_silently_ignored() {
 }
 
 #[test]
-fn durations_accept_seconds_minutes_and_hours_only() {
+fn durations_accept_seconds_minutes_hours_and_days_only() {
     for (timeout, ok) in [
         ("30s", true),
         ("15m", true),
         ("2h", true),
-        ("1d", false),
+        ("1d", true),
+        ("1w", false),
         ("15", false),
         ("0m", false),
     ] {
