@@ -171,7 +171,10 @@ fn exec_overhead(runtime: &tokio::runtime::Runtime) {
             .collect()
     };
     let small = medians("changegate exec, 1 covered file", exec_all("t"));
-    let big = medians("changegate exec, 100 covered files (10 MB)", exec_all("big"));
+    let big = medians(
+        "changegate exec, 100 covered files (10 MB)",
+        exec_all("big"),
+    );
     // The materialisation alone, in-process: what hermetic execution adds.
     let git = changegate::git::ChangeRepo::open(repo.path()).unwrap();
     let snapshot = git.at("HEAD").unwrap();

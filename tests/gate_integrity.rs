@@ -1027,3 +1027,70 @@ fn a_path_owners_policy_governs_changes_that_cover_its_paths() {
             .unwrap();
     }
 }
+
+// ---- Revisions (SPEC §13): policies fail closed.
+
+#[test]
+fn a_policy_that_does_not_validate_refuses_every_claim_until_fixed() {
+    for backend in db::BACKENDS {
+        let strict = "approvals:\n  required: 2\n  from: [alice, bob]\nexecution:\n  confirm_each_step: true\n";
+        let repo = repo_with(&strict.replace("required: 2", "requird: 2"), "true", "");
+        let (server, _db) = start(&repo, backend, "refresh_secs = 1");
+        approve(&server, "dave", &repo, "c");
+        let refusal = client(&server, "ci")
+            .claim("c", &digest(&repo, "c"), None)
+            .unwrap_err();
+        assert_eq!(
+            refusal.reason(),
+            Some("policies-invalid"),
+            "{backend}: {refusal}"
+        );
+        assert!(
+            refusal.to_string().contains("policies/p.yaml:2:3"),
+            "{backend}: {refusal}"
+        );
+        let firing = |server: &Server| {
+            client(server, "alice")
+                .alerts()
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["kind"] == "policies-invalid" && a["state"] == "firing")
+                .count()
+        };
+        assert_eq!(firing(&server), 1, "{backend}: an alert fires");
+        assert!(
+            audit_kinds(&server).contains(&"policies.invalid".to_string()),
+            "{backend}"
+        );
+        // Fixed on main: the strict policy governs (dave is not in `from`).
+        repo.write("policies/p.yaml", strict);
+        repo.commit("fix the policy");
+        wait_for(|| firing(&server) == 0, "the alert resolves");
+        assert_eq!(
+            claim_reason(&server, &repo, "c"),
+            "not-approved",
+            "{backend}"
+        );
+        assert!(
+            audit_kinds(&server).contains(&"policies.valid".to_string()),
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn an_overnight_window_is_valid_and_keeps_its_policy_in_force() {
+    let repo = repo_with(
+        "approvals:\n  required: 2\n  from: [alice, bob]\nexecution:\n  windows: [\"mon-thu 22:00-02:00 UTC\"]\n",
+        "true",
+        "",
+    );
+    let out = repo.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (server, _db) = start(&repo, "sqlite", "");
+    approve(&server, "dave", &repo, "c");
+    // Not the built-in default: one approval from outside `from` is not enough.
+    assert_eq!(claim_reason(&server, &repo, "c"), "not-approved");
+}

@@ -127,6 +127,60 @@ impl Engine {
         Ok(())
     }
 
+    /// Fails closed on the default branch's policies: while a policy file
+    /// does not validate, an alert fires (raised at the first commit seen
+    /// with errors, audited with them); once fixed, it resolves.
+    pub(super) async fn alert_on_policy_errors(
+        &self,
+        view: &super::view::RepoView,
+    ) -> Result<(), EngineError> {
+        const PREFIX: &str = "policies-invalid:";
+        let now = crate::clock::now_ms();
+        let mut w = self.store.write().await?;
+        let firing = w.firing_alert_ids(PREFIX).await?;
+        if view.policy_errors.is_empty() {
+            if !firing.is_empty() {
+                w.resolve_alerts(PREFIX, None, now).await?;
+                w.audit(
+                    "changegate",
+                    "policies.valid",
+                    None,
+                    json!({"commit": view.commit}),
+                )
+                .await?;
+            }
+        } else if firing.is_empty() {
+            let errors: Vec<String> = view.policy_errors.iter().map(|d| d.to_string()).collect();
+            let alert = Alert {
+                id: format!("{PREFIX}{}", view.commit),
+                kind: "policies-invalid".into(),
+                change_id: None,
+                step_id: None,
+                state: "firing".into(),
+                labels: json!({"alertname": "ChangegatePoliciesInvalid", "change": "", "step": "", "targets": "", "severity": "critical"}),
+                annotations: json!({
+                    "summary": format!("{} error(s) in policies/ on the default branch: every claim is refused until they are fixed", errors.len()),
+                    "description": errors.join("\n"),
+                    "output_tail": "",
+                }),
+                sinks: self.sinks_for(None),
+                raised_at: now,
+                resolved_at: None,
+            };
+            if w.raise_alert(&alert, now).await? {
+                w.audit(
+                    "changegate",
+                    "policies.invalid",
+                    None,
+                    json!({"commit": view.commit, "errors": errors, "alert": alert.id}),
+                )
+                .await?;
+            }
+        }
+        w.commit().await?;
+        Ok(())
+    }
+
     /// Resolves every firing alert about `change` (completed or abandoned).
     pub(super) async fn resolve_change_alerts(
         &self,

@@ -238,6 +238,7 @@ impl Engine {
                 .map(|(c, d, _)| (c.clone(), d.clone()))
                 .collect();
             let report = self.store.sync_changes(&view.commit, &changes).await?;
+            self.alert_on_policy_errors(&view).await?;
             (view, report)
         };
         for head in &open {
@@ -860,10 +861,17 @@ pub fn read_default_branch(config: &Config, path: &std::path::Path) -> Result<Re
             (id, who)
         })
         .collect();
+    let policy_errors = model
+        .diagnostics
+        .iter()
+        .filter(|d| d.path.starts_with("policies/"))
+        .cloned()
+        .collect();
     Ok(RepoView {
         commit: snapshot.commit_id().to_string(),
         changes,
         policies: model.policies,
+        policy_errors,
         authors,
         proposals: Vec::new(),
         proposal_heads: Vec::new(),

@@ -13,7 +13,7 @@ use crate::gate::{
     Directory, People, Person, Refusal, Source, StepState, Verdict,
 };
 use crate::model::{
-    policies_in_force, ChangeSet, CoveredPath, Digest, PoliciesInForce, Policy, Window,
+    policies_in_force, ChangeSet, CoveredPath, Diagnostic, Digest, PoliciesInForce, Policy, Window,
 };
 use crate::store::{Attempt, ChangeFacts, GoAheadRecord, OperatorAction, TargetLock};
 
@@ -26,6 +26,8 @@ pub struct RepoView {
     pub changes: BTreeMap<String, (ChangeSet, Digest, Vec<CoveredPath>)>,
     /// The policies in force.
     pub policies: Vec<Policy>,
+    /// Errors in `policies/` files: while any, every claim is refused.
+    pub policy_errors: Vec<Diagnostic>,
     /// Per change: names and logins of its authors (from commit emails).
     pub authors: BTreeMap<String, BTreeSet<String>>,
     /// Changes in open pull requests that differ from the default branch.
@@ -454,6 +456,7 @@ pub fn status_of(
         })
         .collect();
     let summary = approvals.summary();
+    let policy_error = world.view.policy_errors.first().map(|d| d.to_string());
     let ctx = ClaimContext {
         id,
         change: Some(change),
@@ -473,6 +476,7 @@ pub fn status_of(
             .iter()
             .filter_map(|p| p.execution.max_targets_per_step)
             .min(),
+        policies_invalid: policy_error.as_deref(),
     };
     let blockers = match (proposal, gate::claim_decision(&ctx)) {
         (Some(p), _) => vec![Refusal {

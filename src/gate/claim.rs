@@ -37,6 +37,9 @@ pub enum RefusalReason {
     BlastRadius,
     /// Every step already succeeded.
     Completed,
+    /// A policy file on the default branch does not validate: every claim
+    /// is refused until it is fixed (fail closed).
+    PoliciesInvalid,
 }
 
 /// A refused claim.
@@ -123,6 +126,8 @@ pub struct ClaimContext<'a> {
     pub locks: &'a [(String, String, ChangeState)],
     /// The strictest `max_targets_per_step` of the governing policies.
     pub max_targets_per_step: Option<u32>,
+    /// The first error in a policy file on the default branch, if any.
+    pub policies_invalid: Option<&'a str>,
 }
 
 /// The index of the step to claim, or the first unmet rule.
@@ -135,6 +140,13 @@ pub fn claim_decision(c: &ClaimContext<'_>) -> Result<usize, Refusal> {
             format!("no change `{id}` on the default branch"),
         );
     };
+    // Without every policy, nobody can tell what would be enough: refuse.
+    if let Some(error) = c.policies_invalid {
+        return refuse(
+            R::PoliciesInvalid,
+            format!("a policy on the default branch does not validate, so no claim is granted until it is fixed: {error}"),
+        );
+    }
     match c.state {
         ChangeState::Ready | ChangeState::Running => {}
         ChangeState::Proposed | ChangeState::Approved => {
@@ -358,6 +370,7 @@ mod tests {
             windows: &[],
             steps: &steps,
             go_aheads: &[],
+            policies_invalid: None,
             confirm_each_step: false,
             locks: &[],
             max_targets_per_step: None,
@@ -602,5 +615,13 @@ mod tests {
             c.breaker = Box::leak(Box::new(open))
         });
         assert_eq!(r, Err(RefusalReason::DigestMismatch));
+    }
+
+    #[test]
+    fn an_invalid_policy_refuses_every_claim() {
+        let refusal =
+            decide_with(|c| c.policies_invalid = Some("policies/p.yaml:3:5: bad")).unwrap_err();
+        assert_eq!(refusal.reason, RefusalReason::PoliciesInvalid);
+        assert!(refusal.detail.contains("policies/p.yaml:3:5: bad"));
     }
 }

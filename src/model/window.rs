@@ -15,7 +15,9 @@ pub struct Window {
     text: String,
     /// Bit `d` set when weekday `d` (0 = Monday) is in the window.
     days: u8,
-    /// Minutes after midnight UTC; `start < end <= 1440`.
+    /// Minutes after midnight UTC. When `end <= start` the window crosses
+    /// midnight: it opens at `start` on each listed day and closes at `end`
+    /// the next day.
     start: u16,
     end: u16,
 }
@@ -23,9 +25,15 @@ pub struct Window {
 impl Window {
     /// Is the instant given as (weekday from Monday = 0, minute of the UTC day) inside?
     pub fn contains(&self, weekday: u8, minute_of_day: u16) -> bool {
-        weekday < 7
-            && self.days & (1 << weekday) != 0
-            && (self.start..self.end).contains(&minute_of_day)
+        let listed = |d: u8| d < 7 && self.days & (1 << d) != 0;
+        if self.start < self.end {
+            listed(weekday) && (self.start..self.end).contains(&minute_of_day)
+        } else {
+            // `mon-thu 22:00-02:00`: Monday 22:00 to Tuesday 02:00, and so on.
+            let yesterday = (weekday + 6) % 7;
+            (listed(weekday) && minute_of_day >= self.start)
+                || (listed(yesterday) && minute_of_day < self.end)
+        }
     }
 }
 
@@ -71,9 +79,9 @@ impl FromStr for Window {
             .split_once('-')
             .and_then(|(a, b)| Some((parse_minute(a)?, parse_minute(b)?)))
             .ok_or_else(|| expected("times must be HH:MM-HH:MM"))?;
-        if start >= end {
+        if start == end {
             return Err(expected(
-                "the start must be before the end (use 00:00-24:00 for a whole day)",
+                "the start and the end are the same (use 00:00-24:00 for a whole day)",
             ));
         }
         Ok(Window {
@@ -125,6 +133,20 @@ mod tests {
     }
 
     #[test]
+    fn a_window_may_cross_midnight_into_the_next_day() {
+        let w: Window = "mon-thu 22:00-02:00 UTC".parse().unwrap();
+        assert!(w.contains(0, 22 * 60), "monday 22:00");
+        assert!(w.contains(1, 60), "tuesday 01:00, from monday night");
+        assert!(w.contains(4, 60), "friday 01:00, from thursday night");
+        assert!(
+            !w.contains(0, 60),
+            "monday 01:00: sunday night is not listed"
+        );
+        assert!(!w.contains(4, 22 * 60), "friday 22:00 is not listed");
+        assert!(!w.contains(2, 12 * 60), "midday is outside");
+    }
+
+    #[test]
     fn lists_and_whole_days() {
         let w: Window = "sat,sun 00:00-24:00 UTC".parse().unwrap();
         assert!(w.contains(5, 0) && w.contains(6, 1439) && !w.contains(0, 600));
@@ -136,7 +158,7 @@ mod tests {
             "mon-thu 09:00-17:00",
             "mon-thu 09:00-17:00 CET",
             "fri-mon 09:00-17:00 UTC",
-            "mon 17:00-09:00 UTC",
+            "mon 09:00-09:00 UTC",
             "mon 9:00-17:00 UTC",
             "funday 09:00-17:00 UTC",
             "mon 09:00-24:01 UTC",

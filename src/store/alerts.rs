@@ -179,6 +179,18 @@ impl WriteTx {
         Ok(alerts)
     }
 
+    /// Ids of the firing alerts whose id starts with `id_prefix`.
+    pub async fn firing_alert_ids(&mut self, id_prefix: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query("SELECT id FROM alerts WHERE state = 'firing' AND substr(id, 1, CAST($2 AS INTEGER)) = $1")
+            .bind(id_prefix.to_string())
+            .bind(id_prefix.chars().count() as i64)
+            .fetch_all(self.conn())
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get("id")?))
+            .collect()
+    }
+
     /// Is an alert with this id already recorded?
     pub async fn alert_exists(&mut self, id: &str) -> Result<bool, StoreError> {
         Ok(sqlx::query("SELECT 1 AS one FROM alerts WHERE id = $1")
