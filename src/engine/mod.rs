@@ -9,7 +9,7 @@ mod alerting;
 mod directory;
 pub mod view;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -141,6 +141,9 @@ pub struct Engine {
     store: Store,
     view: RwLock<Arc<RepoView>>,
     directory: DirectoryCache,
+    /// Revisions read from their commits, by (change, digest); `None`
+    /// where the commit does not hold that revision.
+    revisions: std::sync::Mutex<HashMap<(String, String), Option<Arc<view::RevisionSet>>>>,
 }
 
 impl Engine {
@@ -151,6 +154,7 @@ impl Engine {
             store,
             view: RwLock::new(Arc::new(RepoView::default())),
             directory: DirectoryCache::default(),
+            revisions: Default::default(),
         }
     }
 
@@ -280,9 +284,10 @@ impl Engine {
         Ok((world, breaker))
     }
 
-    /// What a decision about one change sees.
+    /// What a decision about change `id` sees.
     fn world<'a>(
         &'a self,
+        id: &str,
         view: &'a RepoView,
         read: &'a WorldFacts,
         breaker: &'a Breaker,
@@ -296,17 +301,78 @@ impl Engine {
             breaker,
             now,
             directory: &self.directory,
+            revisions: self.revision_sets(view, [(id, &read.facts)]),
         }
+    }
+
+    /// For each change whose revision in flight (or completed) is not the
+    /// digest on the default branch, that revision's change set, read from
+    /// the commit of its first claim (and cached: a commit never changes).
+    fn revision_sets<'f>(
+        &self,
+        view: &RepoView,
+        facts: impl IntoIterator<Item = (&'f str, &'f ChangeFacts)>,
+    ) -> BTreeMap<String, Arc<view::RevisionSet>> {
+        let mut out = BTreeMap::new();
+        for (id, facts) in facts {
+            let main = view.changes.get(id).map(|(_, d, _)| d.as_str());
+            let revision = match view::revision_focus(main, facts) {
+                view::Focus::InFlight(r) | view::Focus::Completed(r) => r,
+                view::Focus::Main => continue,
+            };
+            if let Some(set) = self.revision_set(id, revision) {
+                out.insert(id.to_string(), set);
+            }
+        }
+        out
+    }
+
+    /// Revision `r` of `id`, read from its commit in the repository.
+    fn revision_set(
+        &self,
+        id: &str,
+        r: &crate::store::RevisionRecord,
+    ) -> Option<Arc<view::RevisionSet>> {
+        let key = (id.to_string(), r.digest.clone());
+        if let Some(known) = self.revisions.lock().expect("revision cache").get(&key) {
+            return known.clone();
+        }
+        let read = || -> Option<view::RevisionSet> {
+            let repo = ChangeRepo::open(&self.repo_path()).ok()?;
+            let snapshot = repo.at(&r.commit_sha).ok()?;
+            let model = snapshot.load_model().ok()?;
+            let change = model.changes.get(id)?.clone();
+            let covered = covered_paths(&change, &snapshot).ok()?;
+            let digest = Digest::of(&covered);
+            (digest.as_str() == r.digest).then_some((change, digest, covered))
+        };
+        let set = if r.commit_sha.is_empty() {
+            None
+        } else {
+            read().map(Arc::new)
+        };
+        if set.is_none() {
+            tracing::warn!(change = %id, digest = %r.digest, commit = %r.commit_sha, "cannot read the revision in flight from its commit");
+        }
+        self.revisions
+            .lock()
+            .expect("revision cache")
+            .insert(key, set.clone());
+        set
     }
 
     /// Everything decided about one change, or `None` if unknown.
     pub async fn status(&self, id: &str) -> Result<Option<ChangeStatus>, EngineError> {
         let view = self.view();
-        if !view.changes.contains_key(id) && !view.proposed_ids().contains(id) {
+        let (read, breaker) = self.world_facts(None, &view, id).await?;
+        let world = self.world(id, &view, &read, &breaker, now_ms());
+        // Known: on main, proposed, or a revision that left main.
+        if !view.changes.contains_key(id)
+            && !view.proposed_ids().contains(id)
+            && !world.revisions.contains_key(id)
+        {
             return Ok(None);
         }
-        let (read, breaker) = self.world_facts(None, &view, id).await?;
-        let world = self.world(&view, &read, &breaker, now_ms());
         Ok(Some(status_of(&world, id, &read.facts, None)))
     }
 
@@ -326,7 +392,7 @@ impl Engine {
             return Ok(None);
         };
         let (read, breaker) = self.world_facts(None, &view, id).await?;
-        let world = self.world(&view, &read, &breaker, now_ms());
+        let world = self.world(id, &view, &read, &breaker, now_ms());
         Ok(Some(view::approval_of(
             &world,
             &p.change,
@@ -353,13 +419,22 @@ impl Engine {
             breaker: &breaker,
             now: now_ms(),
             directory: &self.directory,
+            revisions: self.revision_sets(&view, facts.iter().map(|(id, f)| (id.as_str(), f))),
         };
         let empty = ChangeFacts::default();
+        // Revisions in flight stay listed after their file left main.
+        let gone: Vec<&str> = world
+            .revisions
+            .keys()
+            .map(String::as_str)
+            .filter(|id| !view.changes.contains_key(*id))
+            .collect();
         Ok(view
             .changes
             .keys()
             .map(String::as_str)
             .chain(view.proposed_ids())
+            .chain(gone)
             .map(|id| status_of(&world, id, facts.get(id).unwrap_or(&empty), None))
             .collect())
     }
@@ -401,7 +476,7 @@ impl Engine {
         let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
         let facts = &read.facts;
         let now = now_ms();
-        let world = self.world(&view, &read, &breaker, now);
+        let world = self.world(id, &view, &read, &breaker, now);
         let (decision, _) = view::decide_claim(&world, id, facts, digest);
         let next = match decision {
             Ok(next) => next,
@@ -445,6 +520,7 @@ impl Engine {
             late_report: None,
         };
         w.insert_attempt(&attempt).await?;
+        w.insert_revision(id, digest, &view.commit, now).await?;
         w.take_locks(id, &change.targets, now).await?;
         w.audit(
             executor,
@@ -574,10 +650,24 @@ impl Engine {
             }
             _ => {} // already reported: idempotent
         }
-        let facts = w.change_facts(&a.change_id).await?;
-        let change_state = match view.changes.get(&a.change_id) {
+        let all = w.change_facts(&a.change_id).await?;
+        // The attempt's own revision: main's, or the one in flight elsewhere.
+        let revision = all.revisions.iter().find(|r| r.digest == a.digest).cloned();
+        let change = match view.changes.get(&a.change_id) {
+            Some((c, d, _)) if d.as_str() == a.digest => {
+                Some(Arc::new((c.clone(), d.clone(), Vec::new())))
+            }
+            _ => revision
+                .as_ref()
+                .and_then(|r| self.revision_set(&a.change_id, r)),
+        };
+        let facts = all.for_revision(&a.digest);
+        let change_state = match change.as_deref() {
             Some((change, _, _)) => {
                 let state = view::state_of(change, &facts, true);
+                if state == ChangeState::Completed && !facts.attempts.is_empty() {
+                    w.complete_revision(&a.change_id, &a.digest, now).await?;
+                }
                 if state == ChangeState::Completed
                     && !facts.attempts.is_empty()
                     && w.release_locks(&a.change_id).await? > 0
@@ -667,7 +757,14 @@ impl Engine {
         let mut w = self.store.write().await?;
         self.expire_in(&mut w).await?;
         let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
-        let facts = &read.facts;
+        // Going forward needs the default branch to still hold the revision.
+        if let view::Focus::InFlight(r) = view::revision_focus(Some(digest.as_str()), &read.facts) {
+            return Err(refused(
+                "superseded",
+                format!("revision {} of `{id}` is in flight, but the default branch now holds {digest}: it cannot go forward; roll it back or abandon it", r.digest),
+            ));
+        }
+        let facts = &read.facts.for_revision(digest.as_str());
         if facts.abandonment.is_some() {
             return Err(refused(
                 "abandoned",
@@ -699,7 +796,7 @@ impl Engine {
         };
         if needs_approval {
             let failed_at = failed.ended_at.unwrap_or(failed.started_at);
-            let world = self.world(&view, &read, &breaker, now_ms());
+            let world = self.world(id, &view, &read, &breaker, now_ms());
             if view::fresh_approver(&world, change, digest, covered, facts, failed_at, actor)
                 .is_none()
             {
@@ -724,19 +821,40 @@ impl Engine {
         Ok(step.id.clone())
     }
 
-    /// Abandons `id` for good: releases its locks; dependents stay refused.
+    /// Abandons a revision of `id` for good — the one in flight, even when
+    /// the default branch moved on or lost the file, else the one on the
+    /// default branch: releases its locks; dependents stay refused. A new
+    /// digest on main is a new revision, which needs its own approvals.
     pub async fn abandon(&self, id: &str, actor: &str, reason: &str) -> Result<(), EngineError> {
-        if !self.view().changes.contains_key(id) {
-            return Err(EngineError::NotFound(format!("no change `{id}`")));
-        }
+        let view = self.view();
         let mut w = self.store.write().await?;
-        if w.insert_abandonment(id, actor, reason, now_ms()).await? {
+        let facts = w.change_facts(id).await?;
+        let main = view.changes.get(id).map(|(_, d, _)| d.as_str());
+        let digest = match view::revision_focus(main, &facts) {
+            view::Focus::InFlight(r) => r.digest.clone(),
+            view::Focus::Completed(r) => {
+                return Err(refused(
+                    "completed",
+                    format!(
+                        "revision {} of `{id}` completed; there is nothing to abandon",
+                        r.digest
+                    ),
+                ))
+            }
+            view::Focus::Main => match main {
+                Some(d) => d.to_string(),
+                None => return Err(EngineError::NotFound(format!("no change `{id}`"))),
+            },
+        };
+        if w.insert_abandonment(id, &digest, actor, reason, now_ms())
+            .await?
+        {
             let released = w.release_locks(id).await?;
             w.audit(
                 actor,
                 "change.abandoned",
                 Some(id),
-                json!({"reason": reason, "locks_released": released}),
+                json!({"reason": reason, "digest": digest, "locks_released": released}),
             )
             .await?;
             self.resolve_change_alerts(&mut w, id, now_ms()).await?;

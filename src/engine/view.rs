@@ -2,6 +2,7 @@
 //! derived from it and the recorded facts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -15,7 +16,9 @@ use crate::gate::{
 use crate::model::{
     policies_in_force, ChangeSet, CoveredPath, Diagnostic, Digest, PoliciesInForce, Policy, Window,
 };
-use crate::store::{Attempt, ChangeFacts, GoAheadRecord, OperatorAction, TargetLock};
+use crate::store::{
+    Attempt, ChangeFacts, GoAheadRecord, OperatorAction, RevisionRecord, TargetLock,
+};
 
 /// The default branch as last read.
 #[derive(Debug, Clone, Default)]
@@ -126,6 +129,11 @@ pub struct ChangeStatus {
     pub covered_paths: Vec<CoveredPath>,
     /// The abandonment, if any.
     pub abandonment: Option<OperatorAction>,
+    /// The digest on the default branch, when this revision is not it
+    /// (`null` when the file is gone from it).
+    pub main_digest: Option<String>,
+    /// Things a person should know: `superseded`, `edited-after-completion`.
+    pub warnings: Vec<String>,
 }
 
 /// Everything the decision needs beyond one change's facts.
@@ -144,6 +152,43 @@ pub struct World<'a> {
     pub now: i64,
     /// Cached team memberships and repository permissions.
     pub directory: &'a (dyn Directory + Sync),
+    /// For changes whose revision in flight (or completed) is not the one
+    /// on the default branch: that revision's change set, read from its
+    /// commit.
+    pub revisions: BTreeMap<String, Arc<RevisionSet>>,
+}
+
+/// A revision's change set, digest and covered paths, read from its commit.
+pub type RevisionSet = (ChangeSet, Digest, Vec<CoveredPath>);
+
+/// Which revision of a change the gate acts on (SPEC §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Focus<'f> {
+    /// The digest on the default branch: a fresh revision, or the one in
+    /// flight or completed when main still holds it.
+    Main,
+    /// A revision in flight (running, failed) whose digest the default
+    /// branch no longer holds: edited, renamed or deleted since.
+    InFlight(&'f RevisionRecord),
+    /// A completed revision; the default branch holds another digest, or
+    /// none. Completed is final.
+    Completed(&'f RevisionRecord),
+}
+
+/// The revision to act on, given the digest on the default branch (if the
+/// change is there) and the recorded revisions.
+pub fn revision_focus<'f>(main_digest: Option<&str>, facts: &'f ChangeFacts) -> Focus<'f> {
+    if let Some(r) = facts.in_flight() {
+        return if Some(r.digest.as_str()) == main_digest {
+            Focus::Main
+        } else {
+            Focus::InFlight(r)
+        };
+    }
+    match facts.completed() {
+        Some(c) if Some(c.digest.as_str()) != main_digest => Focus::Completed(c),
+        _ => Focus::Main,
+    }
 }
 
 impl World<'_> {
@@ -354,7 +399,100 @@ pub fn status_of(
     facts: &ChangeFacts,
     executor_digest: Option<&str>,
 ) -> ChangeStatus {
-    let Some((change, digest, covered, proposal)) = world.view.lookup(id) else {
+    let main = world.view.lookup(id);
+    // A proposal has no revisions yet; a change on main may.
+    let main_digest = main
+        .filter(|m| m.3.is_none())
+        .map(|m| m.1.as_str().to_string());
+    let elsewhere = |r: &RevisionRecord| {
+        world
+            .revisions
+            .get(id)
+            .filter(|set| set.1.as_str() == r.digest)
+            .cloned()
+    };
+    match revision_focus(main_digest.as_deref(), facts) {
+        Focus::InFlight(r) => {
+            if let Some(set) = elsewhere(r) {
+                let mut s = status_at(
+                    world,
+                    id,
+                    Some((&set.0, &set.1, &set.2[..], None)),
+                    &facts.for_revision(&r.digest),
+                    facts,
+                    executor_digest,
+                );
+                let main_says = main_digest.as_ref().map_or(
+                    "the change is no longer on the default branch".to_string(),
+                    |d| format!("the default branch now holds {d}"),
+                );
+                let refusal = if executor_digest == Some(r.digest.as_str()) {
+                    Refusal {
+                        reason: gate::RefusalReason::Superseded,
+                        detail: format!("revision {} of `{id}` is {}, but {main_says}: it cannot go forward; roll it back or `changegate abandon {id}`", r.digest, state_word(s.state)),
+                    }
+                } else {
+                    Refusal {
+                        reason: gate::RefusalReason::RevisionInFlight,
+                        detail: format!("revision {} of `{id}` is {} and {main_says}; a new revision starts only once that one is completed, rolled back or abandoned", r.digest, state_word(s.state)),
+                    }
+                };
+                s.blockers.insert(0, refusal);
+                s.commit = r.commit_sha.clone();
+                s.main_digest = main_digest.clone();
+                s.warnings.push("superseded".into());
+                return s;
+            }
+        }
+        Focus::Completed(c) => {
+            if let Some(set) = elsewhere(c) {
+                let mut s = status_at(
+                    world,
+                    id,
+                    Some((&set.0, &set.1, &set.2[..], None)),
+                    &facts.for_revision(&c.digest),
+                    facts,
+                    executor_digest,
+                );
+                s.state = ChangeState::Completed;
+                s.blockers = vec![Refusal {
+                    reason: gate::RefusalReason::Completed,
+                    detail: format!("revision {} of `{id}` completed; a different digest on the default branch never runs under the same id: use a new change id", c.digest),
+                }];
+                s.commit = c.commit_sha.clone();
+                s.main_digest = main_digest.clone();
+                s.warnings.push("edited-after-completion".into());
+                return s;
+            }
+        }
+        Focus::Main => {}
+    }
+    let revision_facts = match &main_digest {
+        Some(d) => facts.for_revision(d),
+        None => facts.clone(),
+    };
+    status_at(world, id, main, &revision_facts, facts, executor_digest)
+}
+
+/// A state as the API spells it.
+fn state_word(state: ChangeState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The status of one revision of `id` (`found`), from its own facts;
+/// `all` holds every revision's, for attempt numbering.
+fn status_at(
+    world: &World<'_>,
+    id: &str,
+    found: Option<(&ChangeSet, &Digest, &[CoveredPath], Option<&Proposal>)>,
+    facts: &ChangeFacts,
+    all: &ChangeFacts,
+    executor_digest: Option<&str>,
+) -> ChangeStatus {
+    let Some((change, digest, covered, proposal)) = found else {
         let refusal = Refusal {
             reason: gate::RefusalReason::Unknown,
             detail: format!("no change `{id}` on the default branch"),
@@ -378,10 +516,22 @@ pub fn status_of(
             locks: vec![],
             covered_paths: vec![],
             abandonment: None,
+            main_digest: None,
+            warnings: vec![],
         };
     };
     let approvals = approval_of(world, change, digest, covered, facts);
-    let progress = step_progress(change, facts);
+    let mut progress = step_progress(change, facts);
+    // Attempt numbers run across revisions: the next is after every one.
+    for (p, step) in progress.iter_mut().zip(&change.steps) {
+        p.attempts = all
+            .attempts
+            .iter()
+            .filter(|a| a.step_id == step.id)
+            .map(|a| a.attempt_no)
+            .max()
+            .unwrap_or(0);
+    }
     let state = match proposal {
         Some(_) if approvals.satisfied => ChangeState::Approved,
         Some(_) => ChangeState::Proposed,
@@ -397,7 +547,12 @@ pub fn status_of(
         .map(|dep| {
             let dep_change = world.view.changes.get(dep);
             let dep_facts = world.dependency_facts.get(dep).cloned().unwrap_or_default();
-            let state = dep_change.map(|(c, _, _)| state_of(c, &dep_facts, false));
+            // A completed revision satisfies dependents, whatever main holds now.
+            let state = if dep_facts.completed().is_some() && dep_facts.in_flight().is_none() {
+                Some(ChangeState::Completed)
+            } else {
+                dep_change.map(|(c, d, _)| state_of(c, &dep_facts.for_revision(d.as_str()), false))
+            };
             let failure = dep_change.and_then(|(c, _, _)| {
                 step_progress(c, &dep_facts)
                     .iter()
@@ -537,5 +692,7 @@ pub fn status_of(
             .collect(),
         covered_paths: covered.to_vec(),
         abandonment: facts.abandonment.clone(),
+        main_digest: None,
+        warnings: vec![],
     }
 }

@@ -40,6 +40,11 @@ pub enum RefusalReason {
     /// A policy file on the default branch does not validate: every claim
     /// is refused until it is fixed (fail closed).
     PoliciesInvalid,
+    /// The executor's revision is in flight, but the default branch no
+    /// longer holds its digest: it cannot go forward (SPEC §13).
+    Superseded,
+    /// Another revision of this change is in flight; a new one waits.
+    RevisionInFlight,
 }
 
 /// A refused claim.

@@ -124,6 +124,28 @@ fn go_ahead(r: &AnyRow) -> Result<GoAheadRecord, sqlx::Error> {
     })
 }
 
+/// A revision (SPEC §13): one digest of a change that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RevisionRecord {
+    /// Its digest.
+    pub digest: String,
+    /// The default-branch commit of its first claim ('' if recorded before revisions).
+    pub commit_sha: String,
+    /// Unix ms of its first claim.
+    pub first_claim_at: i64,
+    /// Unix ms when its last step succeeded.
+    pub completed_at: Option<i64>,
+}
+
+fn revision(r: &AnyRow) -> Result<RevisionRecord, sqlx::Error> {
+    Ok(RevisionRecord {
+        digest: r.try_get("digest")?,
+        commit_sha: r.try_get("commit_sha")?,
+        first_claim_at: r.try_get("first_claim_at")?,
+        completed_at: r.try_get("completed_at")?,
+    })
+}
+
 /// Everything recorded about one change's execution and approval.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeFacts {
@@ -133,12 +155,56 @@ pub struct ChangeFacts {
     pub go_aheads: Vec<GoAheadRecord>,
     /// Re-opened steps.
     pub retries: Vec<OperatorAction>,
-    /// The abandonment, if any.
+    /// The abandonment of the revision these facts are about (after
+    /// [`ChangeFacts::for_revision`]); as read, the latest of any revision.
     pub abandonment: Option<OperatorAction>,
+    /// Every abandonment, with the digest of the revision it ended
+    /// (`''`: recorded before revisions, for every digest).
+    pub abandonments: Vec<(String, OperatorAction)>,
+    /// Every revision that was claimed, oldest first.
+    pub revisions: Vec<RevisionRecord>,
     /// API approvals.
     pub approvals: Vec<ApiApproval>,
     /// Reviews and authors from the pull requests that touch it.
     pub github: super::GithubFacts,
+}
+
+impl ChangeFacts {
+    /// Whether revision `digest` was abandoned.
+    fn abandoned(&self, digest: &str) -> bool {
+        self.abandonments
+            .iter()
+            .any(|(d, _)| d == digest || d.is_empty())
+    }
+
+    /// The revision in flight: claimed, not completed, not abandoned.
+    pub fn in_flight(&self) -> Option<&RevisionRecord> {
+        self.revisions
+            .iter()
+            .rev()
+            .find(|r| r.completed_at.is_none() && !self.abandoned(&r.digest))
+    }
+
+    /// The latest completed revision, if any.
+    pub fn completed(&self) -> Option<&RevisionRecord> {
+        self.revisions
+            .iter()
+            .filter(|r| r.completed_at.is_some())
+            .max_by_key(|r| r.completed_at)
+    }
+
+    /// The facts of revision `digest` alone: its attempts, and its
+    /// abandonment. Approvals and reviews are bound by digest already.
+    pub fn for_revision(&self, digest: &str) -> ChangeFacts {
+        let mut facts = self.clone();
+        facts.attempts.retain(|a| a.digest == digest);
+        facts.abandonment = self
+            .abandonments
+            .iter()
+            .find(|(d, _)| d == digest || d.is_empty())
+            .map(|(_, a)| a.clone());
+        facts
+    }
 }
 
 /// A held target lock.
@@ -188,13 +254,23 @@ pub(crate) async fn change_facts(
         .iter()
         .map(|r| action(r, true, true))
         .collect::<Result<_, _>>()?;
-    let abandonment =
-        sqlx::query("SELECT actor, reason, at FROM abandonments WHERE change_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|r| action(&r, false, false))
-            .transpose()?;
+    let abandonments: Vec<(String, OperatorAction)> = sqlx::query(
+        "SELECT digest, actor, reason, at FROM abandonments WHERE change_id = $1 ORDER BY at",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("digest")?, action(r, false, false)?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    let abandonment = abandonments.last().map(|(_, a)| a.clone());
+    let revisions = sqlx::query("SELECT digest, commit_sha, first_claim_at, completed_at FROM revisions WHERE change_id = $1 ORDER BY first_claim_at")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(revision)
+        .collect::<Result<_, _>>()?;
     let approvals = super::api_approvals_on(conn, id).await?;
     let github = super::github::github_facts(conn, Some(id))
         .await?
@@ -205,6 +281,8 @@ pub(crate) async fn change_facts(
         go_aheads,
         retries,
         abandonment,
+        abandonments,
+        revisions,
         approvals,
         github,
     })
@@ -455,16 +533,52 @@ impl WriteTx {
         Ok(n == 1)
     }
 
-    /// Abandons a change (once).
+    /// Records a revision at its first claim (once).
+    pub async fn insert_revision(
+        &mut self,
+        change_id: &str,
+        digest: &str,
+        commit: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO revisions (change_id, digest, commit_sha, first_claim_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(change_id)
+            .bind(digest)
+            .bind(commit)
+            .bind(at)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Records that revision `digest` of a change completed (once).
+    pub async fn complete_revision(
+        &mut self,
+        change_id: &str,
+        digest: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE revisions SET completed_at = $3 WHERE change_id = $1 AND digest = $2 AND completed_at IS NULL")
+            .bind(change_id)
+            .bind(digest)
+            .bind(at)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Abandons revision `digest` of a change (once).
     pub async fn insert_abandonment(
         &mut self,
         change_id: &str,
+        digest: &str,
         actor: &str,
         reason: &str,
         at: i64,
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query("INSERT INTO abandonments (change_id, actor, reason, at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+        let n = sqlx::query("INSERT INTO abandonments (change_id, digest, actor, reason, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
             .bind(change_id)
+            .bind(digest)
             .bind(actor)
             .bind(reason)
             .bind(at)
@@ -526,12 +640,24 @@ impl Store {
                 .retries
                 .push(action(&r, true, true)?);
         }
-        for r in sqlx::query("SELECT change_id, actor, reason, at FROM abandonments")
+        for r in
+            sqlx::query("SELECT change_id, digest, actor, reason, at FROM abandonments ORDER BY at")
+                .fetch_all(&mut *conn)
+                .await?
+        {
+            let facts = all.entry(r.try_get("change_id")?).or_default();
+            let a = action(&r, false, false)?;
+            facts.abandonment = Some(a.clone());
+            facts.abandonments.push((r.try_get("digest")?, a));
+        }
+        for r in sqlx::query("SELECT change_id, digest, commit_sha, first_claim_at, completed_at FROM revisions ORDER BY first_claim_at")
             .fetch_all(&mut *conn)
             .await?
         {
-            all.entry(r.try_get("change_id")?).or_default().abandonment =
-                Some(action(&r, false, false)?);
+            all.entry(r.try_get("change_id")?)
+                .or_default()
+                .revisions
+                .push(revision(&r)?);
         }
         for r in sqlx::query("SELECT change_id, approver, digest, comment, created_at FROM api_approvals ORDER BY id").fetch_all(&mut *conn).await? {
             all.entry(r.try_get("change_id")?).or_default().approvals.push(ApiApproval {
