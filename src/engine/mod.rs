@@ -143,8 +143,11 @@ pub struct Engine {
     directory: DirectoryCache,
     /// Revisions read from their commits, by (change, digest); `None`
     /// where the commit does not hold that revision.
-    revisions: std::sync::Mutex<HashMap<(String, String), Option<Arc<view::RevisionSet>>>>,
+    revisions: std::sync::Mutex<RevisionCache>,
 }
+
+/// Revisions read from their commits, by (change, digest).
+type RevisionCache = HashMap<(String, String), Option<Arc<view::RevisionSet>>>;
 
 impl Engine {
     /// An engine with an empty view; call [`Engine::refresh`].
