@@ -437,12 +437,16 @@ fn sync_repairs_missed_webhooks_through_paginated_rate_limited_lists() {
         || server.get("/api/v1/changes/f", Some("alice-token")).0 == 200,
         "f known to the server",
     );
+    // Write access is looked up again by the restarted server's worker.
+    wait_for(
+        || reviews(&server, "f").iter().filter(|r| r.1).count() == 2,
+        "dave's and bob's reviews count once their write access is known",
+    );
     let seen = reviews(&server, "f");
     assert!(
         seen.contains(&("carol".into(), false, "author".into())),
         "{seen:?}"
     );
-    assert_eq!(seen.iter().filter(|r| r.1).count(), 2, "{seen:?}");
 }
 
 #[test]
@@ -873,5 +877,100 @@ fn an_app_delivery_from_another_installation_is_ignored() {
 
         deliver_pr(&server, "our-install", "opened", &pr, "carol-gh");
         wait_state(&server, "d", "proposed", 0);
+    }
+}
+
+// ---- Revisions hygiene (SPEC §13): a pull request's base and order.
+
+#[test]
+fn a_pull_request_retargeted_away_from_main_contributes_nothing() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_ONE);
+        let base = repo.main_tip();
+        let (server, database) = start_server(&repo, backend, &github);
+        let content = change("d", "./ok.sh");
+        let head = repo.push_to_pr(1, &[("changes/d.yaml", &content)], "carol");
+        let mut pr = pull(1, head, base, "carol-gh");
+        deliver_pr(&server, "pr1-opened", "opened", &pr, "carol-gh");
+        deliver_review(
+            &server,
+            "r1",
+            "submitted",
+            &pr,
+            &review(1, "alice-gh", "approved", head, 1_000),
+        );
+        wait_state(&server, "d", "approved", 1);
+        // Retargeted to `release`, then closed unmerged.
+        pr["base"]["ref"] = json!("release");
+        deliver_pr(&server, "pr1-edited", "edited", &pr, "carol-gh");
+        pr["state"] = json!("closed");
+        deliver_pr(&server, "pr1-closed", "closed", &pr, "carol-gh");
+        wait_for(
+            || delivery_outcome(&database, "pr1-closed").is_some(),
+            "the close processed",
+        );
+        // The same content pushed straight to main needs its own approval.
+        repo.write("changes/d.yaml", &content);
+        let after = repo.commit("straight to main");
+        deliver_signed(&server, "push", "push-main", &push_event(base, after));
+        wait_for(
+            || {
+                server.get("/api/v1/changes/d", Some("alice-token")).1["commit"]
+                    == after.to_string().as_str()
+            },
+            "main re-read",
+        );
+        assert_eq!(summary(&server, "d"), ("proposed".into(), 0), "{backend}");
+    }
+}
+
+#[test]
+fn a_late_synchronize_never_rewinds_the_head() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_ONE);
+        let base = repo.main_tip();
+        let (server, database) = start_server(&repo, backend, &github);
+        let head1 = repo.push_to_pr(2, &[("changes/d.yaml", &change("d", "./ok.sh"))], "carol");
+        let head2 = repo.push_to_pr(2, &[("changes/d.yaml", &change("d", "./fail.sh"))], "carol");
+        let at = |pr: &mut Value, when: &str| pr["updated_at"] = json!(when);
+        let mut first = pull(2, head1, base, "carol-gh");
+        at(&mut first, "2026-01-01T10:00:00Z");
+        let mut newer = pull(2, head2, base, "carol-gh");
+        at(&mut newer, "2026-01-01T10:05:00Z");
+        let mut late = pull(2, head1, base, "carol-gh");
+        at(&mut late, "2026-01-01T10:01:00Z");
+        deliver_pr(&server, "s1", "opened", &first, "carol-gh");
+        deliver_pr(&server, "s2", "synchronize", &newer, "carol-gh");
+        deliver_pr(&server, "s3-late", "synchronize", &late, "mallory-gh");
+        wait_for(
+            || delivery_outcome(&database, "s3-late").is_some(),
+            "the late delivery processed",
+        );
+        let stored = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                Store::connect(&database.url)
+                    .await
+                    .unwrap()
+                    .pull_request(2)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            });
+        assert_eq!(stored.head_sha, head2.to_string(), "{backend}");
+        // Whoever pushed is still an author, however late the news came.
+        let audit = server.get("/api/v1/audit", Some("alice-token")).1;
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["data"]["delivery"] == "s3-late" && e["data"]["stale"] == true),
+            "{backend}"
+        );
     }
 }

@@ -69,6 +69,9 @@ pub struct PullRequest {
     /// When it was merged, if it was (present in list payloads too).
     #[serde(default)]
     pub merged_at: Option<String>,
+    /// When GitHub last changed it: orders deliveries that arrive late.
+    #[serde(default)]
+    pub updated_at: Option<String>,
     /// Who opened it.
     pub user: Account,
     /// The head branch and commit.
@@ -81,6 +84,11 @@ impl PullRequest {
     /// Merged, from whichever field the payload carries.
     pub fn is_merged(&self) -> bool {
         self.merged.unwrap_or(false) || self.merged_at.is_some()
+    }
+
+    /// `updated_at` in unix ms, 0 when absent or unreadable.
+    pub fn updated_ms(&self) -> i64 {
+        self.updated_at.as_deref().and_then(rfc3339_ms).unwrap_or(0)
     }
 }
 

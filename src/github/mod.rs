@@ -321,23 +321,66 @@ impl Github {
         authors: &[String],
         delivery: Option<(&str, &str)>,
     ) -> Result<(), SyncError> {
-        if pr.base.name != self.default_branch {
-            return match delivery {
-                Some((d, _)) => {
-                    self.ignore(
-                        d,
-                        &format!(
-                            "pull request #{} targets `{}`, not the default branch",
-                            pr.number, pr.base.name
-                        ),
-                    )
-                    .await
-                }
-                None => Ok(()),
-            };
-        }
         let number = pr.number as i64;
         let store = self.engine.store();
+        let record = PullRequestRecord {
+            number,
+            head_sha: pr.head.sha.clone(),
+            base_ref: pr.base.name.clone(),
+            base_sha: pr.base.sha.clone(),
+            state: pr.state.clone(),
+            merged: pr.is_merged(),
+            opener: pr.user.login.clone(),
+            updated_at: pr.updated_ms(),
+        };
+        if pr.base.name != self.default_branch {
+            // Retargeted away from the default branch, a tracked pull
+            // request contributes nothing: its reviews never count for main.
+            let known = store.pull_request(number).await?;
+            let unchanged = known
+                .as_ref()
+                .is_some_and(|k| k.base_ref == record.base_ref && k.state == record.state);
+            if known.is_none() || (unchanged && delivery.is_none()) {
+                return match delivery {
+                    Some((d, _)) => {
+                        self.ignore(
+                            d,
+                            &format!(
+                                "pull request #{} targets `{}`, not the default branch",
+                                pr.number, pr.base.name
+                            ),
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                };
+            }
+            let mut w = store.write().await?;
+            if let Some((d, _)) = delivery {
+                if !w.finish_delivery(d, "applied", None).await? {
+                    return Ok(());
+                }
+            }
+            if w.upsert_pull_request(&record).await? {
+                w.set_pr_changes(number, &[]).await?;
+                w.audit(
+                    "github",
+                    "github.pull_request",
+                    None,
+                    json!({
+                        "delivery": delivery.map(|(d, _)| d),
+                        "action": delivery.map_or("sync", |(_, a)| a),
+                        "number": number,
+                        "base": pr.base.name,
+                        "retargeted": true,
+                        "changes": [],
+                    }),
+                )
+                .await?;
+            }
+            w.commit().await?;
+            return Ok(());
+        }
         let review_commits: BTreeSet<String> = store.review_commits(number).await?;
         let (default, head, base) = (
             self.default_branch.clone(),
@@ -353,26 +396,21 @@ impl Github {
                 Ok((touched, digests))
             })
             .await?;
-        let record = PullRequestRecord {
-            number,
-            head_sha: pr.head.sha.clone(),
-            base_ref: pr.base.name.clone(),
-            base_sha: pr.base.sha.clone(),
-            state: pr.state.clone(),
-            merged: pr.is_merged(),
-            opener: pr.user.login.clone(),
-        };
         let mut w = store.write().await?;
         if let Some((d, _)) = delivery {
             if !w.finish_delivery(d, "applied", None).await? {
                 return Ok(());
             }
         }
-        w.upsert_pull_request(&record).await?;
+        // A pusher is an author however late their event arrives…
         for login in authors {
             w.add_pr_author(number, login).await?;
         }
-        w.set_pr_changes(number, &touched).await?;
+        // …but an older delivery never rewinds the head it records.
+        let current = w.upsert_pull_request(&record).await?;
+        if current {
+            w.set_pr_changes(number, &touched).await?;
+        }
         w.put_digests(&digests).await?;
         let changes: Vec<&str> = touched.iter().map(|(id, _)| id.as_str()).collect();
         w.audit(
@@ -388,6 +426,7 @@ impl Github {
                 "merged": pr.is_merged(),
                 "authors": authors,
                 "changes": changes,
+                "stale": !current,
             }),
         )
         .await?;
@@ -489,10 +528,13 @@ impl Github {
         // The list is the configured repository's, but a pull request that
         // names another base repository is never recorded as this one's.
         let home = |p: &PullRequest| p.base.repo.as_ref().is_none_or(|r| self.home.is_home(r));
-        for pr in pulls
-            .iter()
-            .filter(|p| p.base.name == self.default_branch && home(p))
-        {
+        for pr in pulls.iter().filter(|p| home(p)) {
+            if pr.base.name != self.default_branch {
+                // Retargeted away (recorded if tracked); nothing else to read.
+                self.apply_pull_request(pr, std::slice::from_ref(&pr.user.login), None)
+                    .await?;
+                continue;
+            }
             let number = pr.number as i64;
             let known = store.pull_request(number).await?;
             let stale = known.as_ref().is_none_or(|k| {

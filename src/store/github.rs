@@ -27,6 +27,9 @@ pub struct PullRequestRecord {
     pub merged: bool,
     /// Who opened it.
     pub opener: String,
+    /// When GitHub last changed it (unix ms): an older delivery never
+    /// replaces what a newer one recorded.
+    pub updated_at: i64,
 }
 
 /// A recorded review, with the digest of one change at its commit.
@@ -187,10 +190,11 @@ fn pull_request(r: &AnyRow) -> Result<PullRequestRecord, StoreError> {
         state: r.try_get("state")?,
         merged: r.try_get::<i64, _>("merged")? != 0,
         opener: r.try_get("opener")?,
+        updated_at: r.try_get("updated_at")?,
     })
 }
 
-const PR_COLUMNS: &str = "number, head_sha, base_ref, base_sha, state, CAST(CASE WHEN merged THEN 1 ELSE 0 END AS BIGINT) AS merged, opener";
+const PR_COLUMNS: &str = "number, head_sha, base_ref, base_sha, state, CAST(CASE WHEN merged THEN 1 ELSE 0 END AS BIGINT) AS merged, opener, updated_at";
 
 /// GitHub facts of change `id`, or of every change when `id` is `None`.
 pub(crate) async fn github_facts(
@@ -544,11 +548,17 @@ impl WriteTx {
     }
 
     /// Records a pull request's current head, base and state.
-    pub async fn upsert_pull_request(&mut self, pr: &PullRequestRecord) -> Result<(), StoreError> {
-        sqlx::query(
+    /// Returns false, and changes nothing, when the stored record is newer
+    /// (a late delivery must not rewind the head).
+    pub async fn upsert_pull_request(
+        &mut self,
+        pr: &PullRequestRecord,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
             "INSERT INTO pull_requests (number, head_sha, base_ref, base_sha, state, merged, opener, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (number) DO UPDATE SET head_sha = $2, base_ref = $3, base_sha = $4, state = $5, merged = $6, updated_at = $8",
+             ON CONFLICT (number) DO UPDATE SET head_sha = $2, base_ref = $3, base_sha = $4, state = $5, merged = $6, updated_at = $8
+             WHERE pull_requests.updated_at <= $8",
         )
         .bind(pr.number)
         .bind(&pr.head_sha)
@@ -557,10 +567,11 @@ impl WriteTx {
         .bind(&pr.state)
         .bind(pr.merged)
         .bind(&pr.opener)
-        .bind(now_ms())
+        .bind(pr.updated_at)
         .execute(self.conn())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Records `login` as an author of the pull request (its opener, or
