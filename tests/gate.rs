@@ -581,6 +581,7 @@ fn demo_replays_the_incident_on_the_projects_own_changes() {
         "approvals: 2 of 2 (policy postgres-upgrades) → the change is ready",
         "✘ release failed: `run` exited 1",
         "is refused: 409: dependency: dependency 2017-12-12-state-machine-pg10 is failed (step release, exit 1)",
+        "An edit of the failed upgrade is pushed on main and approved; CI's claim of it is refused: 409: revision-in-flight: revision sha256:",
         "sm-pg96 still exists and is still the primary",
         "The failure blocked everything that should stop.",
     ] {

@@ -101,6 +101,27 @@ fn make_checkout(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Commits the whole work tree of `checkout` on `main`, as Carol.
+fn commit_on_main(checkout: &Path, message: &str) -> Result<(), String> {
+    let repo = Repository::open(checkout).map_err(|e| e.to_string())?;
+    let mut index = repo.index().map_err(|e| e.to_string())?;
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .map_err(|e| e.to_string())?;
+    index.write().map_err(|e| e.to_string())?;
+    let tree = repo
+        .find_tree(index.write_tree().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let parent = repo
+        .head()
+        .and_then(|h| h.peel_to_commit())
+        .map_err(|e| e.to_string())?;
+    let carol = Signature::now("Carol", "carol@example.com").map_err(|e| e.to_string())?;
+    repo.commit(Some("HEAD"), &carol, &carol, message, &tree, &[&parent])
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 fn token(name: &str, role: Role, emails: &[&str], tokens: &mut Vec<TokenConfig>) -> String {
     let secret = new_token();
     tokens.push(TokenConfig {
@@ -179,6 +200,8 @@ fn run() -> Result<bool, String> {
     };
     config.server.listen = "127.0.0.1:0".into();
     config.server.data_dir = work.path().to_path_buf();
+    // Re-read main every second, so an edit pushed during the demo is seen.
+    config.server.refresh_secs = 1;
     config.repo.url = checkout.clone();
 
     // The server, in-process, on a temp SQLite.
@@ -347,6 +370,37 @@ fn run() -> Result<bool, String> {
             g.step
         )),
     }
+    // Someone "fixes" the failed release on main instead of rolling back or
+    // abandoning: that edit is a new revision, and it must wait.
+    let release = checkout.join("changes/scripts/release.sh");
+    let fixed = std::fs::read_to_string(&release)
+        .map(|s| s + "# retried with a longer promote timeout\n")
+        .map_err(|e| e.to_string())?;
+    std::fs::write(&release, fixed).map_err(|e| e.to_string())?;
+    commit_on_main(&checkout, "release: a longer promote timeout")?;
+    let edited = digest_of(UPGRADE)?;
+    let seen = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        api(&alice)
+            .change(UPGRADE)
+            .is_ok_and(|s| s["main_digest"] == edited.as_str())
+    });
+    for secret in [&alice, &bob] {
+        ok(api(secret).approve(UPGRADE, &edited, "the fix looks right"))?;
+    }
+    let in_flight = api(&ci).claim(UPGRADE, &edited, Some("demo"));
+    let in_flight_refused =
+        seen && in_flight.as_ref().err().and_then(|e| e.reason()) == Some("revision-in-flight");
+    match &in_flight {
+        Err(e) => t.say(format!(
+            "An edit of the failed upgrade is pushed on main and approved; CI's claim of it is refused: {e}"
+        )),
+        Ok(g) => t.say(format!(
+            "the edited upgrade was GRANTED ({}) while the failed one is in flight: the gate failed",
+            g.step
+        )),
+    }
+
     let role = std::fs::read_to_string(fleet.join("sm-pg96/role")).unwrap_or_default();
     let survived = role.trim() == "primary";
     t.say(format!(
@@ -374,6 +428,7 @@ fn run() -> Result<bool, String> {
         && upgrade_failed
         && alert_arrived
         && dependency_refused
+        && in_flight_refused
         && survived
         && verified.is_some();
     println!(
