@@ -107,6 +107,11 @@ fn exec_overhead(runtime: &tokio::runtime::Runtime) {
         .unwrap();
     }
     support::commit_all(repo.path());
+    // Pack the objects, as a CI checkout's are (`git gc`, when git is here).
+    let _ = Command::new("git")
+        .args(["gc", "-q"])
+        .current_dir(repo.path())
+        .status();
     let url = start_server(repo.path(), data.path(), runtime);
     let alice = Client::new(&url, "alice-token");
     let digest = |id: &str| {

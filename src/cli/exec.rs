@@ -101,14 +101,25 @@ fn checkout(dir: &Path, id: &str) -> Result<Checkout, (u8, String)> {
             )
         })?
         .to_path_buf();
+    // One status pass over exactly the covered paths (literal pathspecs).
+    let mut options = git2::StatusOptions::new();
+    options
+        .include_untracked(false)
+        .include_ignored(false)
+        .disable_pathspec_match(true);
     for c in &covered {
-        let status = repo
-            .git()
-            .status_file(Path::new(&c.path))
-            .unwrap_or(git2::Status::CURRENT);
-        if !(status.is_empty() || status == git2::Status::IGNORED) {
-            return Err((exit::REFUSED, format!("refused: dirty: covered path {} differs from HEAD in the checkout; commit or reset it", c.path)));
-        }
+        options.pathspec(&c.path);
+    }
+    let statuses = repo
+        .git()
+        .statuses(Some(&mut options))
+        .map_err(|e| (exit::USAGE, e.to_string()))?;
+    if let Some(dirty) = statuses
+        .iter()
+        .find(|s| !(s.status().is_empty() || s.status() == git2::Status::IGNORED))
+    {
+        let path = dirty.path().unwrap_or("?").to_string();
+        return Err((exit::REFUSED, format!("refused: dirty: covered path {path} differs from HEAD in the checkout; commit or reset it")));
     }
     Ok(Checkout {
         repo_dir,
