@@ -193,7 +193,7 @@ fn exec_overhead(runtime: &tokio::runtime::Runtime) {
             t.elapsed()
         })
         .collect();
-    let write = medians("materialise 100 files (10 MB) alone", write);
+    let write = medians("materialise 100 files (10 MB) alone, one thread", write);
     println!(
         "  overhead per step: {:.2} ms (1 file), {:.2} ms (100 files, 10 MB) over `sh -c true`; {:.1}× one /healthz round trip; the 10 MB costs {:.2} ms more ({:.2} ms of it writing the files)",
         ms(small) - ms(sh),

@@ -309,3 +309,41 @@ fn an_abandoned_id_runs_again_with_new_content_and_new_approvals() {
         assert_eq!(status(&server, "c")["state"], "completed", "{backend}");
     }
 }
+
+#[test]
+fn editing_kind_does_not_move_a_change_out_of_its_policy() {
+    for backend in db::BACKENDS {
+        let repo = TestRepo::new();
+        script(&repo, "upgrade.sh", "true");
+        script(&repo, "drop.sh", "echo dropping the old database");
+        repo.write(
+            "policies/pg.yaml",
+            "match:\n  kinds: [postgres-upgrade]\napprovals:\n  required: 2\n  from: [alice, bob]\n",
+        );
+        repo.write(
+            "changes/c.yaml",
+            "title: t\nkind: postgres-upgrade\ntargets: [db]\nsteps:\n  - id: only\n    run: ./upgrade.sh\n",
+        );
+        repo.commit_as("an upgrade", "Carol", "carol@example.com");
+        let (server, _db) = start(&repo, backend, "refresh_secs = 1");
+        // Relabelled on main, with a destructive command.
+        repo.write(
+            "changes/c.yaml",
+            "title: t\nkind: config\ntargets: [db]\nsteps:\n  - id: only\n    run: ./drop.sh\n",
+        );
+        repo.commit("just a config change");
+        let new = digest(&repo, "c");
+        wait_for(
+            || status(&server, "c")["digest"] == new.as_str(),
+            "main re-read",
+        );
+        approve(&server, "dave", &repo, "c");
+        assert_eq!(
+            claim_reason(&server, &repo, "c"),
+            "not-approved",
+            "{backend}"
+        );
+        let policies = status(&server, "c")["approvals"]["policies"].clone();
+        assert_eq!(policies[0]["name"], "pg", "{backend}: {policies}");
+    }
+}

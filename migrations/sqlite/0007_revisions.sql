@@ -35,3 +35,8 @@ ALTER TABLE revision_abandonments RENAME TO abandonments;
 -- delivery must not rewind a head); the ingest times stored so far are not
 -- comparable with it, so the next delivery of each wins.
 UPDATE pull_requests SET updated_at = 0;
+
+-- No relabelling out of a policy: the change set as the default branch held
+-- it before its latest digest, so the policies that matched that revision
+-- keep governing the next one.
+ALTER TABLE changes ADD COLUMN previous_definition TEXT;

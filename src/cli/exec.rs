@@ -43,10 +43,42 @@ impl Checkout {
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|e| format!("cannot create a private directory: {e}"))?;
-        let repo = ChangeRepo::open(&self.repo_dir).map_err(|e| e.to_string())?;
-        repo.at(&self.commit)
-            .and_then(|s| s.materialize(&self.covered, dir.path()))
-            .map_err(|e| format!("cannot write the covered files: {e}"))?;
+        // Reading blobs (inflating, resolving deltas) and writing them is
+        // the cost of hermetic execution: share it between two threads,
+        // each with its own handle on the repository.
+        let halves: [Vec<CoveredPath>; 2] = [0, 1].map(|h| {
+            self.covered
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == h)
+                .map(|(_, c)| c.clone())
+                .collect()
+        });
+        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = halves
+                .iter()
+                .map(|half| {
+                    scope.spawn(|| {
+                        ChangeRepo::open(&self.repo_dir)
+                            .and_then(|repo| {
+                                repo.at(&self.commit)
+                                    .and_then(|s| s.materialize(half, dir.path()))
+                            })
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a writer thread panicked".into()))
+                })
+                .collect()
+        });
+        for r in results {
+            r.map_err(|e| format!("cannot write the covered files: {e}"))?;
+        }
         Ok(dir)
     }
 

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::{Engine, EngineError};
 use crate::clock::format_ms;
 use crate::gate::{breaker_state, Breaker};
-use crate::model::{policies_in_force, PoliciesInForce};
+use crate::model::PoliciesInForce;
 use crate::store::{Alert, Attempt, WriteTx};
 
 impl Engine {
@@ -22,16 +22,14 @@ impl Engine {
         let view = self.view();
         let named: Vec<String> = change
             .and_then(|id| view.changes.get(id))
-            .map(
-                |(c, _, covered)| match policies_in_force(c, covered, &view.policies) {
-                    PoliciesInForce::Matched { policies } => policies
-                        .iter()
-                        .filter_map(|p| p.alerts.clone())
-                        .flatten()
-                        .collect(),
-                    PoliciesInForce::BuiltinDefault => vec![],
-                },
-            )
+            .map(|(c, _, covered)| match view.governing(c, covered) {
+                PoliciesInForce::Matched { policies } => policies
+                    .iter()
+                    .filter_map(|p| p.alerts.clone())
+                    .flatten()
+                    .collect(),
+                PoliciesInForce::BuiltinDefault => vec![],
+            })
             .unwrap_or_default();
         if named.is_empty() {
             all

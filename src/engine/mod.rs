@@ -19,7 +19,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::gate::{breaker_state, Breaker, BreakerConfig, ChangeState, Refusal, StepState};
 use crate::git::{ChangeRepo, GitError};
-use crate::model::{covered_paths, policies_in_force, Digest, PoliciesInForce};
+use crate::model::{covered_paths, Digest, PoliciesInForce};
 use crate::redact::redact;
 use crate::store::{
     Attempt, ChangeFacts, GoAheadRecord, Store, StoreError, SyncReport, WorldFacts, WriteTx,
@@ -245,6 +245,8 @@ impl Engine {
                 .map(|(c, d, _)| (c.clone(), d.clone()))
                 .collect();
             let report = self.store.sync_changes(&view.commit, &changes).await?;
+            let mut view = view;
+            view.previous_labels = self.store.previous_labels().await?;
             self.alert_on_policy_errors(&view).await?;
             (view, report)
         };
@@ -791,7 +793,7 @@ impl Engine {
             .filter(|a| a.step_id == step.id)
             .max_by_key(|a| a.attempt_no)
             .expect("a failed step has an attempt");
-        let needs_approval = match policies_in_force(change, covered, &view.policies) {
+        let needs_approval = match view.governing(change, covered) {
             PoliciesInForce::Matched { policies } => {
                 policies.iter().any(|p| p.execution.retry_requires_approval)
             }
@@ -996,6 +998,7 @@ pub fn read_default_branch(config: &Config, path: &std::path::Path) -> Result<Re
         authors,
         proposals: Vec::new(),
         proposal_heads: Vec::new(),
+        previous_labels: BTreeMap::new(),
     })
 }
 

@@ -31,12 +31,46 @@ pub struct RepoView {
     pub policies: Vec<Policy>,
     /// Errors in `policies/` files: while any, every claim is refused.
     pub policy_errors: Vec<Diagnostic>,
+    /// Per change: the kind and targets of its previous revision on the
+    /// default branch. Policies that matched those keep governing it.
+    pub previous_labels: BTreeMap<String, (String, Vec<String>)>,
     /// Per change: names and logins of its authors (from commit emails).
     pub authors: BTreeMap<String, BTreeSet<String>>,
     /// Changes in open pull requests that differ from the default branch.
     pub proposals: Vec<Proposal>,
     /// What `proposals` were read from: (pull request, head, touched ids).
     pub proposal_heads: Vec<(i64, String, Vec<String>)>,
+}
+
+impl RepoView {
+    /// The policies governing `change` (with covered paths `covered`):
+    /// those matching it now, and those that matched its previous revision
+    /// on the default branch, so editing `kind` or `targets` never moves a
+    /// change out of a policy (SPEC §13, "No relabelling").
+    pub fn governing(&self, change: &ChangeSet, covered: &[CoveredPath]) -> PoliciesInForce<'_> {
+        let now = policies_in_force(change, covered, &self.policies);
+        let Some((kind, targets)) = self.previous_labels.get(&change.id) else {
+            return now;
+        };
+        let mut before = change.clone();
+        before.kind = kind.clone();
+        before.targets = targets.clone();
+        match (now, policies_in_force(&before, &[], &self.policies)) {
+            (
+                PoliciesInForce::Matched { mut policies },
+                PoliciesInForce::Matched { policies: more },
+            ) => {
+                for p in more {
+                    if !policies.iter().any(|q| q.name == p.name) {
+                        policies.push(p);
+                    }
+                }
+                PoliciesInForce::Matched { policies }
+            }
+            (PoliciesInForce::BuiltinDefault, then) => then,
+            (now, PoliciesInForce::BuiltinDefault) => now,
+        }
+    }
 }
 
 /// A change set as an open pull request would have it.
@@ -283,7 +317,7 @@ pub fn approval_of(
     covered: &[CoveredPath],
     facts: &ChangeFacts,
 ) -> ApprovalStatus {
-    let in_force = policies_in_force(change, covered, &world.view.policies);
+    let in_force = world.view.governing(change, covered);
     let rules = in_force.approval_rules();
     let api = facts.approvals.iter().map(|a| ApprovalFact {
         approver: world.person(&a.approver),
@@ -566,7 +600,7 @@ fn status_at(
             }
         })
         .collect();
-    let in_force = policies_in_force(change, covered, &world.view.policies);
+    let in_force = world.view.governing(change, covered);
     let governing: Vec<&Policy> = match &in_force {
         PoliciesInForce::Matched { policies } => policies.clone(),
         PoliciesInForce::BuiltinDefault => vec![],

@@ -24,6 +24,7 @@ pub use alerts::{Alert, Delivery};
 pub use gate::*;
 pub use github::*;
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -222,26 +223,32 @@ impl Store {
     ) -> Result<SyncReport, StoreError> {
         let mut w = self.write().await?;
         let mut report = SyncReport::default();
-        let known: Vec<(String, String)> = sqlx::query("SELECT id, default_digest FROM changes")
-            .fetch_all(w.conn())
-            .await?
-            .into_iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("default_digest")?)))
-            .collect::<Result<_, sqlx::Error>>()?;
+        let known: Vec<(String, String, String)> =
+            sqlx::query("SELECT id, default_digest, definition FROM changes")
+                .fetch_all(w.conn())
+                .await?
+                .into_iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get("id")?,
+                        r.try_get("default_digest")?,
+                        r.try_get("definition")?,
+                    ))
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
         let now = now_ms();
         for (change, digest) in changes {
             let definition = serde_json::to_string(change).unwrap_or_default();
-            let previous = known
-                .iter()
-                .find(|(id, _)| *id == change.id)
-                .map(|(_, d)| d.as_str());
+            let before = known.iter().find(|(id, _, _)| *id == change.id);
+            let previous = before.map(|(_, d, _)| d.as_str());
             if previous == Some(digest.as_str()) {
                 continue;
             }
             sqlx::query(
                 "INSERT INTO changes (id, title, kind, default_commit, default_digest, definition, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (id) DO UPDATE SET title = $2, kind = $3, default_commit = $4, default_digest = $5, definition = $6, updated_at = $7",
+                 ON CONFLICT (id) DO UPDATE SET title = $2, kind = $3, default_commit = $4, default_digest = $5, definition = $6, updated_at = $7,
+                   previous_definition = changes.definition",
             )
             .bind(&change.id)
             .bind(&change.title)
@@ -276,7 +283,7 @@ impl Store {
             };
             w.audit("changegate", kind, Some(&change.id), data).await?;
         }
-        for (id, _) in &known {
+        for (id, _, _) in &known {
             if !changes.iter().any(|(c, _)| c.id == *id) {
                 sqlx::query("DELETE FROM changes WHERE id = $1")
                     .bind(id)
@@ -294,6 +301,37 @@ impl Store {
         }
         w.commit().await?;
         Ok(report)
+    }
+
+    /// For each change whose digest on the default branch changed: the
+    /// kind and targets it had before, whose policies keep governing it.
+    pub async fn previous_labels(
+        &self,
+    ) -> Result<BTreeMap<String, (String, Vec<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, previous_definition FROM changes WHERE previous_definition IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            let text: String = r.try_get("previous_definition")?;
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let kind = v["kind"].as_str().unwrap_or_default().to_string();
+            let targets = v["targets"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.insert(id, (kind, targets));
+        }
+        Ok(out)
     }
 
     /// Every known change, by id.
