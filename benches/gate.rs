@@ -91,7 +91,17 @@ fn exec_overhead(runtime: &tokio::runtime::Runtime) {
     // 100 files of 100 KiB: a change that covers 10 MB.
     std::fs::create_dir_all(repo.path().join("payload")).unwrap();
     for f in 0..100 {
-        let bytes: Vec<u8> = (0..100 * 1024).map(|b| (b * 31 + f * 7) as u8).collect();
+        // Distinct content per file (xorshift), so git neither deltas nor
+        // compresses them against each other: 10 MB of real reading.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (f as u64 + 1);
+        let bytes: Vec<u8> = (0..100 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
         std::fs::write(repo.path().join(format!("payload/f{f:03}.bin")), bytes).unwrap();
     }
     for i in 0..N {

@@ -99,6 +99,18 @@ fn an_edit_on_main_while_running_never_runs_without_approval() {
             .as_array()
             .unwrap()
             .contains(&"superseded".into()));
+        // The page shows both digests.
+        let page = reqwest::blocking::Client::new()
+            .get(format!("{}/changes/c", server.url))
+            .bearer_auth("alice-token")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            page.contains(&old) && page.contains(&new) && page.contains("superseded"),
+            "{backend}"
+        );
         // Neither the new digest nor the old one goes forward.
         let ci = client(&server, "ci");
         assert_eq!(

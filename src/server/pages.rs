@@ -273,6 +273,16 @@ pub async fn change(
     let body = html! {
         h1 style="font-size:20px;margin:8px 0" { (c.title) " " (badge(&state_word(&c.state))) }
         p class="muted" { code { (c.id) } " · " (c.kind) " · targets " (c.targets.join(", ")) @if !c.depends_on.is_empty() { " · depends on " @for d in &c.depends_on { a href={ "/changes/" (d) } { (d) } " " } } }
+        p class="muted" id="revision" { "revision " code { (c.digest) } " at " code { (c.commit) } }
+        @if !c.warnings.is_empty() {
+            p class="failed" id="warnings" {
+                (c.warnings.join(", ")) ": "
+                @match &c.main_digest {
+                    Some(d) => { "the default branch now holds " code { (d) } }
+                    None => { "the change is no longer on the default branch" }
+                }
+            }
+        }
         @if !c.blockers.is_empty() {
             h2 { "Blockers" }
             table id="blockers" { @for b in &c.blockers { tr class="failed" { td { (state_word(&b.reason)) } td { (b.detail) } } } }
