@@ -222,6 +222,15 @@ impl Snapshot<'_> {
                 });
             }
             let blob = self.repo.find_blob(entry.id())?;
+            // The bytes written are the approved blob: checked against its
+            // id here (exec turns libgit2's slower per-read check off).
+            if blob_id(blob.content()) != c.blob {
+                return Err(GitError::NotCovered {
+                    path: c.path.clone(),
+                    commit: self.commit_id.clone(),
+                    blob: c.blob.clone(),
+                });
+            }
             let path = dest.join(&c.path);
             if let Some(parent) = path.parent() {
                 dirs.create(parent).map_err(|e| io_error(&path, e))?;
@@ -324,6 +333,15 @@ fn position_of(text: &str, word: &str) -> (usize, usize) {
         .enumerate()
         .find_map(|(n, line)| line.find(word).map(|c| (n + 1, c + 1)))
         .unwrap_or((1, 1))
+}
+
+/// The git blob id of `content`: SHA-1 over `blob <len>\0` and the bytes.
+fn blob_id(content: &[u8]) -> String {
+    use sha1::Digest as _;
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(format!("blob {}\0", content.len()).as_bytes());
+    hasher.update(content);
+    hex::encode(hasher.finalize())
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> GitError {
