@@ -1094,3 +1094,45 @@ fn an_overnight_window_is_valid_and_keeps_its_policy_in_force() {
     // Not the built-in default: one approval from outside `from` is not enough.
     assert_eq!(claim_reason(&server, &repo, "c"), "not-approved");
 }
+
+#[test]
+fn a_client_that_reserves_the_webhook_budget_and_dribbles_is_cut_off() {
+    use std::io::Write;
+    let github = FakeGithub::start();
+    let repo = github_origin("approvals:\n  required: 1\n");
+    let database = db::fresh("sqlite");
+    let server = common::server::start_with(
+        repo.path(),
+        &database.url,
+        &tokens(),
+        "body_timeout = \"2s\"\nwebhook_memory_mib = 25",
+        &github.config_section(),
+    );
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // Declares 25 MiB (the whole budget), then sends a byte every 300 ms:
+    // never idle long enough for an idle timeout.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: slow\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: 26214400\r\n\r\n{")
+        .unwrap();
+    let dribbler = std::thread::spawn(move || {
+        for _ in 0..40 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            if slow.write_all(b" ").is_err() {
+                return true; // cut off
+            }
+        }
+        false
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let body = push_event(repo.main_tip(), repo.main_tip());
+    assert_eq!(
+        deliver(&server, "push", "real-1", &body, &sign(&body)),
+        503,
+        "the budget is held"
+    );
+    assert!(
+        dribbler.join().unwrap(),
+        "the dribbler was cut off within its deadline"
+    );
+    deliver_signed(&server, "push", "real-2", &body);
+}

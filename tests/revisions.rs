@@ -344,6 +344,16 @@ fn editing_kind_does_not_move_a_change_out_of_its_policy() {
             "title: t\nkind: config\ntargets: [db]\nsteps:\n  - id: only\n    run: ./drop.sh\n",
         );
         repo.commit("just a config change");
+        wait_for(
+            || status(&server, "c")["digest"] == digest(&repo, "c").as_str(),
+            "main re-read",
+        );
+        // A second, trivial edit must not shed the policy either.
+        repo.write(
+            "changes/c.yaml",
+            "title: t2\nkind: config\ntargets: [db]\nsteps:\n  - id: only\n    run: ./drop.sh\n",
+        );
+        repo.commit("retitle");
         let new = digest(&repo, "c");
         wait_for(
             || status(&server, "c")["digest"] == new.as_str(),

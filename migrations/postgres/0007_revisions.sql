@@ -36,7 +36,7 @@ ALTER TABLE revision_abandonments RENAME TO abandonments;
 -- comparable with it, so the next delivery of each wins.
 UPDATE pull_requests SET updated_at = 0;
 
--- No relabelling out of a policy: the change set as the default branch held
--- it before its latest digest, so the policies that matched that revision
--- keep governing the next one.
+-- No relabelling out of a policy: the kinds and targets of every earlier
+-- revision on the default branch, as a JSON list of {kind, targets}, so the
+-- policies that matched any of them keep governing the change.
 ALTER TABLE changes ADD COLUMN previous_definition TEXT;

@@ -248,6 +248,7 @@ impl Engine {
             let mut view = view;
             view.previous_labels = self.store.previous_labels().await?;
             self.alert_on_policy_errors(&view).await?;
+            self.record_completions(&view).await?;
             (view, report)
         };
         for head in &open {
@@ -330,6 +331,36 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Records completion on revisions that completed before revisions were
+    /// recorded (migration 0007 cannot tell), while main still holds them:
+    /// an edit after that is then refused as after completion.
+    async fn record_completions(&self, view: &RepoView) -> Result<(), EngineError> {
+        let open = self.store.open_revisions().await?;
+        let candidates: Vec<_> = open
+            .iter()
+            .filter_map(|(id, d)| {
+                view.changes
+                    .get(id)
+                    .filter(|(_, digest, _)| digest.as_str() == d)
+                    .map(|(change, digest, _)| (id, change, digest))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.store.write().await?;
+        for (id, change, digest) in candidates {
+            let of_it = w.change_facts(id).await?.for_revision(digest.as_str());
+            if !of_it.attempts.is_empty()
+                && view::state_of(change, &of_it, true) == ChangeState::Completed
+            {
+                w.complete_revision(id, digest.as_str(), now_ms()).await?;
+            }
+        }
+        w.commit().await?;
+        Ok(())
     }
 
     /// Revision `r` of `id`, read from its commit in the repository.

@@ -31,9 +31,9 @@ pub struct RepoView {
     pub policies: Vec<Policy>,
     /// Errors in `policies/` files: while any, every claim is refused.
     pub policy_errors: Vec<Diagnostic>,
-    /// Per change: the kind and targets of its previous revision on the
+    /// Per change: the kinds and targets of its earlier revisions on the
     /// default branch. Policies that matched those keep governing it.
-    pub previous_labels: BTreeMap<String, (String, Vec<String>)>,
+    pub previous_labels: BTreeMap<String, Vec<(String, Vec<String>)>>,
     /// Per change: names and logins of its authors (from commit emails).
     pub authors: BTreeMap<String, BTreeSet<String>>,
     /// Changes in open pull requests that differ from the default branch.
@@ -44,32 +44,32 @@ pub struct RepoView {
 
 impl RepoView {
     /// The policies governing `change` (with covered paths `covered`):
-    /// those matching it now, and those that matched its previous revision
+    /// those matching it now, and those that matched any earlier revision
     /// on the default branch, so editing `kind` or `targets` never moves a
     /// change out of a policy (SPEC §13, "No relabelling").
     pub fn governing(&self, change: &ChangeSet, covered: &[CoveredPath]) -> PoliciesInForce<'_> {
-        let now = policies_in_force(change, covered, &self.policies);
-        let Some((kind, targets)) = self.previous_labels.get(&change.id) else {
-            return now;
-        };
-        let mut before = change.clone();
-        before.kind = kind.clone();
-        before.targets = targets.clone();
-        match (now, policies_in_force(&before, &[], &self.policies)) {
-            (
-                PoliciesInForce::Matched { mut policies },
-                PoliciesInForce::Matched { policies: more },
-            ) => {
-                for p in more {
-                    if !policies.iter().any(|q| q.name == p.name) {
-                        policies.push(p);
+        let mut governing = policies_in_force(change, covered, &self.policies);
+        for (kind, targets) in self.previous_labels.get(&change.id).into_iter().flatten() {
+            let mut before = change.clone();
+            before.kind = kind.clone();
+            before.targets = targets.clone();
+            governing = match (governing, policies_in_force(&before, &[], &self.policies)) {
+                (
+                    PoliciesInForce::Matched { mut policies },
+                    PoliciesInForce::Matched { policies: more },
+                ) => {
+                    for p in more {
+                        if !policies.iter().any(|q| q.name == p.name) {
+                            policies.push(p);
+                        }
                     }
+                    PoliciesInForce::Matched { policies }
                 }
-                PoliciesInForce::Matched { policies }
-            }
-            (PoliciesInForce::BuiltinDefault, then) => then,
-            (now, PoliciesInForce::BuiltinDefault) => now,
+                (PoliciesInForce::BuiltinDefault, then) => then,
+                (now, PoliciesInForce::BuiltinDefault) => now,
+            };
         }
+        governing
     }
 }
 
@@ -505,7 +505,30 @@ pub fn status_of(
         Some(d) => facts.for_revision(d),
         None => facts.clone(),
     };
-    status_at(world, id, main, &revision_facts, facts, executor_digest)
+    let mut s = status_at(world, id, main, &revision_facts, facts, executor_digest);
+    // The revision in flight (or completed) could not be read from its
+    // commit: still refuse, from its record alone (fail closed).
+    match revision_focus(main_digest.as_deref(), facts) {
+        Focus::InFlight(r) => {
+            s.blockers.insert(0, Refusal {
+                reason: gate::RefusalReason::RevisionInFlight,
+                detail: format!("revision {} of `{id}` is in flight (its change set cannot be read from commit `{}`); a new revision starts only once it is abandoned", r.digest, r.commit_sha),
+            });
+            s.main_digest = main_digest;
+            s.warnings.push("superseded".into());
+        }
+        Focus::Completed(c) => {
+            s.blockers = vec![Refusal {
+                reason: gate::RefusalReason::Completed,
+                detail: format!("revision {} of `{id}` completed; a different digest never runs under the same id: use a new change id", c.digest),
+            }];
+            s.state = ChangeState::Completed;
+            s.main_digest = main_digest;
+            s.warnings.push("edited-after-completion".into());
+        }
+        Focus::Main => {}
+    }
+    s
 }
 
 /// A state as the API spells it.

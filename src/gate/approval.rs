@@ -48,6 +48,17 @@ impl Person {
             .unwrap_or("unknown")
     }
 
+    /// Who this is, for telling reviews and approvers apart: the identity
+    /// when known, else the GitHub login — never the one for the other, so
+    /// a stranger whose login equals an identity's name is someone else.
+    fn key(&self) -> String {
+        match (&self.name, &self.github) {
+            (Some(name), _) => format!("id:{name}"),
+            (None, Some(login)) => format!("gh:{}", login.to_ascii_lowercase()),
+            (None, None) => "unknown".into(),
+        }
+    }
+
     fn is(&self, login_or_name: &str) -> bool {
         self.name.as_deref() == Some(login_or_name) || self.github.as_deref() == Some(login_or_name)
     }
@@ -247,23 +258,24 @@ pub fn approval_status(
     people: &People<'_>,
 ) -> ApprovalStatus {
     // The latest GitHub review of each reviewer on each pull request.
-    let mut latest: BTreeMap<(Option<u64>, &str), usize> = BTreeMap::new();
+    let mut latest: BTreeMap<(Option<u64>, String), usize> = BTreeMap::new();
     for (i, f) in facts
         .iter()
         .enumerate()
         .filter(|(_, f)| f.source == Source::Github)
     {
-        let key = (f.pull_request, f.approver.display());
+        let key = (f.pull_request, f.approver.key());
         if latest.get(&key).is_none_or(|&j| facts[j].at <= f.at) {
             latest.insert(key, i);
         }
     }
     let mut blocked = false;
     let mut reviews = Vec::with_capacity(facts.len());
-    let mut tallies: Vec<BTreeSet<String>> = vec![BTreeSet::new(); rules.len()];
+    // Per policy: who counted, by key, with the name shown.
+    let mut tallies: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); rules.len()];
     for (i, f) in facts.iter().enumerate() {
         let superseded = f.source == Source::Github
-            && latest.get(&(f.pull_request, f.approver.display())) != Some(&i);
+            && latest.get(&(f.pull_request, f.approver.key())) != Some(&i);
         let reason = if superseded {
             Some(NotCounted::Superseded)
         } else {
@@ -293,7 +305,7 @@ pub fn approval_status(
                         } else if too_old {
                             expired = true;
                         } else if people.in_from(approvals, &f.approver) {
-                            tallies[n].insert(f.approver.display().to_string());
+                            tallies[n].insert(f.approver.key(), f.approver.display().to_string());
                             counted = true;
                         }
                     }
@@ -321,7 +333,7 @@ pub fn approval_status(
             name: name.to_string(),
             required: a.required,
             counted: who.len() as u32,
-            approvers: who.into_iter().collect(),
+            approvers: who.into_values().collect(),
         })
         .collect();
     let satisfied = !blocked && policies.iter().all(|p| p.counted >= p.required);
@@ -707,6 +719,35 @@ mod tests {
         let s = status(&rules, &[old, recent], &no_authors(), &Writers);
         assert_eq!(s.reviews[0].reason, Some(NotCounted::Expired));
         assert_eq!(s.reviews[1].reason, None);
+        assert!(s.satisfied);
+    }
+
+    #[test]
+    fn a_stranger_whose_login_is_an_identitys_name_never_replaces_its_review() {
+        struct OnlyAlice;
+        impl Directory for OnlyAlice {
+            fn is_member(&self, _: &str, _: &str, _: &str) -> bool {
+                false
+            }
+            fn can_write(&self, login: &str) -> bool {
+                login == "alice-gh"
+            }
+        }
+        let mut rules = two_from(&["alice"]);
+        rules[0].1.required = 1;
+        // The identity alice reviews as alice-gh; then the GitHub user `alice`.
+        let stranger = ApprovalFact {
+            at: 9,
+            ..github_only("alice", Verdict::ChangesRequested)
+        };
+        let s = status(
+            &rules,
+            &[review("alice", Verdict::Approved, D, 5), stranger],
+            &no_authors(),
+            &OnlyAlice,
+        );
+        assert_eq!(s.reviews[0].reason, None, "alice's approval stands");
+        assert_eq!(s.reviews[1].reason, Some(NotCounted::NoWriteAccess));
         assert!(s.satisfied);
     }
 }

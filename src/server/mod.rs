@@ -164,7 +164,10 @@ pub async fn run(
         metrics.clone(),
     ));
     tracing::info!(%addr, "listening");
-    let webhook_budget = webhooks::BodyBudget::new(config.server.webhook_memory_mib);
+    let webhook_budget = webhooks::BodyBudget::new(
+        config.server.webhook_memory_mib,
+        config.server.body_timeout.to_std(),
+    );
     let (header_timeout, body_timeout) = (
         config.server.header_timeout.as_secs().max(1),
         config.server.body_timeout.as_secs().max(1),

@@ -21,7 +21,7 @@ pub struct WebhookLabels {
     /// `accepted`, `duplicate`, `ignored` or `rejected`.
     pub outcome: &'static str,
     /// Why, from a fixed set: `bad-signature`, `missing-headers`,
-    /// `too-large`, `busy`, `broken-body`, `foreign-repository`,
+    /// `too-large`, `busy`, `too-slow`, `broken-body`, `foreign-repository`,
     /// `foreign-installation`; empty otherwise.
     pub reason: &'static str,
 }
@@ -53,16 +53,31 @@ fn reply(status: StatusCode, body: Value) -> (StatusCode, Json<Value>) {
 /// Memory that webhook bodies being received may hold at once, counted in
 /// KiB permits. A body holds its permits from its first byte until it is
 /// stored (or refused), so concurrent large bodies cannot exhaust memory.
+///
+/// A body must also arrive whole within a deadline (10 s plus one second per
+/// MiB declared, at most `server.body_timeout`), counted from its first
+/// byte, so a client that reserves budget and then dribbles cannot hold it
+/// for longer than that.
 #[derive(Clone)]
-pub struct BodyBudget(std::sync::Arc<tokio::sync::Semaphore>);
+pub struct BodyBudget {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    longest: std::time::Duration,
+}
 
 impl BodyBudget {
-    /// A budget of `mib` MiB (never less than one largest delivery).
-    pub fn new(mib: u64) -> BodyBudget {
+    /// A budget of `mib` MiB (never less than one largest delivery); no
+    /// body takes longer than `longest` to arrive.
+    pub fn new(mib: u64, longest: std::time::Duration) -> BodyBudget {
         let kib = (mib * 1024).max((MAX_BODY_BYTES / 1024 + 1) as u64);
-        BodyBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(
-            kib as usize,
-        )))
+        BodyBudget {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(kib as usize)),
+            longest,
+        }
+    }
+
+    fn deadline(&self, declared: Option<usize>) -> std::time::Duration {
+        let mib = declared.unwrap_or(MAX_BODY_BYTES) as u64 / (1024 * 1024);
+        std::time::Duration::from_secs(10 + mib).min(self.longest)
     }
 }
 
@@ -70,6 +85,7 @@ impl BodyBudget {
 enum BodyError {
     TooLarge,
     OverBudget,
+    TooSlow,
     Broken(String),
 }
 
@@ -104,12 +120,18 @@ async fn read_body(
         return Err(too_large(body, declared).await);
     }
     let mut permit = budget
-        .0
+        .permits
         .try_acquire_many(kib(declared.unwrap_or(0)))
         .map_err(|_| BodyError::OverBudget)?;
     let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0));
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    let deadline = tokio::time::Instant::now() + budget.deadline(declared);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => return Err(BodyError::TooSlow),
+        };
         let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -121,7 +143,7 @@ async fn read_body(
         let wanted = kib(buf.len() + data.len());
         if wanted > permit.num_permits() as u32 {
             let more = budget
-                .0
+                .permits
                 .try_acquire_many(wanted - permit.num_permits() as u32)
                 .map_err(|_| BodyError::OverBudget)?;
             permit.merge(more);
@@ -186,6 +208,13 @@ pub async fn github(
             return reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "busy", "detail": "too many large deliveries at once; redeliver"}),
+            );
+        }
+        Err(BodyError::TooSlow) => {
+            count("rejected", "too-slow");
+            return reply(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "too-slow", "detail": "the body did not arrive in time"}),
             );
         }
         Err(BodyError::Broken(e)) => {

@@ -141,6 +141,25 @@ pub struct Store {
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
+/// The labels (kind, targets) of every earlier revision, as stored: the
+/// list so far plus the definition being replaced.
+fn earlier_labels(replaced: &str, so_far: Option<&str>) -> String {
+    let mut all: Vec<Value> = so_far
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .and_then(|v| match v {
+            Value::Array(a) => Some(a),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if let Ok(v) = serde_json::from_str::<Value>(replaced) {
+        let label = serde_json::json!({"kind": v["kind"], "targets": v["targets"]});
+        if !all.contains(&label) {
+            all.push(label);
+        }
+    }
+    Value::Array(all).to_string()
+}
+
 impl Store {
     /// Connects (creating a SQLite file if missing). Does not migrate.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
@@ -223,8 +242,8 @@ impl Store {
     ) -> Result<SyncReport, StoreError> {
         let mut w = self.write().await?;
         let mut report = SyncReport::default();
-        let known: Vec<(String, String, String)> =
-            sqlx::query("SELECT id, default_digest, definition FROM changes")
+        let known: Vec<(String, String, String, Option<String>)> =
+            sqlx::query("SELECT id, default_digest, definition, previous_definition FROM changes")
                 .fetch_all(w.conn())
                 .await?
                 .into_iter()
@@ -233,14 +252,18 @@ impl Store {
                         r.try_get("id")?,
                         r.try_get("default_digest")?,
                         r.try_get("definition")?,
+                        r.try_get("previous_definition")?,
                     ))
                 })
                 .collect::<Result<_, sqlx::Error>>()?;
         let now = now_ms();
         for (change, digest) in changes {
             let definition = serde_json::to_string(change).unwrap_or_default();
-            let before = known.iter().find(|(id, _, _)| *id == change.id);
-            let previous = before.map(|(_, d, _)| d.as_str());
+            let before = known.iter().find(|(id, _, _, _)| *id == change.id);
+            let previous = before.map(|(_, d, _, _)| d.as_str());
+            // Every earlier revision's kind and targets, cumulatively: two
+            // edits in a row must not shed a policy either.
+            let labels = before.map(|(_, _, old, earlier)| earlier_labels(old, earlier.as_deref()));
             if previous == Some(digest.as_str()) {
                 continue;
             }
@@ -248,7 +271,7 @@ impl Store {
                 "INSERT INTO changes (id, title, kind, default_commit, default_digest, definition, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (id) DO UPDATE SET title = $2, kind = $3, default_commit = $4, default_digest = $5, definition = $6, updated_at = $7,
-                   previous_definition = changes.definition",
+                   previous_definition = $8",
             )
             .bind(&change.id)
             .bind(&change.title)
@@ -257,6 +280,7 @@ impl Store {
             .bind(digest.as_str())
             .bind(&definition)
             .bind(now)
+            .bind(labels)
             .execute(w.conn())
             .await?;
             sqlx::query("INSERT INTO change_digests (change_id, commit_sha, digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
@@ -283,7 +307,7 @@ impl Store {
             };
             w.audit("changegate", kind, Some(&change.id), data).await?;
         }
-        for (id, _, _) in &known {
+        for (id, _, _, _) in &known {
             if !changes.iter().any(|(c, _)| c.id == *id) {
                 sqlx::query("DELETE FROM changes WHERE id = $1")
                     .bind(id)
@@ -303,11 +327,21 @@ impl Store {
         Ok(report)
     }
 
+    /// Revisions not recorded as completed: (change, digest).
+    pub async fn open_revisions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query("SELECT change_id, digest FROM revisions WHERE completed_at IS NULL")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("change_id")?, r.try_get("digest")?)))
+            .collect()
+    }
+
     /// For each change whose digest on the default branch changed: the
-    /// kind and targets it had before, whose policies keep governing it.
+    /// kinds and targets it had before, whose policies keep governing it.
     pub async fn previous_labels(
         &self,
-    ) -> Result<BTreeMap<String, (String, Vec<String>)>, StoreError> {
+    ) -> Result<BTreeMap<String, Vec<(String, Vec<String>)>>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, previous_definition FROM changes WHERE previous_definition IS NOT NULL",
         )
@@ -317,19 +351,25 @@ impl Store {
         for r in rows {
             let id: String = r.try_get("id")?;
             let text: String = r.try_get("previous_definition")?;
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            let Ok(Value::Array(all)) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };
-            let kind = v["kind"].as_str().unwrap_or_default().to_string();
-            let targets = v["targets"]
-                .as_array()
-                .map(|t| {
-                    t.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
+            let labels = all
+                .iter()
+                .map(|v| {
+                    let kind = v["kind"].as_str().unwrap_or_default().to_string();
+                    let targets = v["targets"]
+                        .as_array()
+                        .map(|t| {
+                            t.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (kind, targets)
                 })
-                .unwrap_or_default();
-            out.insert(id, (kind, targets));
+                .collect();
+            out.insert(id, labels);
         }
         Ok(out)
     }
