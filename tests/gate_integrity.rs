@@ -29,22 +29,6 @@ fn repo_with(policy: &str, step: &str, change_extra: &str) -> TestRepo {
     repo
 }
 
-/// (approver, counts, reason) of each review of change `id`.
-fn reviews(server: &Server, id: &str) -> Vec<(String, bool, String)> {
-    client(server, "alice").change(id).unwrap()["approvals"]["reviews"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["approver"].as_str().unwrap().to_string(),
-                r["counts"].as_bool().unwrap(),
-                r["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
 /// PR #1 adding `c` to a repository whose `main` holds only `policy`,
 /// opened by Carol; returns its head and the pull request.
 fn pr_adding_c(repo: &TestRepo, server: &Server, github: &FakeGithub) -> (git2::Oid, Value) {
@@ -301,16 +285,6 @@ fn a_retried_attempt_needs_a_new_go_ahead() {
 }
 
 // ---- Hole 1: exactly the approved blobs run (hermetic execution).
-
-/// Writes an executable file.
-fn script(repo: &TestRepo, path: &str, body: &str) {
-    repo.write(path, format!("#!/bin/sh\n{body}\n"));
-    std::fs::set_permissions(
-        repo.path().join(path),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-}
 
 /// A repository whose change `c` runs `run`, approved by Alice, on a server.
 fn approved(

@@ -11,15 +11,6 @@ use serde_json::Value;
 
 const POLICY: &str = "approvals:\n  required: 2\n  from: [alice, bob]\n";
 
-fn script(repo: &TestRepo, path: &str, body: &str) {
-    repo.write(path, format!("#!/bin/sh\n{body}\n"));
-    std::fs::set_permissions(
-        repo.path().join(path),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-}
-
 fn change_text(steps: &[(&str, &str)], extra: &str) -> String {
     let mut text = format!("title: t\nkind: config\ntargets: [web]\n{extra}steps:\n");
     for (id, run) in steps {

@@ -80,28 +80,12 @@ fn make_checkout(from: &Path, to: &Path) -> Result<(), String> {
     let repo = Repository::init(to).map_err(|e| e.to_string())?;
     repo.set_head("refs/heads/main")
         .map_err(|e| e.to_string())?;
-    let mut index = repo.index().map_err(|e| e.to_string())?;
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .map_err(|e| e.to_string())?;
-    index.write().map_err(|e| e.to_string())?;
-    let tree = repo
-        .find_tree(index.write_tree().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let carol = Signature::now("Carol", "carol@example.com").map_err(|e| e.to_string())?;
-    repo.commit(
-        Some("HEAD"),
-        &carol,
-        &carol,
-        "Upgrade the state machine database, then decommission 9.6",
-        &tree,
-        &[],
-    )
-    .map_err(|e| e.to_string())?;
+    commit_on_main(to, "Upgrade the state machine database, then decommission 9.6")?;
     Ok(())
 }
 
-/// Commits the whole work tree of `checkout` on `main`, as Carol.
+/// Commits the whole work tree of `checkout` on `main` (its first commit,
+/// or on top of the last), as Carol.
 fn commit_on_main(checkout: &Path, message: &str) -> Result<(), String> {
     let repo = Repository::open(checkout).map_err(|e| e.to_string())?;
     let mut index = repo.index().map_err(|e| e.to_string())?;
@@ -112,12 +96,10 @@ fn commit_on_main(checkout: &Path, message: &str) -> Result<(), String> {
     let tree = repo
         .find_tree(index.write_tree().map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
-    let parent = repo
-        .head()
-        .and_then(|h| h.peel_to_commit())
-        .map_err(|e| e.to_string())?;
+    let parent = repo.head().and_then(|h| h.peel_to_commit()).ok();
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
     let carol = Signature::now("Carol", "carol@example.com").map_err(|e| e.to_string())?;
-    repo.commit(Some("HEAD"), &carol, &carol, message, &tree, &[&parent])
+    repo.commit(Some("HEAD"), &carol, &carol, message, &tree, &parents)
         .map_err(|e| e.to_string())?;
     Ok(())
 }

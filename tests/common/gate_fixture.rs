@@ -158,3 +158,29 @@ pub fn exec_command(
         .env("RUNS", runs);
     cmd
 }
+
+/// (approver, counts, reason) of each review of change `id`.
+pub fn reviews(server: &Server, id: &str) -> Vec<(String, bool, String)> {
+    client(server, "alice").change(id).unwrap()["approvals"]["reviews"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["approver"].as_str().unwrap().to_string(),
+                r["counts"].as_bool().unwrap(),
+                r["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Writes an executable shell script at `path` in `repo`.
+pub fn script(repo: &TestRepo, path: &str, body: &str) {
+    repo.write(path, format!("#!/bin/sh\n{body}\n"));
+    std::fs::set_permissions(
+        repo.path().join(path),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+}
