@@ -80,7 +80,10 @@ fn make_checkout(from: &Path, to: &Path) -> Result<(), String> {
     let repo = Repository::init(to).map_err(|e| e.to_string())?;
     repo.set_head("refs/heads/main")
         .map_err(|e| e.to_string())?;
-    commit_on_main(to, "Upgrade the state machine database, then decommission 9.6")?;
+    commit_on_main(
+        to,
+        "Upgrade the state machine database, then decommission 9.6",
+    )?;
     Ok(())
 }
 
