@@ -494,7 +494,21 @@ fn serve_refuses_to_start_with_github_and_an_empty_webhook_secret() {
             Some(s) => cmd.env("CG_TEST_GH_SECRET", s),
             None => cmd.env_remove("CG_TEST_GH_SECRET"),
         };
-        let out = cmd.output().unwrap();
+        // A server that starts anyway would run forever: give it 20 s.
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{secret:?}: serve started without a webhook secret");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{secret:?}: {}", text(&out));
         assert!(
             text(&out).contains("webhook secret `CG_TEST_GH_SECRET` is unset or empty"),
