@@ -7,9 +7,11 @@ mod actions;
 pub use actions::{ActionAnswer, ActionDecision};
 mod alerting;
 mod directory;
+mod policy_review;
+mod read;
 pub mod view;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,7 @@ use crate::store::{
     Attempt, ChangeFacts, GoAheadRecord, Store, StoreError, SyncReport, WorldFacts, WriteTx,
 };
 pub use directory::DirectoryCache;
+pub use read::{read_default_branch, read_proposals, repo_path};
 use view::{status_of, World};
 pub use view::{ChangeStatus, Proposal, RepoView};
 
@@ -230,12 +233,18 @@ impl Engine {
         // Reading a commit is O(change sets): skip what has not moved, so a
         // timer tick or a review costs nothing and a pull request event
         // re-reads only that pull request's head.
-        if tip == old.commit && open == old.proposal_heads {
+        // A policy revision waiting for approval is looked at again: a
+        // review may have arrived since.
+        if tip == old.commit && open == old.proposal_heads && old.unapproved_policies.is_empty() {
             return Ok(SyncReport::default());
         }
         let (mut view, report) = if tip == old.commit {
             let mut same = (*old).clone();
             same.proposals.clear();
+            same.policy_proposals.clear();
+            if !same.unapproved_policies.is_empty() {
+                self.review_policies(&mut same).await?;
+            }
             (same, SyncReport::default())
         } else {
             let view = read_default_branch(&self.config, &path)?;
@@ -247,17 +256,22 @@ impl Engine {
             let report = self.store.sync_changes(&view.commit, &changes).await?;
             let mut view = view;
             view.previous_labels = self.store.previous_labels().await?;
+            self.review_policies(&mut view).await?;
             self.alert_on_policy_errors(&view).await?;
             self.record_completions(&view).await?;
             (view, report)
         };
         for head in &open {
             if old.proposal_heads.contains(head) {
+                let of_it = |pr: i64| pr == head.0;
                 view.proposals
-                    .extend(old.proposals.iter().filter(|p| p.pr == head.0).cloned());
+                    .extend(old.proposals.iter().filter(|p| of_it(p.pr)).cloned());
+                view.policy_proposals
+                    .extend(old.policy_proposals.iter().filter(|p| of_it(p.pr)).cloned());
             } else {
-                view.proposals
-                    .extend(read_proposals(&path, std::slice::from_ref(head)));
+                let (changes, policies) = read_proposals(&path, std::slice::from_ref(head));
+                view.proposals.extend(changes);
+                view.policy_proposals.extend(policies);
             }
         }
         view.proposal_heads = open;
@@ -932,105 +946,6 @@ impl Engine {
         }
         Ok(expired)
     }
-}
-
-/// Where change sets are read from: the bare mirror under `data_dir` when
-/// GitHub is configured, else `repo.url`.
-pub fn repo_path(config: &Config) -> std::path::PathBuf {
-    match config.github {
-        Some(_) => config.server.data_dir.join("mirror.git"),
-        None => config.repo.url.clone(),
-    }
-}
-
-/// Reads each open pull request's touched changes at its head. A head that
-/// cannot be read is skipped with a warning: the inbox worker retries it.
-pub fn read_proposals(
-    path: &std::path::Path,
-    open: &[(i64, String, Vec<String>)],
-) -> Vec<Proposal> {
-    let mut out = Vec::new();
-    let Ok(repo) = ChangeRepo::open(path) else {
-        return out;
-    };
-    for (pr, head, ids) in open.iter().filter(|(_, _, ids)| !ids.is_empty()) {
-        let model = match repo.at(head).and_then(|s| Ok((s.load_model()?, s))) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(pr, head = %head, error = %e, "cannot read a pull request head");
-                continue;
-            }
-        };
-        let (model, snapshot) = model;
-        for id in ids {
-            let Some(change) = model.changes.get(id) else {
-                continue;
-            };
-            if let Ok(covered) = covered_paths(change, &snapshot) {
-                out.push(Proposal {
-                    pr: *pr,
-                    head_sha: head.clone(),
-                    change: change.clone(),
-                    digest: Digest::of(&covered),
-                    covered,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Reads the default branch at `path`: changes, digests, policies and authors.
-pub fn read_default_branch(config: &Config, path: &std::path::Path) -> Result<RepoView, GitError> {
-    let repo = ChangeRepo::open(path)?;
-    let snapshot = repo.at(&config.repo.default_branch)?;
-    let model = snapshot.load_model()?;
-    for d in &model.diagnostics {
-        tracing::warn!(diagnostic = %d, "invalid on the default branch");
-    }
-    let mut changes = BTreeMap::new();
-    for (id, change) in model.changes {
-        match covered_paths(&change, &snapshot) {
-            Ok(covered) => {
-                let digest = Digest::of(&covered);
-                changes.insert(id, (change, digest, covered));
-            }
-            Err(e) => tracing::warn!(change = %id, error = %e, "no digest"),
-        }
-    }
-    let paths: Vec<(String, Vec<String>)> = changes
-        .iter()
-        .map(|(id, (_, _, c))| (id.clone(), c.iter().map(|p| p.path.clone()).collect()))
-        .collect();
-    let emails = snapshot.touching_emails(&paths)?;
-    let authors = emails
-        .into_iter()
-        .map(|(id, emails)| {
-            let who: BTreeSet<String> = config
-                .tokens
-                .iter()
-                .filter(|t| t.emails.iter().any(|e| emails.contains(e)))
-                .flat_map(|t| std::iter::once(t.name.clone()).chain(t.github.clone()))
-                .collect();
-            (id, who)
-        })
-        .collect();
-    let policy_errors = model
-        .diagnostics
-        .iter()
-        .filter(|d| d.path.starts_with("policies/"))
-        .cloned()
-        .collect();
-    Ok(RepoView {
-        commit: snapshot.commit_id().to_string(),
-        changes,
-        policies: model.policies,
-        policy_errors,
-        authors,
-        proposals: Vec::new(),
-        proposal_heads: Vec::new(),
-        previous_labels: BTreeMap::new(),
-    })
 }
 
 #[cfg(test)]

@@ -40,6 +40,39 @@ pub struct RepoView {
     pub proposals: Vec<Proposal>,
     /// What `proposals` were read from: (pull request, head, touched ids).
     pub proposal_heads: Vec<(i64, String, Vec<String>)>,
+    /// Policy files that open pull requests add, edit or delete.
+    pub policy_proposals: Vec<PolicyProposal>,
+    /// Policy files whose text on the default branch is not in force
+    /// because that revision was not approved (with GitHub only).
+    pub unapproved_policies: Vec<UnapprovedPolicy>,
+}
+
+/// A policy file as an open pull request would have it.
+#[derive(Debug, Clone)]
+pub struct PolicyProposal {
+    /// The pull request.
+    pub pr: i64,
+    /// `policies/<name>.yaml`.
+    pub path: String,
+    /// Its blob id at the head, or `absent` when the pull request deletes it.
+    pub blob: String,
+    /// The policy at the head, if it is there and valid.
+    pub policy: Option<Policy>,
+}
+
+/// A policy file on the default branch whose revision was not approved:
+/// the last approved text stays in force (SPEC §13).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct UnapprovedPolicy {
+    /// `policies/<name>.yaml`.
+    pub path: String,
+    /// Its blob id on the default branch, or `absent` when deleted there.
+    pub on_main: String,
+    /// Whether a last approved text stays in force (false: a new file,
+    /// which governs nothing until approved).
+    pub previous_in_force: bool,
+    /// Its approvals, e.g. "1 of 2 approvals (policy pg)".
+    pub approvals: String,
 }
 
 impl RepoView {
@@ -225,34 +258,6 @@ pub fn revision_focus<'f>(main_digest: Option<&str>, facts: &'f ChangeFacts) -> 
     }
 }
 
-impl World<'_> {
-    /// The identity behind a GitHub login, when a token entry names it.
-    fn reviewer(&self, login: &str) -> Person {
-        Person {
-            name: self
-                .config
-                .tokens
-                .iter()
-                .find(|t| t.github.as_deref() == Some(login))
-                .map(|t| t.name.clone()),
-            github: Some(login.to_string()),
-        }
-    }
-
-    fn person(&self, name: &str) -> Person {
-        let github = self
-            .config
-            .tokens
-            .iter()
-            .find(|t| t.name == name)
-            .and_then(|t| t.github.clone());
-        Person {
-            name: Some(name.to_string()),
-            github,
-        }
-    }
-}
-
 /// The progress of each step, from its attempts, retries and abandonment.
 pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgress> {
     change
@@ -307,20 +312,11 @@ pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgres
         .collect()
 }
 
-/// The approval status of `change` at `digest`: API approvals and the
-/// reviews of the pull requests that touch it, against the default
-/// branch's policies.
-pub fn approval_of(
-    world: &World<'_>,
-    change: &ChangeSet,
-    digest: &Digest,
-    covered: &[CoveredPath],
-    facts: &ChangeFacts,
-) -> ApprovalStatus {
-    let in_force = world.view.governing(change, covered);
-    let rules = in_force.approval_rules();
+/// Every approval recorded for a change (or a policy file): API approvals
+/// and GitHub reviews, with who gave them.
+pub fn approval_facts(config: &Config, facts: &ChangeFacts) -> Vec<ApprovalFact> {
     let api = facts.approvals.iter().map(|a| ApprovalFact {
-        approver: world.person(&a.approver),
+        approver: person(config, &a.approver),
         source: Source::Api,
         pull_request: None,
         digest: a.digest.clone(),
@@ -337,7 +333,7 @@ pub fn approval_of(
             _ => return None,
         };
         Some(ApprovalFact {
-            approver: world.reviewer(&r.reviewer),
+            approver: reviewer(config, &r.reviewer),
             source: Source::Github,
             pull_request: Some(r.pr_number as u64),
             digest: r.digest.clone().unwrap_or_else(|| "unknown".into()),
@@ -345,7 +341,46 @@ pub fn approval_of(
             at: r.submitted_at,
         })
     });
-    let approval_facts: Vec<ApprovalFact> = api.chain(reviews).collect();
+    api.chain(reviews).collect()
+}
+
+/// A GitHub reviewer, with the identity configured for that login.
+fn reviewer(config: &Config, login: &str) -> Person {
+    Person {
+        name: config
+            .tokens
+            .iter()
+            .find(|t| t.github.as_deref() == Some(login))
+            .map(|t| t.name.clone()),
+        github: Some(login.to_string()),
+    }
+}
+
+/// A configured identity, with its GitHub login.
+fn person(config: &Config, name: &str) -> Person {
+    Person {
+        name: Some(name.to_string()),
+        github: config
+            .tokens
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.github.clone()),
+    }
+}
+
+/// The approval status of `change` at `digest`: API approvals and the
+/// reviews of the pull requests that touch it, against the default
+/// branch's policies.
+pub fn approval_of(
+    world: &World<'_>,
+    change: &ChangeSet,
+    digest: &Digest,
+    covered: &[CoveredPath],
+    facts: &ChangeFacts,
+) -> ApprovalStatus {
+    let in_force = world.view.governing(change, covered);
+    let rules = in_force.approval_rules();
+    let approval_facts = approval_facts(world.config, facts);
     let mut authors = world
         .view
         .authors
@@ -386,7 +421,7 @@ pub fn fresh_approver(
     fresh.approvals.retain(|a| a.created_at > since);
     fresh.github.reviews.retain(|r| r.submitted_at > since);
     let status = approval_of(world, change, digest, covered, &fresh);
-    let actor = world.person(actor);
+    let actor = person(world.config, actor);
     let mut policies = status.policies.iter();
     let first = policies.next()?;
     first

@@ -4,6 +4,7 @@
 pub mod approval;
 pub mod breaker;
 pub mod claim;
+pub mod policy_review;
 
 use serde::Serialize;
 

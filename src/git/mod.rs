@@ -1,5 +1,7 @@
 //! Reading change sets and policies from git objects (never a working tree).
 
+pub mod touched;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -336,7 +338,7 @@ fn position_of(text: &str, word: &str) -> (usize, usize) {
 }
 
 /// The git blob id of `content`: SHA-1 over `blob <len>\0` and the bytes.
-fn blob_id(content: &[u8]) -> String {
+pub fn blob_id(content: &[u8]) -> String {
     use sha1::Digest as _;
     let mut hasher = sha1::Sha1::new();
     hasher.update(format!("blob {}\0", content.len()).as_bytes());

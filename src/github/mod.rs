@@ -11,9 +11,9 @@ pub mod client;
 pub mod events;
 mod mirror;
 pub mod origin;
+mod statuses;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -27,16 +27,13 @@ pub use origin::{Foreign, Home};
 use crate::clock::now_ms;
 use crate::config::GithubConfig;
 use crate::engine::{Engine, EngineError};
-use crate::gate::ChangeState;
-use crate::git::{ChangeRepo, GitError};
-use crate::model::{covered_paths, Approver, Digest};
+use crate::git::touched::{digests_at, touched};
+use crate::git::GitError;
+use crate::model::Approver;
 use crate::store::{PullRequestRecord, StoreError};
 
 /// A delivery is given up, and recorded as failed, after this many attempts.
 pub const MAX_DELIVERY_ATTEMPTS: i64 = 8;
-
-/// The digest recorded for a change that does not exist at a commit.
-const ABSENT: &str = "absent";
 
 /// Why applying something failed. Every variant is worth retrying except
 /// [`SyncError::Payload`].
@@ -390,7 +387,7 @@ impl Github {
         let (touched, digests) = self
             .with_mirror(move |m| {
                 m.fetch_pull(&default, number)?;
-                let touched = touched_changes(m.path(), &head, &base, &default)?;
+                let touched = touched(m.path(), &head, &base, &default)?;
                 let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
                 let digests = digests_at(m.path(), &review_commits, &ids)?;
                 Ok((touched, digests))
@@ -637,147 +634,6 @@ impl Github {
         Ok(changed)
     }
 
-    /// Works out the commit status each tracked pull request should show
-    /// for each change it touches, and records those that changed.
-    pub async fn update_statuses(&self) -> Result<usize, SyncError> {
-        let store = self.engine.store();
-        let public = self
-            .engine
-            .config()
-            .server
-            .public_url
-            .trim_end_matches('/')
-            .to_string();
-        let mut changed = 0;
-        for pr in store.pull_requests(true).await? {
-            if pr.state != "open" && !pr.merged {
-                continue;
-            }
-            for (id, _) in store.pr_changes(pr.number).await? {
-                let Some(status) = self.wanted_status(&pr, &id).await? else {
-                    continue;
-                };
-                let url = format!("{public}/changes/{id}");
-                if store
-                    .want_status(
-                        &pr.head_sha,
-                        &format!("changegate/{id}"),
-                        status.0,
-                        &status.1,
-                        &url,
-                    )
-                    .await?
-                {
-                    changed += 1;
-                }
-            }
-        }
-        Ok(changed)
-    }
-
-    async fn wanted_status(
-        &self,
-        pr: &PullRequestRecord,
-        id: &str,
-    ) -> Result<Option<(&'static str, String)>, SyncError> {
-        if pr.state == "open" {
-            let Some(approval) = self.engine.pr_approval(pr.number, id).await? else {
-                return Ok(None);
-            };
-            return Ok(Some(if approval.satisfied {
-                ("success", format!("approved: {}", approval.summary()))
-            } else if let Some(r) = approval
-                .reviews
-                .iter()
-                .find(|r| r.reason == Some(crate::gate::approval::NotCounted::ChangesRequested))
-            {
-                (
-                    "pending",
-                    format!(
-                        "changes requested by {}; {}",
-                        r.approver,
-                        approval.summary()
-                    ),
-                )
-            } else {
-                ("pending", approval.summary())
-            }));
-        }
-        // Merged: the execution outcome on the default branch.
-        let Some(status) = self.engine.status(id).await? else {
-            return Ok(None);
-        };
-        let done = status
-            .steps
-            .iter()
-            .filter(|s| s.state == crate::gate::StepState::Succeeded)
-            .count();
-        let total = status.steps.len();
-        Ok(Some(match status.state {
-            ChangeState::Proposed | ChangeState::Approved => (
-                "pending",
-                format!(
-                    "merged; needs approval at the merged digest: {}",
-                    status.approvals.summary()
-                ),
-            ),
-            ChangeState::Ready => ("success", format!("approved; ready to run ({total} steps)")),
-            ChangeState::Running => (
-                "pending",
-                format!("running: {done} of {total} steps succeeded"),
-            ),
-            ChangeState::Completed => (
-                "success",
-                format!("completed: {total} of {total} steps succeeded"),
-            ),
-            ChangeState::Failed => {
-                let failed = status
-                    .steps
-                    .iter()
-                    .find(|s| {
-                        matches!(
-                            s.state,
-                            crate::gate::StepState::Failed | crate::gate::StepState::Interrupted
-                        )
-                    })
-                    .map_or("a step".to_string(), |s| format!("step {}", s.id));
-                (
-                    "failure",
-                    format!("{failed} failed; dependents refused until retry or abandon"),
-                )
-            }
-            ChangeState::Abandoned => ("error", "abandoned".to_string()),
-        }))
-    }
-
-    /// Posts every commit status GitHub has not been told yet.
-    pub async fn post_statuses(&self) -> Result<usize, SyncError> {
-        let store = self.engine.store();
-        let mut posted = 0;
-        for s in store.due_statuses().await? {
-            let update = StatusUpdate {
-                state: s.state.clone(),
-                description: truncate(&s.description, 140),
-                context: s.context.clone(),
-                target_url: s.target_url.clone(),
-            };
-            match self.client.post_status(&s.sha, &update).await {
-                Ok(()) => {
-                    store.status_posted(&s).await?;
-                    posted += 1;
-                }
-                Err(e) => {
-                    let wait = (1000_i64 << s.attempts.min(8)).min(300_000);
-                    tracing::warn!(sha = %s.sha, context = %s.context, error = %e, "commit status not posted; will retry");
-                    store
-                        .status_failed(&s, &e.to_string(), now_ms() + wait)
-                        .await?;
-                }
-            }
-        }
-        Ok(posted)
-    }
-
     /// One pass of the worker: apply the inbox, refresh the directory
     /// (permissions, teams), and bring commit statuses up to date. The
     /// directory is refreshed when a fact was recorded since (a new
@@ -798,86 +654,15 @@ impl Github {
             false
         };
         if directory_changed || moved {
+            // A review or an answer about a reviewer may approve a policy
+            // revision waiting on the default branch.
+            if !self.engine.view().unapproved_policies.is_empty() {
+                self.engine.refresh().await?;
+            }
             self.update_statuses().await?;
             self.statuses_at.store(seq, Ordering::SeqCst);
         }
         self.post_statuses().await?;
         Ok(())
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!(
-            "{}…",
-            &s[..s[..i].char_indices().last().map_or(0, |(j, _)| j)]
-        ),
-        None => s.to_string(),
-    }
-}
-
-/// Digest of every change at a commit, or `None` where it does not exist.
-fn all_digests(repo: &ChangeRepo, rev: &str) -> Result<BTreeMap<String, Digest>, GitError> {
-    let snapshot = repo.at(rev)?;
-    let model = snapshot.load_model()?;
-    Ok(model
-        .changes
-        .values()
-        .filter_map(|c| {
-            covered_paths(c, &snapshot)
-                .ok()
-                .map(|covered| (c.id.clone(), Digest::of(&covered)))
-        })
-        .collect())
-}
-
-/// The changes a pull request touches — those whose digest at `head`
-/// differs from the merge base with the default branch — with their
-/// digests at `head`.
-fn touched_changes(
-    mirror: &Path,
-    head: &str,
-    base: &str,
-    default_branch: &str,
-) -> Result<Vec<(String, String)>, GitError> {
-    let repo = ChangeRepo::open(mirror)?;
-    let head_id = repo.at(head)?.commit_id().to_string();
-    let base_id = repo
-        .at(base)
-        .or_else(|_| repo.at(&format!("refs/heads/{default_branch}")))?
-        .commit_id()
-        .to_string();
-    let git = repo.git();
-    let merge_base = git.merge_base(
-        git2::Oid::from_str(&head_id)?,
-        git2::Oid::from_str(&base_id)?,
-    )?;
-    let at_head = all_digests(&repo, &head_id)?;
-    let at_base = all_digests(&repo, &merge_base.to_string())?;
-    Ok(at_head
-        .into_iter()
-        .filter(|(id, d)| at_base.get(id) != Some(d))
-        .map(|(id, d)| (id, d.to_string()))
-        .collect())
-}
-
-/// (commit, change, digest) for each commit and change; [`ABSENT`] where
-/// the change does not exist at that commit.
-fn digests_at(
-    mirror: &Path,
-    commits: &BTreeSet<String>,
-    ids: &[String],
-) -> Result<Vec<(String, String, String)>, GitError> {
-    let repo = ChangeRepo::open(mirror)?;
-    let mut out = Vec::new();
-    for commit in commits {
-        let digests = all_digests(&repo, commit)?;
-        for id in ids {
-            let digest = digests
-                .get(id)
-                .map_or(ABSENT.to_string(), |d| d.to_string());
-            out.push((commit.clone(), id.clone(), digest));
-        }
-    }
-    Ok(out)
 }

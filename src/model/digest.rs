@@ -13,6 +13,17 @@ use sha2::{Digest as _, Sha256};
 
 use super::{ChangeSet, Entry, TreeView};
 
+/// What a pull request, or a review's commit, records for a change or
+/// policy file that does not exist there.
+pub const ABSENT: &str = "absent";
+
+/// Pull requests record the policy files they touch beside the change ids
+/// they touch, by path (a change id never holds a `/`); a policy file's
+/// "digest" is its git blob id.
+pub fn is_policy_path(key: &str) -> bool {
+    key.starts_with("policies/")
+}
+
 fn is_path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')
 }

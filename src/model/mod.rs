@@ -20,10 +20,12 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use decode::{decode_change_set, decode_policy, RepoContext};
-pub use digest::{covered_paths, has_parent_component, CoveredPath, Digest};
+pub use digest::{
+    covered_paths, has_parent_component, is_policy_path, CoveredPath, Digest, ABSENT,
+};
 pub use duration::Duration;
 pub use policy::{policies_in_force, PoliciesInForce};
-pub use repo::{load_repo, load_repo_with_progress, RepoModel, SourceFile};
+pub use repo::{load_policies, load_repo, load_repo_with_progress, RepoModel, SourceFile};
 pub use window::Window;
 pub use yaml::Pos;
 

@@ -172,6 +172,23 @@ pub fn load_repo_with_progress(
     model
 }
 
+/// Only the policy files `files` (under `policies/`), checked as
+/// [`load_repo`] checks them: for texts that are not a commit's, such as
+/// the last approved text of each file (SPEC §13).
+pub fn load_policies(files: &[SourceFile]) -> RepoModel {
+    /// Policies refer to nothing in the tree.
+    struct NoTree;
+    impl TreeView for NoTree {
+        fn entry(&self, _: &str) -> Option<super::Entry> {
+            None
+        }
+        fn blobs_under(&self, _: &str) -> Vec<(String, super::Entry)> {
+            Vec::new()
+        }
+    }
+    load_repo(&[], files, &NoTree)
+}
+
 /// Reports each `depends_on` cycle once, at the edge that closes it.
 fn report_cycles(
     changes: &BTreeMap<String, ChangeSet>,

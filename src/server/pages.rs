@@ -167,6 +167,7 @@ pub async fn index(_: PageAccess, State(state): State<AppState>) -> Response {
             .collect::<Vec<_>>()
     };
     let failed = of(&[ChangeState::Failed]);
+    let unapproved = state.engine.view().unapproved_policies.clone();
     let firing: Vec<_> = alerts.iter().filter(|(a, _)| a.state == "firing").collect();
     let running = of(&[ChangeState::Running]);
     let waiting = of(&[ChangeState::Proposed, ChangeState::Approved]);
@@ -197,6 +198,20 @@ pub async fn index(_: PageAccess, State(state): State<AppState>) -> Response {
                         td colspan="2" { (a.annotations["summary"].as_str().unwrap_or("")) }
                         td { @for d in deliveries.iter() { (d.sink) " " (d.event) ": " (d.state) br; } }
                         td { (format_ms(a.raised_at)) }
+                    }
+                }
+            }
+        }
+        @if !unapproved.is_empty() {
+            h2 { "Policy edits not in force" }
+            table id="unapproved-policies" {
+                tr { th { "policy file" } th { "on the default branch" } th { "approvals" } th { "in force instead" } }
+                @for u in &unapproved {
+                    tr class="failed" {
+                        td { code { (u.path) } }
+                        td { code { (u.on_main) } " was merged without approval" }
+                        td { (u.approvals) }
+                        td { @if u.previous_in_force { "its last approved text" } @else { "nothing: a new file governs nothing until approved" } }
                     }
                 }
             }

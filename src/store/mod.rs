@@ -19,10 +19,12 @@ pub mod alerts;
 pub mod audit;
 mod gate;
 mod github;
+mod policies;
 
 pub use alerts::{Alert, Delivery};
 pub use gate::*;
 pub use github::*;
+pub use policies::ApprovedPolicy;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

@@ -1,0 +1,242 @@
+//! Policy edits are reviewed like changes (SPEC §13). With GitHub, the
+//! policies in force are the last approved text of each file: the baseline
+//! taken when review began, then each revision on the default branch whose
+//! pull request reviews approved it. Without GitHub there are no pull
+//! requests to review an edit, and the default branch's files are in force
+//! as read.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use super::view::{self, RepoView, UnapprovedPolicy};
+use super::{Engine, EngineError};
+use crate::clock::now_ms;
+use crate::gate::policy_review::{edit_rule, pending_edits, policy_name};
+use crate::gate::{approval_status, ApprovalStatus, People};
+use crate::git::{blob_id, ChangeRepo};
+use crate::model::ABSENT;
+use crate::model::{load_policies, Policy, SourceFile};
+use crate::store::{Alert, ApprovedPolicy};
+
+/// Alerts about an unapproved policy revision: `policy-unapproved:PATH@BLOB`.
+const ALERT_PREFIX: &str = "policy-unapproved:";
+
+fn parse(path: &str, text: &[u8]) -> Option<Policy> {
+    load_policies(&[SourceFile {
+        path: path.to_string(),
+        bytes: text.to_vec(),
+    }])
+    .policies
+    .into_iter()
+    .next()
+}
+
+impl Engine {
+    /// Puts the policies in force into `view`: approves each revision on
+    /// the default branch whose reviews are satisfied, keeps the last
+    /// approved text of each file whose revision is not (alerting until it
+    /// is approved or reverted), and takes the baseline on first use.
+    pub(super) async fn review_policies(&self, view: &mut RepoView) -> Result<(), EngineError> {
+        if self.config.github.is_none() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let main: BTreeMap<String, SourceFile> = {
+            let repo = ChangeRepo::open(&self.repo_path())?;
+            let snapshot = repo.at(&view.commit)?;
+            snapshot
+                .policy_files()?
+                .into_iter()
+                .map(|f| (f.path.clone(), f))
+                .collect()
+        };
+        let approved_as = |f: &SourceFile, how: &str| ApprovedPolicy {
+            path: f.path.clone(),
+            blob: blob_id(&f.bytes),
+            text: String::from_utf8_lossy(&f.bytes).into_owned(),
+            commit: view.commit.clone(),
+            how: how.to_string(),
+            approved_at: now,
+        };
+        let mut approved = match self.store.approved_policies().await? {
+            Some(approved) => approved,
+            None => {
+                // Policies in force before review began are approved by definition.
+                let baseline: Vec<ApprovedPolicy> =
+                    main.values().map(|f| approved_as(f, "baseline")).collect();
+                let mut w = self.store.write().await?;
+                if w.take_policy_baseline(&view.commit, &baseline, now).await? {
+                    let files: Vec<&str> = baseline.iter().map(|p| p.path.as_str()).collect();
+                    w.audit(
+                        "changegate",
+                        "policies.baseline",
+                        None,
+                        json!({"commit": view.commit, "files": files}),
+                    )
+                    .await?;
+                }
+                w.commit().await?;
+                self.store.approved_policies().await?.unwrap_or_default()
+            }
+        };
+        let main_blobs = main
+            .iter()
+            .map(|(p, f)| (p.clone(), blob_id(&f.bytes)))
+            .collect();
+        let in_force = approved
+            .iter()
+            .map(|(p, a)| (p.clone(), a.blob.clone()))
+            .collect();
+        let mut newly_approved = Vec::new();
+        let mut unapproved = Vec::new();
+        for edit in pending_edits(&main_blobs, &in_force) {
+            let old = approved
+                .get(&edit.path)
+                .and_then(|a| parse(&a.path, a.text.as_bytes()));
+            let new = main.get(&edit.path).and_then(|f| parse(&f.path, &f.bytes));
+            let on_main = edit.on_main.clone().unwrap_or_else(|| ABSENT.to_string());
+            let status = self
+                .policy_edit_status(&edit.path, &on_main, old.as_ref(), new.as_ref())
+                .await?;
+            if status.satisfied {
+                let text = main.get(&edit.path).map(|f| approved_as(f, "reviewed"));
+                newly_approved.push((edit.path, on_main, text, status));
+            } else {
+                unapproved.push(UnapprovedPolicy {
+                    path: edit.path,
+                    on_main,
+                    previous_in_force: edit.in_force.is_some(),
+                    approvals: status.summary(),
+                });
+            }
+        }
+        let mut w = self.store.write().await?;
+        for (path, blob, text, status) in newly_approved {
+            match &text {
+                Some(p) => w.approve_policy(p).await?,
+                None => w.remove_approved_policy(&path).await?,
+            }
+            let approvers: Vec<&String> =
+                status.policies.iter().flat_map(|p| &p.approvers).collect();
+            w.audit(
+                "changegate",
+                "policy.approved",
+                None,
+                json!({"path": path, "blob": blob, "commit": view.commit, "approvers": approvers}),
+            )
+            .await?;
+            match text {
+                Some(p) => approved.insert(path, p),
+                None => approved.remove(&path),
+            };
+        }
+        let wanted: BTreeSet<String> = unapproved
+            .iter()
+            .map(|u| format!("{ALERT_PREFIX}{}@{}", u.path, u.on_main))
+            .collect();
+        for id in w.firing_alert_ids(ALERT_PREFIX).await? {
+            if !wanted.contains(&id) {
+                for a in w.resolve_alerts(&id, None, now).await? {
+                    w.audit("changegate", "alert.resolved", None, json!({"alert": a.id}))
+                        .await?;
+                }
+            }
+        }
+        for u in &unapproved {
+            let alert = self.policy_unapproved_alert(u, now);
+            if w.raise_alert(&alert, now).await? {
+                w.audit(
+                    "changegate",
+                    "policy.unapproved",
+                    None,
+                    json!({"path": u.path, "blob": u.on_main, "commit": view.commit, "approvals": u.approvals, "alert": alert.id}),
+                )
+                .await?;
+            }
+        }
+        w.commit().await?;
+        let files: Vec<SourceFile> = approved
+            .into_values()
+            .map(|a| SourceFile {
+                path: a.path,
+                bytes: a.text.into_bytes(),
+            })
+            .collect();
+        let model = load_policies(&files);
+        view.policies = model.policies;
+        view.policy_errors = model.diagnostics;
+        view.unapproved_policies = unapproved;
+        Ok(())
+    }
+
+    fn policy_unapproved_alert(&self, u: &UnapprovedPolicy, now: i64) -> Alert {
+        let kept = if u.previous_in_force {
+            "its last approved text stays in force"
+        } else {
+            "it governs nothing until approved"
+        };
+        Alert {
+            id: format!("{ALERT_PREFIX}{}@{}", u.path, u.on_main),
+            kind: "policy-unapproved".into(),
+            change_id: None,
+            step_id: None,
+            state: "firing".into(),
+            labels: json!({"alertname": "ChangegatePolicyUnapproved", "change": "", "step": "", "targets": "", "severity": "warning", "policy": u.path}),
+            annotations: json!({
+                "summary": format!("{} on the default branch was not approved ({}): {kept}", u.path, u.approvals),
+                "description": "A policy edit needs approval from the eligible approvers of the policy in force, with `required` the larger of old and new. Approve the pull request that made it, or revert it.",
+                "output_tail": "",
+            }),
+            sinks: self.sinks_for(None),
+            raised_at: now,
+            resolved_at: None,
+        }
+    }
+
+    /// The approval of the revision `digest` (a blob id, or `absent`) of
+    /// policy file `path`, replacing `old` (in force) with `new`.
+    async fn policy_edit_status(
+        &self,
+        path: &str,
+        digest: &str,
+        old: Option<&Policy>,
+        new: Option<&Policy>,
+    ) -> Result<ApprovalStatus, EngineError> {
+        let facts = self.store.world(path, &[]).await?.facts;
+        let rule = edit_rule(old, new);
+        let identities: BTreeSet<String> =
+            self.config.tokens.iter().map(|t| t.name.clone()).collect();
+        let people = People {
+            authors: &facts.github.authors,
+            identities: &identities,
+            directory: &self.directory,
+            as_of: now_ms(),
+        };
+        Ok(approval_status(
+            digest,
+            &[(policy_name(path), rule)],
+            &view::approval_facts(&self.config, &facts),
+            &people,
+        ))
+    }
+
+    /// The approval of each policy file that open pull request `pr` adds,
+    /// edits or deletes, at its head, by path.
+    pub async fn pr_policy_edits(
+        &self,
+        pr: i64,
+    ) -> Result<Vec<(String, ApprovalStatus)>, EngineError> {
+        let view = self.view();
+        let mut out = Vec::new();
+        for p in view.policy_proposals.iter().filter(|p| p.pr == pr) {
+            let name = policy_name(&p.path);
+            let old = view.policies.iter().find(|q| q.name == name);
+            let status = self
+                .policy_edit_status(&p.path, &p.blob, old, p.policy.as_ref())
+                .await?;
+            out.push((p.path.clone(), status));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,136 @@
+//! What the server reads from git: the default branch, and what open pull
+//! requests propose.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::view::{PolicyProposal, Proposal, RepoView};
+use crate::config::Config;
+use crate::git::{ChangeRepo, GitError, Snapshot};
+use crate::model::{covered_paths, is_policy_path, load_policies, Digest, Entry, TreeView, ABSENT};
+
+/// Where change sets are read from: the bare mirror under `data_dir` when
+/// GitHub is configured, else `repo.url`.
+pub fn repo_path(config: &Config) -> PathBuf {
+    match config.github {
+        Some(_) => config.server.data_dir.join("mirror.git"),
+        None => config.repo.url.clone(),
+    }
+}
+
+/// Reads each open pull request's touched changes at its head. A head that
+/// cannot be read is skipped with a warning: the inbox worker retries it.
+pub fn read_proposals(
+    path: &Path,
+    open: &[(i64, String, Vec<String>)],
+) -> (Vec<Proposal>, Vec<PolicyProposal>) {
+    let mut out = Vec::new();
+    let mut policies = Vec::new();
+    let Ok(repo) = ChangeRepo::open(path) else {
+        return (out, policies);
+    };
+    for (pr, head, ids) in open.iter().filter(|(_, _, ids)| !ids.is_empty()) {
+        let model = match repo.at(head).and_then(|s| Ok((s.load_model()?, s))) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(pr, head = %head, error = %e, "cannot read a pull request head");
+                continue;
+            }
+        };
+        let (model, snapshot) = model;
+        policies.extend(
+            ids.iter()
+                .filter(|key| is_policy_path(key))
+                .map(|key| policy_at(&snapshot, *pr, key)),
+        );
+        for id in ids {
+            let Some(change) = model.changes.get(id) else {
+                continue;
+            };
+            if let Ok(covered) = covered_paths(change, &snapshot) {
+                out.push(Proposal {
+                    pr: *pr,
+                    head_sha: head.clone(),
+                    change: change.clone(),
+                    digest: Digest::of(&covered),
+                    covered,
+                });
+            }
+        }
+    }
+    (out, policies)
+}
+
+/// Policy file `path` as pull request `pr` has it at `snapshot`.
+fn policy_at(snapshot: &Snapshot<'_>, pr: i64, path: &str) -> PolicyProposal {
+    let blob = match snapshot.entry(path) {
+        Some(Entry::Blob(id)) => id,
+        _ => ABSENT.to_string(),
+    };
+    let policy = snapshot
+        .policy_files()
+        .ok()
+        .and_then(|files| files.into_iter().find(|f| f.path == path))
+        .and_then(|file| load_policies(&[file]).policies.into_iter().next());
+    PolicyProposal {
+        pr,
+        path: path.to_string(),
+        blob,
+        policy,
+    }
+}
+
+/// Reads the default branch at `path`: changes, digests, policies and authors.
+pub fn read_default_branch(config: &Config, path: &Path) -> Result<RepoView, GitError> {
+    let repo = ChangeRepo::open(path)?;
+    let snapshot = repo.at(&config.repo.default_branch)?;
+    let model = snapshot.load_model()?;
+    for d in &model.diagnostics {
+        tracing::warn!(diagnostic = %d, "invalid on the default branch");
+    }
+    let mut changes = BTreeMap::new();
+    for (id, change) in model.changes {
+        match covered_paths(&change, &snapshot) {
+            Ok(covered) => {
+                let digest = Digest::of(&covered);
+                changes.insert(id, (change, digest, covered));
+            }
+            Err(e) => tracing::warn!(change = %id, error = %e, "no digest"),
+        }
+    }
+    let paths: Vec<(String, Vec<String>)> = changes
+        .iter()
+        .map(|(id, (_, _, c))| (id.clone(), c.iter().map(|p| p.path.clone()).collect()))
+        .collect();
+    let emails = snapshot.touching_emails(&paths)?;
+    let authors = emails
+        .into_iter()
+        .map(|(id, emails)| {
+            let who: BTreeSet<String> = config
+                .tokens
+                .iter()
+                .filter(|t| t.emails.iter().any(|e| emails.contains(e)))
+                .flat_map(|t| std::iter::once(t.name.clone()).chain(t.github.clone()))
+                .collect();
+            (id, who)
+        })
+        .collect();
+    let policy_errors = model
+        .diagnostics
+        .iter()
+        .filter(|d| d.path.starts_with("policies/"))
+        .cloned()
+        .collect();
+    Ok(RepoView {
+        commit: snapshot.commit_id().to_string(),
+        changes,
+        policies: model.policies,
+        policy_errors,
+        authors,
+        proposals: Vec::new(),
+        proposal_heads: Vec::new(),
+        previous_labels: BTreeMap::new(),
+        policy_proposals: Vec::new(),
+        unapproved_policies: Vec::new(),
+    })
+}

@@ -1,0 +1,386 @@
+//! Commit statuses (SPEC §4, §13). Each tracked pull request's head shows
+//! `changegate/<id>` for every change it touches, `changegate/policies`
+//! when it edits policies, and the aggregate `changegate` that branch
+//! protection can require in advance. What each should say is stored; the
+//! poster sends only what GitHub has not been told, with backoff.
+
+use super::{Github, StatusUpdate, SyncError};
+use crate::clock::now_ms;
+use crate::engine::view::{ChangeStatus, UnapprovedPolicy};
+use crate::gate::approval::NotCounted;
+use crate::gate::{ApprovalStatus, ChangeState, StepState};
+use crate::store::PullRequestRecord;
+
+/// The aggregate context: success only when every other one is.
+pub const AGGREGATE: &str = "changegate";
+/// The context for the policy files a pull request edits.
+pub const POLICIES: &str = "changegate/policies";
+
+/// One commit status: GitHub's state and the text beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// `success`, `pending`, `failure` or `error`.
+    pub state: &'static str,
+    /// At most 140 characters once posted.
+    pub description: String,
+}
+
+fn wanted(state: &'static str, description: impl Into<String>) -> Wanted {
+    Wanted {
+        state,
+        description: description.into(),
+    }
+}
+
+/// A change as an open pull request proposes it.
+pub fn proposed(approval: &ApprovalStatus) -> Wanted {
+    if approval.satisfied {
+        return wanted("success", format!("approved: {}", approval.summary()));
+    }
+    match approval
+        .reviews
+        .iter()
+        .find(|r| r.reason == Some(NotCounted::ChangesRequested))
+    {
+        Some(r) => wanted(
+            "pending",
+            format!(
+                "changes requested by {}; {}",
+                r.approver,
+                approval.summary()
+            ),
+        ),
+        None => wanted("pending", approval.summary()),
+    }
+}
+
+/// An open pull request that edits a change whose revision completed.
+pub fn edits_completed(id: &str) -> Wanted {
+    wanted(
+        "failure",
+        format!("`{id}` completed; an edit never runs under the same id: use a new change id"),
+    )
+}
+
+/// A change a merged pull request brought to the default branch: how it runs.
+pub fn merged(status: &ChangeStatus) -> Wanted {
+    let done = status
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Succeeded)
+        .count();
+    let total = status.steps.len();
+    match status.state {
+        ChangeState::Proposed | ChangeState::Approved => wanted(
+            "pending",
+            format!(
+                "merged; needs approval at the merged digest: {}",
+                status.approvals.summary()
+            ),
+        ),
+        ChangeState::Ready => wanted("success", format!("approved; ready to run ({total} steps)")),
+        ChangeState::Running => wanted(
+            "pending",
+            format!("running: {done} of {total} steps succeeded"),
+        ),
+        ChangeState::Completed => wanted(
+            "success",
+            format!("completed: {total} of {total} steps succeeded"),
+        ),
+        ChangeState::Failed => {
+            let failed = status
+                .steps
+                .iter()
+                .find(|s| matches!(s.state, StepState::Failed | StepState::Interrupted))
+                .map_or("a step".to_string(), |s| format!("step {}", s.id));
+            wanted(
+                "failure",
+                format!("{failed} failed; dependents refused until retry or abandon"),
+            )
+        }
+        ChangeState::Abandoned => wanted("error", "abandoned"),
+    }
+}
+
+/// The policy files an open pull request edits, each with its approval.
+pub fn policy_edits(edits: &[(String, ApprovalStatus)]) -> Wanted {
+    let waiting: Vec<String> = edits
+        .iter()
+        .filter(|(_, a)| !a.satisfied)
+        .map(|(path, a)| format!("{path} {}", tally(a)))
+        .collect();
+    if waiting.is_empty() {
+        let all: Vec<String> = edits
+            .iter()
+            .map(|(path, a)| format!("{path} {}", tally(a)))
+            .collect();
+        wanted(
+            "success",
+            format!("policy edit approved: {}", all.join(", ")),
+        )
+    } else {
+        wanted(
+            "pending",
+            format!(
+                "policy edit needs the approvers in force: {}",
+                waiting.join(", ")
+            ),
+        )
+    }
+}
+
+/// "1 of 2": the tally of a policy edit's single rule.
+fn tally(a: &ApprovalStatus) -> String {
+    a.policies.first().map_or_else(String::new, |p| {
+        format!("{} of {}", p.counted.min(p.required), p.required)
+    })
+}
+
+/// The policy files (`paths`, at `blobs`) a merged pull request edited:
+/// in force, or not because that revision was not approved.
+pub fn merged_policy_edits(edits: &[(String, String)], unapproved: &[UnapprovedPolicy]) -> Wanted {
+    let refused: Vec<&str> = edits
+        .iter()
+        .filter(|(path, blob)| {
+            unapproved
+                .iter()
+                .any(|u| &u.path == path && &u.on_main == blob)
+        })
+        .map(|(path, _)| path.as_str())
+        .collect();
+    if refused.is_empty() {
+        wanted("success", "merged; the policy edit is in force")
+    } else {
+        wanted(
+            "failure",
+            format!(
+                "merged without approval: the last approved text of {} stays in force",
+                refused.join(", ")
+            ),
+        )
+    }
+}
+
+/// The aggregate status over every other context of one head.
+pub fn aggregate(parts: &[(String, Wanted)]) -> Wanted {
+    let rank = |s: &str| match s {
+        "failure" | "error" => 2,
+        "pending" => 1,
+        _ => 0,
+    };
+    let worst = parts.iter().map(|(_, w)| rank(w.state)).max().unwrap_or(0);
+    if parts.is_empty() {
+        return wanted("success", "touches no change set or policy");
+    }
+    if worst == 0 {
+        return wanted("success", format!("all {} approved", parts.len()));
+    }
+    let open: Vec<String> = parts
+        .iter()
+        .filter(|(_, w)| rank(w.state) > 0)
+        .map(|(context, w)| format!("{context}: {}", w.description))
+        .collect();
+    wanted(
+        if worst == 2 { "failure" } else { "pending" },
+        open.join("; "),
+    )
+}
+
+/// GitHub allows 140 characters.
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!(
+            "{}…",
+            &s[..s[..i].char_indices().last().map_or(0, |(j, _)| j)]
+        ),
+        None => s.to_string(),
+    }
+}
+
+impl Github {
+    /// Works out the commit statuses each tracked pull request should show,
+    /// and records those that changed.
+    pub async fn update_statuses(&self) -> Result<usize, SyncError> {
+        let store = self.engine.store();
+        let public = self
+            .engine
+            .config()
+            .server
+            .public_url
+            .trim_end_matches('/')
+            .to_string();
+        let mut changed = 0;
+        for pr in store.pull_requests(true).await? {
+            if pr.state != "open" && !pr.merged {
+                continue;
+            }
+            let mut parts = Vec::new();
+            let mut policies = Vec::new();
+            for (key, blob) in store.pr_changes(pr.number).await? {
+                if crate::model::is_policy_path(&key) {
+                    policies.push((key, blob));
+                } else if let Some(w) = self.change_status(&pr, &key).await? {
+                    parts.push((
+                        format!("changegate/{key}"),
+                        w,
+                        format!("{public}/changes/{key}"),
+                    ));
+                }
+            }
+            if !policies.is_empty() {
+                let w = if pr.state == "open" {
+                    policy_edits(&self.engine.pr_policy_edits(pr.number).await?)
+                } else {
+                    merged_policy_edits(&policies, &self.engine.view().unapproved_policies)
+                };
+                parts.push((POLICIES.to_string(), w, format!("{public}/")));
+            }
+            let summary: Vec<(String, Wanted)> = parts
+                .iter()
+                .map(|(c, w, _)| (c.clone(), w.clone()))
+                .collect();
+            parts.push((
+                AGGREGATE.to_string(),
+                aggregate(&summary),
+                format!("{public}/"),
+            ));
+            for (context, w, url) in parts {
+                if store
+                    .want_status(&pr.head_sha, &context, w.state, &w.description, &url)
+                    .await?
+                {
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// What `changegate/<id>` should say on `pr`'s head.
+    async fn change_status(
+        &self,
+        pr: &PullRequestRecord,
+        id: &str,
+    ) -> Result<Option<Wanted>, SyncError> {
+        if pr.state == "open" {
+            let on_main = self.engine.status(id).await?;
+            if on_main.is_some_and(|s| s.state == ChangeState::Completed) {
+                return Ok(Some(edits_completed(id)));
+            }
+            return Ok(self
+                .engine
+                .pr_approval(pr.number, id)
+                .await?
+                .map(|a| proposed(&a)));
+        }
+        Ok(self.engine.status(id).await?.map(|s| merged(&s)))
+    }
+
+    /// Posts every commit status GitHub has not been told yet.
+    pub async fn post_statuses(&self) -> Result<usize, SyncError> {
+        let store = self.engine.store();
+        let mut posted = 0;
+        for s in store.due_statuses().await? {
+            let update = StatusUpdate {
+                state: s.state.clone(),
+                description: truncate(&s.description, 140),
+                context: s.context.clone(),
+                target_url: s.target_url.clone(),
+            };
+            match self.client.post_status(&s.sha, &update).await {
+                Ok(()) => {
+                    store.status_posted(&s).await?;
+                    posted += 1;
+                }
+                Err(e) => {
+                    let wait = (1000_i64 << s.attempts.min(8)).min(300_000);
+                    tracing::warn!(sha = %s.sha, context = %s.context, error = %e, "commit status not posted; will retry");
+                    store
+                        .status_failed(&s, &e.to_string(), now_ms() + wait)
+                        .await?;
+                }
+            }
+        }
+        Ok(posted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::approval::PolicyTally;
+
+    fn approval(counted: u32, required: u32) -> ApprovalStatus {
+        ApprovalStatus {
+            satisfied: counted >= required,
+            policies: vec![PolicyTally {
+                name: "pg".into(),
+                required,
+                counted,
+                approvers: vec![],
+            }],
+            reviews: vec![],
+        }
+    }
+
+    #[test]
+    fn the_aggregate_is_the_worst_of_its_parts() {
+        assert_eq!(aggregate(&[]).state, "success");
+        let ok = ("changegate/a".to_string(), wanted("success", "approved"));
+        let waiting = (
+            "changegate/b".to_string(),
+            wanted("pending", "1 of 2 approvals"),
+        );
+        let failed = (
+            "changegate/c".to_string(),
+            wanted("failure", "step x failed"),
+        );
+        assert_eq!(
+            aggregate(std::slice::from_ref(&ok)),
+            wanted("success", "all 1 approved")
+        );
+        assert_eq!(
+            aggregate(&[ok.clone(), waiting.clone()]),
+            wanted("pending", "changegate/b: 1 of 2 approvals")
+        );
+        assert_eq!(aggregate(&[waiting, ok, failed]).state, "failure");
+    }
+
+    #[test]
+    fn a_policy_edit_waits_for_every_file() {
+        let edits = vec![
+            ("policies/pg.yaml".to_string(), approval(1, 2)),
+            ("policies/web.yaml".to_string(), approval(1, 1)),
+        ];
+        assert_eq!(
+            policy_edits(&edits),
+            wanted(
+                "pending",
+                "policy edit needs the approvers in force: policies/pg.yaml 1 of 2"
+            )
+        );
+        let edits = vec![("policies/pg.yaml".to_string(), approval(2, 2))];
+        assert_eq!(policy_edits(&edits).state, "success");
+    }
+
+    #[test]
+    fn a_merged_unapproved_edit_fails() {
+        let unapproved = vec![UnapprovedPolicy {
+            path: "policies/pg.yaml".into(),
+            on_main: "b2".into(),
+            previous_in_force: true,
+            approvals: "1 of 2 approvals (policy pg)".into(),
+        }];
+        let edits = vec![("policies/pg.yaml".to_string(), "b2".to_string())];
+        assert_eq!(merged_policy_edits(&edits, &unapproved).state, "failure");
+        let later = vec![("policies/pg.yaml".to_string(), "b1".to_string())];
+        assert_eq!(merged_policy_edits(&later, &unapproved).state, "success");
+    }
+
+    #[test]
+    fn descriptions_are_cut_at_140_characters() {
+        let long = "x".repeat(200);
+        assert_eq!(truncate(&long, 140).chars().count(), 140);
+        assert_eq!(truncate("short", 140), "short");
+    }
+}
