@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{ClaimGrant, Report};
+use crate::wire::{ClaimGrant, Report};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::ClaimGrant;
+use crate::wire::ClaimGrant;
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -306,8 +306,8 @@ fn a_killed_executors_step_becomes_interrupted_and_is_not_rerun() {
             .as_str()
             .unwrap()
             .to_string();
-        let late = changegate::engine::Report {
-            outcome: changegate::engine::Outcome::Succeeded,
+        let late = changegate::wire::Report {
+            outcome: changegate::wire::Outcome::Succeeded,
             exit_code: Some(0),
             duration_ms: 1,
             output_tail: String::new(),

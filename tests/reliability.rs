@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use changegate::engine::{Outcome, Report};
 use changegate::store::Store;
+use changegate::wire::{Outcome, Report};
 use common::db;
 use common::gate_fixture::*;
 use common::github::*;

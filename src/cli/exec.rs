@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use super::exit;
 use crate::client::{Client, ClientError};
-use crate::engine::{Outcome, Report};
 use crate::executor::{run_step, StepEnd, StopSignal};
 use crate::git::ChangeRepo;
 use crate::model::{covered_paths, has_parent_component, CoveredPath, Digest, Entry, TreeView};
 use crate::redact::{is_secret_name, redact};
+use crate::wire::{Outcome, Report};
 
 /// Values of this process's secret-looking variables, to redact from output.
 fn env_secrets() -> Vec<String> {
@@ -383,7 +383,7 @@ pub(super) fn exec_with(
             outcome,
             exit_code: Some(run.end.exit_code()),
             duration_ms: run.duration.as_millis() as i64,
-            output_tail: redact(crate::engine::tail(&output), &env_secrets()),
+            output_tail: redact(crate::wire::tail(&output), &env_secrets()),
         };
         let answer = report_with_retries(client, &grant.attempt, &report);
         let secs = run.duration.as_secs_f64();

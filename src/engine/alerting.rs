@@ -67,7 +67,7 @@ impl Engine {
             annotations: json!({
                 "summary": format!("{} step {} {how}", a.change_id, a.step_id),
                 "description": format!("Change {} is failed: further steps and its dependents are refused and {targets} stay locked until an operator retries or abandons it.", a.change_id),
-                "output_tail": crate::engine::tail(output_tail).chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect::<String>(),
+                "output_tail": crate::wire::tail(output_tail).chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect::<String>(),
                 "status_page": format!("{}/changes/{}", self.config.server.public_url.trim_end_matches('/'), a.change_id),
             }),
             sinks: self.sinks_for(Some(&a.change_id)),

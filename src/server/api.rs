@@ -11,9 +11,10 @@ use super::error::ApiError;
 use super::metrics::{ClaimLabels, StepLabels};
 use super::AppState;
 use crate::config::Role;
+use crate::engine::ChangeStatus;
 use crate::engine::{ActionAnswer, ActionDecision};
-use crate::engine::{AttemptAnswer, ChangeStatus, ClaimGrant, Report};
 use crate::store::{Alert, Attempt, AuditEvent, BreakerReset, Delivery, RecordOutcome};
+use crate::wire::{AttemptAnswer, ClaimGrant, Report};
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]

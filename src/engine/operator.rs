@@ -1,0 +1,191 @@
+//! Operator actions (SPEC §3): go-aheads, retries, abandonment and the
+//! breaker reset, each audited with who and why.
+
+use serde_json::json;
+
+use super::*;
+
+impl Engine {
+    /// Records an operator's go-ahead for `step`.
+    pub async fn proceed(
+        &self,
+        id: &str,
+        step: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let view = self.view();
+        let (change, digest, _) = view
+            .changes
+            .get(id)
+            .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
+        if !change.steps.iter().any(|s| s.id == step) {
+            return Err(EngineError::NotFound(format!(
+                "change `{id}` has no step `{step}`"
+            )));
+        }
+        let mut w = self.store.write().await?;
+        // For the step's next attempt, at the digest on main now.
+        let attempt_no = w
+            .change_facts(id)
+            .await?
+            .attempts
+            .iter()
+            .filter(|a| a.step_id == step)
+            .map(|a| a.attempt_no)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let go_ahead = GoAheadRecord {
+            step_id: step.to_string(),
+            digest: digest.to_string(),
+            attempt_no,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            at: now_ms(),
+        };
+        if w.insert_go_ahead(id, &go_ahead).await? {
+            w.audit(
+                actor,
+                "step.go-ahead",
+                Some(id),
+                json!({"step": step, "digest": go_ahead.digest, "attempt": attempt_no, "reason": reason}),
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Re-opens the failed step of `id`. Under `retry_requires_approval` it
+    /// needs an approval recorded after the failure by someone other than `actor`.
+    pub async fn retry(&self, id: &str, actor: &str, reason: &str) -> Result<String, EngineError> {
+        let view = self.view();
+        let (change, digest, covered) = view
+            .changes
+            .get(id)
+            .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
+        let mut w = self.store.write().await?;
+        self.expire_in(&mut w).await?;
+        let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
+        // Going forward needs the default branch to still hold the revision.
+        if let view::Focus::InFlight(r) = view::revision_focus(Some(digest.as_str()), &read.facts) {
+            return Err(refused(
+                "superseded",
+                format!("revision {} of `{id}` is in flight, but the default branch now holds {digest}: it cannot go forward; roll it back or abandon it", r.digest),
+            ));
+        }
+        let facts = &read.facts.for_revision(digest.as_str());
+        if facts.abandonment.is_some() {
+            return Err(refused(
+                "abandoned",
+                format!("`{id}` was abandoned; it cannot be retried"),
+            ));
+        }
+        let progress = view::step_progress(change, facts);
+        let Some(n) = progress
+            .iter()
+            .position(|p| matches!(p.state, StepState::Failed | StepState::Interrupted))
+        else {
+            return Err(refused(
+                "not-failed",
+                format!("`{id}` has no failed step to retry"),
+            ));
+        };
+        let step = &change.steps[n];
+        let failed = facts
+            .attempts
+            .iter()
+            .filter(|a| a.step_id == step.id)
+            .max_by_key(|a| a.attempt_no)
+            .expect("a failed step has an attempt");
+        let needs_approval = match view.governing(change, covered) {
+            PoliciesInForce::Matched { policies } => {
+                policies.iter().any(|p| p.execution.retry_requires_approval)
+            }
+            PoliciesInForce::BuiltinDefault => true,
+        };
+        if needs_approval {
+            let failed_at = failed.ended_at.unwrap_or(failed.started_at);
+            let world = self.world(id, &view, &read, &breaker, now_ms());
+            if view::fresh_approver(&world, change, digest, covered, facts, failed_at, actor)
+                .is_none()
+            {
+                return Err(refused(
+                    "needs-approval",
+                    format!("retrying `{id}` needs a fresh approval of {digest} that counts under every policy in force, recorded after the failure by someone other than {actor}"),
+                ));
+            }
+        }
+        if w.insert_retry(id, &step.id, failed.attempt_no, actor, reason, now_ms())
+            .await?
+        {
+            w.audit(
+                actor,
+                "step.retry",
+                Some(id),
+                json!({"step": step.id, "after_attempt": failed.attempt_no, "reason": reason}),
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(step.id.clone())
+    }
+
+    /// Abandons a revision of `id` for good — the one in flight, even when
+    /// the default branch moved on or lost the file, else the one on the
+    /// default branch: releases its locks; dependents stay refused. A new
+    /// digest on main is a new revision, which needs its own approvals.
+    pub async fn abandon(&self, id: &str, actor: &str, reason: &str) -> Result<(), EngineError> {
+        let view = self.view();
+        let mut w = self.store.write().await?;
+        let facts = w.change_facts(id).await?;
+        let main = view.changes.get(id).map(|(_, d, _)| d.as_str());
+        let digest = match view::revision_focus(main, &facts) {
+            view::Focus::InFlight(r) => r.digest.clone(),
+            view::Focus::Completed(r) => {
+                return Err(refused(
+                    "completed",
+                    format!(
+                        "revision {} of `{id}` completed; there is nothing to abandon",
+                        r.digest
+                    ),
+                ))
+            }
+            view::Focus::Main => match main {
+                Some(d) => d.to_string(),
+                None => return Err(EngineError::NotFound(format!("no change `{id}`"))),
+            },
+        };
+        if w.insert_abandonment(id, &digest, actor, reason, now_ms())
+            .await?
+        {
+            let released = w.release_locks(id).await?;
+            w.audit(
+                actor,
+                "change.abandoned",
+                Some(id),
+                json!({"reason": reason, "digest": digest, "locks_released": released}),
+            )
+            .await?;
+            self.resolve_change_alerts(&mut w, id, now_ms()).await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the step breaker.
+    pub async fn reset_breaker(&self, actor: &str, reason: &str) -> Result<(), EngineError> {
+        let mut w = self.store.write().await?;
+        let now = now_ms();
+        w.reset_breaker(actor, reason, now).await?;
+        w.audit(actor, "breaker.reset", None, json!({"reason": reason}))
+            .await?;
+        for a in w.resolve_alerts("breaker-open:", None, now).await? {
+            w.audit(actor, "alert.resolved", None, json!({"alert": a.id}))
+                .await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! Claims, heartbeats and reports (SPEC §3): the executor's side of the
+//! gate, each decided and recorded in one write transaction.
+
+use serde_json::json;
+
+use super::*;
+use crate::wire::{tail, AttemptAnswer, ClaimGrant, Outcome, Report};
+
+impl Engine {
+    /// Marks attempts whose lease ran out as interrupted: a failure whose
+    /// outcome is unknown, never re-run automatically.
+    pub async fn expire_leases(&self) -> Result<Vec<Attempt>, EngineError> {
+        let mut w = self.store.write().await?;
+        let expired = self.expire_in(&mut w).await?;
+        w.commit().await?;
+        Ok(expired)
+    }
+
+    /// Claims the next step of `id` for `executor`, whose checkout has `digest`.
+    pub async fn claim(
+        &self,
+        id: &str,
+        digest: &str,
+        executor: &str,
+    ) -> Result<Result<ClaimGrant, Refusal>, EngineError> {
+        let view = self.view();
+        let mut w = self.store.write().await?;
+        self.expire_in(&mut w).await?;
+        let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
+        let facts = &read.facts;
+        let now = now_ms();
+        let world = self.world(id, &view, &read, &breaker, now);
+        let (decision, _) = view::decide_claim(&world, id, facts, digest);
+        let next = match decision {
+            Ok(next) => next,
+            Err(refusal) => {
+                w.audit(
+                    executor,
+                    "claim.refused",
+                    Some(id),
+                    json!({"reason": refusal.reason, "detail": refusal.detail, "digest": digest}),
+                )
+                .await?;
+                w.commit().await?;
+                return Ok(Err(refusal));
+            }
+        };
+        let (change, _, _) = &view.changes[id];
+        let step = &change.steps[next];
+        let attempt_no = facts
+            .attempts
+            .iter()
+            .filter(|a| a.step_id == step.id)
+            .map(|a| a.attempt_no)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let lease_ms = self.config.server.lease.as_secs() as i64 * 1000;
+        let attempt = Attempt {
+            id: format!("{id}.{}.{attempt_no}", step.id),
+            change_id: id.to_string(),
+            step_id: step.id.clone(),
+            attempt_no,
+            executor: executor.to_string(),
+            digest: digest.to_string(),
+            state: "running".into(),
+            lease_expires_at: now + lease_ms,
+            started_at: now,
+            ended_at: None,
+            exit_code: None,
+            duration_ms: None,
+            output_tail: None,
+            late_report: None,
+        };
+        w.insert_attempt(&attempt).await?;
+        w.insert_revision(id, digest, &view.commit, now).await?;
+        w.take_locks(id, &change.targets, now).await?;
+        w.audit(
+            executor,
+            "step.claimed",
+            Some(id),
+            json!({"step": step.id, "attempt": attempt.id, "digest": digest}),
+        )
+        .await?;
+        w.commit().await?;
+        let timeout = step.timeout.or(change.timeout).map_or(900, |t| t.as_secs());
+        Ok(Ok(ClaimGrant {
+            attempt: attempt.id,
+            change: id.to_string(),
+            step: step.id.clone(),
+            step_number: next + 1,
+            steps_total: change.steps.len(),
+            check: step.check.clone(),
+            run: step.run.clone(),
+            verify: step.verify.clone(),
+            env: change.env.clone(),
+            timeout_secs: timeout,
+            lease_expires_at: attempt.lease_expires_at,
+            lease_secs: self.config.server.lease.as_secs(),
+        }))
+    }
+
+    /// The attempt `attempt_id` of `executor`, after expiring stale leases.
+    async fn owned_attempt(
+        &self,
+        w: &mut WriteTx,
+        attempt_id: &str,
+        executor: &str,
+    ) -> Result<Attempt, EngineError> {
+        self.expire_in(w).await?;
+        let a = w
+            .attempt(attempt_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no attempt `{attempt_id}`")))?;
+        if a.executor != executor {
+            return Err(refused(
+                "not-yours",
+                format!("attempt {attempt_id} belongs to {}", a.executor),
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Renews a running attempt's lease; refuses once it has ended.
+    pub async fn heartbeat(
+        &self,
+        attempt_id: &str,
+        executor: &str,
+    ) -> Result<Attempt, EngineError> {
+        let mut w = self.store.write().await?;
+        let a = self.owned_attempt(&mut w, attempt_id, executor).await?;
+        if a.state != "running" {
+            w.commit().await?;
+            return Err(refused(
+                "ended",
+                format!("attempt {attempt_id} is {}; stop the step", a.state),
+            ));
+        }
+        let until = now_ms() + self.config.server.lease.as_secs() as i64 * 1000;
+        w.renew_lease(attempt_id, until).await?;
+        w.commit().await?;
+        Ok(Attempt {
+            lease_expires_at: until,
+            ..a
+        })
+    }
+
+    /// Records an attempt's outcome. Idempotent: the same report again
+    /// changes nothing; a report after the lease expired is kept but does
+    /// not un-fail the change.
+    pub async fn report(
+        &self,
+        attempt_id: &str,
+        executor: &str,
+        report: &Report,
+    ) -> Result<AttemptAnswer, EngineError> {
+        let view = self.view();
+        let mut w = self.store.write().await?;
+        let a = self.owned_attempt(&mut w, attempt_id, executor).await?;
+        let output = self.scrub(tail(&report.output_tail));
+        let a_was_running = a.state == "running";
+        let now = now_ms();
+        match a.state.as_str() {
+            "running" => {
+                let state = match report.outcome {
+                    Outcome::Succeeded => "succeeded",
+                    Outcome::Failed => "failed",
+                };
+                w.finish_attempt(
+                    attempt_id,
+                    state,
+                    report.exit_code,
+                    Some(report.duration_ms),
+                    &output,
+                    now,
+                )
+                .await?;
+                if state == "failed" {
+                    self.alert_step_failed(&mut w, &a, report.exit_code, &output, now)
+                        .await?;
+                }
+                let kind = if state == "succeeded" {
+                    "step.succeeded"
+                } else {
+                    "step.failed"
+                };
+                w.audit(executor, kind, Some(&a.change_id), json!({"step": a.step_id, "attempt": a.id, "exit_code": report.exit_code, "duration_ms": report.duration_ms}))
+                    .await?;
+            }
+            "interrupted" => {
+                w.record_late_report(
+                    attempt_id,
+                    &serde_json::to_string(report).unwrap_or_default(),
+                )
+                .await?;
+                w.audit(
+                    executor,
+                    "step.late-report",
+                    Some(&a.change_id),
+                    json!({"step": a.step_id, "attempt": a.id, "outcome": report.outcome}),
+                )
+                .await?;
+            }
+            _ => {} // already reported: idempotent
+        }
+        let all = w.change_facts(&a.change_id).await?;
+        // The attempt's own revision: main's, or the one in flight elsewhere.
+        let revision = all.revisions.iter().find(|r| r.digest == a.digest).cloned();
+        let change = match view.changes.get(&a.change_id) {
+            Some((c, d, _)) if d.as_str() == a.digest => {
+                Some(Arc::new((c.clone(), d.clone(), Vec::new())))
+            }
+            _ => revision
+                .as_ref()
+                .and_then(|r| self.revision_set(&a.change_id, r)),
+        };
+        let facts = all.for_revision(&a.digest);
+        let change_state = match change.as_deref() {
+            Some((change, _, _)) => {
+                let state = view::state_of(change, &facts, true);
+                if state == ChangeState::Completed && !facts.attempts.is_empty() {
+                    w.complete_revision(&a.change_id, &a.digest, now).await?;
+                }
+                if state == ChangeState::Completed
+                    && !facts.attempts.is_empty()
+                    && w.release_locks(&a.change_id).await? > 0
+                {
+                    w.audit(
+                        "changegate",
+                        "change.completed",
+                        Some(&a.change_id),
+                        json!({"locks": "released"}),
+                    )
+                    .await?;
+                    self.resolve_change_alerts(&mut w, &a.change_id, now)
+                        .await?;
+                }
+                state
+            }
+            None => ChangeState::Failed,
+        };
+        let recorded = w.attempt(attempt_id).await?.unwrap_or(a);
+        w.commit().await?;
+        Ok(AttemptAnswer {
+            recorded: a_was_running,
+            attempt: recorded,
+            change_state,
+        })
+    }
+
+    /// Interrupts attempts whose lease ran out, and alerts on each.
+    pub(super) async fn expire_in(&self, w: &mut WriteTx) -> Result<Vec<Attempt>, EngineError> {
+        let now = now_ms();
+        let expired = w.expire_leases(now).await?;
+        for a in &expired {
+            w.audit(
+                "changegate",
+                "step.interrupted",
+                Some(&a.change_id),
+                json!({"step": a.step_id, "attempt": a.id, "lease_expired_at": a.lease_expires_at}),
+            )
+            .await?;
+            self.alert_step_failed(w, a, None, "", now).await?;
+        }
+        Ok(expired)
+    }
+}
