@@ -196,6 +196,93 @@ fn openapi_describes_the_served_routes() {
 }
 
 #[test]
+fn every_error_answer_is_documented_json() {
+    on_each_backend(|_, server| {
+        let http = reqwest::blocking::Client::new();
+        let url = |p: &str| format!("{}{p}", server.url);
+        let approve = || {
+            http.post(url("/api/v1/changes/a/approvals"))
+                .bearer_auth("alice-token")
+        };
+        let answers = [
+            (
+                "not JSON",
+                approve()
+                    .header("content-type", "application/json")
+                    .body("{\"digest\":"),
+                400,
+                "malformed",
+            ),
+            (
+                "no content type",
+                approve().body("{}"),
+                415,
+                "unsupported-media-type",
+            ),
+            (
+                "JSON of the wrong shape",
+                approve().json(&json!({"digest": 5})),
+                422,
+                "invalid",
+            ),
+            (
+                "over the limit",
+                approve()
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"digest\":\"{}\"}}", "x".repeat(3 << 20))),
+                413,
+                "too-large",
+            ),
+            (
+                "an unknown route",
+                http.get(url("/api/v1/nope")),
+                404,
+                "not-found",
+            ),
+            (
+                "another method",
+                http.delete(url("/api/v1/changes"))
+                    .bearer_auth("alice-token"),
+                405,
+                "method-not-allowed",
+            ),
+        ];
+        for (what, request, status, error) in answers {
+            // A server that refuses a body before reading it all closes the
+            // connection, which can reset it under a client still writing:
+            // try again until the answer itself is read.
+            let response = (0..5)
+                .find_map(|_| request.try_clone().unwrap().send().ok())
+                .unwrap_or_else(|| panic!("{what}: no answer in 5 tries"));
+            assert_eq!(response.status().as_u16(), status, "{what}");
+            assert!(
+                response.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/json"),
+                "{what}"
+            );
+            let body: serde_json::Value = response.json().unwrap();
+            assert_eq!(body["error"], error, "{what}: {body}");
+            assert!(body["detail"].is_string(), "{what}: {body}");
+        }
+        // The OpenAPI lists them, each with its body.
+        let (_, doc) = server.get("/openapi.json", None);
+        let post = &doc["paths"]["/api/v1/changes/{id}/approvals"]["post"]["responses"];
+        for status in [
+            "400", "401", "403", "404", "409", "413", "415", "422", "500", "503",
+        ] {
+            let schema = &post[status]["content"]["application/json"]["schema"]["$ref"];
+            assert!(schema.is_string(), "{status} undocumented: {post}");
+        }
+        assert_eq!(
+            post["409"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/RefusalBody"
+        );
+    });
+}
+
+#[test]
 fn sigterm_shuts_down_gracefully() {
     on_each_backend(|_, mut server| {
         let status = server.terminate();

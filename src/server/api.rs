@@ -1,13 +1,13 @@
 //! JSON endpoints under `/api/v1`, plus health and readiness.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::Identity;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::metrics::{ClaimLabels, StepLabels};
 use super::AppState;
 use crate::config::Role;
@@ -52,7 +52,7 @@ pub async fn list_changes(
 pub async fn get_change(
     _who: Identity,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ChangeStatus>, ApiError> {
     known_id(&id)?;
     let status = state
@@ -98,8 +98,8 @@ pub struct ApprovalRecorded {
 pub async fn record_approval(
     who: Identity,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Json(req): Json<ApprovalRequest>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ApprovalRequest>,
 ) -> Result<(StatusCode, Json<ApprovalRecorded>), ApiError> {
     who.require(Role::Operator)?;
     known_id(&id)?;
@@ -157,8 +157,8 @@ pub struct ClaimRequest {
 pub async fn claim(
     who: Identity,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Json(req): Json<ClaimRequest>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Json<ClaimGrant>, ApiError> {
     who.require(Role::Executor)?;
     known_id(&id)?;
@@ -200,7 +200,7 @@ pub async fn claim(
 pub async fn heartbeat(
     who: Identity,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Attempt>, ApiError> {
     who.require(Role::Executor)?;
     known_attempt(&id)?;
@@ -215,8 +215,8 @@ pub async fn heartbeat(
 pub async fn report(
     who: Identity,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Json(req): Json<Report>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<Report>,
 ) -> Result<Json<AttemptAnswer>, ApiError> {
     who.require(Role::Executor)?;
     known_attempt(&id)?;
@@ -351,8 +351,8 @@ fn need_reason(reason: &str) -> Result<(), ApiError> {
 pub async fn proceed(
     who: Identity,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Json(req): Json<ProceedRequest>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ProceedRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
     known_id(&id)?;
@@ -374,8 +374,8 @@ pub async fn proceed(
 pub async fn retry(
     who: Identity,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Json(req): Json<ReasonRequest>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ReasonRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
     known_id(&id)?;
@@ -397,8 +397,8 @@ pub async fn retry(
 pub async fn abandon(
     who: Identity,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Json(req): Json<ReasonRequest>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ReasonRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
     known_id(&id)?;
@@ -453,7 +453,7 @@ pub struct ResetRequest {
 pub async fn reset_breaker(
     who: Identity,
     State(state): State<AppState>,
-    Json(req): Json<ResetRequest>,
+    ApiJson(req): ApiJson<ResetRequest>,
 ) -> Result<Json<BreakerView>, ApiError> {
     who.require(Role::Operator)?;
     need_reason(&req.reason)?;
@@ -522,7 +522,7 @@ pub struct ActionRequest {
 pub async fn actions(
     who: Identity,
     State(state): State<AppState>,
-    Json(req): Json<ActionRequest>,
+    ApiJson(req): ApiJson<ActionRequest>,
 ) -> Result<(StatusCode, Json<ActionAnswer>), ApiError> {
     who.require(Role::Monitor)?;
     action_name("actor", &req.actor)?;
@@ -553,7 +553,7 @@ pub struct AuditQuery {
 pub async fn audit(
     _who: Identity,
     State(state): State<AppState>,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
     Ok(Json(
         state

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(api::audit))
         .with_state(state.clone())
         .split_for_parts();
+    error::document_errors(&mut openapi);
     openapi
         .components
         .get_or_insert_with(Default::default)
@@ -92,6 +93,8 @@ pub fn router(state: AppState) -> axum::Router {
             "/webhooks/github",
             axum::routing::post(webhooks::github).with_state(state.clone()),
         )
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state, metrics::track))
 }
 
