@@ -436,6 +436,41 @@ fn an_uncommitted_file_in_the_checkout_does_not_exist_for_the_step() {
 }
 
 #[test]
+fn a_step_whose_files_cannot_be_written_fails_without_running() {
+    let (repo, server, _db) = approved(
+        "./step.sh",
+        &[("step.sh", "echo ran >> \"$RUNS\"")],
+        "sqlite",
+    );
+    // No private directory can be made: the files are written while the
+    // claim is decided, so the claimed attempt fails, saying why.
+    let runs = tempfile::NamedTempFile::new().unwrap();
+    let out = exec_command(&repo, &server, "c", runs.path())
+        .env("TMPDIR", "/nonexistent/changegate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot create a private directory")
+            && text(&out).contains("the step did not run"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(runs_log(&runs), "", "nothing ran");
+    let change = client(&server, "alice").change("c").unwrap();
+    assert_eq!(change["state"], "failed", "{change}");
+    let attempt = &change["steps"][0]["attempts"][0];
+    assert_eq!(attempt["exit_code"], 126, "{attempt}");
+    assert!(
+        attempt["output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("the step did not run"),
+        "{attempt}"
+    );
+}
+
+#[test]
 fn the_private_directory_is_removed_when_exec_is_terminated() {
     let (repo, server, _db) = approved(
         "./step.sh",

@@ -302,16 +302,18 @@ pub(super) fn exec_with(
     println!("changegate exec {id} at {digest}");
     let mut ran = 0;
     loop {
-        // Materialised before the claim, so a claim is never left without
-        // a step to run; removed when it goes out of scope.
-        let world = match checkout.materialize() {
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
-        };
-        let grant = match client.claim(id, digest.as_str(), label) {
+        // The covered files are written while the claim is decided, which
+        // hides the cheaper of the two; the directory is removed when it
+        // goes out of scope, whatever the answer.
+        let (world, claimed) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| checkout.materialize());
+            let claimed = client.claim(id, digest.as_str(), label);
+            let world = writer
+                .join()
+                .unwrap_or_else(|_| Err("a writer thread panicked".into()));
+            (world, claimed)
+        });
+        let grant = match claimed {
             Ok(g) => g,
             Err(ClientError::Refused {
                 status: 409,
@@ -344,6 +346,25 @@ pub(super) fn exec_with(
             "▶ step {}/{} {} (attempt {})",
             grant.step_number, grant.steps_total, grant.step, grant.attempt
         );
+        let world = match world {
+            Ok(w) => w,
+            Err(e) => {
+                // Claimed, but nothing can run: the attempt fails, saying
+                // so, rather than holding the change until its lease ends.
+                // 126, as a shell says of a command it cannot execute.
+                let report = Report {
+                    outcome: Outcome::Failed,
+                    exit_code: Some(126),
+                    duration_ms: 0,
+                    output_tail: format!("changegate: {e}; the step did not run\n"),
+                };
+                eprintln!("error: {e}; the step did not run");
+                if let Err(e) = report_with_retries(client, &grant.attempt, &report) {
+                    eprintln!("error: the report was not recorded: {e}");
+                }
+                return exit::INVALID;
+            }
+        };
         // The heartbeat thread renews the lease every third of it, and ends
         // as soon as the step does (the sender is dropped).
         let (done, finished) = mpsc::channel::<()>();
