@@ -8,6 +8,14 @@ pub fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// How long to wait after `failures` failures: `base_ms`, doubled for each
+/// earlier failure, capped at `cap_ms`. Every retry loop uses this one.
+pub fn backoff_ms(base_ms: i64, failures: i64, cap_ms: i64) -> i64 {
+    base_ms
+        .saturating_mul(1i64 << failures.clamp(0, 30))
+        .min(cap_ms)
+}
+
 /// `2026-11-26T17:00:00.123Z` for unix milliseconds.
 pub fn format_ms(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
@@ -30,6 +38,15 @@ pub fn weekday_minute(ms: i64) -> (u8, u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff_ms(1000, 0, 300_000), 1000);
+        assert_eq!(backoff_ms(1000, 3, 300_000), 8000);
+        assert_eq!(backoff_ms(1000, 30, 300_000), 300_000);
+        assert_eq!(backoff_ms(500, 99, 32_000), 32_000);
+        assert_eq!(backoff_ms(1000, -1, 300_000), 1000);
+    }
 
     #[test]
     fn formats_and_splits_utc() {

@@ -14,6 +14,7 @@
 //! - [`github`]: webhook deliveries applied, the bare mirror, commit
 //!   statuses, team lookups and reconciliation (octocrab).
 //! - [`alerts`]: the durable outbox to Alertmanager and webhook sinks.
+//! - [`metrics`]: the one Prometheus registry every part records into.
 //! - [`server`]: HTTP only (axum): API, webhooks, pages, metrics.
 //! - [`client`]: the HTTP client the CLI and executor use.
 //! - [`executor`]: runs one claimed step's commands with a lease.
@@ -33,6 +34,7 @@ pub mod fuzzing;
 pub mod gate;
 pub mod git;
 pub mod github;
+pub mod metrics;
 pub mod model;
 pub mod redact;
 pub mod server;

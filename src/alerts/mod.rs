@@ -9,20 +9,15 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::clock::{format_ms, now_ms};
+use crate::clock::{backoff_ms, format_ms, now_ms};
 use crate::config::{Config, SinkConfig, SinkKind};
-use crate::server::metrics::{DeliveryLabels, Metrics};
+use crate::metrics::{DeliveryLabels, Metrics};
 use crate::store::{Alert, Delivery, Store};
 
 /// The longest wait between delivery attempts.
 pub const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 /// How long a resolve keeps being re-sent to Alertmanager.
 pub const RESOLVE_RESEND_MS: i64 = 5 * 60 * 1000;
-
-/// The wait after `attempts` failures: 1 s, 2 s, 4 s … capped at 5 minutes.
-pub fn backoff_ms(attempts: i64) -> i64 {
-    (1000i64 << attempts.clamp(0, 20)).min(MAX_BACKOFF_MS)
-}
 
 /// `sha256=<hex hmac>` of `body` under `secret`, as `X-Changegate-Signature-256` carries it.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
@@ -88,7 +83,7 @@ pub fn next_after(
     if !succeeded {
         return Next {
             state: "failing",
-            at: now + backoff_ms(d.attempts),
+            at: now + backoff_ms(1000, d.attempts, MAX_BACKOFF_MS),
         };
     }
     let resend = sink.resend.as_secs() as i64 * 1000;
@@ -250,13 +245,6 @@ pub async fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps_at_five_minutes() {
-        assert_eq!(backoff_ms(0), 1000);
-        assert_eq!(backoff_ms(3), 8000);
-        assert_eq!(backoff_ms(30), MAX_BACKOFF_MS);
-    }
 
     #[test]
     fn signature_is_hmac_sha256_hex() {

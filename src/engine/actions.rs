@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{Engine, EngineError};
 use crate::clock::{format_ms, now_ms};
-use crate::store::Alert;
+use crate::store::{Alert, AlertLabels, Severity};
 
 /// The answer to a fleet action request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -48,22 +48,21 @@ impl Engine {
                 detail: format!("`{action}` has been refused since {}: its budget was spent; an operator must run `changegate breaker reset --action {action} --reason …`", format_ms(opened)),
             }
         } else if let Some(lock) = w.locks().await?.into_iter().find(|l| l.target == target) {
-            let alert = Alert {
-                id: format!("action-locked:{action}:{target}:{}", lock.change_id),
-                kind: "action-refused".into(),
-                change_id: Some(lock.change_id.clone()),
-                step_id: None,
-                state: "firing".into(),
-                labels: json!({"alertname": "ChangegateActionRefused", "change": lock.change_id, "step": "", "targets": target, "severity": "warning"}),
-                annotations: json!({
-                    "summary": format!("{actor} asked to {action} {target}, which change {} owns", lock.change_id),
-                    "description": "A running or failed change holds this target; automation must not act on it until a person completes or abandons the change.",
-                    "output_tail": "",
-                }),
-                sinks: self.sinks_for(Some(&lock.change_id)),
-                raised_at: now,
-                resolved_at: None,
-            };
+            let alert = Alert::firing(
+                format!("action-locked:{action}:{target}:{}", lock.change_id),
+                "action-refused",
+                AlertLabels {
+                    alertname: "ChangegateActionRefused",
+                    severity: Severity::Warning,
+                    change: Some(&lock.change_id),
+                    step: None,
+                    targets: target,
+                },
+                format!("{actor} asked to {action} {target}, which change {} owns", lock.change_id),
+                "A running or failed change holds this target; automation must not act on it until a person completes or abandons the change.",
+                self.sinks_for(Some(&lock.change_id)),
+                now,
+            );
             w.raise_alert(&alert, now).await?;
             ActionAnswer {
                 decision: ActionDecision::Locked,
@@ -101,22 +100,21 @@ impl Engine {
                         );
                         w.set_action_breaker(action, true, monitor, &reason, now)
                             .await?;
-                        let alert = Alert {
-                            id: format!("action-budget:{action}:{now}"),
-                            kind: "action-refused".into(),
-                            change_id: None,
-                            step_id: None,
-                            state: "firing".into(),
-                            labels: json!({"alertname": "ChangegateActionBudgetSpent", "change": "", "step": "", "targets": target, "severity": "critical"}),
-                            annotations: json!({
-                                "summary": format!("fleet automation tried more than {} `{action}` per {}", b.max, b.per),
-                                "description": format!("`{action}` is refused until a person runs `changegate breaker reset --action {action} --reason …`."),
-                                "output_tail": "",
-                            }),
-                            sinks: self.sinks_for(None),
-                            raised_at: now,
-                            resolved_at: None,
-                        };
+                        let alert = Alert::firing(
+                            format!("action-budget:{action}:{now}"),
+                            "action-refused",
+                            AlertLabels {
+                                alertname: "ChangegateActionBudgetSpent",
+                                severity: Severity::Critical,
+                                change: None,
+                                step: None,
+                                targets: target,
+                            },
+                            format!("fleet automation tried more than {} `{action}` per {}", b.max, b.per),
+                            format!("`{action}` is refused until a person runs `changegate breaker reset --action {action} --reason …`."),
+                            self.sinks_for(None),
+                            now,
+                        );
                         w.raise_alert(&alert, now).await?;
                         ActionAnswer {
                             decision: ActionDecision::BudgetSpent,

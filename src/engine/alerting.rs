@@ -6,7 +6,7 @@ use super::{Engine, EngineError};
 use crate::clock::format_ms;
 use crate::gate::{breaker_state, Breaker};
 use crate::model::PoliciesInForce;
-use crate::store::{Alert, Attempt, WriteTx};
+use crate::store::{Alert, AlertLabels, Attempt, Severity, WriteTx};
 
 impl Engine {
     /// The sinks an alert about `change` goes to: the `alerts:` of its
@@ -57,23 +57,32 @@ impl Engine {
             Some(code) => format!("exited {code}"),
             None => "was interrupted: its lease expired, the outcome is unknown".to_string(),
         };
-        let alert = Alert {
-            id: format!("step-failed:{}", a.id),
-            kind: "step-failed".into(),
-            change_id: Some(a.change_id.clone()),
-            step_id: Some(a.step_id.clone()),
-            state: "firing".into(),
-            labels: json!({"alertname": "ChangegateStepFailed", "change": a.change_id, "step": a.step_id, "targets": targets, "severity": "critical"}),
-            annotations: json!({
-                "summary": format!("{} step {} {how}", a.change_id, a.step_id),
-                "description": format!("Change {} is failed: further steps and its dependents are refused and {targets} stay locked until an operator retries or abandons it.", a.change_id),
-                "output_tail": crate::wire::tail(output_tail).chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect::<String>(),
-                "status_page": format!("{}/changes/{}", self.config.server.public_url.trim_end_matches('/'), a.change_id),
-            }),
-            sinks: self.sinks_for(Some(&a.change_id)),
-            raised_at: now,
-            resolved_at: None,
+        let labels = AlertLabels {
+            alertname: "ChangegateStepFailed",
+            severity: Severity::Critical,
+            change: Some(&a.change_id),
+            step: Some(&a.step_id),
+            targets: &targets,
         };
+        let last_lines: String = {
+            let tail = crate::wire::tail(output_tail);
+            let skip = tail.chars().count().saturating_sub(4000);
+            tail.chars().skip(skip).collect()
+        };
+        let alert = Alert::firing(
+            format!("step-failed:{}", a.id),
+            "step-failed",
+            labels,
+            format!("{} step {} {how}", a.change_id, a.step_id),
+            format!("Change {} is failed: further steps and its dependents are refused and {targets} stay locked until an operator retries or abandons it.", a.change_id),
+            self.sinks_for(Some(&a.change_id)),
+            now,
+        )
+        .annotated("output_tail", last_lines)
+        .annotated(
+            "status_page",
+            format!("{}/changes/{}", self.config.server.public_url.trim_end_matches('/'), a.change_id),
+        );
         if w.raise_alert(&alert, now).await? {
             w.audit(
                 "changegate",
@@ -96,22 +105,21 @@ impl Engine {
         if let Breaker::Open { since, failures } =
             breaker_state(&failures, reset.map(|r| r.at), self.breaker_config())
         {
-            let alert = Alert {
-                id: format!("breaker-open:{since}"),
-                kind: "breaker-open".into(),
-                change_id: None,
-                step_id: None,
-                state: "firing".into(),
-                labels: json!({"alertname": "ChangegateBreakerOpen", "change": "", "step": "", "targets": "", "severity": "critical"}),
-                annotations: json!({
-                    "summary": format!("the step breaker opened at {} after {failures} failures", format_ms(since)),
-                    "description": "Every claim is refused until an operator runs `changegate breaker reset --reason …`.",
-                    "output_tail": "",
-                }),
-                sinks: self.sinks_for(None),
-                raised_at: now,
-                resolved_at: None,
-            };
+            let alert = Alert::firing(
+                format!("breaker-open:{since}"),
+                "breaker-open",
+                AlertLabels {
+                    alertname: "ChangegateBreakerOpen",
+                    severity: Severity::Critical,
+                    change: None,
+                    step: None,
+                    targets: "",
+                },
+                format!("the step breaker opened at {} after {failures} failures", format_ms(since)),
+                "Every claim is refused until an operator runs `changegate breaker reset --reason …`.",
+                self.sinks_for(None),
+                now,
+            );
             if w.raise_alert(&alert, now).await? {
                 w.audit(
                     "changegate",
@@ -149,22 +157,21 @@ impl Engine {
             }
         } else if firing.is_empty() {
             let errors: Vec<String> = view.policy_errors.iter().map(|d| d.to_string()).collect();
-            let alert = Alert {
-                id: format!("{PREFIX}{}", view.commit),
-                kind: "policies-invalid".into(),
-                change_id: None,
-                step_id: None,
-                state: "firing".into(),
-                labels: json!({"alertname": "ChangegatePoliciesInvalid", "change": "", "step": "", "targets": "", "severity": "critical"}),
-                annotations: json!({
-                    "summary": format!("{} error(s) in policies/ on the default branch: every claim is refused until they are fixed", errors.len()),
-                    "description": errors.join("\n"),
-                    "output_tail": "",
-                }),
-                sinks: self.sinks_for(None),
-                raised_at: now,
-                resolved_at: None,
-            };
+            let alert = Alert::firing(
+                format!("{PREFIX}{}", view.commit),
+                "policies-invalid",
+                AlertLabels {
+                    alertname: "ChangegatePoliciesInvalid",
+                    severity: Severity::Critical,
+                    change: None,
+                    step: None,
+                    targets: "",
+                },
+                format!("{} error(s) in policies/ on the default branch: every claim is refused until they are fixed", errors.len()),
+                errors.join("\n"),
+                self.sinks_for(None),
+                now,
+            );
             if w.raise_alert(&alert, now).await? {
                 w.audit(
                     "changegate",

@@ -17,7 +17,7 @@ use crate::gate::{approval_status, ApprovalStatus, People};
 use crate::git::{blob_id, ChangeRepo};
 use crate::model::ABSENT;
 use crate::model::{load_policies, Policy, SourceFile};
-use crate::store::{Alert, ApprovedPolicy};
+use crate::store::{Alert, AlertLabels, ApprovedPolicy, Severity};
 
 /// Alerts about an unapproved policy revision: `policy-unapproved:PATH@BLOB`.
 const ALERT_PREFIX: &str = "policy-unapproved:";
@@ -176,22 +176,22 @@ impl Engine {
         } else {
             "it governs nothing until approved"
         };
-        Alert {
-            id: format!("{ALERT_PREFIX}{}@{}", u.path, u.on_main),
-            kind: "policy-unapproved".into(),
-            change_id: None,
-            step_id: None,
-            state: "firing".into(),
-            labels: json!({"alertname": "ChangegatePolicyUnapproved", "change": "", "step": "", "targets": "", "severity": "warning", "policy": u.path}),
-            annotations: json!({
-                "summary": format!("{} on the default branch was not approved ({}): {kept}", u.path, u.approvals),
-                "description": "A policy edit needs approval from the eligible approvers of the policy in force, with `required` the larger of old and new. Approve the pull request that made it, or revert it.",
-                "output_tail": "",
-            }),
-            sinks: self.sinks_for(None),
-            raised_at: now,
-            resolved_at: None,
-        }
+        Alert::firing(
+            format!("{ALERT_PREFIX}{}@{}", u.path, u.on_main),
+            "policy-unapproved",
+            AlertLabels {
+                alertname: "ChangegatePolicyUnapproved",
+                severity: Severity::Warning,
+                change: None,
+                step: None,
+                targets: "",
+            },
+            format!("{} on the default branch was not approved ({}): {kept}", u.path, u.approvals),
+            "A policy edit needs approval from the eligible approvers of the policy in force, with `required` the larger of old and new. Approve the pull request that made it, or revert it.",
+            self.sinks_for(None),
+            now,
+        )
+        .labelled("policy", &u.path)
     }
 
     /// The approval of the revision `digest` (a blob id, or `absent`) of

@@ -108,8 +108,9 @@ fn next_step(status: u16, headers: &http::HeaderMap, attempt: u32, now_unix: u64
     }
 }
 
+/// 0.5 s, 1 s, 2 s … capped at 32 s.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(500 * 2u64.saturating_pow(attempt.min(6)))
+    Duration::from_millis(crate::clock::backoff_ms(500, i64::from(attempt), 32_000) as u64)
 }
 
 fn unix_now() -> u64 {

@@ -38,7 +38,7 @@ impl Github {
                     Err(e) => {
                         let attempts = item.attempts + 1;
                         let give_up = attempts >= MAX_DELIVERY_ATTEMPTS;
-                        let wait = (1000_i64 << attempts.min(9)).min(300_000);
+                        let wait = crate::clock::backoff_ms(1000, attempts, 300_000);
                         tracing::warn!(delivery = %item.delivery_id, attempts, give_up, error = %e, "delivery not applied");
                         self.engine
                             .store()

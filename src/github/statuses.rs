@@ -5,7 +5,7 @@
 //! poster sends only what GitHub has not been told, with backoff.
 
 use super::{Github, StatusUpdate, SyncError};
-use crate::clock::now_ms;
+use crate::clock::{backoff_ms, now_ms};
 use crate::engine::view::{ChangeStatus, UnapprovedPolicy};
 use crate::gate::approval::NotCounted;
 use crate::gate::{ApprovalStatus, ChangeState, StepState};
@@ -293,7 +293,7 @@ impl Github {
                     posted += 1;
                 }
                 Err(e) => {
-                    let wait = (1000_i64 << s.attempts.min(8)).min(300_000);
+                    let wait = backoff_ms(1000, s.attempts, 300_000);
                     tracing::warn!(sha = %s.sha, context = %s.context, error = %e, "commit status not posted; will retry");
                     store
                         .status_failed(&s, &e.to_string(), now_ms() + wait)

@@ -8,11 +8,11 @@ use utoipa::ToSchema;
 
 use super::auth::Identity;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use super::metrics::{ClaimLabels, StepLabels};
 use super::AppState;
 use crate::config::Role;
 use crate::engine::ChangeStatus;
 use crate::engine::{ActionAnswer, ActionDecision};
+use crate::metrics::{ClaimLabels, StepLabels};
 use crate::store::{Alert, Attempt, AuditEvent, BreakerReset, Delivery, RecordOutcome};
 use crate::wire::{AttemptAnswer, ClaimGrant, Report};
 

@@ -32,7 +32,7 @@ pub struct AppState {
     /// The gate service.
     pub engine: Arc<Engine>,
     /// Counters and histograms for `/metrics`.
-    pub metrics: Arc<metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Wakes the GitHub worker when a delivery is stored.
     pub inbox_wake: Arc<tokio::sync::Notify>,
     /// The inbox's group-commit writer.
@@ -160,7 +160,7 @@ pub async fn run(
     let github_worker = github
         .filter(|g| g.is_worker())
         .map(|g| tokio::spawn(github_worker(g, inbox_wake.clone())));
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let delivery = tokio::spawn(crate::alerts::worker(
         store.clone(),
         config.clone(),

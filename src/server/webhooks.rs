@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use hmac::{Hmac, Mac};
-use prometheus_client::encoding::EncodeLabelSet;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -14,17 +13,6 @@ use super::AppState;
 
 /// GitHub's own limit on a delivery's size.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
-
-/// Labels of a webhook delivery.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookLabels {
-    /// `accepted`, `duplicate`, `ignored` or `rejected`.
-    pub outcome: &'static str,
-    /// Why, from a fixed set: `bad-signature`, `missing-headers`,
-    /// `too-large`, `busy`, `too-slow`, `broken-body`, `foreign-repository`,
-    /// `foreign-installation`; empty otherwise.
-    pub reason: &'static str,
-}
 
 /// Does `signature` (`sha256=<hex>`) match the HMAC-SHA256 of `body`?
 /// The comparison is constant-time (`Mac::verify_slice`).
@@ -167,7 +155,7 @@ pub async fn github(
         state
             .metrics
             .webhooks
-            .get_or_create(&WebhookLabels { outcome, reason })
+            .get_or_create(&crate::metrics::WebhookLabels { outcome, reason })
             .inc()
     };
     let Some(github) = &state.config.github else {

@@ -12,7 +12,8 @@ use super::{Backend, Store, StoreError, WriteTx};
 pub struct Alert {
     /// Stable id; also the PagerDuty dedup key.
     pub id: String,
-    /// `step-failed`, `breaker-open` or `action-refused`.
+    /// `step-failed`, `breaker-open`, `action-refused`, `policies-invalid`
+    /// or `policy-unapproved`.
     pub kind: String,
     /// The change, if any.
     pub change_id: Option<String>,
@@ -32,6 +33,90 @@ pub struct Alert {
     pub raised_at: i64,
     /// Unix ms.
     pub resolved_at: Option<i64>,
+}
+
+/// How urgent an alert is, as Alertmanager's `severity` label says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// A person must act: a failed step, an open breaker, broken policies.
+    Critical,
+    /// Worth a look: a refused fleet action, a policy edit not in force.
+    Warning,
+}
+
+impl Severity {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// The labels every sink reads.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertLabels<'a> {
+    /// Alertmanager's `alertname`, e.g. `ChangegateStepFailed`.
+    pub alertname: &'static str,
+    /// How urgent.
+    pub severity: Severity,
+    /// The change, if the alert is about one.
+    pub change: Option<&'a str>,
+    /// The step, if the alert is about one.
+    pub step: Option<&'a str>,
+    /// Targets, comma-separated, or empty.
+    pub targets: &'a str,
+}
+
+impl Alert {
+    /// A firing alert `id` of `kind` raised at `now`, going to `sinks`,
+    /// with the labels every sink reads and the annotations `summary`,
+    /// `description` and an empty `output_tail`.
+    pub fn firing(
+        id: impl Into<String>,
+        kind: &str,
+        labels: AlertLabels<'_>,
+        summary: impl Into<String>,
+        description: impl Into<String>,
+        sinks: Vec<String>,
+        now: i64,
+    ) -> Alert {
+        Alert {
+            id: id.into(),
+            kind: kind.to_string(),
+            change_id: labels.change.map(str::to_string),
+            step_id: labels.step.map(str::to_string),
+            state: "firing".into(),
+            labels: serde_json::json!({
+                "alertname": labels.alertname,
+                "change": labels.change.unwrap_or(""),
+                "step": labels.step.unwrap_or(""),
+                "targets": labels.targets,
+                "severity": labels.severity.as_str(),
+            }),
+            annotations: serde_json::json!({
+                "summary": summary.into(),
+                "description": description.into(),
+                "output_tail": "",
+            }),
+            sinks,
+            raised_at: now,
+            resolved_at: None,
+        }
+    }
+
+    /// Sets annotation `key` (e.g. `output_tail`, `status_page`).
+    pub fn annotated(mut self, key: &str, value: impl Into<String>) -> Alert {
+        self.annotations[key] = Value::String(value.into());
+        self
+    }
+
+    /// Sets an extra label `key` (e.g. `policy`).
+    pub fn labelled(mut self, key: &str, value: impl Into<String>) -> Alert {
+        self.labels[key] = Value::String(value.into());
+        self
+    }
 }
 
 /// One delivery of one alert event to one sink.

@@ -21,7 +21,7 @@ mod gate;
 mod github;
 mod policies;
 
-pub use alerts::{Alert, Delivery};
+pub use alerts::{Alert, AlertLabels, Delivery, Severity};
 pub use gate::*;
 pub use github::*;
 pub use policies::ApprovedPolicy;

@@ -1,0 +1,195 @@
+//! Every metric changegate keeps (Prometheus, `prometheus-client`): the
+//! HTTP layer, the alert worker and the webhook handler record into one
+//! registry, which `/metrics` encodes.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a webhook delivery.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `accepted`, `duplicate`, `ignored` or `rejected`.
+    pub outcome: &'static str,
+    /// Why, from a fixed set: `bad-signature`, `missing-headers`,
+    /// `too-large`, `busy`, `too-slow`, `broken-body`, `foreign-repository`,
+    /// `foreign-installation`; empty otherwise.
+    pub reason: &'static str,
+}
+
+/// Labels of a claim decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// `granted` or `refused`.
+    pub outcome: String,
+    /// The refusal reason, or empty.
+    pub reason: String,
+}
+
+/// Labels of a step outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// `succeeded` or `failed`.
+    pub outcome: String,
+}
+
+/// Labels of an alert delivery.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The sink's name.
+    pub sink: String,
+    /// `delivered` or `failed`.
+    pub outcome: String,
+}
+
+/// Labels of an HTTP request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The method.
+    pub method: String,
+    /// The route template, e.g. `/api/v1/changes/{id}`.
+    pub route: String,
+    /// The status code.
+    pub status: String,
+}
+
+/// Every metric the server keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Claims by outcome and reason.
+    pub claims: Family<ClaimLabels, Counter>,
+    /// Reported step outcomes.
+    pub steps: Family<StepLabels, Counter>,
+    /// Reported step durations, seconds.
+    pub step_seconds: Histogram,
+    /// Alert deliveries by sink and outcome.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// HTTP request durations, seconds.
+    pub http_seconds: Family<HttpLabels, Histogram>,
+    /// GitHub webhook deliveries by outcome.
+    pub webhooks: Family<WebhookLabels, Counter>,
+    breaker_open: Gauge,
+    alerts_firing: Gauge,
+    outbox_pending: Gauge,
+    fleet_action_refusals: Gauge,
+    inbox_pending: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("changegate");
+        let claims = Family::<ClaimLabels, Counter>::default();
+        let steps = Family::<StepLabels, Counter>::default();
+        let step_seconds = Histogram::new(exponential_buckets(0.1, 2.0, 16));
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        let http_seconds = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        let (breaker_open, alerts_firing, outbox_pending, fleet_action_refusals, inbox_pending) = (
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+        );
+        registry.register(
+            "claims",
+            "Claims by outcome and refusal reason",
+            claims.clone(),
+        );
+        registry.register("steps", "Reported step outcomes", steps.clone());
+        registry.register(
+            "step_duration_seconds",
+            "Reported step durations",
+            step_seconds.clone(),
+        );
+        registry.register(
+            "alert_deliveries",
+            "Alert deliveries by sink and outcome",
+            deliveries.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request durations",
+            http_seconds.clone(),
+        );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "GitHub webhook deliveries: accepted, duplicate or rejected",
+            webhooks.clone(),
+        );
+        registry.register(
+            "breaker_open",
+            "1 while the step breaker is open",
+            breaker_open.clone(),
+        );
+        registry.register("alerts_firing", "Alerts firing now", alerts_firing.clone());
+        registry.register(
+            "outbox_pending",
+            "Alert deliveries not yet done (outbox depth)",
+            outbox_pending.clone(),
+        );
+        registry.register(
+            "fleet_action_refusals_sticky",
+            "Fleet action kinds refused until an operator resets them",
+            fleet_action_refusals.clone(),
+        );
+        registry.register(
+            "inbox_pending",
+            "Webhook deliveries stored but not yet applied (inbox depth)",
+            inbox_pending.clone(),
+        );
+        Metrics {
+            registry,
+            claims,
+            steps,
+            step_seconds,
+            deliveries,
+            http_seconds,
+            webhooks,
+            breaker_open,
+            alerts_firing,
+            outbox_pending,
+            fleet_action_refusals,
+            inbox_pending,
+        }
+    }
+}
+
+/// What the store and the breaker say now, for the gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// 1 while the step breaker is open.
+    pub breaker_open: bool,
+    /// Alerts firing.
+    pub alerts_firing: i64,
+    /// Alert deliveries not yet done.
+    pub outbox_pending: i64,
+    /// Fleet action kinds refused until an operator resets them.
+    pub fleet_action_refusals: i64,
+    /// Webhook deliveries stored but not yet applied.
+    pub inbox_pending: i64,
+}
+
+impl Metrics {
+    /// Sets the gauges read at scrape time.
+    pub fn set_gauges(&self, g: Gauges) {
+        self.breaker_open.set(i64::from(g.breaker_open));
+        self.alerts_firing.set(g.alerts_firing);
+        self.outbox_pending.set(g.outbox_pending);
+        self.fleet_action_refusals.set(g.fleet_action_refusals);
+        self.inbox_pending.set(g.inbox_pending);
+    }
+
+    /// Every metric in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
