@@ -3,13 +3,17 @@
 //! minutes. Alertmanager keeps no state across restarts, so a firing alert
 //! is re-sent every `resend`, and a resolve is re-sent for 5 minutes.
 
+mod alertmanager;
+mod pagerduty;
+mod webhook;
+
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
-use sha2::Sha256;
+pub use alertmanager::{alertmanager_body, Alertmanager};
+pub use pagerduty::{pagerduty_body, Pagerduty};
+pub use webhook::{signature, webhook_body, Webhook};
 
-use crate::clock::{backoff_ms, format_ms, now_ms};
+use crate::clock::{backoff_ms, now_ms};
 use crate::config::{Config, SinkConfig, SinkKind};
 use crate::metrics::{DeliveryLabels, Metrics};
 use crate::store::{Alert, Delivery, Store};
@@ -18,49 +22,6 @@ use crate::store::{Alert, Delivery, Store};
 pub const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 /// How long a resolve keeps being re-sent to Alertmanager.
 pub const RESOLVE_RESEND_MS: i64 = 5 * 60 * 1000;
-
-/// `sha256=<hex hmac>` of `body` under `secret`, as `X-Changegate-Signature-256` carries it.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// The Alertmanager API v2 body for `alert`, ending at `ends_at`.
-pub fn alertmanager_body(alert: &Alert, ends_at: i64, generator_url: &str) -> Value {
-    json!([{
-        "labels": alert.labels,
-        "annotations": alert.annotations,
-        "startsAt": format_ms(alert.raised_at),
-        "endsAt": format_ms(ends_at),
-        "generatorURL": generator_url,
-    }])
-}
-
-/// The webhook body: the event and the whole alert.
-pub fn webhook_body(alert: &Alert, event: &str) -> Value {
-    json!({"id": alert.id, "event": event, "alert": alert})
-}
-
-/// The PagerDuty Events API v2 body; the dedup key is the alert id.
-pub fn pagerduty_body(alert: &Alert, event: &str, routing_key: &str) -> Value {
-    let action = if event == "resolved" {
-        "resolve"
-    } else {
-        "trigger"
-    };
-    json!({
-        "routing_key": routing_key,
-        "event_action": action,
-        "dedup_key": alert.id,
-        "payload": {
-            "summary": alert.annotations["summary"],
-            "source": "changegate",
-            "severity": alert.labels["severity"],
-            "custom_details": alert.annotations,
-        },
-    })
-}
 
 /// What to do with a delivery after one try.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,23 +48,51 @@ pub fn next_after(
         };
     }
     let resend = sink.resend.as_secs() as i64 * 1000;
-    match (sink.kind, d.event.as_str()) {
-        (SinkKind::Alertmanager, "firing") if alert.state == "firing" => Next {
+    let forgets = sink_for(sink).forgets();
+    match (forgets, d.event.as_str()) {
+        (true, "firing") if alert.state == "firing" => Next {
             state: "delivered",
             at: now + resend,
         },
-        (SinkKind::Alertmanager, "resolved")
-            if now < alert.resolved_at.unwrap_or(now) + RESOLVE_RESEND_MS =>
-        {
-            Next {
-                state: "delivered",
-                at: (now + resend).min(alert.resolved_at.unwrap_or(now) + RESOLVE_RESEND_MS),
-            }
-        }
+        (true, "resolved") if now < alert.resolved_at.unwrap_or(now) + RESOLVE_RESEND_MS => Next {
+            state: "delivered",
+            at: (now + resend).min(alert.resolved_at.unwrap_or(now) + RESOLVE_RESEND_MS),
+        },
         _ => Next {
             state: "done",
             at: now,
         },
+    }
+}
+
+/// A place alerts go. Adding one is a file in `alerts/` implementing this,
+/// a [`SinkKind`] variant, and its line in [`sink_for`].
+pub trait AlertSink {
+    /// The request that delivers `d.event` (`firing` or `resolved`) of
+    /// `alert`; `link` is the alert's page.
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        d: &Delivery,
+        alert: &Alert,
+        now: i64,
+        link: &str,
+    ) -> Result<reqwest::RequestBuilder, String>;
+
+    /// Whether the receiver forgets alerts (Alertmanager), so a firing
+    /// alert is re-sent every `resend` and a resolve for 5 minutes; other
+    /// sinks get each event once.
+    fn forgets(&self) -> bool {
+        false
+    }
+}
+
+/// The sink behind `[[alerts.sinks]]` entry `config`.
+pub fn sink_for(config: &SinkConfig) -> Box<dyn AlertSink + '_> {
+    match config.kind {
+        SinkKind::Alertmanager => Box::new(Alertmanager(config)),
+        SinkKind::Webhook => Box::new(Webhook(config)),
+        SinkKind::Pagerduty => Box::new(Pagerduty(config)),
     }
 }
 
@@ -120,35 +109,7 @@ async fn send(
         config.server.public_url.trim_end_matches('/'),
         alert.change_id.as_deref().unwrap_or("")
     );
-    let request = match sink.kind {
-        SinkKind::Alertmanager => {
-            let ends_at = match d.event.as_str() {
-                "resolved" => alert.resolved_at.unwrap_or(now),
-                _ => now + 3 * sink.resend.as_secs() as i64 * 1000,
-            };
-            http.post(format!("{}/api/v2/alerts", sink.url.trim_end_matches('/')))
-                .json(&alertmanager_body(alert, ends_at, &link))
-        }
-        SinkKind::Webhook => {
-            let var = sink.secret_env.as_deref().unwrap_or_default();
-            let secret = std::env::var(var).map_err(|_| format!("{var} is not set"))?;
-            let body =
-                serde_json::to_vec(&webhook_body(alert, &d.event)).map_err(|e| e.to_string())?;
-            http.post(&sink.url)
-                .header("content-type", "application/json")
-                .header(
-                    "x-changegate-signature-256",
-                    signature(secret.as_bytes(), &body),
-                )
-                .body(body)
-        }
-        SinkKind::Pagerduty => {
-            let var = sink.routing_key_env.as_deref().unwrap_or_default();
-            let key = std::env::var(var).map_err(|_| format!("{var} is not set"))?;
-            http.post(&sink.url)
-                .json(&pagerduty_body(alert, &d.event, &key))
-        }
-    };
+    let request = sink_for(sink).request(http, d, alert, now, &link)?;
     let resp = request.send().await.map_err(|e| e.to_string())?;
     if resp.status().is_success() {
         Ok(())
@@ -183,7 +144,7 @@ pub async fn deliver_due(
         // A firing re-send after the alert resolved would re-open it in Alertmanager.
         if d.event == "firing"
             && alert.state == "resolved"
-            && (sink.kind == SinkKind::Alertmanager || d.delivered_at.is_some())
+            && (sink_for(sink).forgets() || d.delivered_at.is_some())
         {
             store.finish_delivery(d.id, "done", now, None, None).await?;
             continue;
@@ -239,19 +200,5 @@ pub async fn worker(
         if let Err(e) = deliver_due(&store, &config, &http, &metrics).await {
             tracing::warn!(error = %e, "alert delivery pass failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_is_hmac_sha256_hex() {
-        // GitHub's published vector for the same construction.
-        assert_eq!(
-            signature(b"It's a Secret to Everybody", b"Hello, World!"),
-            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-        );
     }
 }
