@@ -23,8 +23,10 @@ use crate::gate::{breaker_state, Breaker, BreakerConfig, ChangeState, Refusal, S
 use crate::git::{ChangeRepo, GitError};
 use crate::model::{covered_paths, Digest, PoliciesInForce};
 use crate::redact::redact;
+use crate::store::alerts::AlertGauges;
 use crate::store::{
-    Attempt, ChangeFacts, GoAheadRecord, Store, StoreError, SyncReport, WorldFacts, WriteTx,
+    Alert, Attempt, AuditEvent, ChangeFacts, Delivery, GoAheadRecord, RecordOutcome, Store,
+    StoreError, SyncReport, WorldFacts, WriteTx,
 };
 pub use directory::DirectoryCache;
 pub use read::{read_default_branch, read_proposals, repo_path};
@@ -323,6 +325,42 @@ impl Engine {
             .chain(gone)
             .map(|id| status_of(&world, id, facts.get(id).unwrap_or(&empty), None))
             .collect())
+    }
+
+    /// Whether the database answers.
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        Ok(self.store.ping().await?)
+    }
+
+    /// Records `approver`'s approval of change `id` at `digest` through the
+    /// API: only at the change's digest on the default branch, once per
+    /// approver and retry epoch, with the comment scrubbed of secrets.
+    pub async fn approve(
+        &self,
+        id: &str,
+        approver: &str,
+        digest: &str,
+        comment: &str,
+    ) -> Result<RecordOutcome, EngineError> {
+        Ok(self
+            .store
+            .record_api_approval(id, approver, digest, &self.scrub(comment))
+            .await?)
+    }
+
+    /// Every alert, newest first, with its delivery state per sink.
+    pub async fn alerts(&self) -> Result<Vec<(Alert, Vec<Delivery>)>, EngineError> {
+        Ok(self.store.alerts().await?)
+    }
+
+    /// The audit log in chain order, of change `change` or of everything.
+    pub async fn audit(&self, change: Option<&str>) -> Result<Vec<AuditEvent>, EngineError> {
+        Ok(self.store.audit_events(change).await?)
+    }
+
+    /// Alert, outbox and inbox counts, for the gauges.
+    pub async fn alert_gauges(&self) -> Result<AlertGauges, EngineError> {
+        Ok(self.store.alert_gauges().await?)
     }
 
     /// The step breaker now.

@@ -24,12 +24,12 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness: the database answers.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "database unavailable")))]
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match state.engine.store().ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    match state.engine.ready().await {
+        Ok(()) => Ok("ready"),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+            Err(ApiError::Unavailable)
         }
     }
 }
@@ -105,13 +105,7 @@ pub async fn record_approval(
     known_id(&id)?;
     let outcome = state
         .engine
-        .store()
-        .record_api_approval(
-            &id,
-            &who.name,
-            &req.digest,
-            &state.engine.scrub(&req.comment),
-        )
+        .approve(&id, &who.name, &req.digest, &req.comment)
         .await?;
     let recorded = |created| {
         Json(ApprovalRecorded {
@@ -494,7 +488,7 @@ pub async fn alerts(
     _who: Identity,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<AlertView>>, ApiError> {
-    let all = state.engine.store().alerts().await?;
+    let all = state.engine.alerts().await?;
     Ok(Json(
         all.into_iter()
             .map(|(alert, deliveries)| AlertView { alert, deliveries })
@@ -555,11 +549,5 @@ pub async fn audit(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    Ok(Json(
-        state
-            .engine
-            .store()
-            .audit_events(q.change.as_deref())
-            .await?,
-    ))
+    Ok(Json(state.engine.audit(q.change.as_deref()).await?))
 }

@@ -284,11 +284,10 @@ pub fn document_errors(openapi: &mut utoipa::openapi::OpenApi) {
             &mut item.patch,
         ];
         for op in operations.into_iter().flatten() {
-            let mut statuses: Vec<(&str, &str)> = vec![
-                ("500", "internal error; details are in the server log"),
-                ("503", "the database is unavailable; retry later"),
-            ];
+            let mut statuses: Vec<(&str, &str)> = Vec::new();
             if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                statuses.push(("500", "internal error; details are in the server log"));
+                statuses.push(("503", "the database is unavailable; retry later"));
                 statuses.push(("401", "no or unknown bearer token"));
                 statuses.push(("403", "the token's role may not do this"));
             }

@@ -41,7 +41,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok((breaker, _)) = state.engine.breaker().await {
         gauges.breaker_open = matches!(breaker, crate::gate::Breaker::Open { .. });
     }
-    if let Ok(g) = state.engine.store().alert_gauges().await {
+    if let Ok(g) = state.engine.alert_gauges().await {
         gauges.alerts_firing = g.firing;
         gauges.outbox_pending = g.pending;
         gauges.fleet_action_refusals = g.sticky_refusals;

@@ -148,7 +148,7 @@ fn failed_step(c: &ChangeStatus) -> Option<(&str, &crate::store::Attempt)> {
 pub async fn index(_: PageAccess, State(state): State<AppState>) -> Response {
     let (changes, alerts, breaker) = match (
         state.engine.list().await,
-        state.engine.store().alerts().await,
+        state.engine.alerts().await,
         state.engine.breaker().await,
     ) {
         (Ok(c), Ok(a), Ok((b, _))) => (c, a, b),
@@ -278,12 +278,7 @@ pub async fn change(
         }
         Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, Html("<h1>503</h1>")).into_response(),
     };
-    let audit = state
-        .engine
-        .store()
-        .audit_events(Some(&id))
-        .await
-        .unwrap_or_default();
+    let audit = state.engine.audit(Some(&id)).await.unwrap_or_default();
     let c = &status;
     let body = html! {
         h1 style="font-size:20px;margin:8px 0" { (c.title) " " (badge(&state_word(&c.state))) }
@@ -344,7 +339,7 @@ const FEED_KINDS: &[&str] = &[
 /// `GET /feed.atom`: failures, completions, breaker and alert events.
 pub async fn feed(_: PageAccess, State(state): State<AppState>) -> Response {
     use atom_syndication::{Entry, Feed, FixedDateTime, Link, Text};
-    let Ok(events) = state.engine.store().audit_events(None).await else {
+    let Ok(events) = state.engine.audit(None).await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let base = state
