@@ -387,7 +387,8 @@ pub async fn retry(
 /// Abandons the change for good: its locks are released, its dependents stay refused.
 #[utoipa::path(post, path = "/api/v1/changes/{id}/abandon", security(("bearer" = [])),
     params(("id" = String, Path, description = "change id")), request_body = ReasonRequest,
-    responses((status = 200, body = Done), (status = 404)))]
+    responses((status = 200, body = Done), (status = 404),
+              (status = 409, description = "`reason-required`, or nothing to abandon")))]
 pub async fn abandon(
     who: Identity,
     State(state): State<AppState>,
@@ -443,7 +444,8 @@ pub struct ResetRequest {
 
 /// Closes the step breaker, or lifts a fleet action kind's sticky refusal.
 #[utoipa::path(post, path = "/api/v1/breaker/reset", security(("bearer" = [])), request_body = ResetRequest,
-    responses((status = 200, body = BreakerView), (status = 403)))]
+    responses((status = 200, body = BreakerView), (status = 403),
+              (status = 409, description = "`reason-required`")))]
 pub async fn reset_breaker(
     who: Identity,
     State(state): State<AppState>,

@@ -275,7 +275,8 @@ pub fn document_errors(openapi: &mut utoipa::openapi::OpenApi) {
             )
             .build()
     };
-    for item in openapi.paths.paths.values_mut() {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let has_id = path.contains('{');
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -290,6 +291,9 @@ pub fn document_errors(openapi: &mut utoipa::openapi::OpenApi) {
                 statuses.push(("503", "the database is unavailable; retry later"));
                 statuses.push(("401", "no or unknown bearer token"));
                 statuses.push(("403", "the token's role may not do this"));
+            }
+            if has_id {
+                statuses.push(("404", "no such id"));
             }
             if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
                 statuses.push(("400", "a path or query parameter cannot be read"));
