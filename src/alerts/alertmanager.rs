@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::AlertSink;
 use crate::clock::format_ms;
 use crate::config::SinkConfig;
-use crate::store::{Alert, Delivery};
+use crate::store::{Alert, AlertState, Delivery};
 
 /// `POST {url}/api/v2/alerts`.
 pub struct Alertmanager<'c>(pub &'c SinkConfig);
@@ -32,8 +32,8 @@ impl AlertSink for Alertmanager<'_> {
         now: i64,
         link: &str,
     ) -> Result<reqwest::RequestBuilder, String> {
-        let ends_at = match d.event.as_str() {
-            "resolved" => alert.resolved_at.unwrap_or(now),
+        let ends_at = match d.event {
+            AlertState::Resolved => alert.resolved_at.unwrap_or(now),
             _ => now + 3 * self.0.resend.as_secs() as i64 * 1000,
         };
         Ok(http

@@ -16,7 +16,7 @@ pub use webhook::{signature, webhook_body, Webhook};
 use crate::clock::{backoff_ms, now_ms};
 use crate::config::{Config, SinkConfig, SinkKind};
 use crate::metrics::{DeliveryLabels, Metrics};
-use crate::store::{Alert, Delivery, Store};
+use crate::store::{Alert, AlertState, Delivery, DeliveryState, Store};
 
 /// The longest wait between delivery attempts.
 pub const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
@@ -27,7 +27,7 @@ pub const RESOLVE_RESEND_MS: i64 = 5 * 60 * 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Next {
     /// The delivery's new state.
-    pub state: &'static str,
+    pub state: DeliveryState,
     /// When it is next due.
     pub at: i64,
 }
@@ -43,23 +43,27 @@ pub fn next_after(
 ) -> Next {
     if !succeeded {
         return Next {
-            state: "failing",
+            state: DeliveryState::Failing,
             at: now + backoff_ms(1000, d.attempts, MAX_BACKOFF_MS),
         };
     }
     let resend = sink.resend.as_secs() as i64 * 1000;
     let forgets = sink_for(sink).forgets();
-    match (forgets, d.event.as_str()) {
-        (true, "firing") if alert.state == "firing" => Next {
-            state: "delivered",
+    match (forgets, d.event) {
+        (true, AlertState::Firing) if alert.state == AlertState::Firing => Next {
+            state: DeliveryState::Delivered,
             at: now + resend,
         },
-        (true, "resolved") if now < alert.resolved_at.unwrap_or(now) + RESOLVE_RESEND_MS => Next {
-            state: "delivered",
-            at: (now + resend).min(alert.resolved_at.unwrap_or(now) + RESOLVE_RESEND_MS),
-        },
+        (true, AlertState::Resolved)
+            if now < alert.resolved_at.unwrap_or(now) + RESOLVE_RESEND_MS =>
+        {
+            Next {
+                state: DeliveryState::Delivered,
+                at: (now + resend).min(alert.resolved_at.unwrap_or(now) + RESOLVE_RESEND_MS),
+            }
+        }
         _ => Next {
-            state: "done",
+            state: DeliveryState::Done,
             at: now,
         },
     }
@@ -133,7 +137,7 @@ pub async fn deliver_due(
             store
                 .finish_delivery(
                     d.id,
-                    "failing",
+                    DeliveryState::Failing,
                     now + MAX_BACKOFF_MS,
                     Some(&format!("no sink named `{}` is configured", d.sink)),
                     None,
@@ -142,11 +146,13 @@ pub async fn deliver_due(
             continue;
         };
         // A firing re-send after the alert resolved would re-open it in Alertmanager.
-        if d.event == "firing"
-            && alert.state == "resolved"
+        if d.event == AlertState::Firing
+            && alert.state == AlertState::Resolved
             && (sink_for(sink).forgets() || d.delivered_at.is_some())
         {
-            store.finish_delivery(d.id, "done", now, None, None).await?;
+            store
+                .finish_delivery(d.id, DeliveryState::Done, now, None, None)
+                .await?;
             continue;
         }
         let result = send(http, config, sink, &d, &alert, now).await;

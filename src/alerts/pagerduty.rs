@@ -5,14 +5,14 @@ use serde_json::{json, Value};
 
 use super::AlertSink;
 use crate::config::SinkConfig;
-use crate::store::{Alert, Delivery};
+use crate::store::{Alert, AlertState, Delivery};
 
 /// `POST {url}` with the routing key from `routing_key_env`.
 pub struct Pagerduty<'c>(pub &'c SinkConfig);
 
 /// The PagerDuty Events API v2 body; the dedup key is the alert id.
-pub fn pagerduty_body(alert: &Alert, event: &str, routing_key: &str) -> Value {
-    let action = if event == "resolved" {
+pub fn pagerduty_body(alert: &Alert, event: AlertState, routing_key: &str) -> Value {
+    let action = if event == AlertState::Resolved {
         "resolve"
     } else {
         "trigger"
@@ -43,6 +43,6 @@ impl AlertSink for Pagerduty<'_> {
         let key = std::env::var(var).map_err(|_| format!("{var} is not set"))?;
         Ok(http
             .post(&self.0.url)
-            .json(&pagerduty_body(alert, &d.event, &key)))
+            .json(&pagerduty_body(alert, d.event, &key)))
     }
 }

@@ -7,7 +7,7 @@ use sha2::Sha256;
 
 use super::AlertSink;
 use crate::config::SinkConfig;
-use crate::store::{Alert, Delivery};
+use crate::store::{Alert, AlertState, Delivery};
 
 /// `POST {url}` with the event and the whole alert.
 pub struct Webhook<'c>(pub &'c SinkConfig);
@@ -20,7 +20,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// The webhook body: the event and the whole alert.
-pub fn webhook_body(alert: &Alert, event: &str) -> Value {
+pub fn webhook_body(alert: &Alert, event: AlertState) -> Value {
     json!({"id": alert.id, "event": event, "alert": alert})
 }
 
@@ -35,7 +35,7 @@ impl AlertSink for Webhook<'_> {
     ) -> Result<reqwest::RequestBuilder, String> {
         let var = self.0.secret_env.as_deref().unwrap_or_default();
         let secret = std::env::var(var).map_err(|_| format!("{var} is not set"))?;
-        let body = serde_json::to_vec(&webhook_body(alert, &d.event)).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&webhook_body(alert, d.event)).map_err(|e| e.to_string())?;
         Ok(http
             .post(&self.0.url)
             .header("content-type", "application/json")

@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::store::AttemptState;
 use crate::wire::{tail, AttemptAnswer, ClaimGrant, Outcome, Report};
 
 impl Engine {
@@ -63,7 +64,7 @@ impl Engine {
             attempt_no,
             executor: executor.to_string(),
             digest: digest.to_string(),
-            state: "running".into(),
+            state: AttemptState::Running,
             lease_expires_at: now + lease_ms,
             started_at: now,
             ended_at: None,
@@ -129,7 +130,7 @@ impl Engine {
     ) -> Result<Attempt, EngineError> {
         let mut w = self.store.write().await?;
         let a = self.owned_attempt(&mut w, attempt_id, executor).await?;
-        if a.state != "running" {
+        if a.state != AttemptState::Running {
             w.commit().await?;
             return Err(refused(
                 "ended",
@@ -158,13 +159,13 @@ impl Engine {
         let mut w = self.store.write().await?;
         let a = self.owned_attempt(&mut w, attempt_id, executor).await?;
         let output = self.scrub(tail(&report.output_tail));
-        let a_was_running = a.state == "running";
+        let a_was_running = a.state == AttemptState::Running;
         let now = now_ms();
-        match a.state.as_str() {
-            "running" => {
+        match a.state {
+            AttemptState::Running => {
                 let state = match report.outcome {
-                    Outcome::Succeeded => "succeeded",
-                    Outcome::Failed => "failed",
+                    Outcome::Succeeded => AttemptState::Succeeded,
+                    Outcome::Failed => AttemptState::Failed,
                 };
                 w.finish_attempt(
                     attempt_id,
@@ -175,11 +176,11 @@ impl Engine {
                     now,
                 )
                 .await?;
-                if state == "failed" {
+                if state == AttemptState::Failed {
                     self.alert_step_failed(&mut w, &a, report.exit_code, &output, now)
                         .await?;
                 }
-                let kind = if state == "succeeded" {
+                let kind = if state == AttemptState::Succeeded {
                     "step.succeeded"
                 } else {
                     "step.failed"
@@ -187,7 +188,7 @@ impl Engine {
                 w.audit(executor, kind, Some(&a.change_id), json!({"step": a.step_id, "attempt": a.id, "exit_code": report.exit_code, "duration_ms": report.duration_ms}))
                     .await?;
             }
-            "interrupted" => {
+            AttemptState::Interrupted => {
                 w.record_late_report(
                     attempt_id,
                     &serde_json::to_string(report).unwrap_or_default(),
@@ -201,7 +202,7 @@ impl Engine {
                 )
                 .await?;
             }
-            _ => {} // already reported: idempotent
+            AttemptState::Succeeded | AttemptState::Failed => {} // already reported: idempotent
         }
         let all = w.change_facts(&a.change_id).await?;
         // The attempt's own revision: main's, or the one in flight elsewhere.

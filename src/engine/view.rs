@@ -17,7 +17,7 @@ use crate::model::{
     policies_in_force, ChangeSet, CoveredPath, Diagnostic, Digest, PoliciesInForce, Policy, Window,
 };
 use crate::store::{
-    Attempt, ChangeFacts, GoAheadRecord, OperatorAction, RevisionRecord, TargetLock,
+    Attempt, AttemptState, ChangeFacts, GoAheadRecord, OperatorAction, RevisionRecord, TargetLock,
 };
 
 /// The default branch as last read.
@@ -276,14 +276,14 @@ pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgres
             };
             let (state, running, failure) = match latest {
                 None => (StepState::Pending, None, None),
-                Some(a) if a.state == "running" => (
+                Some(a) if a.state == AttemptState::Running => (
                     StepState::Running,
                     Some((a.id.clone(), a.lease_expires_at)),
                     None,
                 ),
-                Some(a) if a.state == "succeeded" => (StepState::Succeeded, None, None),
+                Some(a) if a.state == AttemptState::Succeeded => (StepState::Succeeded, None, None),
                 Some(a) if retried(a) => (StepState::Pending, None, None),
-                Some(a) if a.state == "interrupted" => (
+                Some(a) if a.state == AttemptState::Interrupted => (
                     StepState::Interrupted,
                     None,
                     Some("interrupted: its lease expired".to_string()),

@@ -168,7 +168,10 @@ pub async fn index(_: PageAccess, State(state): State<AppState>) -> Response {
     };
     let failed = of(&[ChangeState::Failed]);
     let unapproved = state.engine.view().unapproved_policies.clone();
-    let firing: Vec<_> = alerts.iter().filter(|(a, _)| a.state == "firing").collect();
+    let firing: Vec<_> = alerts
+        .iter()
+        .filter(|(a, _)| a.state == crate::store::AlertState::Firing)
+        .collect();
     let running = of(&[ChangeState::Running]);
     let waiting = of(&[ChangeState::Proposed, ChangeState::Approved]);
     let settled = of(&[

@@ -19,8 +19,9 @@ pub struct Alert {
     pub change_id: Option<String>,
     /// The step, if any.
     pub step_id: Option<String>,
-    /// `firing` or `resolved`.
-    pub state: String,
+    /// Firing or resolved.
+    #[schema(value_type = String)]
+    pub state: super::AlertState,
     /// Alertmanager labels: alertname, change, step, targets, severity.
     #[schema(value_type = Object)]
     pub labels: Value,
@@ -87,7 +88,7 @@ impl Alert {
             kind: kind.to_string(),
             change_id: labels.change.map(str::to_string),
             step_id: labels.step.map(str::to_string),
-            state: "firing".into(),
+            state: super::AlertState::Firing,
             labels: serde_json::json!({
                 "alertname": labels.alertname,
                 "change": labels.change.unwrap_or(""),
@@ -128,10 +129,12 @@ pub struct Delivery {
     pub alert_id: String,
     /// The sink's name.
     pub sink: String,
-    /// `firing` or `resolved`.
-    pub event: String,
-    /// `pending`, `delivered` (Alertmanager: re-sent while due), `failing` or `done`.
-    pub state: String,
+    /// The event it carries: the alert firing or resolved.
+    #[schema(value_type = String)]
+    pub event: super::AlertState,
+    /// Pending, delivered (Alertmanager: re-sent while due), failing or done.
+    #[schema(value_type = String)]
+    pub state: super::DeliveryState,
     /// Attempts so far.
     pub attempts: i64,
     /// When it is next due (unix ms).
@@ -200,7 +203,8 @@ impl WriteTx {
             return Ok(false);
         }
         for sink in &a.sinks {
-            self.queue(&a.id, sink, "firing", now).await?;
+            self.queue(&a.id, sink, super::AlertState::Firing, now)
+                .await?;
         }
         Ok(true)
     }
@@ -209,7 +213,7 @@ impl WriteTx {
         &mut self,
         alert_id: &str,
         sink: &str,
-        event: &str,
+        event: super::AlertState,
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO outbox (alert_id, sink, payload, state, next_attempt_at, created_at, event) VALUES ($1, $2, '', 'pending', $3, $3, $4)")
@@ -258,7 +262,8 @@ impl WriteTx {
                 .execute(self.conn())
                 .await?;
             for sink in &a.sinks {
-                self.queue(&a.id, sink, "resolved", now).await?;
+                self.queue(&a.id, sink, super::AlertState::Resolved, now)
+                    .await?;
             }
         }
         Ok(alerts)
@@ -455,7 +460,7 @@ impl Store {
     pub async fn finish_delivery(
         &self,
         id: i64,
-        state: &str,
+        state: super::DeliveryState,
         next_attempt_at: i64,
         error: Option<&str>,
         delivered_at: Option<i64>,

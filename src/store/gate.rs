@@ -23,8 +23,9 @@ pub struct Attempt {
     pub executor: String,
     /// The digest it ran.
     pub digest: String,
-    /// `running`, `succeeded`, `failed` or `interrupted`.
-    pub state: String,
+    /// Where it stands.
+    #[schema(value_type = String)]
+    pub state: super::AttemptState,
     /// When the lease runs out unless renewed (unix ms).
     pub lease_expires_at: i64,
     /// When it was claimed (unix ms).
@@ -400,7 +401,7 @@ impl WriteTx {
         .bind(a.attempt_no)
         .bind(&a.executor)
         .bind(&a.digest)
-        .bind(&a.state)
+        .bind(a.state)
         .bind(a.lease_expires_at)
         .bind(a.started_at)
         .execute(self.conn())
@@ -462,7 +463,7 @@ impl WriteTx {
     pub async fn finish_attempt(
         &mut self,
         id: &str,
-        state: &str,
+        state: super::AttemptState,
         exit_code: Option<i64>,
         duration_ms: Option<i64>,
         output_tail: &str,

@@ -20,11 +20,13 @@ pub mod audit;
 mod gate;
 mod github;
 mod policies;
+mod states;
 
 pub use alerts::{Alert, AlertLabels, Delivery, Severity};
 pub use gate::*;
 pub use github::*;
 pub use policies::ApprovedPolicy;
+pub use states::{AlertState, AttemptState, DeliveryState, UnknownWord};
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
