@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{Engine, EngineError};
 use crate::clock::{format_ms, now_ms};
-use crate::store::{Alert, AlertLabels, Severity};
+use crate::store::{Alert, AlertKind, AlertLabels, Severity};
 
 /// The answer to a fleet action request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -50,7 +50,7 @@ impl Engine {
         } else if let Some(lock) = w.locks().await?.into_iter().find(|l| l.target == target) {
             let alert = Alert::firing(
                 format!("action-locked:{action}:{target}:{}", lock.change_id),
-                "action-refused",
+                AlertKind::ActionRefused,
                 AlertLabels {
                     alertname: "ChangegateActionRefused",
                     severity: Severity::Warning,
@@ -102,7 +102,7 @@ impl Engine {
                             .await?;
                         let alert = Alert::firing(
                             format!("action-budget:{action}:{now}"),
-                            "action-refused",
+                            AlertKind::ActionRefused,
                             AlertLabels {
                                 alertname: "ChangegateActionBudgetSpent",
                                 severity: Severity::Critical,

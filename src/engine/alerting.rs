@@ -6,7 +6,7 @@ use super::{Engine, EngineError};
 use crate::clock::format_ms;
 use crate::gate::{breaker_state, Breaker};
 use crate::model::PoliciesInForce;
-use crate::store::{Alert, AlertLabels, Attempt, Severity, WriteTx};
+use crate::store::{Alert, AlertKind, AlertLabels, Attempt, Severity, WriteTx};
 
 impl Engine {
     /// The sinks an alert about `change` goes to: the `alerts:` of its
@@ -71,7 +71,7 @@ impl Engine {
         };
         let alert = Alert::firing(
             format!("step-failed:{}", a.id),
-            "step-failed",
+            AlertKind::StepFailed,
             labels,
             format!("{} step {} {how}", a.change_id, a.step_id),
             format!("Change {} is failed: further steps and its dependents are refused and {targets} stay locked until an operator retries or abandons it.", a.change_id),
@@ -107,7 +107,7 @@ impl Engine {
         {
             let alert = Alert::firing(
                 format!("breaker-open:{since}"),
-                "breaker-open",
+                AlertKind::BreakerOpen,
                 AlertLabels {
                     alertname: "ChangegateBreakerOpen",
                     severity: Severity::Critical,
@@ -159,7 +159,7 @@ impl Engine {
             let errors: Vec<String> = view.policy_errors.iter().map(|d| d.to_string()).collect();
             let alert = Alert::firing(
                 format!("{PREFIX}{}", view.commit),
-                "policies-invalid",
+                AlertKind::PoliciesInvalid,
                 AlertLabels {
                     alertname: "ChangegatePoliciesInvalid",
                     severity: Severity::Critical,

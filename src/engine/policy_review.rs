@@ -17,7 +17,7 @@ use crate::gate::{approval_status, ApprovalStatus, People};
 use crate::git::{blob_id, ChangeRepo};
 use crate::model::ABSENT;
 use crate::model::{load_policies, Policy, SourceFile};
-use crate::store::{Alert, AlertLabels, ApprovedPolicy, Severity};
+use crate::store::{Alert, AlertKind, AlertLabels, ApprovedPolicy, Severity};
 
 /// Alerts about an unapproved policy revision: `policy-unapproved:PATH@BLOB`.
 const ALERT_PREFIX: &str = "policy-unapproved:";
@@ -178,7 +178,7 @@ impl Engine {
         };
         Alert::firing(
             format!("{ALERT_PREFIX}{}@{}", u.path, u.on_main),
-            "policy-unapproved",
+            AlertKind::PolicyUnapproved,
             AlertLabels {
                 alertname: "ChangegatePolicyUnapproved",
                 severity: Severity::Warning,

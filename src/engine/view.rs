@@ -17,7 +17,8 @@ use crate::model::{
     policies_in_force, ChangeSet, CoveredPath, Diagnostic, Digest, PoliciesInForce, Policy, Window,
 };
 use crate::store::{
-    Attempt, AttemptState, ChangeFacts, GoAheadRecord, OperatorAction, RevisionRecord, TargetLock,
+    Attempt, AttemptState, ChangeFacts, GoAheadRecord, OperatorAction, ReviewState, RevisionRecord,
+    TargetLock,
 };
 
 /// The default branch as last read.
@@ -324,10 +325,10 @@ pub fn approval_facts(config: &Config, facts: &ChangeFacts) -> Vec<ApprovalFact>
         at: a.created_at,
     });
     let reviews = facts.github.reviews.iter().filter_map(|r| {
-        let verdict = match (r.dismissed, r.state.as_str()) {
-            (true, _) | (_, "dismissed") => Verdict::Dismissed,
-            (_, "approved") => Verdict::Approved,
-            (_, "changes_requested") => Verdict::ChangesRequested,
+        let verdict = match (r.dismissed, r.state) {
+            (true, _) | (_, ReviewState::Dismissed) => Verdict::Dismissed,
+            (_, ReviewState::Approved) => Verdict::Approved,
+            (_, ReviewState::ChangesRequested) => Verdict::ChangesRequested,
             // Comments neither approve nor block, and do not replace an
             // earlier verdict (as on GitHub).
             _ => return None,

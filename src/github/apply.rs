@@ -171,7 +171,7 @@ impl Github {
                 review.id as i64,
                 number,
                 &review.reviewer,
-                review.state.as_str(),
+                review.state,
                 &review.commit_sha,
                 review.submitted_at,
             )

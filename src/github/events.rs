@@ -108,45 +108,7 @@ pub struct Review {
     pub submitted_at: Option<String>,
 }
 
-/// What a review says, normalised across webhook and REST spellings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReviewState {
-    /// APPROVED.
-    Approved,
-    /// CHANGES_REQUESTED.
-    ChangesRequested,
-    /// COMMENTED: neither approves nor blocks.
-    Commented,
-    /// DISMISSED.
-    Dismissed,
-    /// PENDING: not submitted yet.
-    Pending,
-}
-
-impl ReviewState {
-    /// Parses either spelling; `None` for anything else.
-    pub fn parse(s: &str) -> Option<ReviewState> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "approved" => ReviewState::Approved,
-            "changes_requested" => ReviewState::ChangesRequested,
-            "commented" => ReviewState::Commented,
-            "dismissed" => ReviewState::Dismissed,
-            "pending" => ReviewState::Pending,
-            _ => return None,
-        })
-    }
-
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReviewState::Approved => "approved",
-            ReviewState::ChangesRequested => "changes_requested",
-            ReviewState::Commented => "commented",
-            ReviewState::Dismissed => "dismissed",
-            ReviewState::Pending => "pending",
-        }
-    }
-}
+pub use crate::store::ReviewState;
 
 /// A review ready to record.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,9 +12,9 @@ use super::{Backend, Store, StoreError, WriteTx};
 pub struct Alert {
     /// Stable id; also the PagerDuty dedup key.
     pub id: String,
-    /// `step-failed`, `breaker-open`, `action-refused`, `policies-invalid`
-    /// or `policy-unapproved`.
-    pub kind: String,
+    /// What it is about.
+    #[schema(value_type = String)]
+    pub kind: super::AlertKind,
     /// The change, if any.
     pub change_id: Option<String>,
     /// The step, if any.
@@ -76,7 +76,7 @@ impl Alert {
     /// `description` and an empty `output_tail`.
     pub fn firing(
         id: impl Into<String>,
-        kind: &str,
+        kind: super::AlertKind,
         labels: AlertLabels<'_>,
         summary: impl Into<String>,
         description: impl Into<String>,
@@ -85,7 +85,7 @@ impl Alert {
     ) -> Alert {
         Alert {
             id: id.into(),
-            kind: kind.to_string(),
+            kind,
             change_id: labels.change.map(str::to_string),
             step_id: labels.step.map(str::to_string),
             state: super::AlertState::Firing,
@@ -189,7 +189,7 @@ impl WriteTx {
             "INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, 'firing', $5, $6, $7, $8, NULL) ON CONFLICT (id) DO NOTHING"
         ))
         .bind(&a.id)
-        .bind(&a.kind)
+        .bind(a.kind)
         .bind(&a.change_id)
         .bind(&a.step_id)
         .bind(a.labels.to_string())

@@ -41,8 +41,8 @@ pub struct StoredReview {
     pub pr_number: i64,
     /// The reviewer's login.
     pub reviewer: String,
-    /// `approved`, `changes_requested`, `commented`, `dismissed` or `pending`.
-    pub state: String,
+    /// What it says.
+    pub state: super::ReviewState,
     /// The commit reviewed.
     pub commit_sha: String,
     /// Unix milliseconds.
@@ -634,11 +634,11 @@ impl WriteTx {
         review_id: i64,
         pr_number: i64,
         reviewer: &str,
-        state: &str,
+        state: super::ReviewState,
         commit_sha: &str,
         submitted_at: i64,
     ) -> Result<bool, StoreError> {
-        let dismissed = state == "dismissed";
+        let dismissed = state == super::ReviewState::Dismissed;
         let n = sqlx::query(
             "INSERT INTO reviews (review_id, pr_number, reviewer, state, commit_sha, submitted_at, dismissed)
              VALUES ($1, $2, $3, $4, $5, $6, $7)

@@ -26,7 +26,7 @@ pub use alerts::{Alert, AlertLabels, Delivery, Severity};
 pub use gate::*;
 pub use github::*;
 pub use policies::ApprovedPolicy;
-pub use states::{AlertState, AttemptState, DeliveryState, UnknownWord};
+pub use states::{AlertKind, AlertState, AttemptState, DeliveryState, ReviewState, UnknownWord};
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

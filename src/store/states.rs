@@ -124,6 +124,46 @@ words! {
     }
 }
 
+words! {
+    /// What an alert is about.
+    AlertKind, "alert kind" {
+        /// A step failed or was interrupted.
+        StepFailed = "step-failed",
+        /// The step breaker opened.
+        BreakerOpen = "breaker-open",
+        /// A fleet action hit a locked target or a spent budget.
+        ActionRefused = "action-refused",
+        /// A policy file on the default branch does not validate.
+        PoliciesInvalid = "policies-invalid",
+        /// A policy revision on the default branch was not approved.
+        PolicyUnapproved = "policy-unapproved",
+    }
+}
+
+words! {
+    /// What a GitHub review says, normalised across webhook and REST spellings.
+    ReviewState, "review state" {
+        /// APPROVED.
+        Approved = "approved",
+        /// CHANGES_REQUESTED.
+        ChangesRequested = "changes_requested",
+        /// COMMENTED: neither approves nor blocks.
+        Commented = "commented",
+        /// DISMISSED.
+        Dismissed = "dismissed",
+        /// PENDING: not submitted yet.
+        Pending = "pending",
+    }
+}
+
+impl ReviewState {
+    /// Parses either spelling (webhooks write `approved`, the REST API
+    /// `APPROVED`); `None` for anything else.
+    pub fn parse(s: &str) -> Option<ReviewState> {
+        s.to_ascii_lowercase().parse().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
