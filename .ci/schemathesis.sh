@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 per_role=${1:-60}
-bin=${CHANGEGATE_BIN:-target/debug/changegate}
-[ -x "$bin" ] || cargo build --locked --quiet
+cargo build --locked --quiet
+bin=${CARGO_TARGET_DIR:-target}/debug/changegate
 command -v st >/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'schemathesis>=4,<5'
 
 work=$(mktemp -d)

@@ -1,6 +1,12 @@
 //! What the server knows of the default branch, and a change's status
 //! derived from it and the recorded facts.
 
+mod approvals;
+mod progress;
+
+pub use approvals::{approval_facts, approval_of, fresh_approver};
+pub use progress::{revision_focus, state_of, step_progress, Focus};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -8,17 +14,15 @@ use serde::Serialize;
 
 use crate::clock::weekday_minute;
 use crate::config::Config;
-use crate::gate::claim::{Dependency, StepProgress};
+use crate::gate::claim::Dependency;
 use crate::gate::{
-    self, approval_status, ApprovalFact, ApprovalStatus, Breaker, ChangeState, ClaimContext,
-    Directory, People, Person, Refusal, Source, StepState, Verdict,
+    self, ApprovalStatus, Breaker, ChangeState, ClaimContext, Directory, Refusal, StepState,
 };
 use crate::model::{
     policies_in_force, ChangeSet, CoveredPath, Diagnostic, Digest, PoliciesInForce, Policy, Window,
 };
 use crate::store::{
-    Attempt, AttemptState, ChangeFacts, GoAheadRecord, OperatorAction, ReviewState, RevisionRecord,
-    TargetLock,
+    Attempt, ChangeFacts, GoAheadRecord, OperatorAction, RevisionRecord, TargetLock,
 };
 
 /// The default branch as last read.
@@ -228,219 +232,6 @@ pub struct World<'a> {
 
 /// A revision's change set, digest and covered paths, read from its commit.
 pub type RevisionSet = (ChangeSet, Digest, Vec<CoveredPath>);
-
-/// Which revision of a change the gate acts on (SPEC §13).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Focus<'f> {
-    /// The digest on the default branch: a fresh revision, or the one in
-    /// flight or completed when main still holds it.
-    Main,
-    /// A revision in flight (running, failed) whose digest the default
-    /// branch no longer holds: edited, renamed or deleted since.
-    InFlight(&'f RevisionRecord),
-    /// A completed revision; the default branch holds another digest, or
-    /// none. Completed is final.
-    Completed(&'f RevisionRecord),
-}
-
-/// The revision to act on, given the digest on the default branch (if the
-/// change is there) and the recorded revisions.
-pub fn revision_focus<'f>(main_digest: Option<&str>, facts: &'f ChangeFacts) -> Focus<'f> {
-    if let Some(r) = facts.in_flight() {
-        return if Some(r.digest.as_str()) == main_digest {
-            Focus::Main
-        } else {
-            Focus::InFlight(r)
-        };
-    }
-    match facts.completed() {
-        Some(c) if Some(c.digest.as_str()) != main_digest => Focus::Completed(c),
-        _ => Focus::Main,
-    }
-}
-
-/// The progress of each step, from its attempts, retries and abandonment.
-pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgress> {
-    change
-        .steps
-        .iter()
-        .map(|step| {
-            let latest = facts
-                .attempts
-                .iter()
-                .filter(|a| a.step_id == step.id)
-                .max_by_key(|a| a.attempt_no);
-            let retried = |a: &Attempt| {
-                facts.retries.iter().any(|r| {
-                    r.step_id.as_deref() == Some(&step.id) && r.after_attempt == Some(a.attempt_no)
-                })
-            };
-            let (state, running, failure) = match latest {
-                None => (StepState::Pending, None, None),
-                Some(a) if a.state == AttemptState::Running => (
-                    StepState::Running,
-                    Some((a.id.clone(), a.lease_expires_at)),
-                    None,
-                ),
-                Some(a) if a.state == AttemptState::Succeeded => (StepState::Succeeded, None, None),
-                Some(a) if retried(a) => (StepState::Pending, None, None),
-                Some(a) if a.state == AttemptState::Interrupted => (
-                    StepState::Interrupted,
-                    None,
-                    Some("interrupted: its lease expired".to_string()),
-                ),
-                Some(a) => (
-                    StepState::Failed,
-                    None,
-                    Some(
-                        a.exit_code
-                            .map_or("failed".to_string(), |c| format!("exit {c}")),
-                    ),
-                ),
-            };
-            let state = if facts.abandonment.is_some() && state == StepState::Pending {
-                StepState::Skipped
-            } else {
-                state
-            };
-            StepProgress {
-                state,
-                running,
-                failure,
-                attempts: latest.map_or(0, |a| a.attempt_no),
-            }
-        })
-        .collect()
-}
-
-/// Every approval recorded for a change (or a policy file): API approvals
-/// and GitHub reviews, with who gave them.
-pub fn approval_facts(config: &Config, facts: &ChangeFacts) -> Vec<ApprovalFact> {
-    let api = facts.approvals.iter().map(|a| ApprovalFact {
-        approver: person(config, &a.approver),
-        source: Source::Api,
-        pull_request: None,
-        digest: a.digest.clone(),
-        verdict: Verdict::Approved,
-        at: a.created_at,
-    });
-    let reviews = facts.github.reviews.iter().filter_map(|r| {
-        let verdict = match (r.dismissed, r.state) {
-            (true, _) | (_, ReviewState::Dismissed) => Verdict::Dismissed,
-            (_, ReviewState::Approved) => Verdict::Approved,
-            (_, ReviewState::ChangesRequested) => Verdict::ChangesRequested,
-            // Comments neither approve nor block, and do not replace an
-            // earlier verdict (as on GitHub).
-            _ => return None,
-        };
-        Some(ApprovalFact {
-            approver: reviewer(config, &r.reviewer),
-            source: Source::Github,
-            pull_request: Some(r.pr_number as u64),
-            digest: r.digest.clone().unwrap_or_else(|| "unknown".into()),
-            verdict,
-            at: r.submitted_at,
-        })
-    });
-    api.chain(reviews).collect()
-}
-
-/// A GitHub reviewer, with the identity configured for that login.
-fn reviewer(config: &Config, login: &str) -> Person {
-    Person {
-        name: config
-            .tokens
-            .iter()
-            .find(|t| t.github.as_deref() == Some(login))
-            .map(|t| t.name.clone()),
-        github: Some(login.to_string()),
-    }
-}
-
-/// A configured identity, with its GitHub login.
-fn person(config: &Config, name: &str) -> Person {
-    Person {
-        name: Some(name.to_string()),
-        github: config
-            .tokens
-            .iter()
-            .find(|t| t.name == name)
-            .and_then(|t| t.github.clone()),
-    }
-}
-
-/// The approval status of `change` at `digest`: API approvals and the
-/// reviews of the pull requests that touch it, against the default
-/// branch's policies.
-pub fn approval_of(
-    world: &World<'_>,
-    change: &ChangeSet,
-    digest: &Digest,
-    covered: &[CoveredPath],
-    facts: &ChangeFacts,
-) -> ApprovalStatus {
-    let in_force = world.view.governing(change, covered);
-    let rules = in_force.approval_rules();
-    let approval_facts = approval_facts(world.config, facts);
-    let mut authors = world
-        .view
-        .authors
-        .get(&change.id)
-        .cloned()
-        .unwrap_or_default();
-    authors.extend(facts.github.authors.iter().cloned());
-    let identities: BTreeSet<String> = world.config.tokens.iter().map(|t| t.name.clone()).collect();
-    // Expiry is judged at the first claim: an approval fresh then stays so
-    // while the change runs.
-    let as_of = facts
-        .attempts
-        .iter()
-        .map(|a| a.started_at)
-        .min()
-        .unwrap_or(world.now);
-    let people = People {
-        authors: &authors,
-        identities: &identities,
-        directory: world.directory,
-        as_of,
-    };
-    approval_status(digest.as_str(), &rules, &approval_facts, &people)
-}
-
-/// Someone, other than `actor`, whose approval of `digest` recorded after
-/// `since` counts under every policy in force: what a retry needs.
-pub fn fresh_approver(
-    world: &World<'_>,
-    change: &ChangeSet,
-    digest: &Digest,
-    covered: &[CoveredPath],
-    facts: &ChangeFacts,
-    since: i64,
-    actor: &str,
-) -> Option<String> {
-    let mut fresh = facts.clone();
-    fresh.approvals.retain(|a| a.created_at > since);
-    fresh.github.reviews.retain(|r| r.submitted_at > since);
-    let status = approval_of(world, change, digest, covered, &fresh);
-    let actor = person(world.config, actor);
-    let mut policies = status.policies.iter();
-    let first = policies.next()?;
-    first
-        .approvers
-        .iter()
-        .filter(|who| actor.display() != who.as_str())
-        .find(|who| policies.clone().all(|p| p.approvers.contains(who)))
-        .cloned()
-}
-
-/// A change's state from its facts.
-pub fn state_of(change: &ChangeSet, facts: &ChangeFacts, approved: bool) -> ChangeState {
-    let steps: Vec<StepState> = step_progress(change, facts)
-        .iter()
-        .map(|p| p.state)
-        .collect();
-    gate::change_state(facts.abandonment.is_some(), approved, &steps)
-}
 
 /// The claim decision for `id` with the executor's digest, plus what it read.
 pub fn decide_claim(

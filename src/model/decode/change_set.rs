@@ -1,0 +1,238 @@
+//! Change sets (SPEC §1): every field checked, every problem reported.
+
+use super::*;
+
+/// Decodes `changes/<id>.yaml`. Returns the change set when the file has no
+/// errors, and the position of each `depends_on` entry for cross-file reports.
+pub fn decode_change_set(
+    path: &str,
+    id: &str,
+    root: Option<&Node>,
+    ctx: &RepoContext<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (Option<ChangeSet>, Vec<Pos>) {
+    let mut d = Decoder {
+        path,
+        diagnostics,
+        failed: false,
+    };
+    if !is_valid_change_id(id) {
+        d.error(
+            Pos { line: 1, col: 1 },
+            format!("change id `{id}` (the file name) must match [a-z0-9][a-z0-9._-]{{0,99}}"),
+        );
+    }
+    let Some(root) = root else {
+        d.error(
+            Pos { line: 1, col: 1 },
+            "the file is empty: a change set needs `title`, `kind`, `targets` and `steps`",
+        );
+        return (None, Vec::new());
+    };
+    let Some(f) = d.mapping(root, "the change set", CHANGE_SET_KEYS) else {
+        return (None, Vec::new());
+    };
+
+    let title = d
+        .required(&f, "title", "the change set")
+        .and_then(|n| d.non_empty_string(n, "title"));
+    let description = d.optional(&f, "description", |d, n| d.string(n, "description"));
+    let kind = d
+        .required(&f, "kind", "the change set")
+        .and_then(|n| d.non_empty_string(n, "kind"));
+    let targets = d
+        .required(&f, "targets", "the change set")
+        .and_then(|n| d.string_list(n, "targets"));
+    if let (Some(t), Some(n)) = (&targets, f.get("targets")) {
+        if t.is_empty() {
+            d.error(n.pos, "`targets` must name at least one target");
+        }
+    }
+    let target_set: BTreeSet<&str> = targets.iter().flatten().map(|(t, _)| t.as_str()).collect();
+
+    let depends_on = d
+        .optional(&f, "depends_on", |d, n| d.string_list(n, "depends_on"))
+        .unwrap_or_default();
+    for (dep, pos) in &depends_on {
+        if dep == id {
+            d.error(
+                *pos,
+                format!("`depends_on` names `{dep}`, the change itself"),
+            );
+        } else if !ctx.change_ids.contains(dep) {
+            let hint = nearest_key(
+                dep,
+                &ctx.change_ids
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .map(|n| format!(": did you mean `{n}`?"))
+            .unwrap_or_default();
+            d.error(
+                *pos,
+                format!("`depends_on` names `{dep}`, but there is no changes/{dep}.yaml{hint}"),
+            );
+        }
+    }
+
+    let env = d
+        .optional(&f, "env", |d, n| decode_env(d, n))
+        .unwrap_or_default();
+    let include = d
+        .optional(&f, "include", |d, n| d.string_list(n, "include"))
+        .unwrap_or_default();
+    for (p, pos) in &include {
+        d.check_path(*pos, p, ctx, "`include` names");
+    }
+    let timeout = d.optional(&f, "timeout", |d, n| d.parsed::<Duration>(n, "timeout"));
+
+    let mut steps = Vec::new();
+    if let Some(node) = d.required(&f, "steps", "the change set") {
+        match &node.value {
+            Value::Seq(items) if !items.is_empty() => {
+                let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
+                for item in items {
+                    if let Some(step) = decode_step(&mut d, item, &target_set, ctx, &mut seen) {
+                        steps.push(step);
+                    }
+                }
+            }
+            Value::Seq(_) => d.error(node.pos, "`steps` must hold at least one step"),
+            _ => d.wrong_type(node, "steps", "a list of steps"),
+        }
+    }
+
+    let dep_positions = depends_on.iter().map(|(_, p)| *p).collect();
+    if d.failed {
+        return (None, dep_positions);
+    }
+    let change = ChangeSet {
+        id: id.to_string(),
+        title: title.unwrap_or_default(),
+        description,
+        kind: kind.unwrap_or_default(),
+        targets: targets
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect(),
+        depends_on: depends_on.into_iter().map(|(t, _)| t).collect(),
+        env,
+        include: include.into_iter().map(|(t, _)| t).collect(),
+        timeout,
+        steps,
+    };
+    (Some(change), dep_positions)
+}
+
+fn decode_env(d: &mut Decoder<'_>, node: &Node) -> Option<BTreeMap<String, String>> {
+    let Value::Map(entries) = &node.value else {
+        d.wrong_type(node, "env", "a mapping of variable names to values");
+        return None;
+    };
+    let mut env = BTreeMap::new();
+    for (key, value) in entries {
+        let valid = key
+            .text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key
+                .text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            d.error(
+                key.pos,
+                format!("env name `{}` must match [A-Za-z_][A-Za-z0-9_]*", key.text),
+            );
+            continue;
+        }
+        match &value.value {
+            Value::Scalar { text, .. } => {
+                env.insert(key.text.clone(), text.clone());
+            }
+            _ => d.wrong_type(value, &format!("env.{}", key.text), "a string"),
+        }
+    }
+    Some(env)
+}
+
+fn decode_step(
+    d: &mut Decoder<'_>,
+    node: &Node,
+    change_targets: &BTreeSet<&str>,
+    ctx: &RepoContext<'_>,
+    seen: &mut BTreeMap<String, Pos>,
+) -> Option<Step> {
+    let f = d.mapping(node, "a step", STEP_KEYS)?;
+    let id = d.required(&f, "id", "a step").and_then(|n| {
+        let id = d.string(n, "id")?;
+        if !is_valid_step_id(&id) {
+            d.error(n.pos, format!("step id `{id}` must match [a-z0-9-]+"));
+        } else if let Some(first) = seen.get(&id) {
+            d.error(
+                n.pos,
+                format!(
+                    "duplicate step id `{id}` (first used at {}:{})",
+                    first.line, first.col
+                ),
+            );
+        } else {
+            seen.insert(id.clone(), n.pos);
+        }
+        Some(id)
+    });
+    let command = |d: &mut Decoder<'_>, key: &str, required: bool| {
+        let node = if required {
+            d.required(&f, key, "a step")
+        } else {
+            f.get(key).filter(|n| !n.is_null())
+        }?;
+        let cmd = d.non_empty_string(node, key)?;
+        for path in command_paths(&cmd) {
+            d.check_path(
+                node.pos,
+                &format!("./{path}"),
+                ctx,
+                &format!("`{key}` runs"),
+            );
+        }
+        for word in cmd
+            .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '=' | ';' | '|' | '&'))
+        {
+            if has_parent_component(word) && !word.starts_with("./") {
+                d.error(node.pos, format!("`{key}` refers to `{word}`, which contains `..`; paths must stay inside the repository"));
+            }
+        }
+        Some(cmd)
+    };
+    let run = command(d, "run", true);
+    let check = command(d, "check", false);
+    let verify = command(d, "verify", false);
+    let timeout = d.optional(&f, "timeout", |d, n| d.parsed::<Duration>(n, "timeout"));
+    let confirm = d
+        .optional(&f, "confirm", |d, n| d.bool(n, "confirm"))
+        .unwrap_or(false);
+    let targets = d.optional(&f, "targets", |d, n| d.string_list(n, "targets"));
+    if let Some(targets) = &targets {
+        for (t, pos) in targets {
+            if !change_targets.contains(t.as_str()) {
+                d.error(
+                    *pos,
+                    format!("step target `{t}` is not among the change's targets"),
+                );
+            }
+        }
+    }
+    Some(Step {
+        id: id?,
+        run: run?,
+        check,
+        verify,
+        timeout,
+        confirm,
+        targets: targets.map(|t| t.into_iter().map(|(t, _)| t).collect()),
+    })
+}
