@@ -280,3 +280,92 @@ fn a_pull_request_that_touches_nothing_still_gets_the_aggregate_status() {
         .statuses(&head.to_string(), "changegate/policies")
         .is_empty());
 }
+
+#[test]
+fn approving_a_commit_that_never_had_the_file_does_not_approve_its_deletion() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin();
+        let m0 = repo.main_tip();
+        // PR #6 starts before `freeze.yaml` exists and adds a change.
+        let c1 = repo.push_to_pr(6, &[("changes/e.yaml", &change("e"))], "carol");
+        repo.write("policies/freeze.yaml", STRICT);
+        let m1 = repo.commit("freeze");
+        let (server, _db) = start_server(&repo, backend, &github);
+        let pr = pull(6, c1, m1, "carol-gh");
+        github.state.lock().unwrap().pulls.insert(6, pr.clone());
+        deliver_pr(&server, "pr6", "opened", &pr, "carol-gh");
+        for (id, who, at) in [(61, "alice-gh", 6_000), (62, "bob-gh", 6_010)] {
+            deliver_review(
+                &server,
+                &format!("r{id}"),
+                "submitted",
+                &pr,
+                &review(id, who, "approved", c1, at),
+            );
+        }
+        wait_status(&github, c1, "changegate/e", "success", "approved");
+        // Then the branch takes main in, and deletes `freeze.yaml`: the two
+        // approvals were of a commit that never had it, not of its deletion.
+        let git = &repo.repo;
+        let mut index = git2::Index::new().unwrap();
+        index
+            .read_tree(&git.find_commit(m1).unwrap().tree().unwrap())
+            .unwrap();
+        index
+            .remove_path(std::path::Path::new("policies/freeze.yaml"))
+            .unwrap();
+        let e = git
+            .find_commit(c1)
+            .unwrap()
+            .tree()
+            .unwrap()
+            .get_path(std::path::Path::new("changes/e.yaml"))
+            .unwrap();
+        index
+            .add(&git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: 0o100644,
+                uid: 0,
+                gid: 0,
+                file_size: 0,
+                id: e.id(),
+                flags: 0,
+                flags_extended: 0,
+                path: b"changes/e.yaml".to_vec(),
+            })
+            .unwrap();
+        let tree = git.find_tree(index.write_tree_to(git).unwrap()).unwrap();
+        let sig = git2::Signature::now("carol", "carol@example.com").unwrap();
+        let parents = [&git.find_commit(c1).unwrap(), &git.find_commit(m1).unwrap()];
+        let c2 = git
+            .commit(
+                None,
+                &sig,
+                &sig,
+                "merge main; drop the freeze",
+                &tree,
+                &parents,
+            )
+            .unwrap();
+        git.reference("refs/pull/6/head", c2, true, "pull request head")
+            .unwrap();
+        git.reference("refs/heads/pr-6", c2, true, "pull request branch")
+            .unwrap();
+        let pr = pull(6, c2, m1, "carol-gh");
+        github.state.lock().unwrap().pulls.insert(6, pr.clone());
+        deliver_pr(&server, "pr6-sync", "synchronize", &pr, "carol-gh");
+        wait_status(
+            &github,
+            c2,
+            "changegate/policies",
+            "pending",
+            "policy edit needs the approvers in force: policies/freeze.yaml 0 of 2",
+        );
+        wait_status(&github, c2, "changegate", "pending", "changegate/policies:");
+        let _ = m0;
+    }
+}

@@ -73,7 +73,17 @@ impl Engine {
                 ),
             }
         } else {
-            let budget = view.policies.iter().find_map(|p| p.actions.get(action));
+            // Two files budgeting one action is a validation error; until it
+            // is fixed, the strictest budget holds, never the first by name.
+            let budget = view
+                .policies
+                .iter()
+                .filter_map(|p| p.actions.get(action))
+                .min_by_key(|b| {
+                    let per = b.per.as_secs().max(1);
+                    // Allowed per hour, in thousandths: comparable across windows.
+                    u64::from(b.max) * 3_600_000 / per
+                });
             match budget {
                 None => ActionAnswer {
                     decision: ActionDecision::Allowed,

@@ -10,7 +10,8 @@ use crate::store::{Alert, AlertKind, AlertLabels, Attempt, Severity, WriteTx};
 
 impl Engine {
     /// The sinks an alert about `change` goes to: the `alerts:` of its
-    /// policies, or every configured sink when none names any.
+    /// policies, or every configured sink when none names any, or names
+    /// only sinks that are not configured (an alert always reaches someone).
     pub(super) fn sinks_for(&self, change: Option<&str>) -> Vec<String> {
         let all: Vec<String> = self
             .config
@@ -31,10 +32,11 @@ impl Engine {
                 PoliciesInForce::BuiltinDefault => vec![],
             })
             .unwrap_or_default();
+        let named: Vec<String> = named.into_iter().filter(|n| all.contains(n)).collect();
         if named.is_empty() {
             all
         } else {
-            named.into_iter().filter(|n| all.contains(n)).collect()
+            named
         }
     }
 

@@ -193,7 +193,11 @@ impl Engine {
                 view.policy_proposals
                     .extend(old.policy_proposals.iter().filter(|p| of_it(p.pr)).cloned());
             } else {
-                let (changes, policies) = read_proposals(&path, std::slice::from_ref(head));
+                let (changes, policies) = read_proposals(
+                    &path,
+                    std::slice::from_ref(head),
+                    &self.config.repo.default_branch,
+                );
                 view.proposals.extend(changes);
                 view.policy_proposals.extend(policies);
             }

@@ -15,12 +15,23 @@ use crate::clock::now_ms;
 use crate::gate::policy_review::{edit_rule, pending_edits, policy_name};
 use crate::gate::{approval_status, ApprovalStatus, People};
 use crate::git::{blob_id, ChangeRepo};
-use crate::model::ABSENT;
+use crate::model::{deletion_of, ABSENT};
 use crate::model::{load_policies, Policy, SourceFile};
 use crate::store::{Alert, AlertKind, AlertLabels, ApprovedPolicy, Severity};
 
 /// Alerts about an unapproved policy revision: `policy-unapproved:PATH@BLOB`.
 const ALERT_PREFIX: &str = "policy-unapproved:";
+
+/// Since when a text has been in force, for judging the next edit: when it
+/// was approved, or forever for the baseline (reviews from before review
+/// began still speak for the edits they saw).
+fn in_force_since(a: &ApprovedPolicy) -> i64 {
+    if a.how == "baseline" {
+        0
+    } else {
+        a.approved_at
+    }
+}
 
 fn parse(path: &str, text: &[u8]) -> Option<Policy> {
     load_policies(&[SourceFile {
@@ -95,9 +106,21 @@ impl Engine {
                 .get(&edit.path)
                 .and_then(|a| parse(&a.path, a.text.as_bytes()));
             let new = main.get(&edit.path).and_then(|f| parse(&f.path, &f.bytes));
-            let on_main = edit.on_main.clone().unwrap_or_else(|| ABSENT.to_string());
+            // A deletion is of the text in force: approving another
+            // deletion (or a commit that never had the file) is not this.
+            let on_main = match (&edit.on_main, &edit.in_force) {
+                (Some(blob), _) => blob.clone(),
+                (None, Some(in_force)) => deletion_of(in_force),
+                (None, None) => ABSENT.to_string(),
+            };
             let status = self
-                .policy_edit_status(&edit.path, &on_main, old.as_ref(), new.as_ref())
+                .policy_edit_status(
+                    &edit.path,
+                    &on_main,
+                    old.as_ref(),
+                    new.as_ref(),
+                    approved.get(&edit.path).map_or(0, in_force_since),
+                )
                 .await?;
             if status.satisfied {
                 let text = main.get(&edit.path).map(|f| approved_as(f, "reviewed"));
@@ -156,6 +179,10 @@ impl Engine {
             }
         }
         w.commit().await?;
+        let since: BTreeMap<String, i64> = approved
+            .iter()
+            .map(|(p, a)| (p.clone(), in_force_since(a)))
+            .collect();
         let files: Vec<SourceFile> = approved
             .into_values()
             .map(|a| SourceFile {
@@ -166,6 +193,7 @@ impl Engine {
         let model = load_policies(&files);
         view.policies = model.policies;
         view.policy_errors = model.diagnostics;
+        view.policies_since = since;
         view.unapproved_policies = unapproved;
         Ok(())
     }
@@ -194,16 +222,22 @@ impl Engine {
         .labelled("policy", &u.path)
     }
 
-    /// The approval of the revision `digest` (a blob id, or `absent`) of
-    /// policy file `path`, replacing `old` (in force) with `new`.
+    /// The approval of the revision `digest` (a blob id, or a deletion) of
+    /// policy file `path`, replacing `old` (in force since `since`, unix
+    /// ms) with `new`. Only reviews given since the text in force took
+    /// effect count or block: an approval of an older text, or a request
+    /// for changes on a long-merged pull request, speaks to another edit.
     async fn policy_edit_status(
         &self,
         path: &str,
         digest: &str,
         old: Option<&Policy>,
         new: Option<&Policy>,
+        since: i64,
     ) -> Result<ApprovalStatus, EngineError> {
-        let facts = self.store.world(path, &[]).await?.facts;
+        let mut facts = self.store.world(path, &[]).await?.facts;
+        facts.github.reviews.retain(|r| r.submitted_at > since);
+        facts.approvals.retain(|a| a.created_at > since);
         let rule = edit_rule(old, new);
         let identities: BTreeSet<String> =
             self.config.tokens.iter().map(|t| t.name.clone()).collect();
@@ -222,18 +256,29 @@ impl Engine {
     }
 
     /// The approval of each policy file that open pull request `pr` adds,
-    /// edits or deletes, at its head, by path.
+    /// edits or deletes at `head`, by path; none read at another head.
     pub async fn pr_policy_edits(
         &self,
         pr: i64,
+        head: &str,
     ) -> Result<Vec<(String, ApprovalStatus)>, EngineError> {
         let view = self.view();
         let mut out = Vec::new();
-        for p in view.policy_proposals.iter().filter(|p| p.pr == pr) {
+        for p in view
+            .policy_proposals
+            .iter()
+            .filter(|p| p.pr == pr && p.head_sha == head)
+        {
             let name = policy_name(&p.path);
             let old = view.policies.iter().find(|q| q.name == name);
             let status = self
-                .policy_edit_status(&p.path, &p.blob, old, p.policy.as_ref())
+                .policy_edit_status(
+                    &p.path,
+                    &p.blob,
+                    old,
+                    p.policy.as_ref(),
+                    view.policies_since.get(&p.path).copied().unwrap_or(0),
+                )
                 .await?;
             out.push((p.path.clone(), status));
         }

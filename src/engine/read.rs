@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::view::{PolicyProposal, Proposal, RepoView};
 use crate::config::Config;
+use crate::git::touched::policy_deletion;
 use crate::git::{ChangeRepo, GitError, Snapshot};
 use crate::model::{covered_paths, is_policy_path, load_policies, Digest, Entry, TreeView, ABSENT};
 
@@ -23,6 +24,7 @@ pub fn repo_path(config: &Config) -> PathBuf {
 pub fn read_proposals(
     path: &Path,
     open: &[(i64, String, Vec<String>)],
+    default_branch: &str,
 ) -> (Vec<Proposal>, Vec<PolicyProposal>) {
     let mut out = Vec::new();
     let mut policies = Vec::new();
@@ -41,7 +43,7 @@ pub fn read_proposals(
         policies.extend(
             ids.iter()
                 .filter(|key| is_policy_path(key))
-                .map(|key| policy_at(&snapshot, *pr, key)),
+                .map(|key| policy_at(&repo, &snapshot, *pr, key, default_branch)),
         );
         for id in ids {
             let Some(change) = model.changes.get(id) else {
@@ -61,11 +63,19 @@ pub fn read_proposals(
     (out, policies)
 }
 
-/// Policy file `path` as pull request `pr` has it at `snapshot`.
-fn policy_at(snapshot: &Snapshot<'_>, pr: i64, path: &str) -> PolicyProposal {
+/// Policy file `path` as pull request `pr` has it at `snapshot`: its
+/// blob, or the deletion of the blob at the merge base.
+fn policy_at(
+    repo: &ChangeRepo,
+    snapshot: &Snapshot<'_>,
+    pr: i64,
+    path: &str,
+    default_branch: &str,
+) -> PolicyProposal {
     let blob = match snapshot.entry(path) {
         Some(Entry::Blob(id)) => id,
-        _ => ABSENT.to_string(),
+        _ => policy_deletion(repo, snapshot.commit_id(), path, default_branch)
+            .unwrap_or_else(|_| ABSENT.to_string()),
     };
     let policy = snapshot
         .policy_files()
@@ -74,6 +84,7 @@ fn policy_at(snapshot: &Snapshot<'_>, pr: i64, path: &str) -> PolicyProposal {
         .and_then(|file| load_policies(&[file]).policies.into_iter().next());
     PolicyProposal {
         pr,
+        head_sha: snapshot.commit_id().to_string(),
         path: path.to_string(),
         blob,
         policy,
@@ -131,6 +142,7 @@ pub fn read_default_branch(config: &Config, path: &Path) -> Result<RepoView, Git
         proposal_heads: Vec::new(),
         previous_labels: BTreeMap::new(),
         policy_proposals: Vec::new(),
+        policies_since: BTreeMap::new(),
         unapproved_policies: Vec::new(),
     })
 }

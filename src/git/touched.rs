@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::{ChangeRepo, GitError, Snapshot};
-use crate::model::{covered_paths, Digest, Entry, TreeView, ABSENT};
+use crate::model::{covered_paths, deletion_of, is_policy_path, Digest, Entry, TreeView, ABSENT};
 
 impl Snapshot<'_> {
     /// The YAML files under `policies/`, with their content.
@@ -63,9 +63,9 @@ pub fn touched(
     let at_head = repo.at(&head_id)?.subjects()?;
     let at_base = repo.at(&merge_base.to_string())?.subjects()?;
     let deleted_policies = at_base
-        .keys()
-        .filter(|k| crate::model::is_policy_path(k) && !at_head.contains_key(*k))
-        .map(|k| (k.clone(), ABSENT.to_string()))
+        .iter()
+        .filter(|(k, _)| is_policy_path(k) && !at_head.contains_key(*k))
+        .map(|(k, blob)| (k.clone(), deletion_of(blob)))
         .collect::<Vec<_>>();
     let mut out: Vec<(String, String)> = at_head
         .into_iter()
@@ -77,20 +77,47 @@ pub fn touched(
 }
 
 /// (commit, key, digest) for each commit and touched key (a change id or a
-/// policy path); [`ABSENT`] where it does not exist at that commit.
+/// policy path); [`ABSENT`] where it does not exist at that commit, except
+/// a policy file that the commit deletes: [`deletion_of`] its blob at the
+/// merge base with `default_branch`.
 pub fn digests_at(
     mirror: &Path,
     commits: &BTreeSet<String>,
     keys: &[String],
+    default_branch: &str,
 ) -> Result<Vec<(String, String, String)>, GitError> {
     let repo = ChangeRepo::open(mirror)?;
     let mut out = Vec::new();
     for commit in commits {
         let subjects = repo.at(commit)?.subjects()?;
         for key in keys {
-            let digest = subjects.get(key).map_or(ABSENT, String::as_str);
-            out.push((commit.clone(), key.clone(), digest.to_string()));
+            let digest = match subjects.get(key) {
+                Some(d) => d.clone(),
+                None if is_policy_path(key) => policy_deletion(&repo, commit, key, default_branch)?,
+                None => ABSENT.to_string(),
+            };
+            out.push((commit.clone(), key.clone(), digest));
         }
     }
     Ok(out)
+}
+
+/// What `commit`, which lacks policy file `path`, records for it: the
+/// deletion of its blob at the merge base with `default_branch`, or
+/// [`ABSENT`] when it was not there either (nothing was deleted).
+pub fn policy_deletion(
+    repo: &ChangeRepo,
+    commit: &str,
+    path: &str,
+    default_branch: &str,
+) -> Result<String, GitError> {
+    let tip = repo.at(&format!("refs/heads/{default_branch}"))?;
+    let base = repo.git().merge_base(
+        git2::Oid::from_str(repo.at(commit)?.commit_id())?,
+        git2::Oid::from_str(tip.commit_id())?,
+    )?;
+    Ok(match repo.at(&base.to_string())?.entry(path) {
+        Some(Entry::Blob(blob)) => deletion_of(&blob),
+        _ => ABSENT.to_string(),
+    })
 }

@@ -72,6 +72,12 @@ impl Github {
             w.commit().await?;
             return Ok(());
         }
+        // Retargeted onto the default branch: reviews given while it aimed
+        // elsewhere approved a merge there, not here.
+        let retargeted = store
+            .pull_request(number)
+            .await?
+            .is_some_and(|k| k.base_ref != self.default_branch);
         let review_commits: BTreeSet<String> = store.review_commits(number).await?;
         let (default, head, base) = (
             self.default_branch.clone(),
@@ -83,7 +89,7 @@ impl Github {
                 m.fetch_pull(&default, number)?;
                 let touched = touched(m.path(), &head, &base, &default)?;
                 let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
-                let digests = digests_at(m.path(), &review_commits, &ids)?;
+                let digests = digests_at(m.path(), &review_commits, &ids, &default)?;
                 Ok((touched, digests))
             })
             .await?;
@@ -99,6 +105,16 @@ impl Github {
         }
         // …but an older delivery never rewinds the head it records.
         let current = w.upsert_pull_request(&record).await?;
+        if current && retargeted {
+            let dismissed = w.dismiss_reviews(number).await?;
+            w.audit(
+                "github",
+                "github.reviews.dismissed",
+                None,
+                json!({"number": number, "reviews": dismissed, "why": "retargeted onto the default branch"}),
+            )
+            .await?;
+        }
         if current {
             w.set_pr_changes(number, &touched).await?;
         }
@@ -150,12 +166,12 @@ impl Github {
         let digests = self
             .with_mirror(move |m| {
                 let commits = BTreeSet::from([commit.clone()]);
-                match digests_at(m.path(), &commits, &ids) {
+                match digests_at(m.path(), &commits, &ids, &default) {
                     Ok(d) => Ok(d),
                     // Not fetched yet (the review raced the push): fetch and read again.
                     Err(_) => {
                         m.fetch_pull(&default, number)?;
-                        digests_at(m.path(), &commits, &ids)
+                        digests_at(m.path(), &commits, &ids, &default)
                     }
                 }
             })

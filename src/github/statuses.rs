@@ -104,6 +104,9 @@ pub fn merged(status: &ChangeStatus) -> Wanted {
 
 /// The policy files an open pull request edits, each with its approval.
 pub fn policy_edits(edits: &[(String, ApprovalStatus)]) -> Wanted {
+    if edits.is_empty() {
+        return wanted("pending", "reading the policy files at this head");
+    }
     let waiting: Vec<String> = edits
         .iter()
         .filter(|(_, a)| !a.satisfied)
@@ -229,7 +232,14 @@ impl Github {
             }
             if !policies.is_empty() {
                 let w = if pr.state == "open" {
-                    policy_edits(&self.engine.pr_policy_edits(pr.number).await?)
+                    let edits = self.engine.pr_policy_edits(pr.number, &pr.head_sha).await?;
+                    // Every touched file must be read at this head before
+                    // anything is said about it.
+                    if edits.len() < policies.len() {
+                        wanted("pending", "reading the policy files at this head")
+                    } else {
+                        policy_edits(&edits)
+                    }
                 } else {
                     merged_policy_edits(&policies, &self.engine.view().unapproved_policies)
                 };

@@ -17,6 +17,13 @@ use super::{ChangeSet, Entry, TreeView};
 /// policy file that does not exist there.
 pub const ABSENT: &str = "absent";
 
+/// What a pull request, or a review's commit, records for a policy file it
+/// deletes: the deletion of that blob (the text at the merge base with the
+/// default branch), so approving one deletion never approves another.
+pub fn deletion_of(blob: &str) -> String {
+    format!("deleted:{blob}")
+}
+
 /// Pull requests record the policy files they touch beside the change ids
 /// they touch, by path (a change id never holds a `/`); a policy file's
 /// "digest" is its git blob id.

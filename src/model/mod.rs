@@ -21,7 +21,7 @@ use serde::Serialize;
 
 pub use decode::{decode_change_set, decode_policy, RepoContext};
 pub use digest::{
-    covered_paths, has_parent_component, is_policy_path, CoveredPath, Digest, ABSENT,
+    covered_paths, deletion_of, has_parent_component, is_policy_path, CoveredPath, Digest, ABSENT,
 };
 pub use duration::Duration;
 pub use policy::{policies_in_force, PoliciesInForce};

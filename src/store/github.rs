@@ -347,6 +347,18 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Marks every recorded review of pull request `number` dismissed, for
+    /// good; returns how many.
+    pub async fn dismiss_reviews(&mut self, number: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE reviews SET dismissed = TRUE WHERE pr_number = $1 AND NOT dismissed",
+        )
+        .bind(number)
+        .execute(self.conn())
+        .await?
+        .rows_affected())
+    }
+
     /// Records a review. A dismissal marks the recorded review dismissed
     /// for good; an edit keeps its verdict. Returns true when anything changed.
     pub async fn upsert_review(

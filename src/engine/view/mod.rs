@@ -47,6 +47,9 @@ pub struct RepoView {
     pub proposal_heads: Vec<(i64, String, Vec<String>)>,
     /// Policy files that open pull requests add, edit or delete.
     pub policy_proposals: Vec<PolicyProposal>,
+    /// When each policy file's text in force took effect (unix ms), with
+    /// GitHub: an edit counts only reviews given since.
+    pub policies_since: BTreeMap<String, i64>,
     /// Policy files whose text on the default branch is not in force
     /// because that revision was not approved (with GitHub only).
     pub unapproved_policies: Vec<UnapprovedPolicy>,
@@ -57,6 +60,8 @@ pub struct RepoView {
 pub struct PolicyProposal {
     /// The pull request.
     pub pr: i64,
+    /// The head it was read at.
+    pub head_sha: String,
     /// `policies/<name>.yaml`.
     pub path: String,
     /// Its blob id at the head, or `absent` when the pull request deletes it.
