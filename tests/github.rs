@@ -963,3 +963,49 @@ fn a_late_synchronize_never_rewinds_the_head() {
         );
     }
 }
+
+#[test]
+fn reviews_given_while_a_pull_request_aimed_elsewhere_do_not_count_after_a_retarget_onto_main() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_ONE);
+        let base = repo.main_tip();
+        let (server, _database) = start_server(&repo, backend, &github);
+        let head = repo.push_to_pr(1, &[("changes/d.yaml", &change("d", "./ok.sh"))], "carol");
+        let mut pr = pull(1, head, base, "carol-gh");
+        deliver_pr(&server, "pr1-opened", "opened", &pr, "carol-gh");
+        wait_for(
+            || server.get("/api/v1/changes/d", Some("alice-token")).0 == 200,
+            "`d` proposed",
+        );
+        // Aimed at `release`, Bob approves a merge there…
+        pr["base"]["ref"] = json!("release");
+        deliver_pr(&server, "pr1-to-release", "edited", &pr, "carol-gh");
+        deliver_review(
+            &server,
+            "r1",
+            "submitted",
+            &pr,
+            &review(1, "bob-gh", "approved", head, 1_000),
+        );
+        // …then it is aimed at main: that approval is not one for main.
+        pr["base"]["ref"] = json!("main");
+        deliver_pr(&server, "pr1-to-main", "edited", &pr, "carol-gh");
+        wait_for(
+            || {
+                server.get("/api/v1/changes/d", Some("alice-token")).0 == 200
+                    && reviews(&server, "d") == vec![("bob-gh".into(), false, "dismissed".into())]
+            },
+            &format!("{backend}: Bob's review dismissed"),
+        );
+        assert_eq!(summary(&server, "d"), ("proposed".into(), 0), "{backend}");
+        deliver_review(
+            &server,
+            "r2",
+            "submitted",
+            &pr,
+            &review(2, "bob-gh", "approved", head, 2_000),
+        );
+        wait_state(&server, "d", "approved", 1);
+    }
+}
