@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 per_role=${1:-60}
 cargo build --locked --quiet
 bin=${CARGO_TARGET_DIR:-target}/debug/changegate
-command -v st >/dev/null || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'schemathesis>=4,<5'
+python3 -c 'import schemathesis' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'schemathesis>=4,<5'
+# Through the interpreter pip installed into, whatever is on PATH.
+st() { python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "st"; sys.exit(schemathesis())' "$@"; }
 
 work=$(mktemp -d)
 server_pid=
