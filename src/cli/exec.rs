@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::exit;
 use crate::client::{Client, ClientError};
 use crate::executor::{run_step, StepEnd, StopSignal};
+use crate::gate::RefusalReason;
 use crate::git::ChangeRepo;
 use crate::model::{covered_paths, has_parent_component, CoveredPath, Digest, Entry, TreeView};
 use crate::redact::{is_secret_name, redact};
@@ -320,15 +321,21 @@ pub(super) fn exec_with(
                 reason,
                 detail,
             }) => {
+                // The server's word, read back as the gate's rule.
+                let rule: Option<RefusalReason> =
+                    serde_json::from_value(serde_json::Value::String(reason.clone())).ok();
                 if keep_going
                     && ran > 0
-                    && (reason == "needs-confirmation" || reason == "completed")
+                    && matches!(
+                        rule,
+                        Some(RefusalReason::NeedsConfirmation | RefusalReason::Completed)
+                    )
                 {
                     println!("stopped after {ran} step(s): {reason}: {detail}");
                     return exit::OK;
                 }
                 println!("refused: {reason}: {detail}");
-                if reason == "digest-mismatch" {
+                if rule == Some(RefusalReason::DigestMismatch) {
                     if let Ok(approved) = client.change(id) {
                         for line in differing_paths(&checkout.covered, &approved) {
                             println!("  {line}");

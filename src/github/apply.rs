@@ -2,6 +2,7 @@
 //! policy files, read from the mirror) and the digest at each reviewed commit.
 
 use super::*;
+use crate::store::InboxOutcome;
 
 impl Github {
     /// Records a pull request's head, state, authors and touched changes
@@ -48,7 +49,7 @@ impl Github {
             }
             let mut w = store.write().await?;
             if let Some((d, _)) = delivery {
-                if !w.finish_delivery(d, "applied", None).await? {
+                if !w.finish_delivery(d, InboxOutcome::Applied, None).await? {
                     return Ok(());
                 }
             }
@@ -95,7 +96,7 @@ impl Github {
             .await?;
         let mut w = store.write().await?;
         if let Some((d, _)) = delivery {
-            if !w.finish_delivery(d, "applied", None).await? {
+            if !w.finish_delivery(d, InboxOutcome::Applied, None).await? {
                 return Ok(());
             }
         }
@@ -178,7 +179,7 @@ impl Github {
             .await?;
         let mut w = store.write().await?;
         if let Some(d) = delivery {
-            if !w.finish_delivery(d, "applied", None).await? {
+            if !w.finish_delivery(d, InboxOutcome::Applied, None).await? {
                 return Ok(false);
             }
         }

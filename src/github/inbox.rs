@@ -2,6 +2,7 @@
 //! transaction that marks each processed; failures retried with backoff.
 
 use super::*;
+use crate::store::InboxOutcome;
 
 impl Github {
     /// Applies every due inbox delivery. Returns how many were finished.
@@ -20,8 +21,12 @@ impl Github {
                     Ok(()) => finished += 1,
                     Err(SyncError::Payload(e)) => {
                         let mut w = self.engine.store().write().await?;
-                        if w.finish_delivery(&item.delivery_id, "rejected", Some(&e.to_string()))
-                            .await?
+                        if w.finish_delivery(
+                            &item.delivery_id,
+                            InboxOutcome::Rejected,
+                            Some(&e.to_string()),
+                        )
+                        .await?
                         {
                             w.audit(
                                 "github",
@@ -101,7 +106,9 @@ impl Github {
                 let default = self.default_branch.clone();
                 self.with_mirror(move |m| m.fetch_all(&default)).await?;
                 let mut w = self.engine.store().write().await?;
-                if w.finish_delivery(delivery, "applied", None).await? {
+                if w.finish_delivery(delivery, InboxOutcome::Applied, None)
+                    .await?
+                {
                     w.audit(
                         "github",
                         "github.push",
@@ -126,7 +133,8 @@ impl Github {
 
     pub(super) async fn ignore(&self, delivery: &str, why: &str) -> Result<(), SyncError> {
         let mut w = self.engine.store().write().await?;
-        w.finish_delivery(delivery, "ignored", Some(why)).await?;
+        w.finish_delivery(delivery, InboxOutcome::Ignored, Some(why))
+            .await?;
         w.commit().await?;
         Ok(())
     }

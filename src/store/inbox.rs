@@ -127,7 +127,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut w = self.write().await?;
         if give_up {
-            if w.finish_delivery(delivery_id, "failed", Some(error))
+            if w.finish_delivery(delivery_id, super::InboxOutcome::Failed, Some(error))
                 .await?
             {
                 w.audit(
@@ -176,7 +176,7 @@ impl WriteTx {
     pub async fn finish_delivery(
         &mut self,
         delivery_id: &str,
-        outcome: &str,
+        outcome: super::InboxOutcome,
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
         let n = sqlx::query("UPDATE inbox SET processed_at = $2, outcome = $3, last_error = COALESCE($4, last_error) WHERE delivery_id = $1 AND processed_at IS NULL")

@@ -31,7 +31,9 @@ pub use gate::*;
 pub use github::*;
 pub use inbox::{InboxItem, PreparedDelivery};
 pub use policies::ApprovedPolicy;
-pub use states::{AlertKind, AlertState, AttemptState, DeliveryState, ReviewState, UnknownWord};
+pub use states::{
+    AlertKind, AlertState, AttemptState, DeliveryState, InboxOutcome, ReviewState, UnknownWord,
+};
 pub use statuses::PendingStatus;
 
 use std::str::FromStr;

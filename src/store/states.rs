@@ -125,6 +125,21 @@ words! {
 }
 
 words! {
+    /// How a webhook delivery in the inbox ended.
+    InboxOutcome, "inbox outcome" {
+        /// Its facts were recorded.
+        Applied = "applied",
+        /// Recorded and deliberately not acted on (another repository, a
+        /// pull request into another branch, an event not used).
+        Ignored = "ignored",
+        /// Its payload cannot be acted on; retrying will not help.
+        Rejected = "rejected",
+        /// Given up after the last retry.
+        Failed = "failed",
+    }
+}
+
+words! {
     /// What an alert is about.
     AlertKind, "alert kind" {
         /// A step failed or was interrupted.

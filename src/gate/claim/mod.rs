@@ -8,7 +8,7 @@ use super::{Breaker, ChangeState, StepState};
 use crate::model::{ChangeSet, Window};
 
 /// Why a claim was refused; serialised as the spec's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RefusalReason {
     /// No such change on the default branch.
