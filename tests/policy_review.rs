@@ -369,3 +369,77 @@ fn approving_a_commit_that_never_had_the_file_does_not_approve_its_deletion() {
         let _ = m0;
     }
 }
+
+#[test]
+fn restoring_an_older_approved_text_needs_fresh_approvals() {
+    let github = FakeGithub::start();
+    let repo = origin();
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let loose = "approvals:\n  required: 1\n";
+    // Two reviewed edits: loosen (PR #2, reviewed a minute ago), then
+    // tighten again (PR #3, reviewed now).
+    let started = now();
+    for (number, text) in [(2u64, loose), (3, "approvals:\n  required: 2\n")] {
+        let mut at = if number == 2 { started - 60 } else { now() + 1 };
+        let head = repo.push_to_pr(number, &[("policies/p.yaml", text)], "carol");
+        let pr = pull(number, head, repo.main_tip(), "carol-gh");
+        github
+            .state
+            .lock()
+            .unwrap()
+            .pulls
+            .insert(number, pr.clone());
+        deliver_pr(&server, &format!("pr{number}"), "opened", &pr, "carol-gh");
+        for who in ["alice-gh", "bob-gh"] {
+            at += 1;
+            let id = number * 10 + at % 10;
+            deliver_review(
+                &server,
+                &format!("r{id}"),
+                "submitted",
+                &pr,
+                &review(id, who, "approved", head, at),
+            );
+        }
+        wait_status(
+            &github,
+            head,
+            "changegate/policies",
+            "success",
+            "policy edit approved",
+        );
+        merge(&repo, &server, &github, number, &pr);
+        wait_for(
+            || {
+                let audit = server.get("/api/v1/audit", Some("alice-token")).1;
+                audit
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["kind"] == "policy.approved")
+                    .count()
+                    == (number - 1) as usize
+            },
+            &format!("PR #{number}'s text in force"),
+        );
+    }
+    // PR #4 restores the loose text byte for byte: the approvals PR #2 got
+    // for that text were given before the strict one took effect.
+    let head = repo.push_to_pr(4, &[("policies/p.yaml", loose)], "carol");
+    let pr = pull(4, head, repo.main_tip(), "carol-gh");
+    github.state.lock().unwrap().pulls.insert(4, pr.clone());
+    deliver_pr(&server, "pr4", "opened", &pr, "carol-gh");
+    wait_status(
+        &github,
+        head,
+        "changegate/policies",
+        "pending",
+        "policy edit needs the approvers in force: policies/p.yaml 0 of 2",
+    );
+}
