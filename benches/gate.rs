@@ -83,7 +83,7 @@ fn medians(label: &str, mut times: Vec<Duration>) -> Duration {
 }
 
 fn exec_overhead(runtime: &tokio::runtime::Runtime) {
-    const N: usize = 30;
+    const N: usize = 50;
     let repo = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     git2::Repository::init(repo.path()).unwrap();

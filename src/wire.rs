@@ -62,6 +62,22 @@ pub enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    /// The word the API and the spec use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a report or heartbeat found.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptAnswer {

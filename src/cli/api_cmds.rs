@@ -9,7 +9,6 @@ use serde_json::Value;
 use super::{exit, Format};
 use crate::client::{Client, ClientError};
 use crate::git::ChangeRepo;
-use crate::model::{covered_paths, Digest};
 
 fn with_client(
     f: impl FnOnce(&Client) -> Result<Value, ClientError>,
@@ -50,21 +49,10 @@ pub(super) fn approve(id: &str, digest: Option<&str>, repo: &Path, comment: &str
     let digest = match digest {
         Some(d) => d.to_string(),
         None => {
-            let computed = ChangeRepo::open(repo).and_then(|r| {
-                let snap = r.at("HEAD")?;
-                let model = snap.load_model()?;
-                Ok(model
-                    .changes
-                    .get(id)
-                    .and_then(|c| covered_paths(c, &snap).ok())
-                    .map(|c| Digest::of(&c).to_string()))
-            });
+            let computed = ChangeRepo::open(repo)
+                .and_then(|r| Ok(r.at("HEAD")?.change(id)?.digest.to_string()));
             match computed {
-                Ok(Some(d)) => d,
-                Ok(None) => {
-                    eprintln!("error: no valid change `{id}` at HEAD; pass --digest");
-                    return exit::USAGE;
-                }
+                Ok(d) => d,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return exit::USAGE;

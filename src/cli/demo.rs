@@ -14,7 +14,6 @@ use super::exit;
 use crate::client::Client;
 use crate::config::{Config, Role, SinkConfig, SinkKind, TokenConfig};
 use crate::git::ChangeRepo;
-use crate::model::{covered_paths, Digest};
 use crate::server::auth::{new_token, token_hash};
 
 const UPGRADE: &str = "2017-12-12-state-machine-pg10";
@@ -257,9 +256,8 @@ fn run() -> Result<bool, String> {
     let digest_of = |id: &str| -> Result<String, String> {
         let repo = ChangeRepo::open(&checkout).map_err(|e| e.to_string())?;
         let snap = repo.at("HEAD").map_err(|e| e.to_string())?;
-        let model = snap.load_model().map_err(|e| e.to_string())?;
-        let change = model.changes.get(id).ok_or(format!("no change {id}"))?;
-        Ok(Digest::of(&covered_paths(change, &snap)?).to_string())
+        let at = snap.change(id).map_err(|e| e.to_string())?;
+        Ok(at.digest.to_string())
     };
     let up_digest = digest_of(UPGRADE)?;
     let ok =

@@ -10,7 +10,7 @@ use crate::client::{Client, ClientError};
 use crate::executor::{run_step, StepEnd, StopSignal};
 use crate::gate::RefusalReason;
 use crate::git::ChangeRepo;
-use crate::model::{covered_paths, has_parent_component, CoveredPath, Digest, Entry, TreeView};
+use crate::model::{has_parent_component, CoveredPath, Digest, Entry, TreeView};
 use crate::redact::{is_secret_name, redact};
 use crate::wire::{Outcome, Report};
 
@@ -114,16 +114,10 @@ impl Checkout {
 fn checkout(dir: &Path, id: &str) -> Result<Checkout, (u8, String)> {
     let repo = ChangeRepo::open(dir).map_err(|e| (exit::USAGE, e.to_string()))?;
     let snapshot = repo.at("HEAD").map_err(|e| (exit::USAGE, e.to_string()))?;
-    let model = snapshot
-        .load_model()
+    let at = snapshot
+        .change(id)
         .map_err(|e| (exit::USAGE, e.to_string()))?;
-    let change = model.changes.get(id).ok_or_else(|| {
-        (
-            exit::USAGE,
-            format!("no valid change `{id}` at HEAD of {}", dir.display()),
-        )
-    })?;
-    let covered = covered_paths(change, &snapshot).map_err(|e| (exit::USAGE, e))?;
+    let covered = at.covered;
     let repo_dir = repo
         .git()
         .workdir()
@@ -157,7 +151,7 @@ fn checkout(dir: &Path, id: &str) -> Result<Checkout, (u8, String)> {
     Ok(Checkout {
         repo_dir,
         commit: snapshot.commit_id().to_string(),
-        digest: Digest::of(&covered),
+        digest: at.digest,
         covered,
     })
 }
@@ -413,7 +407,16 @@ pub(super) fn exec_with(
             duration_ms: run.duration.as_millis() as i64,
             output_tail: redact(crate::wire::tail(&output), &env_secrets()),
         };
-        let answer = report_with_retries(client, &grant.attempt, &report);
+        let world_path = world.path().to_path_buf();
+        // Unlinking ten megabytes costs about what the report's round trip
+        // does: the directory goes while the report is sent, and is gone
+        // before anything else happens.
+        let answer = std::thread::scope(|scope| {
+            let removal = scope.spawn(move || drop(world));
+            let answer = report_with_retries(client, &grant.attempt, &report);
+            let _ = removal.join();
+            answer
+        });
         let secs = run.duration.as_secs_f64();
         match &run.end {
             StepEnd::Succeeded => println!("✔ {} succeeded in {secs:.1}s", grant.step),
@@ -430,7 +433,7 @@ pub(super) fn exec_with(
             }
         }
         if run.end != StepEnd::Succeeded {
-            for hint in checkout.uncovered_hints(&run.output, world.path()) {
+            for hint in checkout.uncovered_hints(&run.output, &world_path) {
                 println!("  {hint}");
             }
         }

@@ -6,11 +6,9 @@ use std::io::Write;
 use serde_json::json;
 
 use super::{exit, Format, RepoArgs};
-use crate::git::{ChangeRepo, Snapshot};
+use crate::git::{ChangeAt, ChangeRepo, GitError, Snapshot};
 use crate::model::schema::{json_schema, SchemaKind};
-use crate::model::{
-    covered_paths, policies_in_force, ChangeSet, Digest, PoliciesInForce, Policy, RepoModel,
-};
+use crate::model::{policies_in_force, PoliciesInForce, Policy};
 
 fn fail(message: impl std::fmt::Display) -> u8 {
     eprintln!("error: {message}");
@@ -97,11 +95,12 @@ pub(super) fn validate(args: &RepoArgs, format: Format, strict: bool) -> u8 {
     }
 }
 
-/// The change `id` at the requested rev, or the exit code already reported.
-fn load_change(
+/// Change `id` at the requested rev, read on its own with its digest, or
+/// the exit code already reported.
+fn with_change(
     args: &RepoArgs,
     id: &str,
-    f: impl FnOnce(&ChangeRepo, &Snapshot<'_>, &RepoModel, &ChangeSet) -> u8,
+    f: impl FnOnce(&ChangeRepo, &Snapshot<'_>, ChangeAt) -> u8,
 ) -> u8 {
     let repo = match ChangeRepo::open(&args.repo) {
         Ok(r) => r,
@@ -111,15 +110,10 @@ fn load_change(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let model = match snapshot.load_model() {
-        Ok(m) => m,
-        Err(e) => return fail(e),
-    };
-    let own_path = format!("changes/{id}.yaml");
-    match model.changes.get(id) {
-        Some(change) => f(&repo, &snapshot, &model, change),
-        None if model.diagnostics.iter().any(|d| d.path == own_path) => {
-            for d in model.diagnostics.iter().filter(|d| d.path == own_path) {
+    match snapshot.change(id) {
+        Ok(change) => f(&repo, &snapshot, change),
+        Err(GitError::InvalidChange { problems, .. }) => {
+            for d in problems {
                 eprintln!("{d}");
             }
             eprintln!(
@@ -128,22 +122,18 @@ fn load_change(
             );
             exit::INVALID
         }
-        None => fail(format!(
-            "no change `{id}` at {}: there is no {own_path}",
+        Err(GitError::NoSuchChange { .. }) => fail(format!(
+            "no change `{id}` at {}: there is no changes/{id}.yaml",
             args.rev
         )),
+        Err(e) => fail(e),
     }
 }
 
 pub(super) fn digest(id: &str, args: &RepoArgs) -> u8 {
-    load_change(args, id, |_, snapshot, _, change| {
-        match covered_paths(change, snapshot) {
-            Ok(covered) => {
-                println!("{}", Digest::of(&covered));
-                exit::OK
-            }
-            Err(e) => fail(e),
-        }
+    with_change(args, id, |_, _, at| {
+        println!("{}", at.digest);
+        exit::OK
     })
 }
 
@@ -189,25 +179,24 @@ fn describe_policy(policy: &Policy) -> String {
 }
 
 pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Format) -> u8 {
-    load_change(args, id, |repo, snapshot, model, change| {
-        let covered = match covered_paths(change, snapshot) {
-            Ok(c) => c,
-            Err(e) => return fail(e),
-        };
-        let digest = Digest::of(&covered);
+    with_change(args, id, |repo, snapshot, at| {
+        let ChangeAt {
+            change,
+            covered,
+            digest,
+        } = at;
+        let change = &change;
         // Policies in force come from the default branch, never from the rev being planned.
         let base = repo.at(default_branch).ok();
-        let (policy_source, base_model) = match &base {
-            Some(b) => match b.load_model() {
-                Ok(m) => (
-                    format!("{default_branch} ({})", short(b.commit_id())),
-                    Some(m),
-                ),
-                Err(e) => return fail(e),
-            },
-            None => (format!("{} (no branch `{default_branch}`)", args.rev), None),
+        let policy_source = match &base {
+            Some(b) => format!("{default_branch} ({})", short(b.commit_id())),
+            None => format!("{} (no branch `{default_branch}`)", args.rev),
         };
-        let policies = base_model.as_ref().map_or(&model.policies, |m| &m.policies);
+        let policies = match base.as_ref().unwrap_or(snapshot).policies() {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+        let policies = &policies;
         let in_force = policies_in_force(change, &covered, policies);
         let rules = in_force.approval_rules();
         let confirm_all = matches!(&in_force, PoliciesInForce::Matched { policies } if policies.iter().any(|p| p.execution.confirm_each_step));

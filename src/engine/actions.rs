@@ -20,6 +20,17 @@ pub enum ActionDecision {
     BudgetSpent,
 }
 
+impl ActionDecision {
+    /// The word recorded and answered.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ActionDecision::Allowed => "allowed",
+            ActionDecision::Locked => "locked",
+            ActionDecision::BudgetSpent => "budget-spent",
+        }
+    }
+}
+
 /// The decision with what a person needs to know.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ActionAnswer {
@@ -134,13 +145,9 @@ impl Engine {
                 }
             }
         };
-        let decision = serde_json::to_value(&answer.decision)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        w.record_action(actor, action, target, &decision, now)
+        w.record_action(actor, action, target, answer.decision.as_str(), now)
             .await?;
-        w.audit(monitor, "action.requested", None, json!({"actor": actor, "action": action, "target": target, "decision": decision, "detail": answer.detail})).await?;
+        w.audit(monitor, "action.requested", None, json!({"actor": actor, "action": action, "target": target, "decision": answer.decision.as_str(), "detail": answer.detail})).await?;
         w.commit().await?;
         Ok(answer)
     }

@@ -21,7 +21,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::gate::{breaker_state, Breaker, BreakerConfig, ChangeState, Refusal, StepState};
 use crate::git::{ChangeRepo, GitError};
-use crate::model::{covered_paths, Digest, PoliciesInForce};
+use crate::model::PoliciesInForce;
 use crate::redact::redact;
 use crate::store::alerts::AlertGauges;
 use crate::store::{

@@ -69,11 +69,8 @@ impl Engine {
         let read = || -> Option<view::RevisionSet> {
             let repo = ChangeRepo::open(&self.repo_path()).ok()?;
             let snapshot = repo.at(&r.commit_sha).ok()?;
-            let model = snapshot.load_model().ok()?;
-            let change = model.changes.get(id)?.clone();
-            let covered = covered_paths(&change, &snapshot).ok()?;
-            let digest = Digest::of(&covered);
-            (digest.as_str() == r.digest).then_some((change, digest, covered))
+            let at = snapshot.change(id).ok()?;
+            (at.digest.as_str() == r.digest).then_some((at.change, at.digest, at.covered))
         };
         let set = if r.commit_sha.is_empty() {
             None

@@ -35,6 +35,27 @@ pub enum ChangeState {
     Abandoned,
 }
 
+impl ChangeState {
+    /// The word the API and the spec use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::Proposed => "proposed",
+            ChangeState::Approved => "approved",
+            ChangeState::Ready => "ready",
+            ChangeState::Running => "running",
+            ChangeState::Completed => "completed",
+            ChangeState::Failed => "failed",
+            ChangeState::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl std::fmt::Display for ChangeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A step's state, from its latest attempt (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +72,26 @@ pub enum StepState {
     Interrupted,
     /// Not run (the change was abandoned before it).
     Skipped,
+}
+
+impl StepState {
+    /// The word the API and the spec use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Interrupted => "interrupted",
+            StepState::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for StepState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The change's state from its recorded facts.

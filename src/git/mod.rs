@@ -10,8 +10,8 @@ use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
 use crate::model::references::{bare_words, references};
 use crate::model::{
-    covered_paths, load_repo_with_progress, CoveredPath, Diagnostic, Entry, RepoModel, SourceFile,
-    TreeView,
+    covered_paths, load_change, load_repo_with_progress, ChangeSet, CoveredPath, Diagnostic,
+    Digest, Entry, RepoModel, SourceFile, TreeView,
 };
 
 /// Why the repository or revision could not be read.
@@ -51,6 +51,24 @@ pub enum GitError {
         commit: String,
         /// The blob the digest covers.
         blob: String,
+    },
+    /// The commit has no `changes/<id>.yaml`.
+    #[error("no change `{id}` at {commit}")]
+    NoSuchChange {
+        /// The change id asked for.
+        id: String,
+        /// The commit read.
+        commit: String,
+    },
+    /// The change set does not pass `validate`.
+    #[error("change `{id}` at {commit} is not valid:\n{}", .problems.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
+    InvalidChange {
+        /// The change id.
+        id: String,
+        /// The commit read.
+        commit: String,
+        /// What is wrong, with positions.
+        problems: Vec<Diagnostic>,
     },
 }
 
@@ -138,6 +156,11 @@ impl<'r> Snapshot<'r> {
         Ok(files)
     }
 
+    /// The valid policies at this commit, without reading any change set.
+    pub fn policies(&self) -> Result<Vec<crate::model::Policy>, GitError> {
+        Ok(crate::model::load_policies(&self.files_in("policies")?).policies)
+    }
+
     /// Every change set and policy at this commit, checked.
     pub fn load_model(&self) -> Result<RepoModel, GitError> {
         self.load_model_with_progress(&mut |_, _| {})
@@ -151,6 +174,73 @@ impl<'r> Snapshot<'r> {
         let changes = self.files_in("changes")?;
         let policies = self.files_in("policies")?;
         Ok(load_repo_with_progress(&changes, &policies, self, progress))
+    }
+}
+
+/// One change set read on its own, with what its digest covers.
+pub struct ChangeAt {
+    /// The checked change set.
+    pub change: ChangeSet,
+    /// Every path the digest covers, with its blob.
+    pub covered: Vec<CoveredPath>,
+    /// The digest of `covered`.
+    pub digest: Digest,
+}
+
+impl Snapshot<'_> {
+    /// Change `id` at this commit, read and checked on its own, with its
+    /// covered paths and digest: the one way the CLI computes a digest.
+    /// Only `changes/<id>.yaml` and the files it covers are read.
+    pub fn change(&self, id: &str) -> Result<ChangeAt, GitError> {
+        let missing = || GitError::NoSuchChange {
+            id: id.to_string(),
+            commit: self.commit_id.clone(),
+        };
+        let path = format!("changes/{id}.yaml");
+        let Some(Entry::Blob(blob)) = self.entry(&path) else {
+            return Err(missing());
+        };
+        let bytes = self
+            .repo
+            .find_blob(git2::Oid::from_str(&blob)?)?
+            .content()
+            .to_vec();
+        let change_ids: BTreeSet<String> = self
+            .tree
+            .get_path(Path::new("changes"))
+            .ok()
+            .and_then(|e| e.to_object(self.repo).ok())
+            .and_then(|o| o.peel_to_tree().ok())
+            .map(|t| {
+                t.iter()
+                    .filter(|e| e.kind() == Some(ObjectType::Blob))
+                    .filter_map(|e| {
+                        let name = String::from_utf8_lossy(e.name_bytes());
+                        name.strip_suffix(".yaml").map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let invalid = |problems| GitError::InvalidChange {
+            id: id.to_string(),
+            commit: self.commit_id.clone(),
+            problems,
+        };
+        let change =
+            load_change(&SourceFile { path, bytes }, &change_ids, self).map_err(invalid)?;
+        let covered = covered_paths(&change, self).map_err(|message| {
+            invalid(vec![Diagnostic {
+                path: format!("changes/{id}.yaml"),
+                line: 1,
+                column: 1,
+                message,
+            }])
+        })?;
+        Ok(ChangeAt {
+            digest: Digest::of(&covered),
+            change,
+            covered,
+        })
     }
 }
 

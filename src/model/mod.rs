@@ -25,7 +25,9 @@ pub use digest::{
 };
 pub use duration::Duration;
 pub use policy::{policies_in_force, PoliciesInForce};
-pub use repo::{load_policies, load_repo, load_repo_with_progress, RepoModel, SourceFile};
+pub use repo::{
+    load_change, load_policies, load_repo, load_repo_with_progress, RepoModel, SourceFile,
+};
 pub use window::Window;
 pub use yaml::Pos;
 

@@ -172,6 +172,30 @@ pub fn load_repo_with_progress(
     model
 }
 
+/// One change set, checked on its own against `change_ids` (every id under
+/// `changes/`) and `tree`: what `exec`, `approve` and `digest` need without
+/// reading every other file. Checks that span files (dependency cycles,
+/// budgets) are the server's, which reads the whole commit.
+pub fn load_change(
+    file: &SourceFile,
+    change_ids: &BTreeSet<String>,
+    tree: &dyn TreeView,
+) -> Result<ChangeSet, Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let change = yaml_stem(file, "changes", &mut diagnostics).and_then(|id| {
+        let root = parse(file, &mut diagnostics)?;
+        let ctx = RepoContext { change_ids, tree };
+        decode_change_set(&file.path, id, root.as_ref(), &ctx, &mut diagnostics).0
+    });
+    match change {
+        Some(change) if diagnostics.is_empty() => Ok(change),
+        _ => {
+            diagnostics.sort();
+            Err(diagnostics)
+        }
+    }
+}
+
 /// Only the policy files `files` (under `policies/`), checked as
 /// [`load_repo`] checks them: for texts that are not a commit's, such as
 /// the last approved text of each file (SPEC §13).

@@ -159,13 +159,7 @@ pub async fn claim(
     let decision = state.engine.claim(&id, &req.digest, &who.name).await?;
     let (outcome, reason) = match &decision {
         Ok(_) => ("granted", String::new()),
-        Err(r) => (
-            "refused",
-            serde_json::to_value(r.reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-        ),
+        Err(r) => ("refused", r.reason.as_str().to_string()),
     };
     state
         .metrics
@@ -217,10 +211,7 @@ pub async fn report(
     possible_report(&req)?;
     let answer = state.engine.report(&id, &who.name, &req).await?;
     if answer.recorded {
-        let outcome = serde_json::to_value(req.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let outcome = req.outcome.as_str().to_string();
         state
             .metrics
             .steps

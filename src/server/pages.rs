@@ -252,9 +252,9 @@ pub async fn index(_: PageAccess, State(state): State<AppState>) -> Response {
         h2 { "Ready, completed, abandoned" }
         table { tr { th { "change" } th { "state" } th { "approvals" } th { "steps" } th { "blocked by" } }
             @for c in &settled {
-                tr { td { a href={ "/changes/" (c.id) } { (c.id) } } td { (badge(&state_word(&c.state))) } td class="approvals" { (approvals_text(c)) }
+                tr { td { a href={ "/changes/" (c.id) } { (c.id) } } td { (badge(c.state.as_str())) } td class="approvals" { (approvals_text(c)) }
                      td { (c.steps.iter().filter(|s| s.state == StepState::Succeeded).count()) "/" (c.steps.len()) }
-                     td class="blocker" { @for b in &c.blockers { (state_word(&b.reason)) ": " (b.detail) } } }
+                     td class="blocker" { @for b in &c.blockers { (b.reason.as_str()) ": " (b.detail) } } }
             }
         }
     };
@@ -284,7 +284,7 @@ pub async fn change(
     let audit = state.engine.audit(Some(&id)).await.unwrap_or_default();
     let c = &status;
     let body = html! {
-        h1 style="font-size:20px;margin:8px 0" { (c.title) " " (badge(&state_word(&c.state))) }
+        h1 style="font-size:20px;margin:8px 0" { (c.title) " " (badge(c.state.as_str())) }
         p class="muted" { code { (c.id) } " · " (c.kind) " · targets " (c.targets.join(", ")) @if !c.depends_on.is_empty() { " · depends on " @for d in &c.depends_on { a href={ "/changes/" (d) } { (d) } " " } } }
         p class="muted" id="revision" { "revision " code { (c.digest) } " at " code { (c.commit) } }
         @if !c.warnings.is_empty() {
@@ -298,7 +298,7 @@ pub async fn change(
         }
         @if !c.blockers.is_empty() {
             h2 { "Blockers" }
-            table id="blockers" { @for b in &c.blockers { tr class="failed" { td { (state_word(&b.reason)) } td { (b.detail) } } } }
+            table id="blockers" { @for b in &c.blockers { tr class="failed" { td { (b.reason.as_str()) } td { (b.detail) } } } }
         }
         h2 { "Approvals — " span class="approvals" { (approvals_text(c)) } }
         table { tr { th { "approver" } th { "source" } th { "counts" } th { "why not" } }
@@ -307,7 +307,7 @@ pub async fn change(
         h2 { "Steps" }
         @for s in &c.steps {
             div class={ @if matches!(s.state, StepState::Failed | StepState::Interrupted) { "failed" } } style="background:#fff;border:1px solid #dde1e8;padding:8px 10px;margin:6px 0" {
-                strong { (s.id) } " " (badge(&state_word(&s.state)))
+                strong { (s.id) } " " (badge(s.state.as_str()))
                 @if s.needs_confirmation { span class="muted" { " · needs a go-ahead" @if let Some(g) = &s.confirmation { " (given by " (g.actor) ": " (g.reason) ")" } } }
                 @for a in &s.attempts {
                     div class="muted" { "attempt " (a.attempt_no) " by " (a.executor) " · " (a.state) " · started " (format_ms(a.started_at))

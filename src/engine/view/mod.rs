@@ -238,22 +238,15 @@ pub struct World<'a> {
 /// A revision's change set, digest and covered paths, read from its commit.
 pub type RevisionSet = (ChangeSet, Digest, Vec<CoveredPath>);
 
-/// The claim decision for `id` with the executor's digest, plus what it read.
+/// The claim decision for `id` with the executor's digest (the gate's
+/// answer, step index included), plus the status it was decided from.
 pub fn decide_claim(
     world: &World<'_>,
     id: &str,
     facts: &ChangeFacts,
     executor_digest: &str,
 ) -> (Result<usize, Refusal>, ChangeStatus) {
-    let status = status_of(world, id, facts, Some(executor_digest));
-    let decision = match status.blockers.first() {
-        Some(r) => Err(r.clone()),
-        None => Ok(status
-            .steps
-            .iter()
-            .position(|s| s.state == StepState::Pending)
-            .unwrap_or(0)),
-    };
+    let (status, decision) = assess(world, id, facts, Some(executor_digest));
     (decision, status)
 }
 
@@ -265,6 +258,17 @@ pub fn status_of(
     facts: &ChangeFacts,
     executor_digest: Option<&str>,
 ) -> ChangeStatus {
+    assess(world, id, facts, executor_digest).0
+}
+
+/// The status of `id` and the gate's decision on a claim, which is also
+/// the first of the status's blockers.
+fn assess(
+    world: &World<'_>,
+    id: &str,
+    facts: &ChangeFacts,
+    executor_digest: Option<&str>,
+) -> (ChangeStatus, Result<usize, Refusal>) {
     let main = world.view.lookup(id);
     // A proposal has no revisions yet; a change on main may.
     let main_digest = main
@@ -280,7 +284,7 @@ pub fn status_of(
     match revision_focus(main_digest.as_deref(), facts) {
         Focus::InFlight(r) => {
             if let Some(set) = elsewhere(r) {
-                let mut s = status_at(
+                let (mut s, _) = status_at(
                     world,
                     id,
                     Some((&set.0, &set.1, &set.2[..], None)),
@@ -295,24 +299,24 @@ pub fn status_of(
                 let refusal = if executor_digest == Some(r.digest.as_str()) {
                     Refusal {
                         reason: gate::RefusalReason::Superseded,
-                        detail: format!("revision {} of `{id}` is {}, but {main_says}: it cannot go forward; roll it back or `changegate abandon {id}`", r.digest, state_word(s.state)),
+                        detail: format!("revision {} of `{id}` is {}, but {main_says}: it cannot go forward; roll it back or `changegate abandon {id}`", r.digest, s.state),
                     }
                 } else {
                     Refusal {
                         reason: gate::RefusalReason::RevisionInFlight,
-                        detail: format!("revision {} of `{id}` is {} and {main_says}; a new revision starts only once that one is completed, rolled back or abandoned", r.digest, state_word(s.state)),
+                        detail: format!("revision {} of `{id}` is {} and {main_says}; a new revision starts only once that one is completed, rolled back or abandoned", r.digest, s.state),
                     }
                 };
-                s.blockers.insert(0, refusal);
+                s.blockers.insert(0, refusal.clone());
                 s.commit = r.commit_sha.clone();
                 s.main_digest = main_digest.clone();
                 s.warnings.push("superseded".into());
-                return s;
+                return (s, Err(refusal));
             }
         }
         Focus::Completed(c) => {
             if let Some(set) = elsewhere(c) {
-                let mut s = status_at(
+                let (mut s, _) = status_at(
                     world,
                     id,
                     Some((&set.0, &set.1, &set.2[..], None)),
@@ -320,15 +324,16 @@ pub fn status_of(
                     facts,
                     executor_digest,
                 );
-                s.state = ChangeState::Completed;
-                s.blockers = vec![Refusal {
+                let refusal = Refusal {
                     reason: gate::RefusalReason::Completed,
                     detail: format!("revision {} of `{id}` completed; a different digest on the default branch never runs under the same id: use a new change id", c.digest),
-                }];
+                };
+                s.state = ChangeState::Completed;
+                s.blockers = vec![refusal.clone()];
                 s.commit = c.commit_sha.clone();
                 s.main_digest = main_digest.clone();
                 s.warnings.push("edited-after-completion".into());
-                return s;
+                return (s, Err(refusal));
             }
         }
         Focus::Main => {}
@@ -337,38 +342,33 @@ pub fn status_of(
         Some(d) => facts.for_revision(d),
         None => facts.clone(),
     };
-    let mut s = status_at(world, id, main, &revision_facts, facts, executor_digest);
+    let (mut s, decision) = status_at(world, id, main, &revision_facts, facts, executor_digest);
     // The revision in flight (or completed) could not be read from its
     // commit: still refuse, from its record alone (fail closed).
     match revision_focus(main_digest.as_deref(), facts) {
         Focus::InFlight(r) => {
-            s.blockers.insert(0, Refusal {
+            let refusal = Refusal {
                 reason: gate::RefusalReason::RevisionInFlight,
                 detail: format!("revision {} of `{id}` is in flight (its change set cannot be read from commit `{}`); a new revision starts only once it is abandoned", r.digest, r.commit_sha),
-            });
+            };
+            s.blockers.insert(0, refusal.clone());
             s.main_digest = main_digest;
             s.warnings.push("superseded".into());
+            (s, Err(refusal))
         }
         Focus::Completed(c) => {
-            s.blockers = vec![Refusal {
+            let refusal = Refusal {
                 reason: gate::RefusalReason::Completed,
                 detail: format!("revision {} of `{id}` completed; a different digest never runs under the same id: use a new change id", c.digest),
-            }];
+            };
+            s.blockers = vec![refusal.clone()];
             s.state = ChangeState::Completed;
             s.main_digest = main_digest;
             s.warnings.push("edited-after-completion".into());
+            (s, Err(refusal))
         }
-        Focus::Main => {}
+        Focus::Main => (s, decision),
     }
-    s
-}
-
-/// A state as the API spells it.
-fn state_word(state: ChangeState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The status of one revision of `id` (`found`), from its own facts;
@@ -380,13 +380,13 @@ fn status_at(
     facts: &ChangeFacts,
     all: &ChangeFacts,
     executor_digest: Option<&str>,
-) -> ChangeStatus {
+) -> (ChangeStatus, Result<usize, Refusal>) {
     let Some((change, digest, covered, proposal)) = found else {
         let refusal = Refusal {
             reason: gate::RefusalReason::Unknown,
             detail: format!("no change `{id}` on the default branch"),
         };
-        return ChangeStatus {
+        let status = ChangeStatus {
             id: id.to_string(),
             title: String::new(),
             kind: String::new(),
@@ -401,13 +401,14 @@ fn status_at(
                 reviews: vec![],
             },
             steps: vec![],
-            blockers: vec![refusal],
+            blockers: vec![refusal.clone()],
             locks: vec![],
             covered_paths: vec![],
             abandonment: None,
             main_digest: None,
             warnings: vec![],
         };
+        return (status, Err(refusal));
     };
     let approvals = approval_of(world, change, digest, covered, facts);
     let mut progress = step_progress(change, facts);
@@ -522,18 +523,18 @@ fn status_at(
             .min(),
         policies_invalid: policy_error.as_deref(),
     };
-    let blockers = match (proposal, gate::claim_decision(&ctx)) {
-        (Some(p), _) => vec![Refusal {
+    let decision = match proposal {
+        Some(p) => Err(Refusal {
             reason: gate::RefusalReason::Unknown,
             detail: format!(
                 "`{id}` is proposed in pull request #{} ({}) and not on the default branch yet; it runs once merged and approved there",
                 p.pr,
                 approvals.summary()
             ),
-        }],
-        (None, Ok(_)) => vec![],
-        (None, Err(r)) => vec![r],
+        }),
+        None => gate::claim_decision(&ctx),
     };
+    let blockers = decision.clone().err().into_iter().collect();
     let confirm_each = ctx.confirm_each_step;
     let steps = change
         .steps
@@ -561,7 +562,7 @@ fn status_at(
                 .collect(),
         })
         .collect();
-    ChangeStatus {
+    let status = ChangeStatus {
         id: id.to_string(),
         title: change.title.clone(),
         kind: change.kind.clone(),
@@ -583,5 +584,6 @@ fn status_at(
         abandonment: facts.abandonment.clone(),
         main_digest: None,
         warnings: vec![],
-    }
+    };
+    (status, decision)
 }

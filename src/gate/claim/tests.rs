@@ -325,3 +325,51 @@ fn an_invalid_policy_refuses_every_claim() {
     assert_eq!(refusal.reason, RefusalReason::PoliciesInvalid);
     assert!(refusal.detail.contains("policies/p.yaml:3:5: bad"));
 }
+
+#[test]
+fn every_word_is_the_serialised_one() {
+    use crate::gate::StepState;
+    use RefusalReason as R;
+    let words = |v: serde_json::Value, w: &str| assert_eq!(v, serde_json::json!(w));
+    for r in [
+        R::Unknown,
+        R::NotApproved,
+        R::DigestMismatch,
+        R::Failed,
+        R::Abandoned,
+        R::Dependency,
+        R::BreakerOpen,
+        R::OutsideWindow,
+        R::NeedsConfirmation,
+        R::Locked,
+        R::NotNext,
+        R::BlastRadius,
+        R::Completed,
+        R::PoliciesInvalid,
+        R::Superseded,
+        R::RevisionInFlight,
+    ] {
+        words(serde_json::to_value(r).unwrap(), r.as_str());
+    }
+    for s in [
+        ChangeState::Proposed,
+        ChangeState::Approved,
+        ChangeState::Ready,
+        ChangeState::Running,
+        ChangeState::Completed,
+        ChangeState::Failed,
+        ChangeState::Abandoned,
+    ] {
+        words(serde_json::to_value(s).unwrap(), s.as_str());
+    }
+    for s in [
+        StepState::Pending,
+        StepState::Running,
+        StepState::Succeeded,
+        StepState::Failed,
+        StepState::Interrupted,
+        StepState::Skipped,
+    ] {
+        words(serde_json::to_value(s).unwrap(), s.as_str());
+    }
+}
