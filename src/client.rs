@@ -193,6 +193,14 @@ impl Client {
         )
     }
 
+    /// Asks for the rollback of a failed change.
+    pub fn rollback(&self, id: &str, reason: &str) -> Result<Value, ClientError> {
+        self.post(
+            &format!("/api/v1/changes/{id}/rollback"),
+            json!({"reason": reason}),
+        )
+    }
+
     /// Abandons the change.
     pub fn abandon(&self, id: &str, reason: &str) -> Result<Value, ClientError> {
         self.post(

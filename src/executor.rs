@@ -130,7 +130,14 @@ pub fn run_step(grant: &ClaimGrant, dir: &Path, stop: &StopSignal, echo: bool) -
     let output = Arc::new(Mutex::new(String::new()));
     let commands = [
         ("check", grant.check.as_deref()),
-        ("run", Some(grant.run.as_str())),
+        (
+            if grant.phase == crate::store::Phase::Rollback {
+                "rollback"
+            } else {
+                "run"
+            },
+            Some(grant.run.as_str()),
+        ),
         ("verify", grant.verify.as_deref()),
     ];
     let mut end = StepEnd::Succeeded;

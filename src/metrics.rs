@@ -64,6 +64,8 @@ pub struct Metrics {
     pub claims: Family<ClaimLabels, Counter>,
     /// Reported step outcomes.
     pub steps: Family<StepLabels, Counter>,
+    /// Rollbacks that ended, by outcome: `rolled-back` or `rollback-failed`.
+    pub rollbacks: Family<StepLabels, Counter>,
     /// Reported step durations, seconds.
     pub step_seconds: Histogram,
     /// Alert deliveries by sink and outcome.
@@ -84,6 +86,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("changegate");
         let claims = Family::<ClaimLabels, Counter>::default();
         let steps = Family::<StepLabels, Counter>::default();
+        let rollbacks = Family::<StepLabels, Counter>::default();
         let step_seconds = Histogram::new(exponential_buckets(0.1, 2.0, 16));
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         let http_seconds = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
@@ -102,6 +105,11 @@ impl Default for Metrics {
             claims.clone(),
         );
         registry.register("steps", "Reported step outcomes", steps.clone());
+        registry.register(
+            "rollbacks",
+            "Rollbacks that ended, by outcome",
+            rollbacks.clone(),
+        );
         registry.register(
             "step_duration_seconds",
             "Reported step durations",
@@ -148,6 +156,7 @@ impl Default for Metrics {
             registry,
             claims,
             steps,
+            rollbacks,
             step_seconds,
             deliveries,
             http_seconds,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::gate::ChangeState;
-use crate::store::Attempt;
+use crate::store::{Attempt, Phase};
 
 /// A granted claim: what the executor must run.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -35,6 +35,15 @@ pub struct ClaimGrant {
     pub lease_expires_at: i64,
     /// How long each heartbeat extends the lease, in seconds.
     pub lease_secs: u64,
+    /// `step`, or `rollback`: then `run` is the step's rollback, and
+    /// `step_number` of `steps_total` counts the steps to undo.
+    #[serde(default = "step_phase")]
+    #[schema(value_type = String)]
+    pub phase: Phase,
+}
+
+fn step_phase() -> Phase {
+    Phase::Step
 }
 
 /// An executor's report of an attempt.

@@ -95,6 +95,18 @@ pub(super) fn retry(id: &str, reason: &str) -> u8 {
     )
 }
 
+pub(super) fn rollback(id: &str, reason: &str) -> u8 {
+    with_client(
+        |c| c.rollback(id, reason),
+        |v| {
+            println!(
+                "{id}: {}; `changegate exec {id} --continue` runs the rollbacks",
+                v["recorded"].as_str().unwrap_or("rollback requested")
+            )
+        },
+    )
+}
+
 pub(super) fn abandon(id: &str, reason: &str) -> u8 {
     with_client(
         |c| c.abandon(id, reason),
@@ -108,7 +120,8 @@ pub(super) fn abandon(id: &str, reason: &str) -> u8 {
 fn state_style(state: &str) -> anstyle::Style {
     use anstyle::{AnsiColor, Style};
     let colour = match state {
-        "failed" => AnsiColor::Red,
+        "failed" | "rollback-failed" => AnsiColor::Red,
+        "rolling-back" => AnsiColor::Yellow,
         "running" => AnsiColor::Blue,
         "completed" => AnsiColor::Green,
         "ready" | "approved" => AnsiColor::Magenta,

@@ -12,6 +12,7 @@ use crate::gate::RefusalReason;
 use crate::git::ChangeRepo;
 use crate::model::{has_parent_component, CoveredPath, Digest, Entry, TreeView};
 use crate::redact::{is_secret_name, redact};
+use crate::store::Phase;
 use crate::wire::{Outcome, Report};
 
 /// Values of this process's secret-looking variables, to redact from output.
@@ -322,7 +323,11 @@ pub(super) fn exec_with(
                     && ran > 0
                     && matches!(
                         rule,
-                        Some(RefusalReason::NeedsConfirmation | RefusalReason::Completed)
+                        Some(
+                            RefusalReason::NeedsConfirmation
+                                | RefusalReason::Completed
+                                | RefusalReason::RolledBack
+                        )
                     )
                 {
                     println!("stopped after {ran} step(s): {reason}: {detail}");
@@ -343,10 +348,23 @@ pub(super) fn exec_with(
                 return exit::USAGE;
             }
         };
-        println!(
-            "▶ step {}/{} {} (attempt {})",
-            grant.step_number, grant.steps_total, grant.step, grant.attempt
-        );
+        let undo = grant.phase == Phase::Rollback;
+        if undo {
+            println!(
+                "↩ rollback {}/{} of step {} (attempt {})",
+                grant.step_number, grant.steps_total, grant.step, grant.attempt
+            );
+        } else {
+            println!(
+                "▶ step {}/{} {} (attempt {})",
+                grant.step_number, grant.steps_total, grant.step, grant.attempt
+            );
+        }
+        let what = if undo {
+            format!("rollback of {}", grant.step)
+        } else {
+            grant.step.clone()
+        };
         let world = match world {
             Ok(w) => w,
             Err(e) => {
@@ -419,17 +437,16 @@ pub(super) fn exec_with(
         });
         let secs = run.duration.as_secs_f64();
         match &run.end {
-            StepEnd::Succeeded => println!("✔ {} succeeded in {secs:.1}s", grant.step),
-            StepEnd::Failed { role, code } => println!(
-                "✘ {} failed: `{role}` exited {code} after {secs:.1}s",
-                grant.step
-            ),
+            StepEnd::Succeeded => println!("✔ {} succeeded in {secs:.1}s", what),
+            StepEnd::Failed { role, code } => {
+                println!("✘ {} failed: `{role}` exited {code} after {secs:.1}s", what)
+            }
             StepEnd::TimedOut { role } => println!(
                 "✘ {} failed: `{role}` timed out after {}s",
-                grant.step, grant.timeout_secs
+                what, grant.timeout_secs
             ),
             StepEnd::Stopped { role, why } => {
-                println!("✘ {} failed: `{role}` was killed: {why}", grant.step)
+                println!("✘ {} failed: `{role}` was killed: {why}", what)
             }
         }
         if run.end != StepEnd::Succeeded {

@@ -106,6 +106,15 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Roll back a failed change: `exec` then runs the declared rollbacks,
+    /// the failed step's first, then the succeeded steps' last first.
+    Rollback {
+        /// The change id.
+        id: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+    },
     /// Abandon a change for good: its locks are released, its dependents stay refused.
     Abandon {
         /// The change id.
@@ -254,6 +263,7 @@ pub fn run() -> ExitCode {
         } => api_cmds::approve(&id, digest.as_deref(), &repo, &comment),
         Command::Proceed { id, step, reason } => api_cmds::proceed(&id, &step, &reason),
         Command::Retry { id, reason } => api_cmds::retry(&id, &reason),
+        Command::Rollback { id, reason } => api_cmds::rollback(&id, &reason),
         Command::Abandon { id, reason } => api_cmds::abandon(&id, &reason),
         Command::Status { id, format } => api_cmds::status(id.as_deref(), format),
         Command::Breaker(BreakerCommand::Status) => api_cmds::breaker_status(),

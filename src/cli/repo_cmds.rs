@@ -257,10 +257,17 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
             ));
             line(format!("  {}. {}  [{}]", n + 1, step.id, gates.join("; ")));
             for (role, cmd) in step.commands() {
+                let role = match (role, step.rollback_timeout) {
+                    ("rollback", Some(t)) => format!("rollback (timeout {t})"),
+                    (role, _) => role.to_string(),
+                };
                 line(format!(
                     "       {role:<6}  {}",
                     cmd.trim_end().replace('\n', "\n               ")
                 ));
+            }
+            if step.rollback.is_none() {
+                line("       no rollback".into());
             }
         }
         line(String::new());

@@ -59,8 +59,13 @@ impl Engine {
             Some(code) => format!("exited {code}"),
             None => "was interrupted: its lease expired, the outcome is unknown".to_string(),
         };
+        let rollback = a.phase == crate::store::Phase::Rollback;
         let labels = AlertLabels {
-            alertname: "ChangegateStepFailed",
+            alertname: if rollback {
+                "ChangegateRollbackFailed"
+            } else {
+                "ChangegateStepFailed"
+            },
             severity: Severity::Critical,
             change: Some(&a.change_id),
             step: Some(&a.step_id),
@@ -71,19 +76,38 @@ impl Engine {
             let skip = tail.chars().count().saturating_sub(4000);
             tail.chars().skip(skip).collect()
         };
+        let (id, kind, summary, description) = if rollback {
+            (
+                format!("rollback-failed:{}", a.id),
+                AlertKind::RollbackFailed,
+                format!("{} rollback of step {} {how}", a.change_id, a.step_id),
+                format!("Change {} could not be rolled back: the fleet is part-way, its dependents are refused and {targets} stay locked until an operator retries the rollback or abandons it.", a.change_id),
+            )
+        } else {
+            (
+                format!("step-failed:{}", a.id),
+                AlertKind::StepFailed,
+                format!("{} step {} {how}", a.change_id, a.step_id),
+                format!("Change {} is failed: further steps and its dependents are refused and {targets} stay locked until an operator retries or abandons it.", a.change_id),
+            )
+        };
         let alert = Alert::firing(
-            format!("step-failed:{}", a.id),
-            AlertKind::StepFailed,
+            id,
+            kind,
             labels,
-            format!("{} step {} {how}", a.change_id, a.step_id),
-            format!("Change {} is failed: further steps and its dependents are refused and {targets} stay locked until an operator retries or abandons it.", a.change_id),
+            summary,
+            description,
             self.sinks_for(Some(&a.change_id)),
             now,
         )
         .annotated("output_tail", last_lines)
         .annotated(
             "status_page",
-            format!("{}/changes/{}", self.config.server.public_url.trim_end_matches('/'), a.change_id),
+            format!(
+                "{}/changes/{}",
+                self.config.server.public_url.trim_end_matches('/'),
+                a.change_id
+            ),
         );
         if w.raise_alert(&alert, now).await? {
             w.audit(

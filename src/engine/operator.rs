@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::store::{AttemptState, Phase};
 
 impl Engine {
     /// Records an operator's go-ahead for `step`.
@@ -83,20 +84,29 @@ impl Engine {
             ));
         }
         let progress = view::step_progress(change, facts);
-        let Some(n) = progress
-            .iter()
-            .position(|p| matches!(p.state, StepState::Failed | StepState::Interrupted))
-        else {
+        let failed = |s: StepState| matches!(s, StepState::Failed | StepState::Interrupted);
+        // Once a rollback was asked for, only a failed rollback is retried.
+        let (n, phase) = match view::rollback_entries(change, facts, &progress) {
+            Some(entries) => (
+                entries
+                    .iter()
+                    .find(|e| failed(e.progress.state))
+                    .map(|e| e.step),
+                Phase::Rollback,
+            ),
+            None => (progress.iter().position(|p| failed(p.state)), Phase::Step),
+        };
+        let Some(n) = n else {
             return Err(refused(
                 "not-failed",
-                format!("`{id}` has no failed step to retry"),
+                format!("`{id}` has no failed step or rollback to retry"),
             ));
         };
         let step = &change.steps[n];
         let failed = facts
             .attempts
             .iter()
-            .filter(|a| a.step_id == step.id)
+            .filter(|a| a.step_id == step.id && a.phase == phase)
             .max_by_key(|a| a.attempt_no)
             .expect("a failed step has an attempt");
         let needs_approval = match view.governing(change, covered) {
@@ -122,14 +132,137 @@ impl Engine {
         {
             w.audit(
                 actor,
-                "step.retry",
+                if phase == Phase::Rollback {
+                    "rollback.retry"
+                } else {
+                    "step.retry"
+                },
                 Some(id),
                 json!({"step": step.id, "after_attempt": failed.attempt_no, "reason": reason}),
             )
             .await?;
         }
         w.commit().await?;
-        Ok(step.id.clone())
+        Ok(match phase {
+            Phase::Step => format!("retry of step {}", step.id),
+            Phase::Rollback => format!("retry of the rollback of step {}", step.id),
+        })
+    }
+
+    /// Asks for the rollback of failed change `id` (SPEC §11): from now on
+    /// its claims run the declared rollbacks, the failed step's first, then
+    /// the succeeded steps' last first. Idempotent: `false` when it was
+    /// already asked for. Under `rollback_requires_approval` it needs an
+    /// approval recorded after the failure by someone other than `actor`.
+    pub async fn rollback(&self, id: &str, actor: &str, reason: &str) -> Result<bool, EngineError> {
+        let view = self.view();
+        let (change, digest, covered) = view
+            .changes
+            .get(id)
+            .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
+        let mut w = self.store.write().await?;
+        self.expire_in(&mut w).await?;
+        let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
+        // The seam for a revision that main no longer holds: its claim
+        // would have to name its commit for `exec` to materialise.
+        if let view::Focus::InFlight(r) = view::revision_focus(Some(digest.as_str()), &read.facts) {
+            return Err(refused(
+                "superseded",
+                format!("revision {} of `{id}` is in flight, but the default branch now holds {digest}; rolling back a superseded revision is not supported yet: abandon it, and undo by hand", r.digest),
+            ));
+        }
+        let facts = &read.facts.for_revision(digest.as_str());
+        if facts.rollback.is_some() {
+            w.commit().await?;
+            return Ok(false);
+        }
+        let state = view::state_of(change, facts, true);
+        if state != ChangeState::Failed {
+            return Err(refused(
+                "not-failed",
+                format!("`{id}` is {state}; only a failed change is rolled back"),
+            ));
+        }
+        let needs_approval = match view.governing(change, covered) {
+            PoliciesInForce::Matched { policies } => policies
+                .iter()
+                .any(|p| p.execution.rollback_requires_approval),
+            PoliciesInForce::BuiltinDefault => false,
+        };
+        if needs_approval {
+            let failed_at = facts
+                .attempts
+                .iter()
+                .filter(|a| matches!(a.state, AttemptState::Failed | AttemptState::Interrupted))
+                .filter_map(|a| a.ended_at.or(Some(a.started_at)))
+                .max()
+                .unwrap_or(0);
+            let world = self.world(id, &view, &read, &breaker, now_ms());
+            if view::fresh_approver(&world, change, digest, covered, facts, failed_at, actor)
+                .is_none()
+            {
+                return Err(refused(
+                    "needs-approval",
+                    format!("rolling back `{id}` needs a fresh approval of {digest} that counts under every policy in force, recorded after the failure by someone other than {actor}"),
+                ));
+            }
+        }
+        let now = now_ms();
+        w.insert_rollback(id, digest.as_str(), actor, reason, now)
+            .await?;
+        let mut after = facts.clone();
+        after.rollback = Some(crate::store::OperatorAction {
+            step_id: None,
+            after_attempt: None,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            at: now,
+        });
+        let progress = view::step_progress(change, &after);
+        let entries = view::rollback_entries(change, &after, &progress).unwrap_or_default();
+        let order: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                let s = &change.steps[e.step];
+                json!({"step": s.id, "rollback": s.rollback.is_some()})
+            })
+            .collect();
+        w.audit(
+            actor,
+            "change.rollback-requested",
+            Some(id),
+            json!({"reason": reason, "digest": digest.as_str(), "order": order}),
+        )
+        .await?;
+        // Nothing to undo is undone at once.
+        if view::state_of(change, &after, true) == ChangeState::RolledBack {
+            self.finish_rollback(&mut w, id, digest.as_str(), now)
+                .await?;
+        }
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// A rollback whose every entry is done: the revision is over, its
+    /// locks go and its alerts resolve; dependents stay refused.
+    pub(super) async fn finish_rollback(
+        &self,
+        w: &mut WriteTx,
+        id: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<(), EngineError> {
+        w.roll_back_revision(id, digest, now).await?;
+        let released = w.release_locks(id).await?;
+        w.audit(
+            "changegate",
+            "change.rolled-back",
+            Some(id),
+            json!({"digest": digest, "locks_released": released}),
+        )
+        .await?;
+        self.resolve_change_alerts(w, id, now).await?;
+        Ok(())
     }
 
     /// Abandons a revision of `id` for good — the one in flight, even when

@@ -4,7 +4,8 @@
 use serde_json::json;
 
 use super::*;
-use crate::store::AttemptState;
+use crate::gate::Next;
+use crate::store::{AttemptState, Phase};
 use crate::wire::{tail, AttemptAnswer, ClaimGrant, Outcome, Report};
 
 impl Engine {
@@ -47,7 +48,19 @@ impl Engine {
             }
         };
         let (change, _, _) = &view.changes[id];
-        let step = &change.steps[next];
+        let (index, phase, number, total) = match next {
+            Next::Step(n) => (n, Phase::Step, n + 1, change.steps.len()),
+            Next::Rollback { step, entry } => {
+                let total = view::rollback_entries(
+                    change,
+                    &facts.for_revision(digest),
+                    &view::step_progress(change, &facts.for_revision(digest)),
+                )
+                .map_or(0, |e| e.len());
+                (step, Phase::Rollback, entry + 1, total)
+            }
+        };
+        let step = &change.steps[index];
         let attempt_no = facts
             .attempts
             .iter()
@@ -72,32 +85,55 @@ impl Engine {
             duration_ms: None,
             output_tail: None,
             late_report: None,
+            phase,
         };
         w.insert_attempt(&attempt).await?;
-        w.insert_revision(id, digest, &view.commit, now).await?;
-        w.take_locks(id, &change.targets, now).await?;
+        let timeout = step.timeout.or(change.timeout).map_or(900, |t| t.as_secs());
+        let (check, run, verify, timeout) = match phase {
+            Phase::Step => {
+                w.insert_revision(id, digest, &view.commit, now).await?;
+                w.take_locks(id, &change.targets, now).await?;
+                (
+                    step.check.clone(),
+                    step.run.clone(),
+                    step.verify.clone(),
+                    timeout,
+                )
+            }
+            // The locks are held since the failure; the rollback alone runs.
+            Phase::Rollback => (
+                None,
+                step.rollback.clone().unwrap_or_default(),
+                None,
+                step.rollback_timeout.map_or(timeout, |t| t.as_secs()),
+            ),
+        };
+        let event = match phase {
+            Phase::Step => "step.claimed",
+            Phase::Rollback => "rollback.claimed",
+        };
         w.audit(
             executor,
-            "step.claimed",
+            event,
             Some(id),
             json!({"step": step.id, "attempt": attempt.id, "digest": digest}),
         )
         .await?;
         w.commit().await?;
-        let timeout = step.timeout.or(change.timeout).map_or(900, |t| t.as_secs());
         Ok(Ok(ClaimGrant {
             attempt: attempt.id,
             change: id.to_string(),
             step: step.id.clone(),
-            step_number: next + 1,
-            steps_total: change.steps.len(),
-            check: step.check.clone(),
-            run: step.run.clone(),
-            verify: step.verify.clone(),
+            step_number: number,
+            steps_total: total,
+            check,
+            run,
+            verify,
             env: change.env.clone(),
             timeout_secs: timeout,
             lease_expires_at: attempt.lease_expires_at,
             lease_secs: self.config.server.lease.as_secs(),
+            phase,
         }))
     }
 
@@ -180,10 +216,11 @@ impl Engine {
                     self.alert_step_failed(&mut w, &a, report.exit_code, &output, now)
                         .await?;
                 }
-                let kind = if state == AttemptState::Succeeded {
-                    "step.succeeded"
-                } else {
-                    "step.failed"
+                let kind = match (a.phase, state == AttemptState::Succeeded) {
+                    (Phase::Step, true) => "step.succeeded",
+                    (Phase::Step, false) => "step.failed",
+                    (Phase::Rollback, true) => "rollback.succeeded",
+                    (Phase::Rollback, false) => "rollback.failed",
                 };
                 w.audit(executor, kind, Some(&a.change_id), json!({"step": a.step_id, "attempt": a.id, "exit_code": report.exit_code, "duration_ms": report.duration_ms}))
                     .await?;
@@ -236,6 +273,10 @@ impl Engine {
                     self.resolve_change_alerts(&mut w, &a.change_id, now)
                         .await?;
                 }
+                if state == ChangeState::RolledBack {
+                    self.finish_rollback(&mut w, &a.change_id, &a.digest, now)
+                        .await?;
+                }
                 state
             }
             None => ChangeState::Failed,
@@ -256,7 +297,11 @@ impl Engine {
         for a in &expired {
             w.audit(
                 "changegate",
-                "step.interrupted",
+                if a.phase == Phase::Rollback {
+                    "rollback.interrupted"
+                } else {
+                    "step.interrupted"
+                },
                 Some(&a.change_id),
                 json!({"step": a.step_id, "attempt": a.id, "lease_expired_at": a.lease_expires_at}),
             )

@@ -5,6 +5,7 @@ pub mod approval;
 pub mod breaker;
 pub mod claim;
 pub mod policy_review;
+pub mod rollback;
 
 use serde::Serialize;
 
@@ -13,11 +14,13 @@ pub use approval::{
     Verdict,
 };
 pub use breaker::{breaker_state, Breaker, BreakerConfig};
-pub use claim::{claim_decision, ClaimContext, GoAhead, Refusal, RefusalReason};
+pub use claim::{
+    claim_decision, ClaimContext, GoAhead, Next, Refusal, RefusalReason, RollbackEntry,
+};
 
 /// A change's lifecycle state (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ChangeState {
     /// Seen, not yet approved at its digest.
     Proposed,
@@ -33,6 +36,12 @@ pub enum ChangeState {
     Failed,
     /// An operator gave up on it.
     Abandoned,
+    /// An operator asked for its rollback; rollback attempts run (SPEC §11).
+    RollingBack,
+    /// Every rollback succeeded or had nothing to run: terminal.
+    RolledBack,
+    /// A rollback attempt failed or was interrupted.
+    RollbackFailed,
 }
 
 impl ChangeState {
@@ -46,6 +55,9 @@ impl ChangeState {
             ChangeState::Completed => "completed",
             ChangeState::Failed => "failed",
             ChangeState::Abandoned => "abandoned",
+            ChangeState::RollingBack => "rolling-back",
+            ChangeState::RolledBack => "rolled-back",
+            ChangeState::RollbackFailed => "rollback-failed",
         }
     }
 }
@@ -94,10 +106,19 @@ impl std::fmt::Display for StepState {
     }
 }
 
-/// The change's state from its recorded facts.
-pub fn change_state(abandoned: bool, approved_here: bool, steps: &[StepState]) -> ChangeState {
+/// The change's state from its recorded facts: abandonment ends anything;
+/// once a rollback was asked for, its entries (in the order they undo)
+/// decide; otherwise the steps do.
+pub fn change_state(
+    abandoned: bool,
+    approved_here: bool,
+    steps: &[StepState],
+    rollback: Option<&[StepState]>,
+) -> ChangeState {
     if abandoned {
         ChangeState::Abandoned
+    } else if let Some(entries) = rollback {
+        rollback::rollback_state(entries)
     } else if steps
         .iter()
         .any(|s| matches!(s, StepState::Failed | StepState::Interrupted))
@@ -126,27 +147,27 @@ mod tests {
     #[test]
     fn states_follow_the_steps() {
         assert_eq!(
-            change_state(false, false, &[Pending, Pending]),
+            change_state(false, false, &[Pending, Pending], None),
             ChangeState::Proposed
         );
         assert_eq!(
-            change_state(false, true, &[Pending, Pending]),
+            change_state(false, true, &[Pending, Pending], None),
             ChangeState::Ready
         );
         assert_eq!(
-            change_state(false, true, &[Succeeded, Running]),
+            change_state(false, true, &[Succeeded, Running], None),
             ChangeState::Running
         );
         assert_eq!(
-            change_state(false, true, &[Succeeded, Succeeded]),
+            change_state(false, true, &[Succeeded, Succeeded], None),
             ChangeState::Completed
         );
         assert_eq!(
-            change_state(false, true, &[Succeeded, Interrupted]),
+            change_state(false, true, &[Succeeded, Interrupted], None),
             ChangeState::Failed
         );
         assert_eq!(
-            change_state(true, true, &[Succeeded, Failed]),
+            change_state(true, true, &[Succeeded, Failed], None),
             ChangeState::Abandoned
         );
     }
@@ -154,7 +175,7 @@ mod tests {
     #[test]
     fn a_failure_is_failed_even_if_approval_was_lost() {
         assert_eq!(
-            change_state(false, false, &[Failed, Pending]),
+            change_state(false, false, &[Failed, Pending], None),
             ChangeState::Failed
         );
     }

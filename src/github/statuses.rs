@@ -99,6 +99,18 @@ pub fn merged(status: &ChangeStatus) -> Wanted {
             )
         }
         ChangeState::Abandoned => wanted("error", "abandoned"),
+        ChangeState::RollingBack => {
+            let (undone, total) = status
+                .rollback
+                .as_ref()
+                .map_or((0, 0), |r| (r.undone, r.total));
+            wanted(
+                "pending",
+                format!("rolling back: {undone} of {total} undone"),
+            )
+        }
+        ChangeState::RolledBack => wanted("error", "rolled back"),
+        ChangeState::RollbackFailed => wanted("failure", "rollback failed; retry or abandon it"),
     }
 }
 

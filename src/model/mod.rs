@@ -113,15 +113,24 @@ pub struct Step {
     /// The subset of the change's targets this step touches (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<Vec<String>>,
+    /// Undoes the step (SPEC §11): run by `rollback`, covered by the digest
+    /// like `run`, approved with the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<String>,
+    /// Overrides the step's timeout for its rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_timeout: Option<Duration>,
 }
 
 impl Step {
-    /// The commands of this step in the order they run, with their role.
+    /// The commands of this step in the order they run, with their role;
+    /// the rollback, which runs only when asked for, last.
     pub fn commands(&self) -> impl Iterator<Item = (&'static str, &str)> {
         [
             ("check", self.check.as_deref()),
             ("run", Some(self.run.as_str())),
             ("verify", self.verify.as_deref()),
+            ("rollback", self.rollback.as_deref()),
         ]
         .into_iter()
         .filter_map(|(role, cmd)| cmd.map(|c| (role, c)))
@@ -278,6 +287,10 @@ pub struct Execution {
     /// A retry after a failure needs a fresh approval; default true.
     #[serde(default = "yes")]
     pub retry_requires_approval: bool,
+    /// A rollback needs a fresh approval first; default false, because the
+    /// rollback commands were approved with the change.
+    #[serde(default)]
+    pub rollback_requires_approval: bool,
 }
 
 fn yes() -> bool {
@@ -291,6 +304,7 @@ impl Default for Execution {
             windows: Vec::new(),
             max_targets_per_step: None,
             retry_requires_approval: true,
+            rollback_requires_approval: false,
         }
     }
 }

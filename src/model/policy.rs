@@ -111,6 +111,8 @@ mod tests {
                 timeout: None,
                 confirm: false,
                 targets: None,
+                rollback: None,
+                rollback_timeout: None,
             }],
         }
     }

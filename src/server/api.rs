@@ -221,6 +221,21 @@ pub async fn report(
             .metrics
             .step_seconds
             .observe(req.duration_ms as f64 / 1000.0);
+        let undo = answer.attempt.phase == crate::store::Phase::Rollback;
+        if undo
+            && matches!(
+                answer.change_state,
+                crate::gate::ChangeState::RolledBack | crate::gate::ChangeState::RollbackFailed
+            )
+        {
+            state
+                .metrics
+                .rollbacks
+                .get_or_create(&StepLabels {
+                    outcome: answer.change_state.as_str().to_string(),
+                })
+                .inc();
+        }
     }
     Ok(Json(answer))
 }
@@ -365,13 +380,43 @@ pub async fn retry(
     who.require(Role::Operator)?;
     known_id(&id)?;
     need_reason(&req.reason)?;
-    let step = state
+    let recorded = state
         .engine
         .retry(&id, &who.name, &state.engine.scrub(&req.reason))
         .await?;
     Ok(Json(Done {
         change: id,
-        recorded: format!("retry of step {step}"),
+        recorded,
+    }))
+}
+
+/// Asks for the rollback of a failed change (SPEC §11): the executor then
+/// runs the declared rollbacks, the failed step's first, then the
+/// succeeded steps' last first. Asking again changes nothing.
+#[utoipa::path(post, path = "/api/v1/changes/{id}/rollback", security(("bearer" = [])),
+    params(("id" = String, Path, description = "change id")), request_body = ReasonRequest,
+    responses((status = 200, body = Done), (status = 404),
+              (status = 409, description = "`not-failed`, `needs-approval`, `superseded` or `reason-required`")))]
+pub async fn rollback(
+    who: Identity,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ReasonRequest>,
+) -> Result<Json<Done>, ApiError> {
+    who.require(Role::Operator)?;
+    known_id(&id)?;
+    need_reason(&req.reason)?;
+    let created = state
+        .engine
+        .rollback(&id, &who.name, &state.engine.scrub(&req.reason))
+        .await?;
+    Ok(Json(Done {
+        change: id,
+        recorded: if created {
+            "rollback requested".into()
+        } else {
+            "rollback already requested".into()
+        },
     }))
 }
 

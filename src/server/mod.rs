@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(api::report))
         .routes(routes!(api::proceed))
         .routes(routes!(api::retry))
+        .routes(routes!(api::rollback))
         .routes(routes!(api::abandon))
         .routes(routes!(api::breaker))
         .routes(routes!(api::reset_breaker))

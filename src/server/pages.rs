@@ -90,6 +90,7 @@ tr.failed td:first-child,tr.firing td:first-child{border-left:4px solid #c62828}
 .b-failed,.b-open,.b-firing,.b-interrupted{background:#c62828;color:#fff}
 .b-running{background:#1565c0;color:#fff}.b-completed,.b-succeeded,.b-closed,.b-resolved{background:#2e7d32;color:#fff}
 .b-ready,.b-approved{background:#6a1b9a;color:#fff}.b-abandoned,.b-skipped{background:#757575;color:#fff}
+.b-rolling-back{background:#ef6c00;color:#fff}.b-rolled-back{background:#00695c;color:#fff}.b-rollback-failed{background:#8e0000;color:#fff}
 pre{background:#11161f;color:#e6e6e6;padding:8px;overflow:auto;max-height:260px;font-size:12px;margin:4px 0}
 code{font-size:12px}td code{word-break:break-all}.muted{color:#7a8394}.empty{color:#7a8394;padding:6px 0}
 "#;
@@ -166,18 +167,19 @@ pub async fn index(_: PageAccess, State(state): State<AppState>) -> Response {
             .filter(|c| states.contains(&c.state))
             .collect::<Vec<_>>()
     };
-    let failed = of(&[ChangeState::Failed]);
+    let failed = of(&[ChangeState::Failed, ChangeState::RollbackFailed]);
     let unapproved = state.engine.view().unapproved_policies.clone();
     let firing: Vec<_> = alerts
         .iter()
         .filter(|(a, _)| a.state == crate::store::AlertState::Firing)
         .collect();
-    let running = of(&[ChangeState::Running]);
+    let running = of(&[ChangeState::Running, ChangeState::RollingBack]);
     let waiting = of(&[ChangeState::Proposed, ChangeState::Approved]);
     let settled = of(&[
         ChangeState::Ready,
         ChangeState::Completed,
         ChangeState::Abandoned,
+        ChangeState::RolledBack,
     ]);
     let body = html! {
         h2 { "Needs a person" }
@@ -309,8 +311,9 @@ pub async fn change(
             div class={ @if matches!(s.state, StepState::Failed | StepState::Interrupted) { "failed" } } style="background:#fff;border:1px solid #dde1e8;padding:8px 10px;margin:6px 0" {
                 strong { (s.id) } " " (badge(s.state.as_str()))
                 @if s.needs_confirmation { span class="muted" { " · needs a go-ahead" @if let Some(g) = &s.confirmation { " (given by " (g.actor) ": " (g.reason) ")" } } }
+                @if let Some(r) = s.rollback { span class="rollback" { " · rollback " (badge(r.as_str())) } }
                 @for a in &s.attempts {
-                    div class="muted" { "attempt " (a.attempt_no) " by " (a.executor) " · " (a.state) " · started " (format_ms(a.started_at))
+                    div class={ "muted attempt-" (a.phase) } { @if a.phase == crate::store::Phase::Rollback { "↩ rollback " } "attempt " (a.attempt_no) " by " (a.executor) " · " (a.state) " · started " (format_ms(a.started_at))
                         @if let Some(e) = a.exit_code { " · exit " (e) } @if let Some(t) = a.ended_at { " · ended " (format_ms(t)) } }
                     @if let Some(out) = &a.output_tail { pre { (out) } }
                 }
@@ -333,6 +336,10 @@ const FEED_KINDS: &[&str] = &[
     "step.interrupted",
     "change.completed",
     "change.abandoned",
+    "change.rollback-requested",
+    "rollback.failed",
+    "rollback.interrupted",
+    "change.rolled-back",
     "breaker.opened",
     "breaker.reset",
     "alert.raised",
@@ -370,11 +377,15 @@ pub async fn feed(_: PageAccess, State(state): State<AppState>) -> Response {
             };
             let mut entry = Entry::default();
             entry.set_id(format!("urn:changegate:audit:{}", e.seq));
-            entry.set_title(Text::plain(format!(
-                "{} {}",
-                e.kind,
-                e.change.as_deref().unwrap_or("")
-            )));
+            let change = e.change.as_deref().unwrap_or("");
+            entry.set_title(Text::plain(match e.kind.as_str() {
+                "change.rollback-requested" => format!("{change}: rolling back"),
+                "change.rolled-back" => format!("{change}: rolled back"),
+                "rollback.failed" | "rollback.interrupted" => {
+                    format!("{change}: rollback failed")
+                }
+                kind => format!("{kind} {change}"),
+            }));
             entry.set_updated(when(e.at));
             entry.set_links(vec![link(href, "alternate")]);
             entry.set_summary(Some(Text::plain(format!(

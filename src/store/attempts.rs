@@ -28,8 +28,8 @@ impl WriteTx {
     /// constraint makes a second writer of the same attempt fail.
     pub async fn insert_attempt(&mut self, a: &Attempt) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO attempts (id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO attempts (id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, phase)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&a.id)
         .bind(&a.change_id)
@@ -40,6 +40,7 @@ impl WriteTx {
         .bind(a.state)
         .bind(a.lease_expires_at)
         .bind(a.started_at)
+        .bind(a.phase)
         .execute(self.conn())
         .await?;
         Ok(())
@@ -202,6 +203,43 @@ impl WriteTx {
             .execute(self.conn())
             .await?;
         Ok(())
+    }
+
+    /// Records that revision `digest` of a change was rolled back (once).
+    pub async fn roll_back_revision(
+        &mut self,
+        change_id: &str,
+        digest: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE revisions SET rolled_back_at = $3 WHERE change_id = $1 AND digest = $2 AND rolled_back_at IS NULL")
+            .bind(change_id)
+            .bind(digest)
+            .bind(at)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Records the request to roll back revision `digest` (once).
+    pub async fn insert_rollback(
+        &mut self,
+        change_id: &str,
+        digest: &str,
+        actor: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("INSERT INTO rollbacks (change_id, digest, actor, reason, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+            .bind(change_id)
+            .bind(digest)
+            .bind(actor)
+            .bind(reason)
+            .bind(at)
+            .execute(self.conn())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     /// Abandons revision `digest` of a change (once).

@@ -124,9 +124,9 @@ impl Store {
         Ok(report)
     }
 
-    /// Revisions not recorded as completed: (change, digest).
+    /// Revisions neither completed nor rolled back: (change, digest).
     pub async fn open_revisions(&self) -> Result<Vec<(String, String)>, StoreError> {
-        sqlx::query("SELECT change_id, digest FROM revisions WHERE completed_at IS NULL")
+        sqlx::query("SELECT change_id, digest FROM revisions WHERE completed_at IS NULL AND rolled_back_at IS NULL")
             .fetch_all(&self.pool)
             .await?
             .iter()

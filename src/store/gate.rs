@@ -40,10 +40,13 @@ pub struct Attempt {
     pub output_tail: Option<String>,
     /// A report that arrived after the lease expired (JSON), kept for the record.
     pub late_report: Option<String>,
+    /// The step's commands, or its rollback.
+    #[schema(value_type = String)]
+    pub phase: super::Phase,
 }
 
 pub(super) const ATTEMPT_COLUMNS: &str =
-    "id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, ended_at, exit_code, duration_ms, output_tail, late_report";
+    "id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, ended_at, exit_code, duration_ms, output_tail, late_report, phase";
 
 pub(super) fn attempt(r: &AnyRow) -> Result<Attempt, sqlx::Error> {
     Ok(Attempt {
@@ -61,6 +64,7 @@ pub(super) fn attempt(r: &AnyRow) -> Result<Attempt, sqlx::Error> {
         duration_ms: r.try_get("duration_ms")?,
         output_tail: r.try_get("output_tail")?,
         late_report: r.try_get("late_report")?,
+        phase: r.try_get("phase")?,
     })
 }
 
@@ -136,6 +140,8 @@ pub struct RevisionRecord {
     pub first_claim_at: i64,
     /// Unix ms when its last step succeeded.
     pub completed_at: Option<i64>,
+    /// Unix ms when its rollback finished.
+    pub rolled_back_at: Option<i64>,
 }
 
 fn revision(r: &AnyRow) -> Result<RevisionRecord, sqlx::Error> {
@@ -144,6 +150,7 @@ fn revision(r: &AnyRow) -> Result<RevisionRecord, sqlx::Error> {
         commit_sha: r.try_get("commit_sha")?,
         first_claim_at: r.try_get("first_claim_at")?,
         completed_at: r.try_get("completed_at")?,
+        rolled_back_at: r.try_get("rolled_back_at")?,
     })
 }
 
@@ -162,6 +169,11 @@ pub struct ChangeFacts {
     /// Every abandonment, with the digest of the revision it ended
     /// (`''`: recorded before revisions, for every digest).
     pub abandonments: Vec<(String, OperatorAction)>,
+    /// The rollback request of the revision these facts are about (after
+    /// [`ChangeFacts::for_revision`]); as read, the latest of any revision.
+    pub rollback: Option<OperatorAction>,
+    /// Every rollback request, with its revision's digest.
+    pub rollbacks: Vec<(String, OperatorAction)>,
     /// Every revision that was claimed, oldest first.
     pub revisions: Vec<RevisionRecord>,
     /// API approvals.
@@ -178,12 +190,11 @@ impl ChangeFacts {
             .any(|(d, _)| d == digest || d.is_empty())
     }
 
-    /// The revision in flight: claimed, not completed, not abandoned.
+    /// The revision in flight: claimed, not completed, rolled back or abandoned.
     pub fn in_flight(&self) -> Option<&RevisionRecord> {
-        self.revisions
-            .iter()
-            .rev()
-            .find(|r| r.completed_at.is_none() && !self.abandoned(&r.digest))
+        self.revisions.iter().rev().find(|r| {
+            r.completed_at.is_none() && r.rolled_back_at.is_none() && !self.abandoned(&r.digest)
+        })
     }
 
     /// The latest completed revision, if any.
@@ -203,6 +214,11 @@ impl ChangeFacts {
             .abandonments
             .iter()
             .find(|(d, _)| d == digest || d.is_empty())
+            .map(|(_, a)| a.clone());
+        facts.rollback = self
+            .rollbacks
+            .iter()
+            .find(|(d, _)| d == digest)
             .map(|(_, a)| a.clone());
         facts
     }
@@ -265,7 +281,17 @@ pub(crate) async fn change_facts(
     .map(|r| Ok((r.try_get("digest")?, action(r, false, false)?)))
     .collect::<Result<_, sqlx::Error>>()?;
     let abandonment = abandonments.last().map(|(_, a)| a.clone());
-    let revisions = sqlx::query("SELECT digest, commit_sha, first_claim_at, completed_at FROM revisions WHERE change_id = $1 ORDER BY first_claim_at")
+    let rollbacks: Vec<(String, OperatorAction)> = sqlx::query(
+        "SELECT digest, actor, reason, at FROM rollbacks WHERE change_id = $1 ORDER BY at",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("digest")?, action(r, false, false)?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    let rollback = rollbacks.last().map(|(_, a)| a.clone());
+    let revisions = sqlx::query("SELECT digest, commit_sha, first_claim_at, completed_at, rolled_back_at FROM revisions WHERE change_id = $1 ORDER BY first_claim_at")
         .bind(id)
         .fetch_all(&mut *conn)
         .await?
@@ -283,6 +309,8 @@ pub(crate) async fn change_facts(
         retries,
         abandonment,
         abandonments,
+        rollback,
+        rollbacks,
         revisions,
         approvals,
         github,
@@ -413,7 +441,17 @@ impl Store {
             facts.abandonment = Some(a.clone());
             facts.abandonments.push((r.try_get("digest")?, a));
         }
-        for r in sqlx::query("SELECT change_id, digest, commit_sha, first_claim_at, completed_at FROM revisions ORDER BY first_claim_at")
+        for r in
+            sqlx::query("SELECT change_id, digest, actor, reason, at FROM rollbacks ORDER BY at")
+                .fetch_all(&mut *conn)
+                .await?
+        {
+            let facts = all.entry(r.try_get("change_id")?).or_default();
+            let a = action(&r, false, false)?;
+            facts.rollback = Some(a.clone());
+            facts.rollbacks.push((r.try_get("digest")?, a));
+        }
+        for r in sqlx::query("SELECT change_id, digest, commit_sha, first_claim_at, completed_at, rolled_back_at FROM revisions ORDER BY first_claim_at")
             .fetch_all(&mut *conn)
             .await?
         {

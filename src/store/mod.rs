@@ -32,7 +32,8 @@ pub use github::*;
 pub use inbox::{InboxItem, PreparedDelivery};
 pub use policies::ApprovedPolicy;
 pub use states::{
-    AlertKind, AlertState, AttemptState, DeliveryState, InboxOutcome, ReviewState, UnknownWord,
+    AlertKind, AlertState, AttemptState, DeliveryState, InboxOutcome, Phase, ReviewState,
+    UnknownWord,
 };
 pub use statuses::PendingStatus;
 

@@ -152,6 +152,18 @@ words! {
         PoliciesInvalid = "policies-invalid",
         /// A policy revision on the default branch was not approved.
         PolicyUnapproved = "policy-unapproved",
+        /// A rollback attempt failed or was interrupted.
+        RollbackFailed = "rollback-failed",
+    }
+}
+
+words! {
+    /// Which way an attempt ran (SPEC §11).
+    Phase, "attempt phase" {
+        /// The step's own commands.
+        Step = "step",
+        /// The step's declared `rollback`.
+        Rollback = "rollback",
     }
 }
 

@@ -5,7 +5,7 @@ mod approvals;
 mod progress;
 
 pub use approvals::{approval_facts, approval_of, fresh_approver};
-pub use progress::{revision_focus, state_of, step_progress, Focus};
+pub use progress::{revision_focus, rollback_entries, state_of, step_progress, Focus};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use crate::clock::weekday_minute;
 use crate::config::Config;
 use crate::gate::claim::Dependency;
 use crate::gate::{
-    self, ApprovalStatus, Breaker, ChangeState, ClaimContext, Directory, Refusal, StepState,
+    self, ApprovalStatus, Breaker, ChangeState, ClaimContext, Directory, Next, Refusal, StepState,
 };
 use crate::model::{
     policies_in_force, ChangeSet, CoveredPath, Diagnostic, Digest, PoliciesInForce, Policy, Window,
@@ -167,8 +167,23 @@ pub struct StepStatus {
     pub needs_confirmation: bool,
     /// The go-ahead its next attempt would use, at the current digest.
     pub confirmation: Option<GoAheadRecord>,
-    /// Every attempt, oldest first.
+    /// Every attempt, oldest first: its own and its rollback's (`phase`).
     pub attempts: Vec<Attempt>,
+    /// Once a rollback was asked for and the step is among those undone:
+    /// where its rollback stands (`skipped` when it declares none).
+    #[schema(value_type = Option<String>)]
+    pub rollback: Option<StepState>,
+}
+
+/// A rollback asked for (SPEC §11), and how far it got.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RollbackStatus {
+    /// Who asked, why and when.
+    pub requested: OperatorAction,
+    /// Steps undone (succeeded or with nothing to undo).
+    pub undone: usize,
+    /// Steps to undo.
+    pub total: usize,
 }
 
 /// A change with everything decided about it.
@@ -206,6 +221,8 @@ pub struct ChangeStatus {
     pub covered_paths: Vec<CoveredPath>,
     /// The abandonment, if any.
     pub abandonment: Option<OperatorAction>,
+    /// The rollback, once asked for.
+    pub rollback: Option<RollbackStatus>,
     /// The digest on the default branch, when this revision is not it
     /// (`null` when the file is gone from it).
     pub main_digest: Option<String>,
@@ -245,7 +262,7 @@ pub fn decide_claim(
     id: &str,
     facts: &ChangeFacts,
     executor_digest: &str,
-) -> (Result<usize, Refusal>, ChangeStatus) {
+) -> (Result<Next, Refusal>, ChangeStatus) {
     let (status, decision) = assess(world, id, facts, Some(executor_digest));
     (decision, status)
 }
@@ -268,7 +285,7 @@ fn assess(
     id: &str,
     facts: &ChangeFacts,
     executor_digest: Option<&str>,
-) -> (ChangeStatus, Result<usize, Refusal>) {
+) -> (ChangeStatus, Result<Next, Refusal>) {
     let main = world.view.lookup(id);
     // A proposal has no revisions yet; a change on main may.
     let main_digest = main
@@ -380,7 +397,7 @@ fn status_at(
     facts: &ChangeFacts,
     all: &ChangeFacts,
     executor_digest: Option<&str>,
-) -> (ChangeStatus, Result<usize, Refusal>) {
+) -> (ChangeStatus, Result<Next, Refusal>) {
     let Some((change, digest, covered, proposal)) = found else {
         let refusal = Refusal {
             reason: gate::RefusalReason::Unknown,
@@ -405,6 +422,7 @@ fn status_at(
             locks: vec![],
             covered_paths: vec![],
             abandonment: None,
+            rollback: None,
             main_digest: None,
             warnings: vec![],
         };
@@ -422,6 +440,10 @@ fn status_at(
             .max()
             .unwrap_or(0);
     }
+    let rollback = rollback_entries(change, facts, &progress);
+    let rollback_states: Option<Vec<StepState>> = rollback
+        .as_ref()
+        .map(|entries| entries.iter().map(|e| e.progress.state).collect());
     let state = match proposal {
         Some(_) if approvals.satisfied => ChangeState::Approved,
         Some(_) => ChangeState::Proposed,
@@ -429,6 +451,7 @@ fn status_at(
             facts.abandonment.is_some(),
             approvals.satisfied,
             &progress.iter().map(|p| p.state).collect::<Vec<_>>(),
+            rollback_states.as_deref(),
         ),
     };
     let dependencies: Vec<Dependency> = change
@@ -522,6 +545,7 @@ fn status_at(
             .filter_map(|p| p.execution.max_targets_per_step)
             .min(),
         policies_invalid: policy_error.as_deref(),
+        rollback: rollback.as_deref(),
     };
     let decision = match proposal {
         Some(p) => Err(Refusal {
@@ -560,8 +584,26 @@ fn status_at(
                 .filter(|a| a.step_id == s.id)
                 .cloned()
                 .collect(),
+            rollback: rollback.as_ref().and_then(|entries| {
+                entries
+                    .iter()
+                    .find(|e| change.steps[e.step].id == s.id)
+                    .map(|e| e.progress.state)
+            }),
         })
         .collect();
+    let rollback = facts
+        .rollback
+        .clone()
+        .zip(rollback_states)
+        .map(|(requested, states)| {
+            let (undone, total) = gate::rollback::undone(&states);
+            RollbackStatus {
+                requested,
+                undone,
+                total,
+            }
+        });
     let status = ChangeStatus {
         id: id.to_string(),
         title: change.title.clone(),
@@ -582,6 +624,7 @@ fn status_at(
             .collect(),
         covered_paths: covered.to_vec(),
         abandonment: facts.abandonment.clone(),
+        rollback,
         main_digest: None,
         warnings: vec![],
     };

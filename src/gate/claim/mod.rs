@@ -45,6 +45,10 @@ pub enum RefusalReason {
     Superseded,
     /// Another revision of this change is in flight; a new one waits.
     RevisionInFlight,
+    /// The change was rolled back: nothing is left to run.
+    RolledBack,
+    /// A rollback attempt failed: `retry` re-runs it or `abandon` ends it.
+    RollbackFailed,
 }
 
 impl RefusalReason {
@@ -67,6 +71,8 @@ impl RefusalReason {
             RefusalReason::PoliciesInvalid => "policies-invalid",
             RefusalReason::Superseded => "superseded",
             RefusalReason::RevisionInFlight => "revision-in-flight",
+            RefusalReason::RolledBack => "rolled-back",
+            RefusalReason::RollbackFailed => "rollback-failed",
         }
     }
 }
@@ -163,14 +169,42 @@ pub struct ClaimContext<'a> {
     pub max_targets_per_step: Option<u32>,
     /// The first error in a policy file on the default branch, if any.
     pub policies_invalid: Option<&'a str>,
+    /// Once a rollback was asked for: what is undone, in order.
+    pub rollback: Option<&'a [RollbackEntry]>,
+}
+
+/// One step to undo, in undo order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackEntry {
+    /// The step's index in the change.
+    pub step: usize,
+    /// Its rollback attempts (`Skipped` when it declares no `rollback`).
+    pub progress: StepProgress,
+}
+
+/// What a granted claim runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Step `n`'s commands.
+    Step(usize),
+    /// The rollback of step `step`, entry `entry` of the rollback order.
+    Rollback {
+        /// The step's index in the change.
+        step: usize,
+        /// Its place in the undo order.
+        entry: usize,
+    },
 }
 
 /// The index of the step to claim, or the first unmet rule. The rules run
 /// in this order, so a refusal names the most fundamental problem; adding a
 /// rule means one small function below and one line here.
-pub fn claim_decision(c: &ClaimContext<'_>) -> Result<usize, Refusal> {
+pub fn claim_decision(c: &ClaimContext<'_>) -> Result<Next, Refusal> {
     let change = known(c)?;
     policies_valid(c)?;
+    if let Some(entries) = c.rollback {
+        return rollback_claim(c, change, entries);
+    }
     claimable_state(c, change)?;
     digest_matches(c)?;
     dependencies_completed(c)?;
@@ -181,7 +215,72 @@ pub fn claim_decision(c: &ClaimContext<'_>) -> Result<usize, Refusal> {
     targets_free(c, change)?;
     not_running(c, change, next)?;
     within_blast_radius(c, change, next)?;
-    Ok(next)
+    Ok(Next::Step(next))
+}
+
+/// Undoing, once asked for: the next entry in undo order, one at a time,
+/// at the digest that ran. Approval, windows, the breaker and go-aheads
+/// were for going forward; the rollback commands were approved with the
+/// change, and an incident does not wait for a window (SPEC §11).
+fn rollback_claim(
+    c: &ClaimContext<'_>,
+    change: &ChangeSet,
+    entries: &[RollbackEntry],
+) -> Result<Next, Refusal> {
+    use RefusalReason as R;
+    let id = c.id;
+    match c.state {
+        ChangeState::RollingBack => {}
+        ChangeState::RolledBack => {
+            return refuse(
+                R::RolledBack,
+                format!("`{id}` was rolled back; nothing is left to run"),
+            )
+        }
+        ChangeState::Abandoned => return refuse(R::Abandoned, format!("`{id}` was abandoned")),
+        _ => {
+            let failed = entries
+                .iter()
+                .find(|e| e.progress.failure.is_some())
+                .map(|e| {
+                    format!(
+                        " (the rollback of step {} {})",
+                        change.steps[e.step].id,
+                        e.progress.failure.as_deref().unwrap_or("failed")
+                    )
+                })
+                .unwrap_or_default();
+            return refuse(
+                R::RollbackFailed,
+                format!("the rollback of `{id}` failed{failed}; `changegate retry` re-runs it, or `abandon` ends it"),
+            );
+        }
+    }
+    digest_matches(c)?;
+    if let Some(e) = entries.iter().find(|e| e.progress.running.is_some()) {
+        let (attempt, lease) = e.progress.running.as_ref().expect("running");
+        return refuse(
+            R::NotNext,
+            format!(
+                "the rollback of step {} is already running (attempt {attempt}, lease until {})",
+                change.steps[e.step].id,
+                crate::clock::format_ms(*lease)
+            ),
+        );
+    }
+    match entries
+        .iter()
+        .position(|e| e.progress.state == StepState::Pending)
+    {
+        Some(entry) => Ok(Next::Rollback {
+            step: entries[entry].step,
+            entry,
+        }),
+        None => refuse(
+            R::RolledBack,
+            format!("every rollback of `{id}` already ran"),
+        ),
+    }
 }
 
 /// The change is on the default branch.
@@ -232,6 +331,10 @@ fn claimable_state(c: &ClaimContext<'_>, change: &ChangeSet) -> Result<(), Refus
             )
         }
         ChangeState::Abandoned => refuse(R::Abandoned, format!("`{id}` was abandoned")),
+        ChangeState::RollingBack | ChangeState::RollbackFailed | ChangeState::RolledBack => refuse(
+            R::RolledBack,
+            format!("`{id}` is {}: it does not go forward again", c.state),
+        ),
         ChangeState::Completed => refuse(
             R::Completed,
             format!("every step of `{id}` already succeeded"),

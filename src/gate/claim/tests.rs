@@ -14,6 +14,8 @@ fn change() -> ChangeSet {
         timeout: None,
         confirm,
         targets,
+        rollback: None,
+        rollback_timeout: None,
     };
     ChangeSet {
         id: "up".into(),
@@ -51,11 +53,11 @@ fn done() -> StepProgress {
 }
 
 /// The decision on a context where every rule holds, after `tweak`.
-fn decide(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<usize, RefusalReason> {
+fn decide(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<Next, RefusalReason> {
     decide_with(tweak).map_err(|r| r.reason)
 }
 
-fn decide_with(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<usize, Refusal> {
+fn decide_with(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<Next, Refusal> {
     let change = change();
     let steps = [pending(), pending()];
     let mut c = ClaimContext {
@@ -75,6 +77,7 @@ fn decide_with(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<usize, Refus
         confirm_each_step: false,
         locks: &[],
         max_targets_per_step: None,
+        rollback: None,
     };
     tweak(&mut c);
     claim_decision(&c)
@@ -82,7 +85,7 @@ fn decide_with(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<usize, Refus
 
 #[test]
 fn a_ready_change_grants_its_first_step() {
-    assert_eq!(decide(|_| {}), Ok(0));
+    assert_eq!(decide(|_| {}), Ok(Next::Step(0)));
 }
 
 #[test]
@@ -146,7 +149,7 @@ fn a_completed_dependency_is_fine() {
     }];
     assert_eq!(
         decide(|c| c.dependencies = Box::leak(Box::new(deps))),
-        Ok(0)
+        Ok(Next::Step(0))
     );
 }
 
@@ -169,7 +172,7 @@ fn outside_window() {
     let windows: &'static [(&str, &[Window])] = Box::leak(Box::new([("pg", w)]));
     assert_eq!(
         decide(|c| c.windows = windows),
-        Ok(0),
+        Ok(Next::Step(0)),
         "monday 10:00 is inside"
     );
     assert_eq!(
@@ -199,7 +202,7 @@ fn needs_confirmation_per_step_or_per_policy() {
             c.confirm_each_step = true;
             c.go_aheads = given
         }),
-        Ok(0)
+        Ok(Next::Step(0))
     );
 }
 
@@ -249,7 +252,7 @@ fn a_retried_step_needs_a_new_go_ahead() {
         decide_at(go_ahead("backup", D, 1)),
         Err(RefusalReason::NeedsConfirmation)
     );
-    assert_eq!(decide_at(go_ahead("backup", D, 2)), Ok(0));
+    assert_eq!(decide_at(go_ahead("backup", D, 2)), Ok(Next::Step(0)));
 }
 
 #[test]
@@ -262,7 +265,7 @@ fn locked_by_another_change_but_not_by_itself() {
     assert_eq!(decide(|c| c.locks = theirs), Err(RefusalReason::Locked));
     let ours: &'static [(String, String, ChangeState)] =
         Box::leak(Box::new([("db".into(), "up".into(), ChangeState::Running)]));
-    assert_eq!(decide(|c| c.locks = ours), Ok(0));
+    assert_eq!(decide(|c| c.locks = ours), Ok(Next::Step(0)));
 }
 
 #[test]
@@ -300,7 +303,7 @@ fn blast_radius() {
     );
     assert_eq!(
         decide(|c| c.max_targets_per_step = Some(1)),
-        Ok(0),
+        Ok(Next::Step(0)),
         "backup touches only db"
     );
 }
@@ -348,6 +351,8 @@ fn every_word_is_the_serialised_one() {
         R::PoliciesInvalid,
         R::Superseded,
         R::RevisionInFlight,
+        R::RolledBack,
+        R::RollbackFailed,
     ] {
         words(serde_json::to_value(r).unwrap(), r.as_str());
     }
@@ -359,6 +364,9 @@ fn every_word_is_the_serialised_one() {
         ChangeState::Completed,
         ChangeState::Failed,
         ChangeState::Abandoned,
+        ChangeState::RollingBack,
+        ChangeState::RolledBack,
+        ChangeState::RollbackFailed,
     ] {
         words(serde_json::to_value(s).unwrap(), s.as_str());
     }

@@ -211,7 +211,17 @@ fn decode_step(
     let run = command(d, "run", true);
     let check = command(d, "check", false);
     let verify = command(d, "verify", false);
+    let rollback = command(d, "rollback", false);
     let timeout = d.optional(&f, "timeout", |d, n| d.parsed::<Duration>(n, "timeout"));
+    let rollback_timeout = d.optional(&f, "rollback_timeout", |d, n| {
+        d.parsed::<Duration>(n, "rollback_timeout")
+    });
+    if let (Some(n), None) = (f.get("rollback_timeout"), &rollback) {
+        d.error(
+            n.pos,
+            "`rollback_timeout` without `rollback`: there is nothing to time; add `rollback: <command>` or remove it",
+        );
+    }
     let confirm = d
         .optional(&f, "confirm", |d, n| d.bool(n, "confirm"))
         .unwrap_or(false);
@@ -234,5 +244,7 @@ fn decode_step(
         timeout,
         confirm,
         targets: targets.map(|t| t.into_iter().map(|(t, _)| t).collect()),
+        rollback,
+        rollback_timeout,
     })
 }

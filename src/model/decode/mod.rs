@@ -29,7 +29,15 @@ pub(crate) const CHANGE_SET_KEYS: &[&str] = &[
     "steps",
 ];
 pub(crate) const STEP_KEYS: &[&str] = &[
-    "id", "run", "check", "verify", "timeout", "confirm", "targets",
+    "id",
+    "run",
+    "check",
+    "verify",
+    "timeout",
+    "confirm",
+    "targets",
+    "rollback",
+    "rollback_timeout",
 ];
 pub(crate) const POLICY_KEYS: &[&str] = &[
     "description",
@@ -47,6 +55,7 @@ pub(crate) const EXECUTION_KEYS: &[&str] = &[
     "windows",
     "max_targets_per_step",
     "retry_requires_approval",
+    "rollback_requires_approval",
 ];
 pub(crate) const ACTION_BUDGET_KEYS: &[&str] = &["max", "per"];
 

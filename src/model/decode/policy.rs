@@ -191,6 +191,11 @@ fn decode_execution(d: &mut Decoder<'_>, node: &Node) -> Option<Execution> {
     }) {
         e.retry_requires_approval = b;
     }
+    if let Some(b) = d.optional(&f, "rollback_requires_approval", |d, n| {
+        d.bool(n, "execution.rollback_requires_approval")
+    }) {
+        e.rollback_requires_approval = b;
+    }
     Some(e)
 }
 
