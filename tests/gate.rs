@@ -588,3 +588,24 @@ fn demo_replays_the_incident_on_the_projects_own_changes() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
 }
+
+#[test]
+fn demo_second_ending_rolls_the_upgrade_back_onto_sm_pg96() {
+    let out = common::changegate(&common::project_root(), &["demo", "--rollback"]);
+    let text = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "✘ release failed: `run` exited 1",
+        "↩ rollback 1/5 of step release",
+        "↩ rollback 2/5 of step point-state-machine",
+        "↩ rollback 4/5 of step create-instance",
+        "is rolled-back; the state machine uses sm-pg96, sm-pg10 is dropped; locks: 0",
+        "is refused: 409: dependency: dependency 2017-12-12-state-machine-pg10 is rolled-back",
+        "sm-pg96 still exists and is still the primary",
+        "The failure blocked everything that should stop.",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    // The skipped steps are not run: backup and restore have no rollback.
+    assert!(!text.contains("rollback of step backup"), "{text}");
+}

@@ -5,7 +5,8 @@
 mod common;
 
 use common::gate_fixture::*;
-use common::server::Server;
+use common::receivers::{eventually, Alertmanager};
+use common::server::{self, Server};
 use common::{db, TestRepo};
 use serde_json::Value;
 
@@ -306,5 +307,55 @@ fn rollback_requires_approval_wants_a_fresh_counting_one() {
             "rolling-back",
             "{backend}"
         );
+    }
+}
+
+#[test]
+fn rolled_back_resolves_every_alert_of_the_change_in_alertmanager() {
+    for backend in db::BACKENDS {
+        let am = Alertmanager::start();
+        let repo = repo("execution:\n  retry_requires_approval: false\n");
+        let database = db::fresh(backend);
+        let sink = format!(
+            "[[alerts.sinks]]\nname = \"fleet-monitor\"\nkind = \"alertmanager\"\nurl = \"{}\"\nresend = \"1s\"\n",
+            am.url
+        );
+        let server = server::start_with(repo.path(), &database.url, &tokens(), "", &sink);
+        let fleet = tempfile::tempdir().unwrap();
+        let firing = |name: &str| {
+            am.alerts().iter().any(|a| {
+                a["labels"]["alertname"] == name
+                    && a["labels"]["change"] == "c"
+                    && a["status"]["state"] == "active"
+            })
+        };
+        failed_at_c(&repo, &server, fleet.path());
+        eventually(15, "the step's alert", || firing("ChangegateStepFailed"));
+
+        std::fs::write(fleet.path().join("fail-undo-a"), "").unwrap();
+        client(&server, "alice").rollback("c", "undo").unwrap();
+        let out = exec(repo.path(), &server, &["c", "--continue"], fleet.path());
+        assert_eq!(out.status.code(), Some(1), "{backend}: {}", text(&out));
+        eventually(15, "the rollback's alert", || {
+            firing("ChangegateRollbackFailed")
+        });
+        let alert = am
+            .alerts()
+            .into_iter()
+            .find(|a| a["labels"]["alertname"] == "ChangegateRollbackFailed")
+            .unwrap();
+        assert_eq!(alert["labels"]["step"], "a", "{backend}");
+        assert_eq!(alert["labels"]["severity"], "critical", "{backend}");
+
+        std::fs::remove_file(fleet.path().join("fail-undo-a")).unwrap();
+        client(&server, "bob").retry("c", "undo fixed").unwrap();
+        let out = exec(repo.path(), &server, &["c", "--continue"], fleet.path());
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        let s = client(&server, "alice").change("c").unwrap();
+        assert_eq!(s["state"], "rolled-back", "{backend}");
+        assert_eq!(s["locks"], serde_json::json!([]), "{backend}");
+        eventually(15, "every alert of the change to resolve", || {
+            !firing("ChangegateStepFailed") && !firing("ChangegateRollbackFailed")
+        });
     }
 }

@@ -149,8 +149,10 @@ async fn fleet_monitor(
     Ok(url)
 }
 
-pub(super) fn demo() -> u8 {
-    match run() {
+/// `demo`, or with `rollback` its second ending: after the release fails,
+/// an operator rolls the upgrade back as approved.
+pub(super) fn demo(rollback: bool) -> u8 {
+    match run(rollback) {
         Ok(true) => exit::OK,
         Ok(false) => exit::INVALID,
         Err(e) => {
@@ -160,7 +162,7 @@ pub(super) fn demo() -> u8 {
     }
 }
 
-fn run() -> Result<bool, String> {
+fn run(rollback: bool) -> Result<bool, String> {
     let work = tempfile::Builder::new()
         .prefix("changegate-demo-")
         .tempdir()
@@ -338,6 +340,30 @@ fn run() -> Result<bool, String> {
         None => t.say("NO ALERT reached the fleet monitor"),
     }
 
+    // The second ending: the failure is undone at once, as it was approved.
+    let mut rolled_back = true;
+    if rollback {
+        ok(api(&alice).rollback(UPGRADE, "release failed: back to 9.6 as approved"))?;
+        t.say(format!(
+            "alice runs `changegate rollback {UPGRADE}`; CI runs `changegate exec {UPGRADE} --continue`:"
+        ));
+        let code = exec_with(&api(&ci), UPGRADE, true, &checkout, Some("demo"));
+        let status = ok(api(&alice).change(UPGRADE))?;
+        let read = |p: &str| std::fs::read_to_string(fleet.join(p)).unwrap_or_default();
+        let attached = read("state-machine/primary");
+        let back = attached.trim() == "sm-pg96"
+            && read("sm-pg96/role").trim() == "primary"
+            && !fleet.join("sm-pg10").exists();
+        rolled_back = code == exit::OK && status["state"] == "rolled-back" && back;
+        t.say(format!(
+            "exec exited {code}: {UPGRADE} is {}; the state machine uses {}, sm-pg10 is {}; locks: {}",
+            status["state"].as_str().unwrap_or("?"),
+            attached.trim(),
+            if fleet.join("sm-pg10").exists() { "still there" } else { "dropped" },
+            status["locks"].as_array().map_or(0, Vec::len)
+        ));
+    }
+
     t.say("Two days later: the decommission of sm-pg96 is approved and given its go-ahead");
     let down_digest = digest_of(DECOMMISSION)?;
     for secret in [&alice, &bob] {
@@ -354,27 +380,30 @@ fn run() -> Result<bool, String> {
         )),
     }
     // Someone "fixes" the failed release on main instead of rolling back or
-    // abandoning: that edit is a new revision, and it must wait.
-    let release = checkout.join("changes/scripts/release.sh");
-    let fixed = std::fs::read_to_string(&release)
-        .map(|s| s + "# retried with a longer promote timeout\n")
-        .map_err(|e| e.to_string())?;
-    std::fs::write(&release, fixed).map_err(|e| e.to_string())?;
-    commit_on_main(&checkout, "release: a longer promote timeout")?;
-    let edited = digest_of(UPGRADE)?;
-    let seen = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        api(&alice)
-            .change(UPGRADE)
-            .is_ok_and(|s| s["main_digest"] == edited.as_str())
-    });
-    for secret in [&alice, &bob] {
-        ok(api(secret).approve(UPGRADE, &edited, "the fix looks right"))?;
-    }
-    let in_flight = api(&ci).claim(UPGRADE, &edited, Some("demo"));
-    let in_flight_refused =
-        seen && in_flight.as_ref().err().and_then(|e| e.reason()) == Some("revision-in-flight");
-    match &in_flight {
+    // abandoning: that edit is a new revision, and it must wait. (After a
+    // rollback, the revision is over and an edit would be a fresh one.)
+    let in_flight_refused = rollback
+        || {
+            let release = checkout.join("changes/scripts/release.sh");
+            let fixed = std::fs::read_to_string(&release)
+                .map(|s| s + "# retried with a longer promote timeout\n")
+                .map_err(|e| e.to_string())?;
+            std::fs::write(&release, fixed).map_err(|e| e.to_string())?;
+            commit_on_main(&checkout, "release: a longer promote timeout")?;
+            let edited = digest_of(UPGRADE)?;
+            let seen = (0..100).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                api(&alice)
+                    .change(UPGRADE)
+                    .is_ok_and(|s| s["main_digest"] == edited.as_str())
+            });
+            for secret in [&alice, &bob] {
+                ok(api(secret).approve(UPGRADE, &edited, "the fix looks right"))?;
+            }
+            let in_flight = api(&ci).claim(UPGRADE, &edited, Some("demo"));
+            let refused = seen
+                && in_flight.as_ref().err().and_then(|e| e.reason()) == Some("revision-in-flight");
+            match &in_flight {
         Err(e) => t.say(format!(
             "An edit of the failed upgrade is pushed on main and approved; CI's claim of it is refused: {e}"
         )),
@@ -383,6 +412,8 @@ fn run() -> Result<bool, String> {
             g.step
         )),
     }
+            refused
+        };
 
     let role = std::fs::read_to_string(fleet.join("sm-pg96/role")).unwrap_or_default();
     let survived = role.trim() == "primary";
@@ -390,6 +421,9 @@ fn run() -> Result<bool, String> {
         "sm-pg96 still exists and is still the {}: nothing removed it, nothing rebooted the fleet",
         role.trim()
     ));
+    if rollback {
+        t.say("the upgrade was undone exactly as reviewed; the decommission waits for an upgrade that completes");
+    }
 
     let _ = stop.send(());
     let _ = runtime.block_on(server);
@@ -410,6 +444,7 @@ fn run() -> Result<bool, String> {
     let as_expected = !carol_counts
         && upgrade_failed
         && alert_arrived
+        && rolled_back
         && dependency_refused
         && in_flight_refused
         && survived

@@ -141,7 +141,12 @@ enum Command {
         format: Format,
     },
     /// Replay the 2017 incident end to end on a temp SQLite and a simulated fleet.
-    Demo,
+    Demo {
+        /// The second ending: after the release fails, an operator rolls the
+        /// upgrade back as approved; exits 0 only if the fleet is back on sm-pg96.
+        #[arg(long)]
+        rollback: bool,
+    },
     /// Run the service: HTTP API on embedded SQLite, or Postgres via CHANGEGATE_DATABASE_URL.
     Serve {
         /// Log format.
@@ -271,7 +276,7 @@ pub fn run() -> ExitCode {
             api_cmds::breaker_reset(&reason, action.as_deref())
         }
         Command::Alerts { format } => api_cmds::alerts(format),
-        Command::Demo => demo::demo(),
+        Command::Demo { rollback } => demo::demo(rollback),
         Command::Serve { log_format } => server_cmds::serve(cli.config.as_deref(), log_format),
         Command::Migrate => server_cmds::migrate(cli.config.as_deref()),
         Command::Sync => server_cmds::sync(cli.config.as_deref()),
