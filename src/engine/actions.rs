@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{Engine, EngineError};
 use crate::clock::{format_ms, now_ms};
-use crate::store::{Alert, AlertKind, AlertLabels, Severity};
+use crate::store::{Alert, AlertKind, AlertLabels, Firing, Severity};
 
 /// The answer to a fleet action request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -123,7 +123,7 @@ impl Engine {
                             .await?;
                         let alert = Alert::firing(
                             format!("action-budget:{action}:{now}"),
-                            AlertKind::ActionRefused,
+                            AlertKind::ActionBudgetSpent,
                             AlertLabels {
                                 alertname: "ChangegateActionBudgetSpent",
                                 severity: Severity::Critical,
@@ -135,7 +135,8 @@ impl Engine {
                             format!("`{action}` is refused until a person runs `changegate breaker reset --action {action} --reason …`."),
                             self.sinks_for(None),
                             now,
-                        );
+                        )
+                        .about(action);
                         w.raise_alert(&alert, now).await?;
                         ActionAnswer {
                             decision: ActionDecision::BudgetSpent,
@@ -171,7 +172,7 @@ impl Engine {
         )
         .await?;
         for a in w
-            .resolve_alerts(&format!("action-budget:{action}:"), None, now)
+            .resolve_alerts(Firing::About(AlertKind::ActionBudgetSpent, action), now)
             .await?
         {
             w.audit(operator, "alert.resolved", None, json!({"alert": a.id}))

@@ -6,7 +6,7 @@ use super::{Engine, EngineError};
 use crate::clock::format_ms;
 use crate::gate::{breaker_state, Breaker};
 use crate::model::PoliciesInForce;
-use crate::store::{Alert, AlertKind, AlertLabels, Attempt, Severity, WriteTx};
+use crate::store::{Alert, AlertKind, AlertLabels, Attempt, Firing, Severity, WriteTx};
 
 impl Engine {
     /// The sinks an alert about `change` goes to: the `alerts:` of its
@@ -166,13 +166,13 @@ impl Engine {
         &self,
         view: &super::view::RepoView,
     ) -> Result<(), EngineError> {
-        const PREFIX: &str = "policies-invalid:";
         let now = crate::clock::now_ms();
         let mut w = self.store.write().await?;
-        let firing = w.firing_alert_ids(PREFIX).await?;
+        let invalid = Firing::OfKind(AlertKind::PoliciesInvalid);
+        let firing = w.firing_alerts(invalid).await?;
         if view.policy_errors.is_empty() {
             if !firing.is_empty() {
-                w.resolve_alerts(PREFIX, None, now).await?;
+                w.resolve_alerts(invalid, now).await?;
                 w.audit(
                     "changegate",
                     "policies.valid",
@@ -184,7 +184,7 @@ impl Engine {
         } else if firing.is_empty() {
             let errors: Vec<String> = view.policy_errors.iter().map(|d| d.to_string()).collect();
             let alert = Alert::firing(
-                format!("{PREFIX}{}", view.commit),
+                format!("policies-invalid:{}", view.commit),
                 AlertKind::PoliciesInvalid,
                 AlertLabels {
                     alertname: "ChangegatePoliciesInvalid",
@@ -219,7 +219,7 @@ impl Engine {
         change: &str,
         now: i64,
     ) -> Result<(), EngineError> {
-        for a in w.resolve_alerts("", Some(change), now).await? {
+        for a in w.resolve_alerts(Firing::OfChange(change), now).await? {
             w.audit(
                 "changegate",
                 "alert.resolved",

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::store::{AttemptState, Phase};
+use crate::store::{AlertKind, AttemptState, Firing, Phase};
 
 impl Engine {
     /// Records an operator's go-ahead for `step`.
@@ -314,7 +314,10 @@ impl Engine {
         w.reset_breaker(actor, reason, now).await?;
         w.audit(actor, "breaker.reset", None, json!({"reason": reason}))
             .await?;
-        for a in w.resolve_alerts("breaker-open:", None, now).await? {
+        for a in w
+            .resolve_alerts(Firing::OfKind(AlertKind::BreakerOpen), now)
+            .await?
+        {
             w.audit(actor, "alert.resolved", None, json!({"alert": a.id}))
                 .await?;
         }

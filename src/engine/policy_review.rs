@@ -17,10 +17,9 @@ use crate::gate::{approval_status, ApprovalStatus, People};
 use crate::git::{blob_id, ChangeRepo};
 use crate::model::{deletion_of, ABSENT};
 use crate::model::{load_policies, Policy, SourceFile};
-use crate::store::{Alert, AlertKind, AlertLabels, ApprovedPolicy, Severity};
+use crate::store::{Alert, AlertKind, AlertLabels, ApprovedPolicy, Firing, Severity};
 
 /// Alerts about an unapproved policy revision: `policy-unapproved:PATH@BLOB`.
-const ALERT_PREFIX: &str = "policy-unapproved:";
 
 /// Since when a text has been in force, for judging the next edit: when it
 /// was approved, or forever for the baseline (reviews from before review
@@ -156,11 +155,15 @@ impl Engine {
         }
         let wanted: BTreeSet<String> = unapproved
             .iter()
-            .map(|u| format!("{ALERT_PREFIX}{}@{}", u.path, u.on_main))
+            .map(|u| format!("{}@{}", u.path, u.on_main))
             .collect();
-        for id in w.firing_alert_ids(ALERT_PREFIX).await? {
-            if !wanted.contains(&id) {
-                for a in w.resolve_alerts(&id, None, now).await? {
+        let kind = AlertKind::PolicyUnapproved;
+        for alert in w.firing_alerts(Firing::OfKind(kind)).await? {
+            if !wanted.contains(&alert.subject) {
+                for a in w
+                    .resolve_alerts(Firing::About(kind, &alert.subject), now)
+                    .await?
+                {
                     w.audit("changegate", "alert.resolved", None, json!({"alert": a.id}))
                         .await?;
                 }
@@ -204,8 +207,9 @@ impl Engine {
         } else {
             "it governs nothing until approved"
         };
+        let subject = format!("{}@{}", u.path, u.on_main);
         Alert::firing(
-            format!("{ALERT_PREFIX}{}@{}", u.path, u.on_main),
+            format!("policy-unapproved:{subject}"),
             AlertKind::PolicyUnapproved,
             AlertLabels {
                 alertname: "ChangegatePolicyUnapproved",
@@ -220,6 +224,7 @@ impl Engine {
             now,
         )
         .labelled("policy", &u.path)
+        .about(subject)
     }
 
     /// The approval of the revision `digest` (a blob id, or a deletion) of

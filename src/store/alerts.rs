@@ -15,6 +15,9 @@ pub struct Alert {
     /// What it is about.
     #[schema(value_type = String)]
     pub kind: super::AlertKind,
+    /// Which one of its kind: the fleet action, the policy file and blob;
+    /// empty when the kind says it all.
+    pub subject: String,
     /// The change, if any.
     pub change_id: Option<String>,
     /// The step, if any.
@@ -34,6 +37,17 @@ pub struct Alert {
     pub raised_at: i64,
     /// Unix ms.
     pub resolved_at: Option<i64>,
+}
+
+/// Which firing alerts an action is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Firing<'a> {
+    /// Every one about change `id`.
+    OfChange(&'a str),
+    /// Every one of a kind.
+    OfKind(super::AlertKind),
+    /// The ones of a kind about one subject.
+    About(super::AlertKind, &'a str),
 }
 
 /// How urgent an alert is, as Alertmanager's `severity` label says.
@@ -86,6 +100,7 @@ impl Alert {
         Alert {
             id: id.into(),
             kind,
+            subject: String::new(),
             change_id: labels.change.map(str::to_string),
             step_id: labels.step.map(str::to_string),
             state: super::AlertState::Firing,
@@ -105,6 +120,12 @@ impl Alert {
             raised_at: now,
             resolved_at: None,
         }
+    }
+
+    /// Says which one of its kind it is (see [`Alert::subject`]).
+    pub fn about(mut self, subject: impl Into<String>) -> Alert {
+        self.subject = subject.into();
+        self
     }
 
     /// Sets annotation `key` (e.g. `output_tail`, `status_page`).
@@ -152,6 +173,7 @@ fn alert(r: &AnyRow) -> Result<Alert, sqlx::Error> {
     Ok(Alert {
         id: r.try_get("id")?,
         kind: r.try_get("kind")?,
+        subject: r.try_get("subject")?,
         change_id: r.try_get("change_id")?,
         step_id: r.try_get("step_id")?,
         state: r.try_get("state")?,
@@ -178,7 +200,7 @@ fn delivery(r: &AnyRow) -> Result<Delivery, sqlx::Error> {
 }
 
 const ALERT_COLUMNS: &str =
-    "id, kind, change_id, step_id, state, labels, annotations, sinks, raised_at, resolved_at";
+    "id, kind, subject, change_id, step_id, state, labels, annotations, sinks, raised_at, resolved_at";
 const DELIVERY_COLUMNS: &str =
     "id, alert_id, sink, event, state, attempts, next_attempt_at, last_error, delivered_at";
 
@@ -186,10 +208,11 @@ impl WriteTx {
     /// Raises an alert (once per id) and queues its delivery to each sink.
     pub async fn raise_alert(&mut self, a: &Alert, now: i64) -> Result<bool, StoreError> {
         let inserted = sqlx::query(&format!(
-            "INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, 'firing', $5, $6, $7, $8, NULL) ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'firing', $6, $7, $8, $9, NULL) ON CONFLICT (id) DO NOTHING"
         ))
         .bind(&a.id)
         .bind(a.kind)
+        .bind(&a.subject)
         .bind(&a.change_id)
         .bind(&a.step_id)
         .bind(a.labels.to_string())
@@ -226,31 +249,14 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Resolves firing alerts whose id starts with `id_prefix` and, if
-    /// given, that concern `change_id`; stops their firing re-sends and
-    /// queues the resolve. Returns them.
+    /// Resolves the firing alerts `which` names; stops their firing
+    /// re-sends and queues the resolve. Returns them.
     pub async fn resolve_alerts(
         &mut self,
-        id_prefix: &str,
-        change_id: Option<&str>,
+        which: Firing<'_>,
         now: i64,
     ) -> Result<Vec<Alert>, StoreError> {
-        // An exact prefix test: LIKE would treat `_` in ids as a wildcard.
-        let (prefix, len) = (id_prefix.to_string(), id_prefix.chars().count() as i64);
-        let rows = match change_id {
-            Some(c) => sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'firing' AND substr(id, 1, CAST($3 AS INTEGER)) = $1 AND change_id = $2"))
-                .bind(prefix)
-                .bind(c.to_string())
-                .bind(len)
-                .fetch_all(self.conn())
-                .await?,
-            None => sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'firing' AND substr(id, 1, CAST($2 AS INTEGER)) = $1"))
-                .bind(prefix)
-                .bind(len)
-                .fetch_all(self.conn())
-                .await?,
-        };
-        let alerts: Vec<Alert> = rows.iter().map(alert).collect::<Result<_, _>>()?;
+        let alerts = self.firing_alerts(which).await?;
         for a in &alerts {
             sqlx::query("UPDATE alerts SET state = 'resolved', resolved_at = $2 WHERE id = $1")
                 .bind(&a.id)
@@ -269,16 +275,31 @@ impl WriteTx {
         Ok(alerts)
     }
 
-    /// Ids of the firing alerts whose id starts with `id_prefix`.
-    pub async fn firing_alert_ids(&mut self, id_prefix: &str) -> Result<Vec<String>, StoreError> {
-        sqlx::query("SELECT id FROM alerts WHERE state = 'firing' AND substr(id, 1, CAST($2 AS INTEGER)) = $1")
-            .bind(id_prefix.to_string())
-            .bind(id_prefix.chars().count() as i64)
-            .fetch_all(self.conn())
-            .await?
-            .iter()
-            .map(|r| Ok(r.try_get("id")?))
-            .collect()
+    /// The firing alerts `which` names.
+    pub async fn firing_alerts(&mut self, which: Firing<'_>) -> Result<Vec<Alert>, StoreError> {
+        let select = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'firing'");
+        let rows = match which {
+            Firing::OfChange(change) => {
+                sqlx::query(&format!("{select} AND change_id = $1"))
+                    .bind(change.to_string())
+                    .fetch_all(self.conn())
+                    .await?
+            }
+            Firing::OfKind(kind) => {
+                sqlx::query(&format!("{select} AND kind = $1"))
+                    .bind(kind)
+                    .fetch_all(self.conn())
+                    .await?
+            }
+            Firing::About(kind, subject) => {
+                sqlx::query(&format!("{select} AND kind = $1 AND subject = $2"))
+                    .bind(kind)
+                    .bind(subject.to_string())
+                    .fetch_all(self.conn())
+                    .await?
+            }
+        };
+        Ok(rows.iter().map(alert).collect::<Result<_, _>>()?)
     }
 
     /// Is an alert with this id already recorded?

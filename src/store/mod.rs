@@ -26,7 +26,7 @@ mod policies;
 mod states;
 mod statuses;
 
-pub use alerts::{Alert, AlertLabels, Delivery, Severity};
+pub use alerts::{Alert, AlertLabels, Delivery, Firing, Severity};
 pub use gate::*;
 pub use github::*;
 pub use inbox::{InboxItem, PreparedDelivery};

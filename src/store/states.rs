@@ -146,8 +146,10 @@ words! {
         StepFailed = "step-failed",
         /// The step breaker opened.
         BreakerOpen = "breaker-open",
-        /// A fleet action hit a locked target or a spent budget.
+        /// A fleet action hit a locked target.
         ActionRefused = "action-refused",
+        /// A fleet action kind spent its budget; refused until reset.
+        ActionBudgetSpent = "action-budget-spent",
         /// A policy file on the default branch does not validate.
         PoliciesInvalid = "policies-invalid",
         /// A policy revision on the default branch was not approved.
