@@ -242,6 +242,12 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
             ));
         }
         line(String::new());
+        if change.rollout.is_some() || change.steps.iter().any(|s| s.per_target) {
+            for l in rollout_lines(change) {
+                line(l);
+            }
+            line(String::new());
+        }
         line("steps, run one at a time in this order:".into());
         for (n, step) in change.steps.iter().enumerate() {
             let mut gates = Vec::new();
@@ -251,10 +257,14 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
             if step.confirm || confirm_all {
                 gates.push("needs a go-ahead".into());
             }
-            gates.push(format!(
-                "targets {}",
-                step.effective_targets(change).join(", ")
-            ));
+            if step.per_target {
+                gates.insert(0, "per target".into());
+            } else {
+                gates.push(format!(
+                    "targets {}",
+                    step.effective_targets(change).join(", ")
+                ));
+            }
             line(format!("  {}. {}  [{}]", n + 1, step.id, gates.join("; ")));
             for (role, cmd) in step.commands() {
                 let role = match (role, step.rollback_timeout) {
@@ -342,4 +352,40 @@ pub(super) fn schema(kind: SchemaKind) -> u8 {
         }
         Err(e) => fail(e),
     }
+}
+
+/// What `plan` says of a rollout: its source, shape and each wave's targets
+/// (the first few and a count).
+fn rollout_lines(change: &crate::model::ChangeSet) -> Vec<String> {
+    let rollout = change.rollout.clone().unwrap_or_default();
+    let source = match &change.targets_from {
+        Some(f) => format!("`targets` and {f}"),
+        None => "`targets`".into(),
+    };
+    let shares: Vec<String> = rollout.waves.iter().map(ToString::to_string).collect();
+    let mut out = vec![format!(
+        "rollout over {} targets ({source}): canary, then {}; bake {}; {} at once",
+        change.targets.len(),
+        shares.join(", "),
+        rollout.bake.map_or("none".to_string(), |b| b.to_string()),
+        rollout.parallel
+    )];
+    for (n, wave) in rollout.waves(&change.targets).iter().enumerate() {
+        const SHOWN: usize = 5;
+        let mut names = wave
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if wave.len() > SHOWN {
+            names.push_str(&format!(
+                " … and {} more ({} in all)",
+                wave.len() - SHOWN,
+                wave.len()
+            ));
+        }
+        out.push(format!("  wave {}: {names}", n + 1));
+    }
+    out
 }

@@ -257,6 +257,10 @@ fn file_entry(kind: ObjectType, mode: i32, id: git2::Oid) -> Option<Entry> {
 }
 
 impl TreeView for Snapshot<'_> {
+    fn file_text(&self, path: &str) -> Option<String> {
+        self.text(path)
+    }
+
     fn entry(&self, path: &str) -> Option<Entry> {
         if let Some(known) = self.entries.borrow().get(path) {
             return known.clone();

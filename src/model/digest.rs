@@ -87,6 +87,13 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
         }
     }
     wanted.extend(change.include.iter().map(|p| p.trim_end_matches('/')));
+    // The fleet a rollout sweeps is part of what was approved.
+    wanted.extend(
+        change
+            .targets_from
+            .as_deref()
+            .map(|p| p.trim_start_matches("./")),
+    );
 
     let mut covered = BTreeMap::new();
     for path in wanted {

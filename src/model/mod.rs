@@ -9,6 +9,7 @@ mod duration;
 pub mod policy;
 pub mod references;
 pub mod repo;
+pub mod rollout;
 pub mod schema;
 mod window;
 pub mod yaml;
@@ -55,6 +56,7 @@ pub fn is_valid_step_id(id: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "changegate change set (schema v1)")]
+#[schemars(extend("anyOf" = [{"required": ["targets"]}, {"required": ["targets_from"]}]))]
 pub struct ChangeSet {
     /// The file stem; not written in the file.
     #[serde(skip)]
@@ -68,9 +70,17 @@ pub struct ChangeSet {
     /// What kind of change this is; policies match on it.
     #[schemars(length(min = 1))]
     pub kind: String,
-    /// What the change touches; these are locked while it runs.
-    #[schemars(length(min = 1))]
+    /// What the change touches; these are locked while it runs. With
+    /// `targets_from`, the file's targets follow these, in order.
+    #[serde(default)]
     pub targets: Vec<String>,
+    /// A file in the repository with one target per line (`#` comments),
+    /// covered by the digest (SPEC §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets_from: Option<String>,
+    /// How the per-target steps sweep the targets in waves (SPEC §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<rollout::Rollout>,
     /// Ids of changes that must be completed before this one may start.
     #[serde(default)]
     #[schemars(inner(pattern(r"^[a-z0-9][a-z0-9._-]{0,99}$")))]
@@ -113,6 +123,10 @@ pub struct Step {
     /// The subset of the change's targets this step touches (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<Vec<String>>,
+    /// Runs once for each target, in waves, with `CHANGEGATE_TARGET` set
+    /// (SPEC §10). Per-target steps form one contiguous block.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_target: bool,
     /// Undoes the step (SPEC §11): run by `rollback`, covered by the digest
     /// like `run`, approved with the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +305,12 @@ pub struct Execution {
     /// rollback commands were approved with the change.
     #[serde(default)]
     pub rollback_requires_approval: bool,
+    /// No wave of a rollout, canary included, may hold more targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wave: Option<u32>,
+    /// A rollout's `bake` may not be shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_bake: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -305,6 +325,8 @@ impl Default for Execution {
             max_targets_per_step: None,
             retry_requires_approval: true,
             rollback_requires_approval: false,
+            max_wave: None,
+            min_bake: None,
         }
     }
 }
@@ -374,4 +396,9 @@ pub trait TreeView {
     fn entry(&self, path: &str) -> Option<Entry>;
     /// Every file below the folder `dir`: (path, [`Entry::Blob`] or [`Entry::Link`]).
     fn blobs_under(&self, dir: &str) -> Vec<(String, Entry)>;
+    /// The text of the file at `path`, if it is UTF-8 and under 1 MiB
+    /// (a rollout's `targets_from`); a tree without contents has none.
+    fn file_text(&self, _path: &str) -> Option<String> {
+        None
+    }
 }

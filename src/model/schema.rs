@@ -60,9 +60,14 @@ mod tests {
         assert_eq!(s["additionalProperties"], false);
         assert_eq!(
             s["required"].as_array().unwrap().len(),
-            4,
-            "title, kind, targets, steps: {}",
+            3,
+            "title, kind, steps: {}",
             s["required"]
+        );
+        assert_eq!(
+            s["anyOf"],
+            serde_json::json!([{"required": ["targets"]}, {"required": ["targets_from"]}]),
+            "targets, targets_from or both"
         );
     }
 
@@ -71,6 +76,10 @@ mod tests {
         let c = json_schema(SchemaKind::ChangeSet).to_value();
         assert_eq!(properties(&c, "/properties"), sorted(CHANGE_SET_KEYS));
         assert_eq!(properties(&c, "/$defs/Step/properties"), sorted(STEP_KEYS));
+        assert_eq!(
+            properties(&c, "/$defs/Rollout/properties"),
+            sorted(ROLLOUT_KEYS)
+        );
         let p = json_schema(SchemaKind::Policy).to_value();
         assert_eq!(properties(&p, "/properties"), sorted(POLICY_KEYS));
         assert_eq!(

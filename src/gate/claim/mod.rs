@@ -49,6 +49,8 @@ pub enum RefusalReason {
     RolledBack,
     /// A rollback attempt failed: `retry` re-runs it or `abandon` ends it.
     RollbackFailed,
+    /// The change needs something this server does not run yet.
+    Unsupported,
 }
 
 impl RefusalReason {
@@ -73,6 +75,7 @@ impl RefusalReason {
             RefusalReason::RevisionInFlight => "revision-in-flight",
             RefusalReason::RolledBack => "rolled-back",
             RefusalReason::RollbackFailed => "rollback-failed",
+            RefusalReason::Unsupported => "unsupported",
         }
     }
 }
@@ -202,6 +205,7 @@ pub enum Next {
 pub fn claim_decision(c: &ClaimContext<'_>) -> Result<Next, Refusal> {
     let change = known(c)?;
     policies_valid(c)?;
+    runnable(change)?;
     if let Some(entries) = c.rollback {
         return rollback_claim(c, change, entries);
     }
@@ -289,6 +293,19 @@ fn known<'a>(c: &ClaimContext<'a>) -> Result<&'a ChangeSet, Refusal> {
         reason: RefusalReason::Unknown,
         detail: format!("no change `{}` on the default branch", c.id),
     })
+}
+
+/// Per-target steps run in waves (SPEC §10), which the engine does not do
+/// yet: run once without `CHANGEGATE_TARGET`, such a step would act on no
+/// target or on all of them. Refused, so nothing runs (fail closed).
+fn runnable(change: &ChangeSet) -> Result<(), Refusal> {
+    match change.steps.iter().find(|s| s.per_target) {
+        Some(step) => refuse(
+            RefusalReason::Unsupported,
+            format!("step {} runs per target in waves (SPEC §10); this server validates and plans rollouts but does not run them yet, so nothing runs", step.id),
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Every policy validates: without all of them, nobody can tell what would

@@ -14,6 +14,7 @@ fn change() -> ChangeSet {
         timeout: None,
         confirm,
         targets,
+        per_target: false,
         rollback: None,
         rollback_timeout: None,
     };
@@ -23,6 +24,8 @@ fn change() -> ChangeSet {
         description: None,
         kind: "k".into(),
         targets: vec!["db".into(), "app".into()],
+        targets_from: None,
+        rollout: None,
         depends_on: vec![],
         env: Default::default(),
         include: vec![],
@@ -353,6 +356,7 @@ fn every_word_is_the_serialised_one() {
         R::RevisionInFlight,
         R::RolledBack,
         R::RollbackFailed,
+        R::Unsupported,
     ] {
         words(serde_json::to_value(r).unwrap(), r.as_str());
     }
@@ -380,4 +384,45 @@ fn every_word_is_the_serialised_one() {
     ] {
         words(serde_json::to_value(s).unwrap(), s.as_str());
     }
+}
+
+#[test]
+fn a_change_with_per_target_steps_is_refused_until_rollouts_run() {
+    let mut per_target = change();
+    per_target.steps[1].per_target = true;
+    let steps = vec![
+        StepProgress {
+            state: StepState::Pending,
+            running: None,
+            failure: None,
+            attempts: 0,
+        };
+        2
+    ];
+    let c = ClaimContext {
+        id: "up",
+        change: Some(&per_target),
+        state: ChangeState::Ready,
+        approved_digest: D,
+        approval_summary: "",
+        executor_digest: D,
+        dependencies: &[],
+        breaker: &Breaker::Closed,
+        now: (0, 600),
+        windows: &[],
+        steps: &steps,
+        go_aheads: &[],
+        policies_invalid: None,
+        confirm_each_step: false,
+        locks: &[],
+        max_targets_per_step: None,
+        rollback: None,
+    };
+    let refusal = claim_decision(&c).unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::Unsupported);
+    assert!(
+        refusal.detail.contains("nothing runs"),
+        "{}",
+        refusal.detail
+    );
 }

@@ -40,15 +40,26 @@ pub fn decode_change_set(
     let kind = d
         .required(&f, "kind", "the change set")
         .and_then(|n| d.non_empty_string(n, "kind"));
-    let targets = d
-        .required(&f, "targets", "the change set")
-        .and_then(|n| d.string_list(n, "targets"));
-    if let (Some(t), Some(n)) = (&targets, f.get("targets")) {
+    let targets_from = d.optional(&f, "targets_from", |d, n| {
+        d.non_empty_string(n, "targets_from").map(|p| (p, n.pos))
+    });
+    let mut targets = if targets_from.is_some() {
+        d.optional(&f, "targets", |d, n| d.string_list(n, "targets"))
+    } else {
+        d.required(&f, "targets", "the change set")
+            .and_then(|n| d.string_list(n, "targets"))
+    };
+    if let (Some(t), Some(n), None) = (&targets, f.get("targets"), &targets_from) {
         if t.is_empty() {
             d.error(n.pos, "`targets` must name at least one target");
         }
     }
+    if let Some((file, pos)) = &targets_from {
+        let listed = targets_in_file(&mut d, file, *pos, ctx);
+        merge_targets(&mut d, targets.get_or_insert_with(Vec::new), listed, file);
+    }
     let target_set: BTreeSet<&str> = targets.iter().flatten().map(|(t, _)| t.as_str()).collect();
+    let rollout = d.optional(&f, "rollout", |d, n| super::rollout::decode_rollout(d, n));
 
     let depends_on = d
         .optional(&f, "depends_on", |d, n| d.string_list(n, "depends_on"))
@@ -94,7 +105,7 @@ pub fn decode_change_set(
                 let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
                 for item in items {
                     if let Some(step) = decode_step(&mut d, item, &target_set, ctx, &mut seen) {
-                        steps.push(step);
+                        steps.push((step, item.pos));
                     }
                 }
             }
@@ -103,6 +114,14 @@ pub fn decode_change_set(
         }
     }
 
+    super::rollout::check_rollout(
+        &mut d,
+        rollout.as_ref(),
+        f.get("rollout").map(|n| n.pos),
+        &steps,
+        target_set.len(),
+    );
+    let steps: Vec<Step> = steps.into_iter().map(|(s, _)| s).collect();
     let dep_positions = depends_on.iter().map(|(_, p)| *p).collect();
     if d.failed {
         return (None, dep_positions);
@@ -117,6 +136,8 @@ pub fn decode_change_set(
             .into_iter()
             .map(|(t, _)| t)
             .collect(),
+        targets_from: targets_from.map(|(p, _)| p),
+        rollout: rollout.map(|(r, _)| r),
         depends_on: depends_on.into_iter().map(|(t, _)| t).collect(),
         env,
         include: include.into_iter().map(|(t, _)| t).collect(),
@@ -226,6 +247,15 @@ fn decode_step(
         .optional(&f, "confirm", |d, n| d.bool(n, "confirm"))
         .unwrap_or(false);
     let targets = d.optional(&f, "targets", |d, n| d.string_list(n, "targets"));
+    let per_target = d
+        .optional(&f, "per_target", |d, n| d.bool(n, "per_target"))
+        .unwrap_or(false);
+    if let (true, Some(n)) = (per_target, f.get("targets")) {
+        d.error(
+            n.pos,
+            "a `per_target` step runs once for every target; it cannot also name `targets`",
+        );
+    }
     if let Some(targets) = &targets {
         for (t, pos) in targets {
             if !change_targets.contains(t.as_str()) {
@@ -244,7 +274,83 @@ fn decode_step(
         timeout,
         confirm,
         targets: targets.map(|t| t.into_iter().map(|(t, _)| t).collect()),
+        per_target,
         rollback,
         rollback_timeout,
     })
+}
+
+/// The targets listed in `file` (one per line, `#` starts a comment), with
+/// their line numbers; errors for a missing, unreadable or empty file.
+fn targets_in_file(
+    d: &mut Decoder<'_>,
+    file: &str,
+    pos: Pos,
+    ctx: &RepoContext<'_>,
+) -> Vec<(String, usize)> {
+    let failed_before = d.failed;
+    d.failed = false;
+    d.check_path(pos, file, ctx, "`targets_from` names");
+    let missing = d.failed;
+    d.failed |= failed_before;
+    if missing {
+        return Vec::new();
+    }
+    let Some(text) = ctx.tree.file_text(file.trim_start_matches("./")) else {
+        d.error(
+            pos,
+            format!("`targets_from` names `{file}`, which is not a UTF-8 text file under 1 MiB"),
+        );
+        return Vec::new();
+    };
+    let listed: Vec<(String, usize)> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let target = line.split('#').next().unwrap_or("").trim();
+            (!target.is_empty()).then(|| (target.to_string(), i + 1))
+        })
+        .collect();
+    if listed.is_empty() {
+        d.error(
+            pos,
+            format!("`targets_from` names `{file}`, which lists no target: write one per line"),
+        );
+    }
+    listed
+}
+
+/// Appends the file's targets to `targets`, in order; a target listed
+/// twice, in either place, is an error at its second mention.
+fn merge_targets(
+    d: &mut Decoder<'_>,
+    targets: &mut Vec<(String, Pos)>,
+    listed: Vec<(String, usize)>,
+    file: &str,
+) {
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    for (t, pos) in targets.iter() {
+        if let Some(at) = first.get(t) {
+            d.error(
+                *pos,
+                format!("target `{t}` is listed twice (first at {at})"),
+            );
+        } else {
+            first.insert(t.clone(), format!("{}:{}:{}", d.path, pos.line, pos.col));
+        }
+    }
+    for (t, line) in listed {
+        if let Some(at) = first.get(&t) {
+            d.failed = true;
+            d.diagnostics.push(Diagnostic {
+                path: file.trim_start_matches("./").to_string(),
+                line,
+                column: 1,
+                message: format!("target `{t}` is listed twice (first at {at})"),
+            });
+        } else {
+            first.insert(t.clone(), format!("{file}:{line}:1"));
+            targets.push((t, Pos { line, col: 1 }));
+        }
+    }
 }

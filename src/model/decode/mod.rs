@@ -3,6 +3,7 @@
 
 mod change_set;
 mod policy;
+mod rollout;
 
 pub use change_set::decode_change_set;
 pub use policy::decode_policy;
@@ -22,6 +23,8 @@ pub(crate) const CHANGE_SET_KEYS: &[&str] = &[
     "description",
     "kind",
     "targets",
+    "targets_from",
+    "rollout",
     "depends_on",
     "env",
     "include",
@@ -36,9 +39,11 @@ pub(crate) const STEP_KEYS: &[&str] = &[
     "timeout",
     "confirm",
     "targets",
+    "per_target",
     "rollback",
     "rollback_timeout",
 ];
+pub(crate) const ROLLOUT_KEYS: &[&str] = &["canary", "waves", "bake", "parallel"];
 pub(crate) const POLICY_KEYS: &[&str] = &[
     "description",
     "match",
@@ -56,6 +61,8 @@ pub(crate) const EXECUTION_KEYS: &[&str] = &[
     "max_targets_per_step",
     "retry_requires_approval",
     "rollback_requires_approval",
+    "max_wave",
+    "min_bake",
 ];
 pub(crate) const ACTION_BUDGET_KEYS: &[&str] = &["max", "per"];
 

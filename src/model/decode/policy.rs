@@ -196,6 +196,12 @@ fn decode_execution(d: &mut Decoder<'_>, node: &Node) -> Option<Execution> {
     }) {
         e.rollback_requires_approval = b;
     }
+    e.max_wave = d.optional(&f, "max_wave", |d, n| {
+        d.positive_int(n, "execution.max_wave")
+    });
+    e.min_bake = d.optional(&f, "min_bake", |d, n| {
+        d.parsed::<Duration>(n, "execution.min_bake")
+    });
     Some(e)
 }
 
