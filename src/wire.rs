@@ -123,3 +123,58 @@ mod tests {
         assert!(text.ends_with(t));
     }
 }
+
+/// A change id as the API takes it, checked once where it enters: an id
+/// that cannot exist (`[a-z0-9][a-z0-9._-]{0,99}`) is never looked up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ChangeId(String);
+
+impl ChangeId {
+    /// `text` as a change id, if it can be one.
+    pub fn parse(text: &str) -> Option<ChangeId> {
+        crate::model::is_valid_change_id(text).then(|| ChangeId(text.to_string()))
+    }
+}
+
+/// An attempt id as the API takes it: `<change>.<step>.<n>`, at most 220
+/// characters of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct AttemptId(String);
+
+impl AttemptId {
+    /// `text` as an attempt id, if it can be one.
+    pub fn parse(text: &str) -> Option<AttemptId> {
+        let ok = !text.is_empty()
+            && text.len() <= 220
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        ok.then(|| AttemptId(text.to_string()))
+    }
+}
+
+macro_rules! id_str {
+    ($($t:ty),*) => {$(
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(id: $t) -> String {
+                id.0
+            }
+        }
+    )*};
+}
+id_str!(ChangeId, AttemptId);

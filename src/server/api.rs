@@ -14,7 +14,7 @@ use crate::engine::ChangeStatus;
 use crate::engine::{ActionAnswer, ActionDecision};
 use crate::metrics::{ClaimLabels, StepLabels};
 use crate::store::{Alert, Attempt, AuditEvent, BreakerReset, Delivery, RecordOutcome};
-use crate::wire::{AttemptAnswer, ClaimGrant, Report};
+use crate::wire::{AttemptAnswer, AttemptId, ChangeId, ClaimGrant, Report};
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
@@ -54,7 +54,7 @@ pub async fn get_change(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ChangeStatus>, ApiError> {
-    known_id(&id)?;
+    let id = known_id(&id)?;
     let status = state
         .engine
         .status(&id)
@@ -102,14 +102,14 @@ pub async fn record_approval(
     ApiJson(req): ApiJson<ApprovalRequest>,
 ) -> Result<(StatusCode, Json<ApprovalRecorded>), ApiError> {
     who.require(Role::Operator)?;
-    known_id(&id)?;
+    let id = known_id(&id)?;
     let outcome = state
         .engine
         .approve(&id, &who.name, &req.digest, &req.comment)
         .await?;
     let recorded = |created| {
         Json(ApprovalRecorded {
-            change: id.clone(),
+            change: id.to_string(),
             approver: who.name.clone(),
             digest: req.digest.clone(),
             created,
@@ -155,7 +155,7 @@ pub async fn claim(
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Json<ClaimGrant>, ApiError> {
     who.require(Role::Executor)?;
-    known_id(&id)?;
+    let id = known_id(&id)?;
     let decision = state.engine.claim(&id, &req.digest, &who.name).await?;
     let (outcome, reason) = match &decision {
         Ok(_) => ("granted", String::new()),
@@ -191,7 +191,7 @@ pub async fn heartbeat(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Attempt>, ApiError> {
     who.require(Role::Executor)?;
-    known_attempt(&id)?;
+    let id = known_attempt(&id)?;
     Ok(Json(state.engine.heartbeat(&id, &who.name).await?))
 }
 
@@ -207,7 +207,7 @@ pub async fn report(
     ApiJson(req): ApiJson<Report>,
 ) -> Result<Json<AttemptAnswer>, ApiError> {
     who.require(Role::Executor)?;
-    known_attempt(&id)?;
+    let id = known_attempt(&id)?;
     possible_report(&req)?;
     let answer = state.engine.report(&id, &who.name, &req).await?;
     if answer.recorded {
@@ -277,28 +277,14 @@ fn clip(text: &str, max: usize) -> String {
 
 /// A change id that cannot exist is unknown: 404 before anything is read
 /// or recorded, so made-up ids never reach the audit trail.
-fn known_id(id: &str) -> Result<(), ApiError> {
-    if crate::model::is_valid_change_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!("no change `{}`", clip(id, 100))))
-    }
+fn known_id(id: &str) -> Result<ChangeId, ApiError> {
+    ChangeId::parse(id).ok_or_else(|| ApiError::NotFound(format!("no change `{}`", clip(id, 100))))
 }
 
-/// Attempt ids are `<change>.<step>.<n>`; anything longer is unknown.
-fn known_attempt(id: &str) -> Result<(), ApiError> {
-    if id.len() <= 220
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!(
-            "no attempt `{}`",
-            clip(id, 100)
-        )))
-    }
+/// Attempt ids are `<change>.<step>.<n>`; anything else is unknown.
+fn known_attempt(id: &str) -> Result<AttemptId, ApiError> {
+    AttemptId::parse(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no attempt `{}`", clip(id, 100))))
 }
 
 /// A name in a fleet action request: 1 to 100 of `[A-Za-z0-9._:/@-]`.
@@ -355,14 +341,14 @@ pub async fn proceed(
     ApiJson(req): ApiJson<ProceedRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
-    known_id(&id)?;
+    let id = known_id(&id)?;
     need_reason(&req.reason)?;
     state
         .engine
         .proceed(&id, &req.step, &who.name, &state.engine.scrub(&req.reason))
         .await?;
     Ok(Json(Done {
-        change: id,
+        change: id.into(),
         recorded: format!("go-ahead for step {}", req.step),
     }))
 }
@@ -378,14 +364,14 @@ pub async fn retry(
     ApiJson(req): ApiJson<ReasonRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
-    known_id(&id)?;
+    let id = known_id(&id)?;
     need_reason(&req.reason)?;
     let recorded = state
         .engine
         .retry(&id, &who.name, &state.engine.scrub(&req.reason))
         .await?;
     Ok(Json(Done {
-        change: id,
+        change: id.into(),
         recorded,
     }))
 }
@@ -404,14 +390,14 @@ pub async fn rollback(
     ApiJson(req): ApiJson<ReasonRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
-    known_id(&id)?;
+    let id = known_id(&id)?;
     need_reason(&req.reason)?;
     let created = state
         .engine
         .rollback(&id, &who.name, &state.engine.scrub(&req.reason))
         .await?;
     Ok(Json(Done {
-        change: id,
+        change: id.into(),
         recorded: if created {
             "rollback requested".into()
         } else {
@@ -432,14 +418,14 @@ pub async fn abandon(
     ApiJson(req): ApiJson<ReasonRequest>,
 ) -> Result<Json<Done>, ApiError> {
     who.require(Role::Operator)?;
-    known_id(&id)?;
+    let id = known_id(&id)?;
     need_reason(&req.reason)?;
     state
         .engine
         .abandon(&id, &who.name, &state.engine.scrub(&req.reason))
         .await?;
     Ok(Json(Done {
-        change: id,
+        change: id.into(),
         recorded: "abandoned".into(),
     }))
 }
