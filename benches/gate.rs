@@ -135,7 +135,11 @@ fn exec_overhead(runtime: &tokio::runtime::Runtime) {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     for i in 0..N {
-        for id in [format!("t{i:02}"), format!("big{i:02}"), format!("shm{i:02}")] {
+        for id in [
+            format!("t{i:02}"),
+            format!("big{i:02}"),
+            format!("shm{i:02}"),
+        ] {
             alice.approve(&id, &digest(&id), "").unwrap();
         }
     }
@@ -198,12 +202,9 @@ fn exec_overhead(runtime: &tokio::runtime::Runtime) {
     // The same with the step directories on tmpfs, where a runner has one:
     // no dirty pages to write back, so no writeback throttling either.
     let shm = Path::new("/dev/shm");
-    let in_memory = shm.is_dir().then(|| {
-        medians(
-            "  … with TMPDIR=/dev/shm (tmpfs)",
-            exec_all("shm", shm),
-        )
-    });
+    let in_memory = shm
+        .is_dir()
+        .then(|| medians("  … with TMPDIR=/dev/shm (tmpfs)", exec_all("shm", shm)));
     // The materialisation alone, in-process, as `exec` does it (libgit2's
     // per-read hash check off; each blob checked against its id).
     git2::opts::strict_hash_verification(false);

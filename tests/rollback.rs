@@ -88,7 +88,10 @@ fn refusal(r: Result<Value, changegate::client::ClientError>) -> (u16, String) {
 fn a_failed_change_is_undone_in_reverse_and_ends_rolled_back() {
     for backend in db::BACKENDS {
         let repo = repo("");
-        let (server, _db) = start(&repo, backend, "");
+        let database = db::fresh(backend);
+        let mut with_reader = tokens();
+        with_reader.push(("viewer".into(), "reader", "viewer-token".into()));
+        let server = server::start_with(repo.path(), &database.url, &with_reader, "", "");
         let fleet = tempfile::tempdir().unwrap();
         let alice = client(&server, "alice");
 
@@ -97,9 +100,11 @@ fn a_failed_change_is_undone_in_reverse_and_ends_rolled_back() {
         assert_eq!((status, reason.as_str()), (409, "not-failed"), "{backend}");
 
         failed_at_c(&repo, &server, fleet.path());
-        // An executor may not ask for it.
-        let (status, _) = refusal(client(&server, "ci").rollback("c", "me"));
-        assert_eq!(status, 403, "{backend}");
+        // Only an operator may ask for it.
+        for who in ["viewer", "ci"] {
+            let (status, _) = refusal(client(&server, who).rollback("c", "me"));
+            assert_eq!(status, 403, "{backend}: {who}");
+        }
 
         let first = alice.rollback("c", "release failed").unwrap();
         assert_eq!(first["recorded"], "rollback requested", "{backend}");

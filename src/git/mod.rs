@@ -349,16 +349,14 @@ impl Snapshot<'_> {
 }
 
 impl Snapshot<'_> {
-    /// The text of the blob at `path`, if it is UTF-8 and under 1 MiB.
+    /// The text of the blob at `path`, if it is UTF-8 and under 1 MiB. The
+    /// lookup goes through the entry cache: a path under a 10,000-entry
+    /// folder would otherwise re-parse that folder's tree on every read.
     fn text(&self, path: &str) -> Option<String> {
-        let blob = self
-            .tree
-            .get_path(Path::new(path))
-            .ok()?
-            .to_object(self.repo)
-            .ok()?
-            .peel_to_blob()
-            .ok()?;
+        let Some(Entry::Blob(id)) = self.entry(path) else {
+            return None;
+        };
+        let blob = self.repo.find_blob(git2::Oid::from_str(&id).ok()?).ok()?;
         (blob.size() < 1 << 20)
             .then(|| String::from_utf8(blob.content().to_vec()).ok())
             .flatten()
@@ -370,6 +368,7 @@ impl Snapshot<'_> {
     /// the `include` entry that would cover it.
     pub fn uncovered_warnings(&self, model: &RepoModel) -> Vec<Diagnostic> {
         let mut out = Vec::new();
+        let mut read_refs = HashMap::new();
         for change in model.changes.values() {
             let Ok(covered) = covered_paths(change, self) else {
                 continue;
@@ -399,10 +398,13 @@ impl Snapshot<'_> {
                 }
             }
             for script in covered.iter().filter(|p| **p != own) {
-                let Some(text) = self.text(script) else {
-                    continue;
-                };
-                for r in references(&text, Some(script)) {
+                // Many changes run the same scripts: read each once.
+                let refs = read_refs.entry(script.to_string()).or_insert_with(|| {
+                    self.text(script)
+                        .map(|text| references(&text, Some(script)))
+                        .unwrap_or_default()
+                });
+                for r in refs.iter() {
                     if covered.contains(r.path.as_str()) || !exists(&r.path) {
                         continue;
                     }

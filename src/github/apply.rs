@@ -2,7 +2,6 @@
 //! policy files, read from the mirror) and the digest at each reviewed commit.
 
 use super::*;
-use crate::store::InboxOutcome;
 
 impl Github {
     /// Records a pull request's head, state, authors and touched changes
@@ -48,10 +47,8 @@ impl Github {
                 };
             }
             let mut w = store.write().await?;
-            if let Some((d, _)) = delivery {
-                if !w.finish_delivery(d, InboxOutcome::Applied, None).await? {
-                    return Ok(());
-                }
+            if !w.applying(delivery.map(|(d, _)| d)).await? {
+                return Ok(());
             }
             if w.upsert_pull_request(&record).await? {
                 w.set_pr_changes(number, &[]).await?;
@@ -95,10 +92,8 @@ impl Github {
             })
             .await?;
         let mut w = store.write().await?;
-        if let Some((d, _)) = delivery {
-            if !w.finish_delivery(d, InboxOutcome::Applied, None).await? {
-                return Ok(());
-            }
+        if !w.applying(delivery.map(|(d, _)| d)).await? {
+            return Ok(());
         }
         // A pusher is an author however late their event arrives…
         for login in authors {
@@ -178,10 +173,8 @@ impl Github {
             })
             .await?;
         let mut w = store.write().await?;
-        if let Some(d) = delivery {
-            if !w.finish_delivery(d, InboxOutcome::Applied, None).await? {
-                return Ok(false);
-            }
+        if !w.applying(delivery).await? {
+            return Ok(false);
         }
         let changed = w
             .upsert_review(

@@ -171,6 +171,19 @@ impl Store {
 }
 
 impl WriteTx {
+    /// Marks the delivery being applied (if the facts came from one; a
+    /// reconcile pass has none) as applied in this transaction. False when
+    /// another worker already finished it: then nothing else is written.
+    pub async fn applying(&mut self, delivery: Option<&str>) -> Result<bool, StoreError> {
+        match delivery {
+            Some(d) => {
+                self.finish_delivery(d, super::InboxOutcome::Applied, None)
+                    .await
+            }
+            None => Ok(true),
+        }
+    }
+
     /// Marks a delivery done with `outcome`; false if it already was (by
     /// another worker), in which case the caller must not apply it.
     pub async fn finish_delivery(
