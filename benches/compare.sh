@@ -7,8 +7,9 @@
 #
 # BASE is any commit (e.g. HEAD~1), BENCH is `gate` (default) or
 # `validate`, ROUNDS (default 2) is how many times each side runs. The base
-# is built from a temporary git worktree into the same target directory,
-# so only changegate itself is compiled twice.
+# is built from a temporary git worktree into its own target directory
+# (`target/compare-base`, kept between runs): a bench starts the
+# `changegate` binary of its own build, and one target directory holds one.
 set -euo pipefail
 
 base=${1:?usage: compare.sh BASE [BENCH] [ROUNDS]}
@@ -21,17 +22,17 @@ trap 'git -C "$here" worktree remove --force "$tree" >/dev/null 2>&1 || true' EX
 
 git -C "$here" worktree add --detach --quiet "$tree" "$base"
 
-build() { # dir -> absolute path of the bench executable
+build() { # dir target -> absolute path of the bench executable
     local log exe
-    log=$(cd "$1" && CARGO_TARGET_DIR=$target cargo bench --locked --bench "$bench" --no-run 2>&1) ||
+    log=$(cd "$1" && CARGO_TARGET_DIR=$2 cargo bench --locked --bench "$bench" --no-run 2>&1) ||
         { echo "$log" >&2; echo "compare.sh: the build in $1 failed" >&2; exit 1; }
     exe=$(echo "$log" | sed -n 's/.*Executable benches\/[a-z_]*\.rs (\(.*\))/\1/p' | tail -1)
     (cd "$1" && realpath "$exe")
 }
 echo "building $bench at $base ($(git -C "$here" rev-parse --short "$base"))…" >&2
-base_exe=$(build "$tree")
+base_exe=$(build "$tree" "$target/compare-base")
 echo "building $bench at the work tree ($(git -C "$here" rev-parse --short HEAD)+)…" >&2
-head_exe=$(build "$here")
+head_exe=$(build "$here" "$target")
 
 for round in $(seq "$rounds"); do
     echo "== round $round: base $base =="
