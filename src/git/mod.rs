@@ -380,14 +380,17 @@ impl Snapshot<'_> {
                 Some((dir, _)) => format!("{dir}/"),
                 None => p.to_string(),
             };
-            let own_text = self.text(&own).unwrap_or_default();
+            // Read only when a warning needs a position in it.
+            let mut own_text: Option<String> = None;
             for step in &change.steps {
                 for (_, command) in step.commands() {
                     for (_, word) in bare_words(command) {
                         if covered.contains(word) || !exists(word) {
                             continue;
                         }
-                        let (line, column) = position_of(&own_text, word);
+                        let text =
+                            own_text.get_or_insert_with(|| self.text(&own).unwrap_or_default());
+                        let (line, column) = position_of(text, word);
                         out.push(Diagnostic {
                             path: own.clone(),
                             line,
