@@ -118,14 +118,13 @@ impl Engine {
         if needs_approval {
             let failed_at = failed.ended_at.unwrap_or(failed.started_at);
             let world = self.world(id, &view, &read, &breaker, now_ms());
-            if view::fresh_approver(&world, change, digest, covered, facts, failed_at, actor)
-                .is_none()
-            {
-                return Err(refused(
-                    "needs-approval",
-                    format!("retrying `{id}` needs a fresh approval of {digest} that counts under every policy in force, recorded after the failure by someone other than {actor}"),
-                ));
-            }
+            fresh_approval(
+                &world,
+                (change, digest, covered),
+                facts,
+                (failed_at, actor),
+                &format!("retrying `{id}`"),
+            )?;
         }
         if w.insert_retry(id, &step.id, failed.attempt_no, actor, reason, now_ms())
             .await?
@@ -198,14 +197,13 @@ impl Engine {
                 .max()
                 .unwrap_or(0);
             let world = self.world(id, &view, &read, &breaker, now_ms());
-            if view::fresh_approver(&world, change, digest, covered, facts, failed_at, actor)
-                .is_none()
-            {
-                return Err(refused(
-                    "needs-approval",
-                    format!("rolling back `{id}` needs a fresh approval of {digest} that counts under every policy in force, recorded after the failure by someone other than {actor}"),
-                ));
-            }
+            fresh_approval(
+                &world,
+                (change, digest, covered),
+                facts,
+                (failed_at, actor),
+                &format!("rolling back `{id}`"),
+            )?;
         }
         let now = now_ms();
         w.insert_rollback(id, digest.as_str(), actor, reason, now)
@@ -323,5 +321,29 @@ impl Engine {
         }
         w.commit().await?;
         Ok(())
+    }
+}
+
+/// Refuses `what` (e.g. "retrying `c`") with `needs-approval` unless
+/// someone other than `actor` recorded, after `since`, an approval of the
+/// change at its digest that counts under every policy in force: what
+/// `retry` and `rollback` ask for when a policy says so.
+fn fresh_approval(
+    world: &view::World<'_>,
+    (change, digest, covered): (
+        &crate::model::ChangeSet,
+        &crate::model::Digest,
+        &[crate::model::CoveredPath],
+    ),
+    facts: &ChangeFacts,
+    (since, actor): (i64, &str),
+    what: &str,
+) -> Result<(), EngineError> {
+    match view::fresh_approver(world, change, digest, covered, facts, since, actor) {
+        Some(_) => Ok(()),
+        None => Err(refused(
+            "needs-approval",
+            format!("{what} needs a fresh approval of {digest} that counts under every policy in force, recorded after the failure by someone other than {actor}"),
+        )),
     }
 }

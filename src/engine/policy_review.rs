@@ -19,8 +19,6 @@ use crate::model::{deletion_of, ABSENT};
 use crate::model::{load_policies, Policy, SourceFile};
 use crate::store::{Alert, AlertKind, AlertLabels, ApprovedPolicy, Firing, Severity};
 
-/// Alerts about an unapproved policy revision: `policy-unapproved:PATH@BLOB`.
-
 /// Since when a text has been in force, for judging the next edit: when it
 /// was approved, or forever for the baseline (reviews from before review
 /// began still speak for the edits they saw).
