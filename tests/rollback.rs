@@ -171,6 +171,32 @@ fn a_failed_change_is_undone_in_reverse_and_ends_rolled_back() {
             "dependency",
             "{backend}"
         );
+        // The last report again, as a retrying executor would send it: the
+        // rollback is finished once, not again.
+        let last = s["steps"][0]["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rfind(|a| a["phase"] == "rollback")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let report = changegate::wire::Report {
+            outcome: changegate::wire::Outcome::Succeeded,
+            exit_code: Some(0),
+            duration_ms: 1,
+            output_tail: String::new(),
+        };
+        client(&server, "ci").report(&last, &report).unwrap();
+        let finished: Value = server.get("/api/v1/audit?change=c", Some("alice-token")).1;
+        let rolled_back = finished
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "change.rolled-back")
+            .count();
+        assert_eq!(rolled_back, 1, "{backend}: finished once");
         let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
             .unwrap()
             .text()

@@ -242,7 +242,7 @@ impl Engine {
     }
 
     /// A rollback whose every entry is done: the revision is over, its
-    /// locks go and its alerts resolve; dependents stay refused.
+    /// locks go and its alerts resolve, once; dependents stay refused.
     pub(super) async fn finish_rollback(
         &self,
         w: &mut WriteTx,
@@ -250,7 +250,11 @@ impl Engine {
         digest: &str,
         now: i64,
     ) -> Result<(), EngineError> {
-        w.roll_back_revision(id, digest, now).await?;
+        // Once: a repeated or late report of this revision must not release
+        // the locks or resolve the alerts of a revision that runs after it.
+        if !w.roll_back_revision(id, digest, now).await? {
+            return Ok(());
+        }
         let released = w.release_locks(id).await?;
         w.audit(
             "changegate",

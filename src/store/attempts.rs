@@ -205,20 +205,23 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Records that revision `digest` of a change was rolled back (once).
+    /// Records that revision `digest` of a change was rolled back; false
+    /// when it already was (a repeated or late report), so nothing else
+    /// is done again.
     pub async fn roll_back_revision(
         &mut self,
         change_id: &str,
         digest: &str,
         at: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE revisions SET rolled_back_at = $3 WHERE change_id = $1 AND digest = $2 AND rolled_back_at IS NULL")
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("UPDATE revisions SET rolled_back_at = $3 WHERE change_id = $1 AND digest = $2 AND rolled_back_at IS NULL")
             .bind(change_id)
             .bind(digest)
             .bind(at)
             .execute(self.conn())
-            .await?;
-        Ok(())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     /// Records the request to roll back revision `digest` (once).
