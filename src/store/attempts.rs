@@ -2,7 +2,7 @@
 //! their leases, target locks, go-aheads, retries, revisions, abandonment
 //! and breaker resets.
 
-use super::gate::{attempt, ATTEMPT_COLUMNS};
+use super::gate::{attempt, RevisionAction, ATTEMPT_COLUMNS};
 use super::{Attempt, GoAheadRecord, StoreError, WriteTx};
 
 impl WriteTx {
@@ -233,16 +233,14 @@ impl WriteTx {
         reason: &str,
         at: i64,
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query("INSERT INTO rollbacks (change_id, digest, actor, reason, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
-            .bind(change_id)
-            .bind(digest)
-            .bind(actor)
-            .bind(reason)
-            .bind(at)
-            .execute(self.conn())
-            .await?
-            .rows_affected();
-        Ok(n == 1)
+        self.insert_revision_action(
+            RevisionAction::Rollback,
+            change_id,
+            digest,
+            (actor, reason),
+            at,
+        )
+        .await
     }
 
     /// Abandons revision `digest` of a change (once).
@@ -254,7 +252,26 @@ impl WriteTx {
         reason: &str,
         at: i64,
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query("INSERT INTO abandonments (change_id, digest, actor, reason, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+        self.insert_revision_action(
+            RevisionAction::Abandonment,
+            change_id,
+            digest,
+            (actor, reason),
+            at,
+        )
+        .await
+    }
+
+    /// One operator action on one revision, once; false if it was recorded.
+    async fn insert_revision_action(
+        &mut self,
+        kind: RevisionAction,
+        change_id: &str,
+        digest: &str,
+        (actor, reason): (&str, &str),
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(&format!("INSERT INTO {} (change_id, digest, actor, reason, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", kind.table()))
             .bind(change_id)
             .bind(digest)
             .bind(actor)

@@ -246,6 +246,43 @@ pub struct BreakerReset {
     pub at: i64,
 }
 
+/// An operator action recorded per revision, in its own table.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RevisionAction {
+    /// `abandon`.
+    Abandonment,
+    /// `rollback`.
+    Rollback,
+}
+
+impl RevisionAction {
+    pub(super) fn table(self) -> &'static str {
+        match self {
+            RevisionAction::Abandonment => "abandonments",
+            RevisionAction::Rollback => "rollbacks",
+        }
+    }
+}
+
+/// Every `kind` action on change `id`, oldest first, with its revision's digest.
+async fn revision_actions(
+    conn: &mut AnyConnection,
+    kind: RevisionAction,
+    id: &str,
+) -> Result<Vec<(String, OperatorAction)>, StoreError> {
+    let sql = format!(
+        "SELECT digest, actor, reason, at FROM {} WHERE change_id = $1 ORDER BY at",
+        kind.table()
+    );
+    Ok(sqlx::query(&sql)
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("digest")?, action(r, false, false)?)))
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
 pub(crate) async fn change_facts(
     conn: &mut AnyConnection,
     id: &str,
@@ -271,25 +308,9 @@ pub(crate) async fn change_facts(
         .iter()
         .map(|r| action(r, true, true))
         .collect::<Result<_, _>>()?;
-    let abandonments: Vec<(String, OperatorAction)> = sqlx::query(
-        "SELECT digest, actor, reason, at FROM abandonments WHERE change_id = $1 ORDER BY at",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("digest")?, action(r, false, false)?)))
-    .collect::<Result<_, sqlx::Error>>()?;
+    let abandonments = revision_actions(conn, RevisionAction::Abandonment, id).await?;
     let abandonment = abandonments.last().map(|(_, a)| a.clone());
-    let rollbacks: Vec<(String, OperatorAction)> = sqlx::query(
-        "SELECT digest, actor, reason, at FROM rollbacks WHERE change_id = $1 ORDER BY at",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("digest")?, action(r, false, false)?)))
-    .collect::<Result<_, sqlx::Error>>()?;
+    let rollbacks = revision_actions(conn, RevisionAction::Rollback, id).await?;
     let rollback = rollbacks.last().map(|(_, a)| a.clone());
     let revisions = sqlx::query("SELECT digest, commit_sha, first_claim_at, completed_at, rolled_back_at FROM revisions WHERE change_id = $1 ORDER BY first_claim_at")
         .bind(id)

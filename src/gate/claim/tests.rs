@@ -61,11 +61,18 @@ fn decide(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<Next, RefusalReas
 }
 
 fn decide_with(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<Next, Refusal> {
-    let change = change();
+    decide_on(&change(), tweak)
+}
+
+/// As [`decide_with`], for `change` instead of the usual one.
+fn decide_on(
+    change: &ChangeSet,
+    tweak: impl FnOnce(&mut ClaimContext<'_>),
+) -> Result<Next, Refusal> {
     let steps = [pending(), pending()];
     let mut c = ClaimContext {
         id: "up",
-        change: Some(&change),
+        change: Some(change),
         state: ChangeState::Ready,
         approved_digest: D,
         approval_summary: "2 of 2 approvals (policy pg)",
@@ -390,35 +397,7 @@ fn every_word_is_the_serialised_one() {
 fn a_change_with_per_target_steps_is_refused_until_rollouts_run() {
     let mut per_target = change();
     per_target.steps[1].per_target = true;
-    let steps = vec![
-        StepProgress {
-            state: StepState::Pending,
-            running: None,
-            failure: None,
-            attempts: 0,
-        };
-        2
-    ];
-    let c = ClaimContext {
-        id: "up",
-        change: Some(&per_target),
-        state: ChangeState::Ready,
-        approved_digest: D,
-        approval_summary: "",
-        executor_digest: D,
-        dependencies: &[],
-        breaker: &Breaker::Closed,
-        now: (0, 600),
-        windows: &[],
-        steps: &steps,
-        go_aheads: &[],
-        policies_invalid: None,
-        confirm_each_step: false,
-        locks: &[],
-        max_targets_per_step: None,
-        rollback: None,
-    };
-    let refusal = claim_decision(&c).unwrap_err();
+    let refusal = decide_on(&per_target, |_| {}).unwrap_err();
     assert_eq!(refusal.reason, RefusalReason::Unsupported);
     assert!(
         refusal.detail.contains("nothing runs"),
