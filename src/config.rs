@@ -30,6 +30,9 @@ pub struct Config {
     /// `[alerts]`
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// `[rollouts]`
+    #[serde(default)]
+    pub rollouts: RolloutSettings,
     /// `[github]`: absent, approvals come through the API only.
     #[serde(default)]
     pub github: Option<GithubConfig>,
@@ -173,6 +176,26 @@ impl Default for BreakerSettings {
         BreakerSettings {
             max_failures: 3,
             window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[rollouts]`: how a rollout watches the fleet (SPEC §10).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSettings {
+    /// The Alertmanager label that names a target.
+    pub target_label: String,
+    /// How often a rollout in flight asks its Alertmanager sinks for
+    /// alerts on the targets it touched (during bakes and between claims).
+    pub watch_every: Duration,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        RolloutSettings {
+            target_label: "target".into(),
+            watch_every: Duration::from_secs(15),
         }
     }
 }

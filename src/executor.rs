@@ -67,6 +67,8 @@ pub struct StepRun {
 pub struct StopSignal {
     flag: Arc<AtomicBool>,
     why: Arc<Mutex<String>>,
+    /// A signal that stops every child too (SIGTERM stops every target).
+    parent: Option<Arc<AtomicBool>>,
 }
 
 impl StopSignal {
@@ -81,8 +83,26 @@ impl StopSignal {
         self.flag.clone()
     }
 
+    /// A signal of its own (a lost lease stops one step) that the parent
+    /// also raises (a termination signal stops them all).
+    pub fn child(&self) -> StopSignal {
+        StopSignal {
+            parent: Some(self.flag.clone()),
+            ..StopSignal::default()
+        }
+    }
+
+    /// Whether a stop was asked for, here or by the parent.
+    pub fn is_requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::SeqCst))
+    }
+
     fn requested(&self) -> Option<String> {
-        self.flag.load(Ordering::SeqCst).then(|| {
+        self.is_requested().then(|| {
             let why = self.why.lock().expect("stop reason").clone();
             if why.is_empty() {
                 "the executor received a termination signal".to_string()
@@ -157,6 +177,12 @@ pub fn run_step(grant: &ClaimGrant, dir: &Path, stop: &StopSignal, echo: bool) -
             .env("CHANGEGATE_CHANGE", &grant.change)
             .env("CHANGEGATE_STEP", &grant.step)
             .env("CHANGEGATE_ATTEMPT", &grant.attempt)
+            .envs(
+                grant
+                    .rollout
+                    .iter()
+                    .map(|r| ("CHANGEGATE_TARGET", r.target.as_str())),
+            )
             .env_remove("CHANGEGATE_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

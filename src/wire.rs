@@ -40,6 +40,27 @@ pub struct ClaimGrant {
     #[serde(default = "step_phase")]
     #[schema(value_type = String)]
     pub phase: Phase,
+    /// For a per-target step (SPEC §10): the target, which the commands
+    /// get as `CHANGEGATE_TARGET`, and where the rollout stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<GrantRollout>,
+}
+
+/// Where a claimed (step, target) sits in its rollout.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GrantRollout {
+    /// The target.
+    pub target: String,
+    /// Its wave, from 1.
+    pub wave: usize,
+    /// How many waves.
+    pub waves: usize,
+    /// Targets through the per-target steps when it was claimed.
+    pub done: usize,
+    /// Targets in all.
+    pub targets: usize,
+    /// At most this many targets at once.
+    pub parallel: u32,
 }
 
 fn step_phase() -> Phase {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use git2::{ObjectType, Repository, Signature, TreeWalkMode, TreeWalkResult};
 
-use super::exec::exec_with;
+use super::exec::{exec_with, ExecOptions};
 use super::exit;
 use crate::client::Client;
 use crate::config::{Config, Role, SinkConfig, SinkKind, TokenConfig};
@@ -302,7 +302,7 @@ fn run(rollback: bool) -> Result<bool, String> {
     }
     t.say("alice records a go-ahead for each step (the policy asks for one per step)");
     t.say(format!("CI runs `changegate exec {UPGRADE} --continue`:"));
-    let code = exec_with(&api(&ci), UPGRADE, true, &checkout, Some("demo"));
+    let code = exec_with(&api(&ci), UPGRADE, &checkout, &demo_exec());
     let status = ok(api(&alice).change(UPGRADE))?;
     let upgrade_failed = code == exit::INVALID && status["state"] == "failed";
     t.say(format!(
@@ -347,7 +347,7 @@ fn run(rollback: bool) -> Result<bool, String> {
         t.say(format!(
             "alice runs `changegate rollback {UPGRADE}`; CI runs `changegate exec {UPGRADE} --continue`:"
         ));
-        let code = exec_with(&api(&ci), UPGRADE, true, &checkout, Some("demo"));
+        let code = exec_with(&api(&ci), UPGRADE, &checkout, &demo_exec());
         let status = ok(api(&alice).change(UPGRADE))?;
         let read = |p: &str| std::fs::read_to_string(fleet.join(p)).unwrap_or_default();
         let attached = read("state-machine/primary");
@@ -458,4 +458,13 @@ fn run(rollback: bool) -> Result<bool, String> {
         }
     );
     Ok(as_expected)
+}
+
+/// How the demo runs `exec`: `--continue --label demo`.
+fn demo_exec() -> ExecOptions {
+    ExecOptions {
+        keep_going: true,
+        label: Some("demo".into()),
+        ..ExecOptions::default()
+    }
 }

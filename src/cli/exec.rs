@@ -33,6 +33,8 @@ struct Checkout {
     covered: Vec<CoveredPath>,
     /// Their digest.
     digest: Digest,
+    /// How the change's per-target steps sweep its targets, if it has any.
+    sweep: Option<crate::model::rollout::Rollout>,
 }
 
 impl Checkout {
@@ -153,6 +155,7 @@ fn checkout(dir: &Path, id: &str) -> Result<Checkout, (u8, String)> {
         repo_dir,
         commit: snapshot.commit_id().to_string(),
         digest: at.digest,
+        sweep: at.change.sweep(),
         covered,
     })
 }
@@ -255,7 +258,21 @@ fn scrub_environment_block(name: &str) {
     }
 }
 
-pub(super) fn exec(id: &str, keep_going: bool, dir: &Path, label: Option<&str>) -> u8 {
+/// How `exec` runs: `--continue`, `--parallel`, `--wait` and `--label`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ExecOptions {
+    /// Claim the next step after each success.
+    pub keep_going: bool,
+    /// At most this many targets of a rollout at once (the rollout's
+    /// `parallel` is the ceiling).
+    pub parallel: Option<u32>,
+    /// On `baking`, sleep until the bake ends and go on.
+    pub wait: bool,
+    /// A label for this executor in the record.
+    pub label: Option<String>,
+}
+
+pub(super) fn exec(id: &str, dir: &Path, options: &ExecOptions) -> u8 {
     let client = Client::from_env();
     keep_token_from_steps();
     // libgit2 re-hashes every object it reads with collision-detecting
@@ -264,7 +281,7 @@ pub(super) fn exec(id: &str, keep_going: bool, dir: &Path, label: Option<&str>) 
     // checked against its id again (`Snapshot::materialize`).
     git2::opts::strict_hash_verification(false);
     match client {
-        Ok(client) => exec_with(&client, id, keep_going, dir, label),
+        Ok(client) => exec_with(&client, id, dir, options),
         Err(e) => {
             eprintln!("error: {e}");
             exit::USAGE
@@ -272,14 +289,22 @@ pub(super) fn exec(id: &str, keep_going: bool, dir: &Path, label: Option<&str>) 
     }
 }
 
+/// What one claim came to.
+enum Turn {
+    /// A step (or target) ran and its outcome was recorded.
+    Ran(Outcome),
+    /// Refused by rule `rule` (the server's word and detail).
+    Refused {
+        rule: Option<RefusalReason>,
+        reason: String,
+        detail: String,
+    },
+    /// Stop with this exit code (the cause is printed).
+    Exit(u8),
+}
+
 /// `exec` against `client`: claims, runs and reports steps; returns the exit code.
-pub(super) fn exec_with(
-    client: &Client,
-    id: &str,
-    keep_going: bool,
-    dir: &Path,
-    label: Option<&str>,
-) -> u8 {
+pub(super) fn exec_with(client: &Client, id: &str, dir: &Path, options: &ExecOptions) -> u8 {
     let checkout = match checkout(dir, id) {
         Ok(v) => v,
         Err((code, message)) => {
@@ -287,7 +312,6 @@ pub(super) fn exec_with(
             return code;
         }
     };
-    let digest = &checkout.digest;
     let stop = StopSignal::default();
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, stop.flag()) {
@@ -295,15 +319,210 @@ pub(super) fn exec_with(
             return exit::USAGE;
         }
     }
-    println!("changegate exec {id} at {digest}");
-    let mut ran = 0;
-    loop {
+    println!("changegate exec {id} at {}", checkout.digest);
+    let run = Run {
+        client,
+        checkout: &checkout,
+        id,
+        options,
+        stop: &stop,
+    };
+    match (&checkout.sweep, options.keep_going) {
+        (Some(sweep), true) => {
+            let places = options
+                .parallel
+                .unwrap_or(sweep.parallel)
+                .clamp(1, sweep.parallel.max(1));
+            run.sweep(places as usize)
+        }
+        _ => run.in_turn(),
+    }
+}
+
+/// One `exec` run: what every turn needs.
+struct Run<'r> {
+    client: &'r Client,
+    checkout: &'r Checkout,
+    id: &'r str,
+    options: &'r ExecOptions,
+    stop: &'r StopSignal,
+}
+
+/// How the workers of a sweep stand, shared between them.
+#[derive(Default)]
+struct Sweep {
+    /// Workers running a claimed unit now.
+    running: usize,
+    /// Units run so far.
+    ran: usize,
+    /// The exit code, once one worker decided the run is over.
+    code: Option<u8>,
+    /// A bake was announced (printed once, not by every worker).
+    announced: Option<i64>,
+}
+
+impl Run<'_> {
+    /// Without a rollout (or without `--continue`): one claim after another.
+    fn in_turn(&self) -> u8 {
+        let mut ran = 0;
+        loop {
+            match self.turn(self.stop, "") {
+                Turn::Ran(Outcome::Failed) => return exit::INVALID,
+                Turn::Ran(Outcome::Succeeded) => {
+                    ran += 1;
+                    if !self.options.keep_going {
+                        return exit::OK;
+                    }
+                }
+                Turn::Exit(code) => return code,
+                Turn::Refused {
+                    rule,
+                    reason,
+                    detail,
+                } => return self.refused(rule, &reason, &detail, ran),
+            }
+        }
+    }
+
+    /// A rollout with `--continue`: `places` workers claim (step, target)
+    /// units side by side; the server keeps them within `parallel` and the
+    /// waves. The first failure ends the run; targets in flight finish.
+    fn sweep(&self, places: usize) -> u8 {
+        let shared = std::sync::Mutex::new(Sweep::default());
+        let wake = std::sync::Condvar::new();
+        std::thread::scope(|scope| {
+            for _ in 0..places {
+                scope.spawn(|| self.worker(&shared, &wake));
+            }
+        });
+        let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
+        shared.code.unwrap_or(exit::OK)
+    }
+
+    /// One worker of a sweep.
+    fn worker(&self, shared: &std::sync::Mutex<Sweep>, wake: &std::sync::Condvar) {
+        let lock = || shared.lock().unwrap_or_else(|p| p.into_inner());
+        let stop = self.stop.child();
+        loop {
+            if lock().code.is_some() || self.stop.is_requested() {
+                return;
+            }
+            lock().running += 1;
+            let turn = self.turn(&stop, "  ");
+            let mut s = lock();
+            s.running -= 1;
+            wake.notify_all();
+            match turn {
+                Turn::Ran(Outcome::Succeeded) => s.ran += 1,
+                Turn::Ran(Outcome::Failed) => {
+                    s.code = Some(exit::INVALID);
+                    return;
+                }
+                Turn::Exit(code) => {
+                    s.code.get_or_insert(code);
+                    return;
+                }
+                Turn::Refused {
+                    rule,
+                    reason,
+                    detail,
+                } => {
+                    let others_busy = s.running > 0;
+                    match rule {
+                        // Another worker of ours holds the places, or the
+                        // wave's last targets: wait for one to finish.
+                        Some(RefusalReason::NotNext | RefusalReason::Baking) if others_busy => {
+                            let _ = wake.wait_timeout(s, Duration::from_millis(500));
+                        }
+                        // Another executor holds the places, or the monitor
+                        // did not answer: with --wait, ask again shortly.
+                        Some(RefusalReason::NotNext | RefusalReason::MonitorUnreachable)
+                            if self.options.wait =>
+                        {
+                            drop(s);
+                            self.sleep_until(Some(crate::clock::now_ms() + 1_000));
+                        }
+                        Some(RefusalReason::Baking) if self.options.wait => {
+                            let until = self.bake_until();
+                            if s.announced != until {
+                                s.announced = until;
+                                println!("… {detail}; waiting (--wait)");
+                            }
+                            drop(s);
+                            self.sleep_until(until);
+                        }
+                        _ => {
+                            if s.code.is_none() {
+                                let code = self.refused(rule, &reason, &detail, s.ran);
+                                s.code = Some(code);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the baking wave's bake ends, from the change's status.
+    fn bake_until(&self) -> Option<i64> {
+        let change = self.client.change(self.id).ok()?;
+        change["rollout"]["waves"]
+            .as_array()?
+            .iter()
+            .find(|w| w["state"] == "baking")
+            .and_then(|w| w["bake_until"].as_i64())
+    }
+
+    /// Sleeps until `until` (unix ms; a few seconds when unknown), waking
+    /// early on a termination signal.
+    fn sleep_until(&self, until: Option<i64>) {
+        let now = crate::clock::now_ms();
+        let wait = until.map_or(5_000, |u| (u - now).clamp(0, 3_600_000) + 200);
+        let end = std::time::Instant::now() + Duration::from_millis(wait as u64);
+        while std::time::Instant::now() < end && !self.stop.is_requested() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// What a refusal means for the exit code, printed for a person.
+    fn refused(&self, rule: Option<RefusalReason>, reason: &str, detail: &str, ran: usize) -> u8 {
+        if self.options.keep_going
+            && ran > 0
+            && matches!(
+                rule,
+                Some(
+                    RefusalReason::NeedsConfirmation
+                        | RefusalReason::Completed
+                        | RefusalReason::RolledBack
+                )
+            )
+        {
+            println!("stopped after {ran} step(s): {reason}: {detail}");
+            return exit::OK;
+        }
+        println!("refused: {reason}: {detail}");
+        if rule == Some(RefusalReason::DigestMismatch) {
+            if let Ok(approved) = self.client.change(self.id) {
+                for line in differing_paths(&self.checkout.covered, &approved) {
+                    println!("  {line}");
+                }
+            }
+        }
+        exit::REFUSED
+    }
+
+    /// Claims once, and runs and reports what was granted. Lines are
+    /// indented by `indent` when several targets run side by side.
+    fn turn(&self, stop: &StopSignal, indent: &str) -> Turn {
+        let (client, checkout, id) = (self.client, self.checkout, self.id);
+        let digest = &checkout.digest;
         // The covered files are written while the claim is decided, which
         // hides the cheaper of the two; the directory is removed when it
         // goes out of scope, whatever the answer.
         let (world, claimed) = std::thread::scope(|scope| {
             let writer = scope.spawn(|| checkout.materialize());
-            let claimed = client.claim(id, digest.as_str(), label);
+            let claimed = client.claim(id, digest.as_str(), self.options.label.as_deref());
             let world = writer
                 .join()
                 .unwrap_or_else(|_| Err("a writer thread panicked".into()));
@@ -319,52 +538,43 @@ pub(super) fn exec_with(
                 // The server's word, read back as the gate's rule.
                 let rule: Option<RefusalReason> =
                     serde_json::from_value(serde_json::Value::String(reason.clone())).ok();
-                if keep_going
-                    && ran > 0
-                    && matches!(
-                        rule,
-                        Some(
-                            RefusalReason::NeedsConfirmation
-                                | RefusalReason::Completed
-                                | RefusalReason::RolledBack
-                        )
-                    )
-                {
-                    println!("stopped after {ran} step(s): {reason}: {detail}");
-                    return exit::OK;
-                }
-                println!("refused: {reason}: {detail}");
-                if rule == Some(RefusalReason::DigestMismatch) {
-                    if let Ok(approved) = client.change(id) {
-                        for line in differing_paths(&checkout.covered, &approved) {
-                            println!("  {line}");
-                        }
-                    }
-                }
-                return exit::REFUSED;
+                return Turn::Refused {
+                    rule,
+                    reason,
+                    detail,
+                };
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                return exit::USAGE;
+                return Turn::Exit(exit::USAGE);
             }
         };
         let undo = grant.phase == Phase::Rollback;
-        if undo {
-            println!(
+        let what = match (&grant.rollout, undo) {
+            (Some(r), _) => format!("{} on {}", grant.step, r.target),
+            (None, true) => format!("rollback of {}", grant.step),
+            (None, false) => grant.step.clone(),
+        };
+        match (&grant.rollout, undo) {
+            (Some(r), _) => println!(
+                "{indent}▶ wave {}/{} · step {}/{} {what} (attempt {}) · {} of {} targets done",
+                r.wave,
+                r.waves,
+                grant.step_number,
+                grant.steps_total,
+                grant.attempt,
+                r.done,
+                r.targets
+            ),
+            (None, true) => println!(
                 "↩ rollback {}/{} of step {} (attempt {})",
                 grant.step_number, grant.steps_total, grant.step, grant.attempt
-            );
-        } else {
-            println!(
+            ),
+            (None, false) => println!(
                 "▶ step {}/{} {} (attempt {})",
                 grant.step_number, grant.steps_total, grant.step, grant.attempt
-            );
+            ),
         }
-        let what = if undo {
-            format!("rollback of {}", grant.step)
-        } else {
-            grant.step.clone()
-        };
         let world = match world {
             Ok(w) => w,
             Err(e) => {
@@ -381,7 +591,7 @@ pub(super) fn exec_with(
                 if let Err(e) = report_with_retries(client, &grant.attempt, &report) {
                     eprintln!("error: the report was not recorded: {e}");
                 }
-                return exit::INVALID;
+                return Turn::Exit(exit::INVALID);
             }
         };
         // The heartbeat thread renews the lease every third of it, and ends
@@ -401,7 +611,7 @@ pub(super) fn exec_with(
                 }
             })
         };
-        let run = run_step(&grant, world.path(), &stop, true);
+        let run = run_step(&grant, world.path(), stop, true);
         drop(done);
         let _ = heartbeat.join();
         let outcome = if run.end == StepEnd::Succeeded {
@@ -437,40 +647,42 @@ pub(super) fn exec_with(
         });
         let secs = run.duration.as_secs_f64();
         match &run.end {
-            StepEnd::Succeeded => println!("✔ {} succeeded in {secs:.1}s", what),
+            StepEnd::Succeeded => println!("{indent}✔ {what} succeeded in {secs:.1}s"),
             StepEnd::Failed { role, code } => {
-                println!("✘ {} failed: `{role}` exited {code} after {secs:.1}s", what)
+                println!("{indent}✘ {what} failed: `{role}` exited {code} after {secs:.1}s")
             }
             StepEnd::TimedOut { role } => println!(
-                "✘ {} failed: `{role}` timed out after {}s",
-                what, grant.timeout_secs
+                "{indent}✘ {what} failed: `{role}` timed out after {}s",
+                grant.timeout_secs
             ),
             StepEnd::Stopped { role, why } => {
-                println!("✘ {} failed: `{role}` was killed: {why}", what)
+                println!("{indent}✘ {what} failed: `{role}` was killed: {why}")
             }
         }
         if run.end != StepEnd::Succeeded {
             for hint in checkout.uncovered_hints(&run.output, &world_path) {
-                println!("  {hint}");
+                println!("{indent}  {hint}");
             }
         }
         match answer {
             Ok(v) => {
                 if let Some(state) = v["change_state"].as_str() {
-                    println!("  change {id} is {state}");
+                    println!("{indent}  change {id} is {state}");
                 }
             }
             Err(e) => {
                 eprintln!("error: the report was not recorded: {e}");
-                return exit::INVALID;
+                return Turn::Exit(exit::INVALID);
             }
         }
-        if outcome == Outcome::Failed {
-            return exit::INVALID;
+        if outcome == Outcome::Succeeded
+            && grant.step_number == grant.steps_total
+            && grant.rollout.is_none()
+            && self.options.keep_going
+        {
+            // The last step: nothing is left to claim.
+            return Turn::Exit(exit::OK);
         }
-        ran += 1;
-        if !keep_going || grant.step_number == grant.steps_total {
-            return exit::OK;
-        }
+        Turn::Ran(outcome)
     }
 }

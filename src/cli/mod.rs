@@ -73,6 +73,14 @@ enum Command {
         /// A label for this executor in the record, e.g. the CI run URL.
         #[arg(long)]
         label: Option<String>,
+        /// A rollout: run at most N targets at once (the rollout's
+        /// `parallel` is the ceiling).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        parallel: Option<u32>,
+        /// A rollout: on `baking`, sleep until the bake ends and go on
+        /// (without it, exec exits 3 and prints the time).
+        #[arg(long)]
+        wait: bool,
     },
     /// Approve a change at the digest of this checkout (or --digest).
     Approve {
@@ -259,7 +267,18 @@ pub fn run() -> ExitCode {
             keep_going,
             repo,
             label,
-        } => exec::exec(&id, keep_going, &repo, label.as_deref()),
+            parallel,
+            wait,
+        } => exec::exec(
+            &id,
+            &repo,
+            &exec::ExecOptions {
+                keep_going,
+                parallel,
+                wait,
+                label,
+            },
+        ),
         Command::Approve {
             id,
             digest,

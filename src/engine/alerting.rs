@@ -50,10 +50,19 @@ impl Engine {
         now: i64,
     ) -> Result<(), EngineError> {
         let view = self.view();
-        let targets = view
-            .changes
-            .get(&a.change_id)
-            .map(|(c, _, _)| c.targets.join(","))
+        // A rollout's attempt is about its one target, not the fleet.
+        let targets = match &a.target {
+            Some(t) => t.clone(),
+            None => view
+                .changes
+                .get(&a.change_id)
+                .map(|(c, _, _)| c.targets.join(","))
+                .unwrap_or_default(),
+        };
+        let on = a
+            .target
+            .as_ref()
+            .map(|t| format!(" on {t}"))
             .unwrap_or_default();
         let how = match exit_code {
             Some(code) => format!("exited {code}"),
@@ -87,7 +96,7 @@ impl Engine {
             (
                 format!("step-failed:{}", a.id),
                 AlertKind::StepFailed,
-                format!("{} step {} {how}", a.change_id, a.step_id),
+                format!("{} step {}{on} {how}", a.change_id, a.step_id),
                 format!("Change {} is failed: further steps and its dependents are refused and {targets} stay locked until an operator retries or abandons it.", a.change_id),
             )
         };

@@ -11,6 +11,7 @@ mod operator;
 mod policy_review;
 mod read;
 mod revisions;
+mod rollouts;
 mod run;
 pub mod view;
 
@@ -71,6 +72,8 @@ pub struct Engine {
     /// Revisions read from their commits, by (change, digest); `None`
     /// where the commit does not hold that revision.
     revisions: std::sync::Mutex<RevisionCache>,
+    /// Asks Alertmanager about a rollout's targets ([`rollouts`]).
+    monitor_http: std::sync::OnceLock<reqwest::Client>,
 }
 
 /// Revisions read from their commits, by (change, digest).
@@ -85,6 +88,7 @@ impl Engine {
             view: RwLock::new(Arc::new(RepoView::default())),
             directory: DirectoryCache::default(),
             revisions: Default::default(),
+            monitor_http: Default::default(),
         }
     }
 
@@ -250,6 +254,7 @@ impl Engine {
             now,
             directory: &self.directory,
             revisions: self.revision_sets(view, [(id, &read.facts)]),
+            monitor_unreachable: None,
         }
     }
 
@@ -312,6 +317,7 @@ impl Engine {
             now: now_ms(),
             directory: &self.directory,
             revisions: self.revision_sets(&view, facts.iter().map(|(id, f)| (id.as_str(), f))),
+            monitor_unreachable: None,
         };
         let empty = ChangeFacts::default();
         // Revisions in flight stay listed after their file left main.

@@ -96,19 +96,32 @@ impl Engine {
             ),
             None => (progress.iter().position(|p| failed(p.state)), Phase::Step),
         };
-        let Some(n) = n else {
-            return Err(refused(
-                "not-failed",
-                format!("`{id}` has no failed step or rollback to retry"),
-            ));
+        // A halted rollout with no failed target: the retry lifts the halt.
+        let halt = facts.halt().filter(|_| n.is_none() && phase == Phase::Step);
+        let (n, failed) = match (n, halt) {
+            (Some(n), _) => (n, failed_attempt(facts, &change.steps[n].id, phase)),
+            (None, Some(_)) => (change.per_target_block().map_or(0, |b| b.start), None),
+            (None, None) => {
+                return Err(refused(
+                    "not-failed",
+                    format!("`{id}` has no failed step or rollback to retry"),
+                ))
+            }
         };
         let step = &change.steps[n];
-        let failed = facts
-            .attempts
-            .iter()
-            .filter(|a| a.step_id == step.id && a.phase == phase)
-            .max_by_key(|a| a.attempt_no)
-            .expect("a failed step has an attempt");
+        let (failed_no, failed_at) = match (failed, halt) {
+            (Some(a), _) => (a.attempt_no, a.ended_at.unwrap_or(a.started_at)),
+            (None, Some(h)) => (0, h.at),
+            (None, None) => {
+                return Err(refused(
+                    "not-failed",
+                    format!(
+                        "step {} of `{id}` has no failed attempt left to retry",
+                        step.id
+                    ),
+                ))
+            }
+        };
         let needs_approval = match view.governing(change, covered) {
             PoliciesInForce::Matched { policies } => {
                 policies.iter().any(|p| p.execution.retry_requires_approval)
@@ -116,7 +129,6 @@ impl Engine {
             PoliciesInForce::BuiltinDefault => true,
         };
         if needs_approval {
-            let failed_at = failed.ended_at.unwrap_or(failed.started_at);
             let world = self.world(id, &view, &read, &breaker, now_ms());
             fresh_approval(
                 &world,
@@ -126,26 +138,33 @@ impl Engine {
                 &format!("retrying `{id}`"),
             )?;
         }
-        if w.insert_retry(id, &step.id, failed.attempt_no, actor, reason, now_ms())
+        if w.insert_retry(id, &step.id, failed_no, actor, reason, now_ms())
             .await?
         {
+            let kind = match (phase, halt) {
+                (Phase::Rollback, _) => "rollback.retry",
+                (Phase::Step, Some(_)) => "rollout.resumed",
+                (Phase::Step, None) => "step.retry",
+            };
             w.audit(
                 actor,
-                if phase == Phase::Rollback {
-                    "rollback.retry"
-                } else {
-                    "step.retry"
-                },
+                kind,
                 Some(id),
-                json!({"step": step.id, "after_attempt": failed.attempt_no, "reason": reason}),
+                json!({"step": step.id, "after_attempt": failed_no, "target": failed.and_then(|a| a.target.clone()), "reason": reason}),
             )
             .await?;
         }
         w.commit().await?;
-        Ok(match phase {
-            Phase::Step => format!("retry of step {}", step.id),
-            Phase::Rollback => format!("retry of the rollback of step {}", step.id),
-        })
+        Ok(
+            match (phase, failed.and_then(|a| a.target.as_deref()), halt) {
+                (Phase::Rollback, _, _) => format!("retry of the rollback of step {}", step.id),
+                (Phase::Step, Some(t), _) => format!("retry of step {} on {t}", step.id),
+                (Phase::Step, None, Some(h)) => {
+                    format!("the rollout resumes after the halt on {}", h.alert)
+                }
+                (Phase::Step, None, None) => format!("retry of step {}", step.id),
+            },
+        )
     }
 
     /// Asks for the rollback of failed change `id` (SPEC §11): from now on
@@ -174,6 +193,18 @@ impl Engine {
         if facts.rollback.is_some() {
             w.commit().await?;
             return Ok(false);
+        }
+        // Undoing a sweep means undoing it on each target it reached, which
+        // is not built: refuse rather than run a per-target rollback once.
+        if let Some(step) = change
+            .steps
+            .iter()
+            .find(|s| s.per_target && s.rollback.is_some())
+        {
+            return Err(refused(
+                "unsupported",
+                format!("step {} runs per target and declares a rollback; rolling back a rollout target by target is not supported yet: abandon `{id}` and undo by hand, or declare rollbacks only on steps that run once", step.id),
+            ));
         }
         let state = view::state_of(change, facts, true);
         if state != ChangeState::Failed {
@@ -350,4 +381,29 @@ fn fresh_approval(
             format!("{what} needs a fresh approval of {digest} that counts under every policy in force, recorded after the failure by someone other than {actor}"),
         )),
     }
+}
+
+/// The attempt a retry re-opens: the step's failed or interrupted attempt
+/// that is the latest on its target (a per-target step may have several
+/// failed targets; the earliest goes first) and was not re-opened yet.
+fn failed_attempt<'f>(
+    facts: &'f crate::store::ChangeFacts,
+    step: &str,
+    phase: Phase,
+) -> Option<&'f crate::store::Attempt> {
+    let of_step = || {
+        facts
+            .attempts
+            .iter()
+            .filter(move |a| a.step_id == step && a.phase == phase)
+    };
+    of_step()
+        .filter(|a| {
+            !of_step().any(|b| b.target == a.target && b.attempt_no > a.attempt_no)
+                && matches!(a.state, AttemptState::Failed | AttemptState::Interrupted)
+                && !facts.retries.iter().any(|r| {
+                    r.step_id.as_deref() == Some(step) && r.after_attempt == Some(a.attempt_no)
+                })
+        })
+        .min_by_key(|a| a.attempt_no)
 }

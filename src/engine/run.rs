@@ -4,9 +4,11 @@
 use serde_json::json;
 
 use super::*;
+use crate::gate;
 use crate::gate::Next;
 use crate::store::{AttemptState, Phase};
-use crate::wire::{tail, AttemptAnswer, ClaimGrant, Outcome, Report};
+use crate::wire::{tail, AttemptAnswer, ClaimGrant, GrantRollout, Outcome, Report};
+use view::World;
 
 impl Engine {
     /// Marks attempts whose lease ran out as interrupted: a failure whose
@@ -26,13 +28,24 @@ impl Engine {
         executor: &str,
     ) -> Result<Result<ClaimGrant, Refusal>, EngineError> {
         let view = self.view();
+        // A rollout asks the fleet monitor before each new target; outside
+        // the write lock, since it is a network round trip. A halt found
+        // is recorded, and the decision below reads it.
+        let watch = self.watch(id).await?;
+        let unreachable = match &watch {
+            rollouts::Watch::Unreachable(e) => Some(e.as_str()),
+            _ => None,
+        };
         let mut w = self.store.write().await?;
         self.expire_in(&mut w).await?;
         let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
         let facts = &read.facts;
         let now = now_ms();
-        let world = self.world(id, &view, &read, &breaker, now);
-        let (decision, _) = view::decide_claim(&world, id, facts, digest);
+        let world = World {
+            monitor_unreachable: unreachable,
+            ..self.world(id, &view, &read, &breaker, now)
+        };
+        let (decision, status) = view::decide_claim(&world, id, facts, digest);
         let next = match decision {
             Ok(next) => next,
             Err(refusal) => {
@@ -49,7 +62,9 @@ impl Engine {
         };
         let (change, _, _) = &view.changes[id];
         let (index, phase, number, total) = match next {
-            Next::Step(n) => (n, Phase::Step, n + 1, change.steps.len()),
+            Next::Step(n) | Next::Target { step: n, .. } => {
+                (n, Phase::Step, n + 1, change.steps.len())
+            }
             Next::Rollback { step, entry } => {
                 let total = view::rollback_entries(
                     change,
@@ -61,6 +76,10 @@ impl Engine {
             }
         };
         let step = &change.steps[index];
+        let target = match next {
+            Next::Target { target, .. } => Some(change.targets[target].clone()),
+            _ => None,
+        };
         let attempt_no = facts
             .attempts
             .iter()
@@ -86,13 +105,20 @@ impl Engine {
             output_tail: None,
             late_report: None,
             phase,
+            target: target.clone(),
         };
         w.insert_attempt(&attempt).await?;
         let timeout = step.timeout.or(change.timeout).map_or(900, |t| t.as_secs());
         let (check, run, verify, timeout) = match phase {
             Phase::Step => {
                 w.insert_revision(id, digest, &view.commit, now).await?;
-                w.take_locks(id, &change.targets, now).await?;
+                // A rollout locks each target from its first claim, so the
+                // targets it has not reached stay free (SPEC §10).
+                let locked = match change.per_target_block() {
+                    Some(_) => gate::claim_targets(change, next),
+                    None => &change.targets[..],
+                };
+                w.take_locks(id, locked, now).await?;
                 (
                     step.check.clone(),
                     step.run.clone(),
@@ -116,10 +142,25 @@ impl Engine {
             executor,
             event,
             Some(id),
-            json!({"step": step.id, "attempt": attempt.id, "digest": digest}),
+            json!({"step": step.id, "attempt": attempt.id, "digest": digest, "target": target}),
         )
         .await?;
         w.commit().await?;
+        let rollout = status.rollout.as_ref().zip(target.as_ref()).map(|(r, t)| {
+            let wave = r
+                .targets
+                .iter()
+                .find(|s| &s.target == t)
+                .map_or(0, |s| s.wave);
+            GrantRollout {
+                target: t.clone(),
+                wave,
+                waves: r.waves.len(),
+                done: r.done,
+                targets: r.targets.len(),
+                parallel: r.parallel,
+            }
+        });
         Ok(Ok(ClaimGrant {
             attempt: attempt.id,
             change: id.to_string(),
@@ -134,6 +175,7 @@ impl Engine {
             lease_expires_at: attempt.lease_expires_at,
             lease_secs: self.config.server.lease.as_secs(),
             phase,
+            rollout,
         }))
     }
 

@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod claim;
 pub mod policy_review;
 pub mod rollback;
+pub mod rollout;
 
 use serde::Serialize;
 
@@ -15,8 +16,10 @@ pub use approval::{
 };
 pub use breaker::{breaker_state, Breaker, BreakerConfig};
 pub use claim::{
-    claim_decision, ClaimContext, GoAhead, Next, Refusal, RefusalReason, RollbackEntry,
+    claim_decision, claim_targets, ClaimContext, GoAhead, Next, Refusal, RefusalReason,
+    RollbackEntry,
 };
+pub use rollout::{RolloutProgress, TargetProgress, Unit, WaveState, WaveStatus};
 
 /// A change's lifecycle state (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

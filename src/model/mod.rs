@@ -136,6 +136,38 @@ pub struct Step {
     pub rollback_timeout: Option<Duration>,
 }
 
+impl ChangeSet {
+    /// The per-target steps (SPEC §10): one contiguous block, by index.
+    pub fn per_target_block(&self) -> Option<std::ops::Range<usize>> {
+        let first = self.steps.iter().position(|s| s.per_target)?;
+        let len = self.steps[first..]
+            .iter()
+            .take_while(|s| s.per_target)
+            .count();
+        Some(first..first + len)
+    }
+
+    /// How the per-target block sweeps the targets: the declared rollout,
+    /// or the default one (a canary of one, then the rest), if the change
+    /// has per-target steps at all.
+    pub fn sweep(&self) -> Option<rollout::Rollout> {
+        self.per_target_block()
+            .map(|_| self.rollout.clone().unwrap_or_default())
+    }
+
+    /// The targets step `n` touches when it runs once. In a rollout, a
+    /// step outside the block touches only the targets it names itself,
+    /// so that targets the sweep has not reached stay free (SPEC §10).
+    pub fn once_targets(&self, n: usize) -> &[String] {
+        let step = &self.steps[n];
+        match (self.per_target_block(), &step.targets) {
+            (None, _) => step.effective_targets(self),
+            (Some(_), Some(own)) => own,
+            (Some(_), None) => &[],
+        }
+    }
+}
+
 impl Step {
     /// The commands of this step in the order they run, with their role;
     /// the rollback, which runs only when asked for, last.

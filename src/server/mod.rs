@@ -225,11 +225,15 @@ async fn github_worker(github: Arc<Github>, wake: Arc<tokio::sync::Notify>) {
 }
 
 /// Re-reads the default branch every `refresh_secs` (fetching the mirror
-/// first, with GitHub), and expires leases every second so an interrupted
-/// step is noticed without waiting for a claim.
+/// first, with GitHub), expires leases every second so an interrupted
+/// step is noticed without waiting for a claim, and watches rollouts in
+/// flight every `rollouts.watch_every`.
 async fn background(config: Arc<Config>, engine: Arc<Engine>, github: Option<Arc<Github>>) {
     let mut refresh = tokio::time::interval(Duration::from_secs(config.server.refresh_secs.max(1)));
     let mut leases = tokio::time::interval(Duration::from_secs(1));
+    let mut rollouts = tokio::time::interval(Duration::from_secs(
+        config.rollouts.watch_every.as_secs().max(1),
+    ));
     refresh.tick().await;
     loop {
         tokio::select! {
@@ -245,6 +249,16 @@ async fn background(config: Arc<Config>, engine: Arc<Engine>, github: Option<Arc
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "lease check failed"),
+            },
+            // Throughout each bake and wave, a firing alert on a touched
+            // target halts the rollout (recorded and logged by the engine).
+            _ = rollouts.tick() => match engine.watch_rollouts().await {
+                Ok(unreachable) => {
+                    for (change, why) in unreachable {
+                        tracing::warn!(change = %change, error = %why, "cannot watch the rollout's targets");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "rollout watch failed"),
             },
         }
     }

@@ -28,8 +28,8 @@ impl WriteTx {
     /// constraint makes a second writer of the same attempt fail.
     pub async fn insert_attempt(&mut self, a: &Attempt) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO attempts (id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, phase)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO attempts (id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, phase, target)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&a.id)
         .bind(&a.change_id)
@@ -41,9 +41,29 @@ impl WriteTx {
         .bind(a.lease_expires_at)
         .bind(a.started_at)
         .bind(a.phase)
+        .bind(&a.target)
         .execute(self.conn())
         .await?;
         Ok(())
+    }
+
+    /// Records that a rollout halted on a firing alert; `false` when the
+    /// same halt was recorded already.
+    pub async fn insert_halt(
+        &mut self,
+        change_id: &str,
+        halt: &super::Halt,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query("INSERT INTO halts (change_id, digest, alert, detail, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+            .bind(change_id)
+            .bind(&halt.digest)
+            .bind(&halt.alert)
+            .bind(&halt.detail)
+            .bind(halt.at)
+            .execute(self.conn())
+            .await?
+            .rows_affected()
+            > 0)
     }
 
     /// Takes every target for `change_id` (keeping those it already holds).

@@ -43,10 +43,12 @@ pub struct Attempt {
     /// The step's commands, or its rollback.
     #[schema(value_type = String)]
     pub phase: super::Phase,
+    /// For a per-target step (SPEC §10): the target it ran on.
+    pub target: Option<String>,
 }
 
 pub(super) const ATTEMPT_COLUMNS: &str =
-    "id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, ended_at, exit_code, duration_ms, output_tail, late_report, phase";
+    "id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, ended_at, exit_code, duration_ms, output_tail, late_report, phase, target";
 
 pub(super) fn attempt(r: &AnyRow) -> Result<Attempt, sqlx::Error> {
     Ok(Attempt {
@@ -65,6 +67,7 @@ pub(super) fn attempt(r: &AnyRow) -> Result<Attempt, sqlx::Error> {
         output_tail: r.try_get("output_tail")?,
         late_report: r.try_get("late_report")?,
         phase: r.try_get("phase")?,
+        target: r.try_get("target")?,
     })
 }
 
@@ -176,6 +179,9 @@ pub struct ChangeFacts {
     pub rollbacks: Vec<(String, OperatorAction)>,
     /// Every revision that was claimed, oldest first.
     pub revisions: Vec<RevisionRecord>,
+    /// Rollout halts by a firing alert, oldest first (every revision's:
+    /// [`ChangeFacts::halt`] says which one stands).
+    pub halts: Vec<Halt>,
     /// API approvals.
     pub approvals: Vec<ApiApproval>,
     /// Reviews and authors from the pull requests that touch it.
@@ -220,7 +226,39 @@ impl ChangeFacts {
             .iter()
             .find(|(d, _)| d == digest)
             .map(|(_, a)| a.clone());
+        facts.halts.retain(|h| h.digest == digest);
         facts
+    }
+}
+
+/// A rollout halted by a firing alert on a target it touched (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Halt {
+    /// The revision halted.
+    pub digest: String,
+    /// The alert: its name and target, e.g. `PgbouncerDown on cluster-07`.
+    pub alert: String,
+    /// For a person: where it was seen and what it says.
+    pub detail: String,
+    /// Unix ms.
+    pub at: i64,
+}
+
+fn halt(r: &AnyRow) -> Result<Halt, sqlx::Error> {
+    Ok(Halt {
+        digest: r.try_get("digest")?,
+        alert: r.try_get("alert")?,
+        detail: r.try_get("detail")?,
+        at: r.try_get("at")?,
+    })
+}
+
+impl ChangeFacts {
+    /// The halt that stands for these (one revision's) facts: the latest,
+    /// unless a retry came after it.
+    pub fn halt(&self) -> Option<&Halt> {
+        let retried = self.retries.iter().map(|r| r.at).max().unwrap_or(i64::MIN);
+        self.halts.last().filter(|h| h.at > retried)
     }
 }
 
@@ -319,6 +357,14 @@ pub(crate) async fn change_facts(
         .iter()
         .map(revision)
         .collect::<Result<_, _>>()?;
+    let halts =
+        sqlx::query("SELECT digest, alert, detail, at FROM halts WHERE change_id = $1 ORDER BY at")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(halt)
+            .collect::<Result<_, _>>()?;
     let approvals = super::api_approvals_on(conn, id).await?;
     let github = super::github::github_facts(conn, Some(id))
         .await?
@@ -333,6 +379,7 @@ pub(crate) async fn change_facts(
         rollback,
         rollbacks,
         revisions,
+        halts,
         approvals,
         github,
     })
@@ -480,6 +527,15 @@ impl Store {
                 .or_default()
                 .revisions
                 .push(revision(&r)?);
+        }
+        for r in sqlx::query("SELECT change_id, digest, alert, detail, at FROM halts ORDER BY at")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            all.entry(r.try_get("change_id")?)
+                .or_default()
+                .halts
+                .push(halt(&r)?);
         }
         for r in sqlx::query("SELECT change_id, approver, digest, comment, created_at FROM api_approvals ORDER BY id").fetch_all(&mut *conn).await? {
             all.entry(r.try_get("change_id")?).or_default().approvals.push(ApiApproval {

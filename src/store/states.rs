@@ -156,6 +156,8 @@ words! {
         PolicyUnapproved = "policy-unapproved",
         /// A rollback attempt failed or was interrupted.
         RollbackFailed = "rollback-failed",
+        /// A firing alert on a target halted a rollout (SPEC §10).
+        RolloutHalted = "rollout-halted",
     }
 }
 

@@ -5,7 +5,9 @@ mod approvals;
 mod progress;
 
 pub use approvals::{approval_facts, approval_of, fresh_approver};
-pub use progress::{revision_focus, rollback_entries, state_of, step_progress, Focus};
+pub use progress::{
+    halted, revision_focus, rollback_entries, rollout_progress, state_of, step_progress, Focus,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -186,6 +188,40 @@ pub struct RollbackStatus {
     pub total: usize,
 }
 
+/// A rollout as the API shows it (SPEC §10).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RolloutStatus {
+    /// Each wave: `index` from 1, its `targets`, `state` (pending, running,
+    /// baking, done, failed) and `bake_until` (unix ms) once it is done.
+    #[schema(value_type = Vec<Object>)]
+    pub waves: Vec<gate::WaveStatus>,
+    /// Each target, in declared order.
+    pub targets: Vec<TargetStatus>,
+    /// Targets through every per-target step.
+    pub done: usize,
+    /// At most this many targets at once.
+    pub parallel: u32,
+    /// The alert that halted it, while that halt stands.
+    pub halt: Option<crate::store::Halt>,
+}
+
+/// One target of a rollout.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TargetStatus {
+    /// The target.
+    pub target: String,
+    /// Its wave, from 1.
+    pub wave: usize,
+    /// Pending, running, succeeded, failed or interrupted.
+    #[schema(value_type = String)]
+    pub state: StepState,
+    /// The per-target step it is at (running, failed, or next); the last
+    /// one once it is through.
+    pub step: String,
+    /// That step's latest attempt on it, if any.
+    pub attempt: Option<String>,
+}
+
 /// A change with everything decided about it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChangeStatus {
@@ -223,6 +259,8 @@ pub struct ChangeStatus {
     pub abandonment: Option<OperatorAction>,
     /// The rollback, once asked for.
     pub rollback: Option<RollbackStatus>,
+    /// For a change with per-target steps: its waves and targets.
+    pub rollout: Option<RolloutStatus>,
     /// The digest on the default branch, when this revision is not it
     /// (`null` when the file is gone from it).
     pub main_digest: Option<String>,
@@ -250,6 +288,9 @@ pub struct World<'a> {
     /// on the default branch: that revision's change set, read from its
     /// commit.
     pub revisions: BTreeMap<String, Arc<RevisionSet>>,
+    /// Why the fleet monitor could not be asked about a rollout's targets,
+    /// when a claim asked and it could not.
+    pub monitor_unreachable: Option<&'a str>,
 }
 
 /// A revision's change set, digest and covered paths, read from its commit.
@@ -423,6 +464,7 @@ fn status_at(
             covered_paths: vec![],
             abandonment: None,
             rollback: None,
+            rollout: None,
             main_digest: None,
             warnings: vec![],
         };
@@ -441,17 +483,21 @@ fn status_at(
             .unwrap_or(0);
     }
     let rollback = rollback_entries(change, facts, &progress);
+    let rollout = rollout_progress(change, facts);
     let rollback_states: Option<Vec<StepState>> = rollback
         .as_ref()
         .map(|entries| entries.iter().map(|e| e.progress.state).collect());
     let state = match proposal {
         Some(_) if approvals.satisfied => ChangeState::Approved,
         Some(_) => ChangeState::Proposed,
-        None => gate::change_state(
-            facts.abandonment.is_some(),
-            approvals.satisfied,
-            &progress.iter().map(|p| p.state).collect::<Vec<_>>(),
-            rollback_states.as_deref(),
+        None => halted(
+            gate::change_state(
+                facts.abandonment.is_some(),
+                approvals.satisfied,
+                &progress.iter().map(|p| p.state).collect::<Vec<_>>(),
+                rollback_states.as_deref(),
+            ),
+            facts,
         ),
     };
     let dependencies: Vec<Dependency> = change
@@ -525,6 +571,7 @@ fn status_at(
         .collect();
     let summary = approvals.summary();
     let policy_error = world.view.policy_errors.first().map(|d| d.to_string());
+    let halt = facts.halt().map(|h| format!("{} ({})", h.alert, h.detail));
     let ctx = ClaimContext {
         id,
         change: Some(change),
@@ -546,6 +593,16 @@ fn status_at(
             .min(),
         policies_invalid: policy_error.as_deref(),
         rollback: rollback.as_deref(),
+        rollout: rollout.as_ref(),
+        halt: halt.as_deref(),
+        monitor_unreachable: world.monitor_unreachable,
+        now_ms: world.now,
+        max_wave: governing.iter().filter_map(|p| p.execution.max_wave).min(),
+        min_bake_ms: governing
+            .iter()
+            .filter_map(|p| p.execution.min_bake)
+            .map(|d| d.as_secs() as i64 * 1000)
+            .max(),
     };
     let decision = match proposal {
         Some(p) => Err(Refusal {
@@ -604,6 +661,7 @@ fn status_at(
                 total,
             }
         });
+    let rollout = rollout.map(|r| rollout_status(change, &r, facts, world.now));
     let status = ChangeStatus {
         id: id.to_string(),
         title: change.title.clone(),
@@ -625,8 +683,51 @@ fn status_at(
         covered_paths: covered.to_vec(),
         abandonment: facts.abandonment.clone(),
         rollback,
+        rollout,
         main_digest: None,
         warnings: vec![],
     };
     (status, decision)
+}
+
+/// The API's view of a rollout's progress at `now`.
+fn rollout_status(
+    change: &ChangeSet,
+    r: &gate::RolloutProgress,
+    facts: &ChangeFacts,
+    now: i64,
+) -> RolloutStatus {
+    let targets = r
+        .targets
+        .iter()
+        .map(|t| {
+            // The step it is at: the first not through, else the last.
+            let at = t
+                .steps
+                .iter()
+                .position(|p| p.state != StepState::Succeeded)
+                .unwrap_or(t.steps.len() - 1);
+            let step = &change.steps[r.block.start + at].id;
+            let attempt = facts
+                .attempts
+                .iter()
+                .filter(|a| &a.step_id == step && a.target.as_deref() == Some(t.target.as_str()))
+                .max_by_key(|a| a.attempt_no)
+                .map(|a| a.id.clone());
+            TargetStatus {
+                target: t.target.clone(),
+                wave: t.wave + 1,
+                state: t.state(),
+                step: step.clone(),
+                attempt,
+            }
+        })
+        .collect();
+    RolloutStatus {
+        waves: r.wave_statuses(now),
+        targets,
+        done: r.targets_done(),
+        parallel: r.parallel,
+        halt: facts.halt().cloned(),
+    }
 }

@@ -2,7 +2,7 @@
 //! the gate acts on.
 
 use crate::gate::claim::StepProgress;
-use crate::gate::{self, ChangeState, RollbackEntry, StepState};
+use crate::gate::{self, ChangeState, RollbackEntry, RolloutProgress, StepState, TargetProgress};
 use crate::model::ChangeSet;
 use crate::store::{Attempt, AttemptState, ChangeFacts, Phase, RevisionRecord};
 
@@ -37,12 +37,34 @@ pub fn revision_focus<'f>(main_digest: Option<&str>, facts: &'f ChangeFacts) -> 
 }
 
 /// The progress of each step, from its attempts, retries and abandonment.
+/// A per-target step's is its targets' rolled into one (see
+/// [`gate::rollout::rollup`]): failed at the first failed target, running
+/// part-way, succeeded once every target is through.
 pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgress> {
+    let rollout = rollout_progress(change, facts);
     change
         .steps
         .iter()
-        .map(|step| {
-            let progress = progress_of(&step.id, Phase::Step, facts);
+        .enumerate()
+        .map(|(n, step)| {
+            let progress = match &rollout {
+                Some(r) if r.block.contains(&n) => {
+                    let on_targets = r.targets.iter().map(|t| &t.steps[n - r.block.start]);
+                    let first = |f: fn(&StepProgress) -> bool| on_targets.clone().find(|p| f(p));
+                    StepProgress {
+                        state: gate::rollout::rollup(on_targets.clone()),
+                        running: first(|p| p.running.is_some()).and_then(|p| p.running.clone()),
+                        failure: r.targets.iter().find_map(|t| {
+                            t.steps[n - r.block.start]
+                                .failure
+                                .as_ref()
+                                .map(|f| format!("on {}: {f}", t.target))
+                        }),
+                        attempts: on_targets.map(|p| p.attempts).max().unwrap_or(0),
+                    }
+                }
+                _ => progress_of(&step.id, None, Phase::Step, facts),
+            };
             let state = if facts.abandonment.is_some() && progress.state == StepState::Pending {
                 StepState::Skipped
             } else {
@@ -68,7 +90,7 @@ pub fn rollback_entries(
             .map(|i| {
                 let step = &change.steps[i];
                 let progress = if step.rollback.is_some() {
-                    progress_of(&step.id, Phase::Rollback, facts)
+                    progress_of(&step.id, None, Phase::Rollback, facts)
                 } else {
                     StepProgress {
                         state: StepState::Skipped,
@@ -83,14 +105,73 @@ pub fn rollback_entries(
     )
 }
 
-/// Where one step stands in one phase, from its latest attempt in that
-/// phase and the retries that re-opened it. Attempt numbers run across
-/// phases, so `attempts` is the step's latest number in either.
-fn progress_of(step_id: &str, phase: Phase, facts: &ChangeFacts) -> StepProgress {
+/// Every target's progress through the per-target block, for a change
+/// that has one (SPEC §10).
+pub fn rollout_progress(change: &ChangeSet, facts: &ChangeFacts) -> Option<RolloutProgress> {
+    let block = change.per_target_block()?;
+    let rollout = change.sweep()?;
+    let waves = rollout.waves(&change.targets);
+    let wave_of = |i: usize| {
+        let mut end = 0;
+        waves
+            .iter()
+            .position(|w| {
+                end += w.len();
+                i < end
+            })
+            .unwrap_or(0)
+    };
+    let last = &change.steps[block.end - 1].id;
+    let targets = change
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            let steps: Vec<StepProgress> = change.steps[block.clone()]
+                .iter()
+                .map(|s| progress_of(&s.id, Some(target), Phase::Step, facts))
+                .collect();
+            let done_at = facts
+                .attempts
+                .iter()
+                .filter(|a| {
+                    &a.step_id == last
+                        && a.target.as_deref() == Some(target.as_str())
+                        && a.state == AttemptState::Succeeded
+                })
+                .filter_map(|a| a.ended_at)
+                .max();
+            TargetProgress {
+                target: target.clone(),
+                wave: wave_of(i),
+                steps,
+                done_at,
+            }
+        })
+        .collect();
+    Some(RolloutProgress {
+        block,
+        targets,
+        waves: waves.len(),
+        parallel: rollout.parallel,
+        bake_ms: rollout.bake.map_or(0, |b| b.as_secs() as i64 * 1000),
+    })
+}
+
+/// Where one step (on one target, for a per-target step) stands in one
+/// phase, from its latest attempt there and the retries that re-opened it.
+/// Attempt numbers run across phases and targets, so `attempts` is the
+/// step's latest number in any of them.
+fn progress_of(
+    step_id: &str,
+    target: Option<&str>,
+    phase: Phase,
+    facts: &ChangeFacts,
+) -> StepProgress {
     let latest = facts
         .attempts
         .iter()
-        .filter(|a| a.step_id == step_id && a.phase == phase)
+        .filter(|a| a.step_id == step_id && a.phase == phase && a.target.as_deref() == target)
         .max_by_key(|a| a.attempt_no);
     let attempts = facts
         .attempts
@@ -146,10 +227,22 @@ pub fn state_of(change: &ChangeSet, facts: &ChangeFacts, approved: bool) -> Chan
     let steps: Vec<StepState> = progress.iter().map(|p| p.state).collect();
     let rollback: Option<Vec<StepState>> = rollback_entries(change, facts, &progress)
         .map(|entries| entries.iter().map(|e| e.progress.state).collect());
-    gate::change_state(
-        facts.abandonment.is_some(),
-        approved,
-        &steps,
-        rollback.as_deref(),
+    halted(
+        gate::change_state(
+            facts.abandonment.is_some(),
+            approved,
+            &steps,
+            rollback.as_deref(),
+        ),
+        facts,
     )
+}
+
+/// A standing halt fails a rollout that is still going (SPEC §10); one
+/// that completed, or was rolled back or abandoned, keeps its state.
+pub fn halted(state: ChangeState, facts: &ChangeFacts) -> ChangeState {
+    match state {
+        ChangeState::Running | ChangeState::Ready if facts.halt().is_some() => ChangeState::Failed,
+        state => state,
+    }
 }

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::rollout::RolloutProgress;
 use super::{Breaker, ChangeState, StepState};
 use crate::model::{ChangeSet, Window};
 
@@ -49,8 +50,13 @@ pub enum RefusalReason {
     RolledBack,
     /// A rollback attempt failed: `retry` re-runs it or `abandon` ends it.
     RollbackFailed,
-    /// The change needs something this server does not run yet.
-    Unsupported,
+    /// The wave before has not baked yet (SPEC §10): the detail says until when.
+    Baking,
+    /// A firing alert on a target the rollout touched halted it (SPEC §10).
+    Halted,
+    /// The fleet monitor could not be asked about the touched targets, so
+    /// no new target starts (fail closed).
+    MonitorUnreachable,
 }
 
 impl RefusalReason {
@@ -75,7 +81,9 @@ impl RefusalReason {
             RefusalReason::RevisionInFlight => "revision-in-flight",
             RefusalReason::RolledBack => "rolled-back",
             RefusalReason::RollbackFailed => "rollback-failed",
-            RefusalReason::Unsupported => "unsupported",
+            RefusalReason::Baking => "baking",
+            RefusalReason::Halted => "halted",
+            RefusalReason::MonitorUnreachable => "monitor-unreachable",
         }
     }
 }
@@ -174,6 +182,18 @@ pub struct ClaimContext<'a> {
     pub policies_invalid: Option<&'a str>,
     /// Once a rollback was asked for: what is undone, in order.
     pub rollback: Option<&'a [RollbackEntry]>,
+    /// For a change with per-target steps: every target's progress.
+    pub rollout: Option<&'a RolloutProgress>,
+    /// The alert that halted the rollout, if one stands.
+    pub halt: Option<&'a str>,
+    /// Why the fleet monitor could not be asked, when it could not.
+    pub monitor_unreachable: Option<&'a str>,
+    /// Now (unix ms), for the bake.
+    pub now_ms: i64,
+    /// The strictest `max_wave` of the governing policies.
+    pub max_wave: Option<u32>,
+    /// The strictest (longest) `min_bake` of the governing policies, in ms.
+    pub min_bake_ms: Option<i64>,
 }
 
 /// One step to undo, in undo order.
@@ -190,6 +210,14 @@ pub struct RollbackEntry {
 pub enum Next {
     /// Step `n`'s commands.
     Step(usize),
+    /// Per-target step `step` on the change's target `target` (an index
+    /// into its targets).
+    Target {
+        /// The step's index in the change.
+        step: usize,
+        /// The target's index in the change's targets.
+        target: usize,
+    },
     /// The rollback of step `step`, entry `entry` of the rollback order.
     Rollback {
         /// The step's index in the change.
@@ -205,7 +233,6 @@ pub enum Next {
 pub fn claim_decision(c: &ClaimContext<'_>) -> Result<Next, Refusal> {
     let change = known(c)?;
     policies_valid(c)?;
-    runnable(change)?;
     if let Some(entries) = c.rollback {
         return rollback_claim(c, change, entries);
     }
@@ -214,12 +241,58 @@ pub fn claim_decision(c: &ClaimContext<'_>) -> Result<Next, Refusal> {
     dependencies_completed(c)?;
     breaker_closed(c)?;
     inside_windows(c)?;
-    let next = next_step(c)?;
+    let next = next_unit(c, next_step(c)?)?;
     go_ahead_given(c, change, next)?;
-    targets_free(c, change)?;
+    targets_free(c, change, next)?;
     not_running(c, change, next)?;
     within_blast_radius(c, change, next)?;
-    Ok(Next::Step(next))
+    Ok(next)
+}
+
+/// The step, or in the per-target block the (step, target) the rollout
+/// allows now: waves in order, each after the last one's bake, at most
+/// `parallel` targets at once.
+fn next_unit(c: &ClaimContext<'_>, step: usize) -> Result<Next, Refusal> {
+    match c.rollout {
+        Some(r) if r.block.contains(&step) => match r.next(c.now_ms)? {
+            Some(unit) if unit.fresh && c.monitor_unreachable.is_some() => refuse(
+                RefusalReason::MonitorUnreachable,
+                format!(
+                    "{}; no new target starts until the fleet monitor answers",
+                    c.monitor_unreachable.unwrap_or_default()
+                ),
+            ),
+            Some(unit) => Ok(Next::Target {
+                step: unit.step,
+                target: unit.target,
+            }),
+            // Every target is through; the rollup says otherwise only if
+            // the progress is inconsistent: refuse rather than guess.
+            None => refuse(
+                RefusalReason::NotNext,
+                format!("every target of `{}` is through the per-target steps", c.id),
+            ),
+        },
+        _ => Ok(Next::Step(step)),
+    }
+}
+
+impl Next {
+    /// The step's index in the change.
+    pub fn step(self) -> usize {
+        match self {
+            Next::Step(n) | Next::Target { step: n, .. } | Next::Rollback { step: n, .. } => n,
+        }
+    }
+}
+
+/// The targets a claim of `next` touches and locks: one target of a
+/// per-target step; for a step run once, [`ChangeSet::once_targets`].
+pub fn claim_targets(change: &ChangeSet, next: Next) -> &[String] {
+    match next {
+        Next::Target { target, .. } => std::slice::from_ref(&change.targets[target]),
+        Next::Step(n) | Next::Rollback { step: n, .. } => change.once_targets(n),
+    }
 }
 
 /// Undoing, once asked for: the next entry in undo order, one at a time,
@@ -295,19 +368,6 @@ fn known<'a>(c: &ClaimContext<'a>) -> Result<&'a ChangeSet, Refusal> {
     })
 }
 
-/// Per-target steps run in waves (SPEC §10), which the engine does not do
-/// yet: run once without `CHANGEGATE_TARGET`, such a step would act on no
-/// target or on all of them. Refused, so nothing runs (fail closed).
-fn runnable(change: &ChangeSet) -> Result<(), Refusal> {
-    match change.steps.iter().find(|s| s.per_target) {
-        Some(step) => refuse(
-            RefusalReason::Unsupported,
-            format!("step {} runs per target in waves (SPEC §10); this server validates and plans rollouts but does not run them yet, so nothing runs", step.id),
-        ),
-        None => Ok(()),
-    }
-}
-
 /// Every policy validates: without all of them, nobody can tell what would
 /// be enough (fail closed).
 fn policies_valid(c: &ClaimContext<'_>) -> Result<(), Refusal> {
@@ -331,6 +391,13 @@ fn claimable_state(c: &ClaimContext<'_>, change: &ChangeSet) -> Result<(), Refus
             format!(
                 "`{id}` is not approved at {}: {}",
                 c.approved_digest, c.approval_summary
+            ),
+        ),
+        ChangeState::Failed if c.halt.is_some() => refuse(
+            R::Halted,
+            format!(
+                "the rollout of `{id}` halted: {}; `changegate retry` or `abandon` it",
+                c.halt.unwrap_or_default()
             ),
         ),
         ChangeState::Failed => {
@@ -432,9 +499,17 @@ fn next_step(c: &ClaimContext<'_>) -> Result<usize, Refusal> {
 /// A step that needs a go-ahead has one for its next attempt at the
 /// approved digest: one given for an earlier attempt or another digest
 /// does not carry over.
-fn go_ahead_given(c: &ClaimContext<'_>, change: &ChangeSet, next: usize) -> Result<(), Refusal> {
+/// A per-target step needs its go-ahead once, before its first target:
+/// the waves and bake are what gate the rest.
+fn go_ahead_given(c: &ClaimContext<'_>, change: &ChangeSet, next: Next) -> Result<(), Refusal> {
+    let (next, per_target) = (next.step(), matches!(next, Next::Target { .. }));
     let step = &change.steps[next];
-    if !(step.confirm || c.confirm_each_step) || c.steps[next].state != StepState::Pending {
+    let started = if per_target {
+        c.steps[next].attempts > 0
+    } else {
+        c.steps[next].state != StepState::Pending
+    };
+    if !(step.confirm || c.confirm_each_step) || started {
         return Ok(());
     }
     let attempt_no = c.steps[next].attempts + 1;
@@ -463,12 +538,17 @@ fn go_ahead_given(c: &ClaimContext<'_>, change: &ChangeSet, next: usize) -> Resu
     )
 }
 
-/// No other change holds a lock on one of the change's targets.
-fn targets_free(c: &ClaimContext<'_>, change: &ChangeSet) -> Result<(), Refusal> {
+/// No other change holds a lock on a target the claim touches: any of the
+/// change's targets, or in a rollout the one target (or a step's own).
+fn targets_free(c: &ClaimContext<'_>, change: &ChangeSet, next: Next) -> Result<(), Refusal> {
+    let touched = match c.rollout {
+        Some(_) => claim_targets(change, next),
+        None => &change.targets[..],
+    };
     match c
         .locks
         .iter()
-        .find(|(t, holder, _)| holder != c.id && change.targets.contains(t))
+        .find(|(t, holder, _)| holder != c.id && touched.contains(t))
     {
         Some((target, holder, state)) => refuse(
             RefusalReason::Locked,
@@ -479,7 +559,10 @@ fn targets_free(c: &ClaimContext<'_>, change: &ChangeSet) -> Result<(), Refusal>
 }
 
 /// The next step is not already running under a live lease.
-fn not_running(c: &ClaimContext<'_>, change: &ChangeSet, next: usize) -> Result<(), Refusal> {
+fn not_running(c: &ClaimContext<'_>, change: &ChangeSet, next: Next) -> Result<(), Refusal> {
+    let Next::Step(next) = next else {
+        return Ok(()); // a rollout's targets run side by side, `parallel` at most
+    };
     match &c.steps[next].running {
         Some((attempt, lease)) => refuse(
             RefusalReason::NotNext,
@@ -493,20 +576,50 @@ fn not_running(c: &ClaimContext<'_>, change: &ChangeSet, next: usize) -> Result<
     }
 }
 
-/// The step touches no more targets than the strictest policy allows.
+/// The claim touches no more targets than the strictest policy allows,
+/// and a rollout's waves and bake keep to `max_wave` and `min_bake`.
 fn within_blast_radius(
     c: &ClaimContext<'_>,
     change: &ChangeSet,
-    next: usize,
+    next: Next,
 ) -> Result<(), Refusal> {
-    let step = &change.steps[next];
-    match c.max_targets_per_step {
-        Some(max) if step.effective_targets(change).len() > max as usize => refuse(
+    let step = &change.steps[next.step()];
+    let touched = match c.rollout {
+        Some(_) => claim_targets(change, next).len(),
+        None => step.effective_targets(change).len(),
+    };
+    if let Some(max) = c.max_targets_per_step.filter(|&max| touched > max as usize) {
+        return refuse(
             RefusalReason::BlastRadius,
             format!(
-                "step {} touches {} targets; policy allows {max} per step",
-                step.id,
-                step.effective_targets(change).len()
+                "step {} touches {touched} targets; policy allows {max} per step",
+                step.id
+            ),
+        );
+    }
+    let Some(r) = c.rollout else { return Ok(()) };
+    let largest = (0..r.waves)
+        .map(|w| (w, r.targets.iter().filter(|t| t.wave == w).count()))
+        .max_by_key(|&(w, n)| (n, std::cmp::Reverse(w)));
+    if let (Some(max), Some((w, n))) = (c.max_wave, largest) {
+        if n > max as usize {
+            return refuse(
+                RefusalReason::BlastRadius,
+                format!(
+                    "wave {} of {} holds {n} targets; policy allows {max} per wave (execution.max_wave): add waves",
+                    w + 1,
+                    r.waves
+                ),
+            );
+        }
+    }
+    match c.min_bake_ms {
+        Some(min) if r.bake_ms < min => refuse(
+            RefusalReason::BlastRadius,
+            format!(
+                "the rollout bakes {}s after each wave; policy asks for at least {}s (execution.min_bake)",
+                r.bake_ms / 1000,
+                min / 1000
             ),
         ),
         _ => Ok(()),

@@ -1,6 +1,7 @@
 //! Unit tests: each claim rule, case by case.
 
 use super::*;
+use crate::gate::{RolloutProgress, TargetProgress};
 use crate::model::Step;
 
 const D: &str = "sha256:approved";
@@ -64,12 +65,20 @@ fn decide_with(tweak: impl FnOnce(&mut ClaimContext<'_>)) -> Result<Next, Refusa
     decide_on(&change(), tweak)
 }
 
+const PENDING: StepProgress = StepProgress {
+    state: StepState::Pending,
+    running: None,
+    failure: None,
+    attempts: 0,
+};
+static TWO_PENDING: [StepProgress; 2] = [PENDING, PENDING];
+
 /// As [`decide_with`], for `change` instead of the usual one.
-fn decide_on(
-    change: &ChangeSet,
-    tweak: impl FnOnce(&mut ClaimContext<'_>),
+fn decide_on<'a>(
+    change: &'a ChangeSet,
+    tweak: impl FnOnce(&mut ClaimContext<'a>),
 ) -> Result<Next, Refusal> {
-    let steps = [pending(), pending()];
+    let steps = &TWO_PENDING;
     let mut c = ClaimContext {
         id: "up",
         change: Some(change),
@@ -81,13 +90,19 @@ fn decide_on(
         breaker: &Breaker::Closed,
         now: (0, 600),
         windows: &[],
-        steps: &steps,
+        steps,
         go_aheads: &[],
         policies_invalid: None,
         confirm_each_step: false,
         locks: &[],
         max_targets_per_step: None,
         rollback: None,
+        rollout: None,
+        halt: None,
+        monitor_unreachable: None,
+        now_ms: NOW,
+        max_wave: None,
+        min_bake_ms: None,
     };
     tweak(&mut c);
     claim_decision(&c)
@@ -363,7 +378,9 @@ fn every_word_is_the_serialised_one() {
         R::RevisionInFlight,
         R::RolledBack,
         R::RollbackFailed,
-        R::Unsupported,
+        R::Baking,
+        R::Halted,
+        R::MonitorUnreachable,
     ] {
         words(serde_json::to_value(r).unwrap(), r.as_str());
     }
@@ -393,15 +410,380 @@ fn every_word_is_the_serialised_one() {
     }
 }
 
+/// Now, in the rollout tests (unix ms).
+const NOW: i64 = 1_800_000_000_000;
+const BAKE: i64 = 600_000;
+
+/// Six targets: a once-step `drain`, per-target `restart` and `probe`,
+/// and a once-step `finish`; waves of 1, 2 and 3 targets.
+fn fleet() -> ChangeSet {
+    let mut c = change();
+    c.targets = (1..=6).map(|i| format!("c{i}")).collect();
+    let step = |id: &str, per_target: bool| Step {
+        id: id.into(),
+        per_target,
+        confirm: false,
+        targets: None,
+        ..c.steps[0].clone()
+    };
+    c.steps = vec![
+        step("drain", false),
+        step("restart", true),
+        step("probe", true),
+        step("finish", false),
+    ];
+    c
+}
+
+fn running(attempt: &str) -> StepProgress {
+    StepProgress {
+        state: StepState::Running,
+        running: Some((attempt.into(), NOW + 60_000)),
+        failure: None,
+        attempts: 1,
+    }
+}
+
+/// The fleet's progress: per target, its two block steps and when it
+/// finished; waves [1, 2, 3].
+fn progress(targets: [([StepProgress; 2], Option<i64>); 6], parallel: u32) -> RolloutProgress {
+    let waves = [0, 1, 1, 2, 2, 2];
+    RolloutProgress {
+        block: 1..3,
+        targets: targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, (steps, done_at))| TargetProgress {
+                target: format!("c{}", i + 1),
+                wave: waves[i],
+                steps: steps.to_vec(),
+                done_at,
+            })
+            .collect(),
+        waves: 3,
+        parallel,
+        bake_ms: BAKE,
+    }
+}
+
+fn fresh() -> ([StepProgress; 2], Option<i64>) {
+    ([pending(), pending()], None)
+}
+
+fn through(at: i64) -> ([StepProgress; 2], Option<i64>) {
+    ([done(), done()], Some(at))
+}
+
+/// The decision for the fleet with `r`, the drain done, after `tweak`.
+/// (The change and its step progress are leaked: a test's lifetime.)
+fn decide_rollout<'a>(
+    r: &'a RolloutProgress,
+    tweak: impl FnOnce(&mut ClaimContext<'a>),
+) -> Result<Next, Refusal> {
+    let change: &'a ChangeSet = Box::leak(Box::new(fleet()));
+    let block_state = crate::gate::rollout::rollup(r.targets.iter().flat_map(|t| &t.steps));
+    let steps = [
+        done(),
+        StepProgress {
+            state: block_state,
+            ..pending()
+        },
+        StepProgress {
+            state: block_state,
+            ..pending()
+        },
+        pending(),
+    ];
+    let steps: &'a [StepProgress] = Box::leak(Box::new(steps));
+    decide_on(change, |c| {
+        c.state = ChangeState::Running;
+        c.steps = steps;
+        c.rollout = Some(r);
+        tweak(c);
+    })
+}
+
 #[test]
-fn a_change_with_per_target_steps_is_refused_until_rollouts_run() {
-    let mut per_target = change();
-    per_target.steps[1].per_target = true;
-    let refusal = decide_on(&per_target, |_| {}).unwrap_err();
-    assert_eq!(refusal.reason, RefusalReason::Unsupported);
+fn the_canary_goes_first_after_the_once_steps() {
+    let r = progress([fresh(), fresh(), fresh(), fresh(), fresh(), fresh()], 4);
+    assert_eq!(
+        decide_rollout(&r, |_| {}),
+        Ok(Next::Target { step: 1, target: 0 })
+    );
+    // Before the block, the once-step runs first, whatever the rollout says.
+    let change = fleet();
+    let steps = [pending(), pending(), pending(), pending()];
+    let r2 = r.clone();
+    assert_eq!(
+        decide_on(&change, |c| {
+            c.steps = &steps;
+            c.rollout = Some(&r2);
+        }),
+        Ok(Next::Step(0))
+    );
+}
+
+#[test]
+fn a_target_goes_on_with_its_next_step_before_a_new_target_starts() {
+    let r = progress(
+        [
+            ([done(), pending()], None),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+        ],
+        1,
+    );
+    assert_eq!(
+        decide_rollout(&r, |_| {}),
+        Ok(Next::Target { step: 2, target: 0 })
+    );
+}
+
+#[test]
+fn the_next_wave_waits_for_the_bake_with_its_end_in_the_detail() {
+    let finished = NOW - 60_000;
+    let r = progress(
+        [
+            through(finished),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+        ],
+        4,
+    );
+    let refusal = decide_rollout(&r, |_| {}).unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::Baking);
+    let until = crate::clock::format_ms(finished + BAKE);
+    assert!(refusal.detail.contains(&until), "{}", refusal.detail);
     assert!(
-        refusal.detail.contains("nothing runs"),
+        refusal.detail.contains("wave 2 starts then"),
         "{}",
         refusal.detail
+    );
+    // Once the bake has passed, wave 2's first target starts.
+    assert_eq!(
+        decide_rollout(&r, |c| c.now_ms = finished + BAKE),
+        Ok(Next::Target { step: 1, target: 1 })
+    );
+    let statuses = r.wave_statuses(NOW);
+    assert_eq!(statuses[0].state, crate::gate::WaveState::Baking);
+    assert_eq!(statuses[0].bake_until, Some(finished + BAKE));
+    assert_eq!(
+        r.wave_statuses(finished + BAKE)[0].state,
+        crate::gate::WaveState::Done
+    );
+}
+
+#[test]
+fn no_target_of_a_later_wave_starts_while_one_of_this_wave_runs() {
+    let long_ago = NOW - 10 * BAKE;
+    // Wave 2 has c2 running and c3 not started; parallel 4 leaves room,
+    // so c3 starts, never c4 of wave 3.
+    let r = progress(
+        [
+            through(long_ago),
+            ([running("a"), pending()], None),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+        ],
+        4,
+    );
+    assert_eq!(
+        decide_rollout(&r, |_| {}),
+        Ok(Next::Target { step: 1, target: 2 })
+    );
+    // With c3 running too, wave 3 waits although places are free.
+    let r = progress(
+        [
+            through(long_ago),
+            ([running("a"), pending()], None),
+            ([running("b"), pending()], None),
+            fresh(),
+            fresh(),
+            fresh(),
+        ],
+        4,
+    );
+    let refusal = decide_rollout(&r, |_| {}).unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::NotNext);
+    assert!(refusal.detail.contains("wave 2 of 3"), "{}", refusal.detail);
+}
+
+#[test]
+fn parallel_is_never_exceeded() {
+    let long_ago = NOW - 10 * BAKE;
+    let r = progress(
+        [
+            through(long_ago),
+            through(long_ago),
+            through(long_ago),
+            ([running("a"), pending()], None),
+            ([done(), pending()], None),
+            fresh(),
+        ],
+        2,
+    );
+    // c5 is between its steps: it goes on (it holds a place already).
+    assert_eq!(
+        decide_rollout(&r, |_| {}),
+        Ok(Next::Target { step: 2, target: 4 })
+    );
+    let r = progress(
+        [
+            through(long_ago),
+            through(long_ago),
+            through(long_ago),
+            ([running("a"), pending()], None),
+            ([done(), running("b")], None),
+            fresh(),
+        ],
+        2,
+    );
+    let refusal = decide_rollout(&r, |_| {}).unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::NotNext);
+    assert!(
+        refusal.detail.contains("2 of at most 2"),
+        "{}",
+        refusal.detail
+    );
+}
+
+#[test]
+fn the_once_step_after_the_block_runs_when_every_target_is_through() {
+    let at = NOW - 10 * BAKE;
+    let r = progress(
+        [
+            through(at),
+            through(at),
+            through(at),
+            through(at),
+            through(at),
+            through(at),
+        ],
+        2,
+    );
+    assert_eq!(decide_rollout(&r, |_| {}), Ok(Next::Step(3)));
+}
+
+#[test]
+fn a_halt_refuses_with_the_alert() {
+    let r = progress(
+        [through(NOW), fresh(), fresh(), fresh(), fresh(), fresh()],
+        2,
+    );
+    let refusal = decide_rollout(&r, |c| {
+        c.state = ChangeState::Failed;
+        c.halt = Some("PgbouncerDown on c1");
+    })
+    .unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::Halted);
+    assert!(
+        refusal.detail.contains("PgbouncerDown on c1"),
+        "{}",
+        refusal.detail
+    );
+}
+
+#[test]
+fn an_unreachable_monitor_holds_new_targets_but_not_a_started_one() {
+    let r = progress([fresh(), fresh(), fresh(), fresh(), fresh(), fresh()], 2);
+    assert_eq!(
+        decide_rollout(&r, |c| c.monitor_unreachable = Some("connection refused"))
+            .unwrap_err()
+            .reason,
+        RefusalReason::MonitorUnreachable
+    );
+    let r = progress(
+        [
+            ([done(), pending()], None),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+        ],
+        2,
+    );
+    assert_eq!(
+        decide_rollout(&r, |c| c.monitor_unreachable = Some("connection refused")),
+        Ok(Next::Target { step: 2, target: 0 })
+    );
+}
+
+#[test]
+fn max_wave_and_min_bake_are_blast_radius() {
+    let r = progress([fresh(), fresh(), fresh(), fresh(), fresh(), fresh()], 2);
+    let refusal = decide_rollout(&r, |c| c.max_wave = Some(2)).unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::BlastRadius);
+    assert!(
+        refusal.detail.contains("wave 3 of 3 holds 3"),
+        "{}",
+        refusal.detail
+    );
+    assert!(decide_rollout(&r, |c| c.max_wave = Some(3)).is_ok());
+    let refusal = decide_rollout(&r, |c| c.min_bake_ms = Some(BAKE + 1000)).unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::BlastRadius);
+    assert!(refusal.detail.contains("min_bake"), "{}", refusal.detail);
+    assert!(decide_rollout(&r, |c| c.min_bake_ms = Some(BAKE)).is_ok());
+}
+
+#[test]
+fn a_rollout_checks_and_counts_only_the_claimed_target() {
+    let r = progress([fresh(), fresh(), fresh(), fresh(), fresh(), fresh()], 2);
+    // Another change holds c6, which the canary does not touch.
+    let locks = [("c6".to_string(), "other".to_string(), ChangeState::Failed)];
+    assert_eq!(
+        decide_rollout(&r, |c| {
+            c.locks = &locks;
+            c.max_targets_per_step = Some(1);
+        }),
+        Ok(Next::Target { step: 1, target: 0 })
+    );
+    let locks = [("c1".to_string(), "other".to_string(), ChangeState::Failed)];
+    assert_eq!(
+        decide_rollout(&r, |c| c.locks = &locks).unwrap_err().reason,
+        RefusalReason::Locked
+    );
+}
+
+#[test]
+fn a_per_target_step_needs_its_go_ahead_once_before_its_first_target() {
+    let r = progress([fresh(), fresh(), fresh(), fresh(), fresh(), fresh()], 2);
+    assert_eq!(
+        decide_rollout(&r, |c| c.confirm_each_step = true)
+            .unwrap_err()
+            .reason,
+        RefusalReason::NeedsConfirmation
+    );
+    let r = progress(
+        [
+            through(NOW - 10 * BAKE),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+            fresh(),
+        ],
+        2,
+    );
+    let change = fleet();
+    let mut steps = [done(), done(), done(), pending()];
+    steps[1].state = StepState::Running;
+    steps[2].state = StepState::Running;
+    assert_eq!(
+        decide_on(&change, |c| {
+            c.state = ChangeState::Running;
+            c.steps = &steps;
+            c.rollout = Some(&r);
+            c.confirm_each_step = true;
+        }),
+        Ok(Next::Target { step: 1, target: 1 })
     );
 }
