@@ -164,6 +164,16 @@ impl Client {
         )
     }
 
+    /// Asks before an automated fleet action on `target` (the fleet
+    /// monitor's call): `Ok` when allowed, refused 423 when the target is
+    /// locked, 429 when the action's budget is spent.
+    pub fn action(&self, actor: &str, action: &str, target: &str) -> Result<Value, ClientError> {
+        self.post(
+            "/api/v1/actions",
+            json!({"actor": actor, "action": action, "target": target}),
+        )
+    }
+
     /// Renews an attempt's lease.
     pub fn heartbeat(&self, attempt: &str) -> Result<Value, ClientError> {
         self.post(&format!("/api/v1/attempts/{attempt}/heartbeat"), json!({}))

@@ -24,6 +24,13 @@ pub fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// `14:20 UTC` for unix milliseconds: a time of day for one-line texts.
+pub fn format_hm(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!("{:02}:{:02} UTC", t.hour(), t.minute())
+}
+
 /// (weekday from Monday = 0, minute of the UTC day) of unix milliseconds,
 /// as execution windows read it.
 pub fn weekday_minute(ms: i64) -> (u8, u16) {
@@ -53,6 +60,7 @@ mod tests {
         // 2026-11-26 was a Thursday.
         let ms = 1_795_705_200_000; // 2026-11-26T15:00:00Z
         assert_eq!(format_ms(ms), "2026-11-26T15:00:00Z");
+        assert_eq!(format_hm(ms + 20 * 60_000), "15:20 UTC");
         assert_eq!(weekday_minute(ms), (3, 15 * 60));
     }
 }

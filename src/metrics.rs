@@ -37,6 +37,21 @@ pub struct StepLabels {
     pub outcome: String,
 }
 
+/// Labels of a rollout metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// Targets: `pending`, `running`, `succeeded`, `failed` or
+    /// `interrupted`. Halts: `failed`, `interrupted` or `alert`.
+    pub state: &'static str,
+}
+
+/// Labels of a rollout halt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HaltLabels {
+    /// `failed`, `interrupted` (a target) or `alert` (a firing alert).
+    pub reason: &'static str,
+}
+
 /// Labels of an alert delivery.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
@@ -79,6 +94,8 @@ pub struct Metrics {
     outbox_pending: Gauge,
     fleet_action_refusals: Gauge,
     inbox_pending: Gauge,
+    rollout_targets: Family<RolloutLabels, Gauge>,
+    rollout_halts: Family<HaltLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -152,8 +169,22 @@ impl Default for Metrics {
             "Webhook deliveries stored but not yet applied (inbox depth)",
             inbox_pending.clone(),
         );
+        let rollout_targets = Family::<RolloutLabels, Gauge>::default();
+        registry.register(
+            "rollout_targets",
+            "Targets of rollouts in flight (running or failed), by state",
+            rollout_targets.clone(),
+        );
+        let rollout_halts = Family::<HaltLabels, Counter>::default();
+        registry.register(
+            "rollout_halts",
+            "Rollout halts: a failed or interrupted target, or a firing alert",
+            rollout_halts.clone(),
+        );
         Metrics {
             registry,
+            rollout_targets,
+            rollout_halts,
             claims,
             steps,
             rollbacks,
@@ -171,7 +202,7 @@ impl Default for Metrics {
 }
 
 /// What the store and the breaker say now, for the gauges.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Gauges {
     /// 1 while the step breaker is open.
     pub breaker_open: bool,
@@ -183,6 +214,18 @@ pub struct Gauges {
     pub fleet_action_refusals: i64,
     /// Webhook deliveries stored but not yet applied.
     pub inbox_pending: i64,
+    /// Rollouts, as the store says now.
+    pub rollouts: RolloutGauges,
+}
+
+/// Rollout figures read from the store at scrape time, so that every
+/// replica reports the same and a restart loses nothing.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutGauges {
+    /// Targets of rollouts in flight, by state.
+    pub targets: Vec<(&'static str, i64)>,
+    /// Every halt ever recorded, by reason.
+    pub halts: Vec<(&'static str, u64)>,
 }
 
 impl Metrics {
@@ -193,6 +236,17 @@ impl Metrics {
         self.outbox_pending.set(g.outbox_pending);
         self.fleet_action_refusals.set(g.fleet_action_refusals);
         self.inbox_pending.set(g.inbox_pending);
+        self.rollout_targets.clear();
+        for (state, n) in g.rollouts.targets {
+            self.rollout_targets
+                .get_or_create(&RolloutLabels { state })
+                .set(n);
+        }
+        // A counter read from the store: add what was recorded since.
+        for (reason, n) in g.rollouts.halts {
+            let c = self.rollout_halts.get_or_create(&HaltLabels { reason });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
     }
 
     /// Every metric in the OpenMetrics text format.

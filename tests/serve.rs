@@ -342,9 +342,19 @@ fn the_readme_quick_start_serves_the_examples_on_embedded_sqlite() {
         ids,
         [
             "2017-12-12-state-machine-pg10",
-            "2017-12-14-decommission-pg96"
+            "2017-12-14-decommission-pg96",
+            "2017-12-14-restart-pgbouncer"
         ]
     );
+    // The sweep's 40 clusters in three waves, before anything ran.
+    let (_, sweep) = server.get("/api/v1/changes/2017-12-14-restart-pgbouncer", Some(&token));
+    let sizes: Vec<usize> = sweep["rollout"]["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["targets"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [1, 9, 30], "{sweep}");
     assert!(
         !server.log().contains(&token),
         "the token must not be logged"

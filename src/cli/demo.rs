@@ -18,6 +18,11 @@ use crate::server::auth::{new_token, token_hash};
 
 const UPGRADE: &str = "2017-12-12-state-machine-pg10";
 const DECOMMISSION: &str = "2017-12-14-decommission-pg96";
+const SWEEP: &str = "2017-12-14-restart-pgbouncer";
+/// The sweep bakes 10 minutes between waves; the demo's copy, 5 seconds.
+const DEMO_BAKE: (&str, &str) = ("bake: 10m", "bake: 5s");
+/// The cluster whose pgbouncer does not come back: in wave 2 of 3.
+const UNLUCKY: &str = "pg-cluster-07";
 
 struct Timeline {
     start: Instant,
@@ -75,6 +80,12 @@ fn make_checkout(from: &Path, to: &Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     if let Some(e) = failure {
         return Err(e);
+    }
+    // A demo cannot wait ten minutes between waves: its copy bakes 5s.
+    let sweep = to.join(format!("changes/{SWEEP}.yaml"));
+    if let Ok(text) = std::fs::read_to_string(&sweep) {
+        std::fs::write(&sweep, text.replace(DEMO_BAKE.0, DEMO_BAKE.1))
+            .map_err(|e| e.to_string())?;
     }
     let repo = Repository::init(to).map_err(|e| e.to_string())?;
     repo.set_head("refs/heads/main")
@@ -178,6 +189,7 @@ fn run(rollback: bool) -> Result<bool, String> {
     let bob = token("bob", Role::Operator, &[], &mut tokens);
     let carol = token("carol", Role::Operator, &["carol@example.com"], &mut tokens);
     let ci = token("ci", Role::Executor, &[], &mut tokens);
+    let monitor = token("fleet-sm", Role::Monitor, &[], &mut tokens);
     // The fleet monitor: a local receiver of signed webhook alerts.
     std::env::set_var("CHANGEGATE_DEMO_MONITOR_SECRET", new_token());
     let mut config = Config {
@@ -424,6 +436,14 @@ fn run(rollback: bool) -> Result<bool, String> {
     if rollback {
         t.say("the upgrade was undone exactly as reviewed; the decommission waits for an upgrade that completes");
     }
+    let halted = sweep(
+        &mut t,
+        &api,
+        (&bob, &ci, &monitor),
+        &checkout,
+        &digest_of(SWEEP)?,
+        &fleet,
+    )?;
 
     let _ = stop.send(());
     let _ = runtime.block_on(server);
@@ -448,6 +468,7 @@ fn run(rollback: bool) -> Result<bool, String> {
         && dependency_refused
         && in_flight_refused
         && survived
+        && halted
         && verified.is_some();
     println!(
         "\n{}",
@@ -467,4 +488,71 @@ fn demo_exec() -> ExecOptions {
         label: Some("demo".into()),
         ..ExecOptions::default()
     }
+}
+
+/// The other half of 14 December: the pgbouncer restart sweeps 40 clusters
+/// per target, in waves. One cluster of wave 2 does not come back: the
+/// sweep halts there. `true` when it went as designed: failed, the later
+/// clusters untouched, the failed one locked (423), an untouched one free.
+fn sweep(
+    t: &mut Timeline,
+    api: &dyn Fn(&str) -> Client,
+    (approver, ci, monitor): (&str, &str, &str),
+    checkout: &Path,
+    digest: &str,
+    fleet: &Path,
+) -> Result<bool, String> {
+    let ok =
+        |r: Result<serde_json::Value, crate::client::ClientError>| r.map_err(|e| e.to_string());
+    std::fs::write(
+        fleet.join(format!("faults/pgbouncer-{UNLUCKY}")),
+        "pgbouncer did not come back after the restart",
+    )
+    .map_err(|e| e.to_string())?;
+    t.say(format!(
+        "The same day: the pgbouncer restart, scripted and reviewed, sweeps 40 clusters per target — a canary, then 25%, then the rest, 4 at a time, baking between waves (10m; {} in this demo). {UNLUCKY} will not come back.",
+        DEMO_BAKE.1.trim_start_matches("bake: ")
+    ));
+    ok(api(approver).approve(SWEEP, digest, "restart script reviewed"))?;
+    t.say(format!(
+        "bob approves {SWEEP}; CI runs `changegate exec {SWEEP} --continue --wait`:"
+    ));
+    let options = ExecOptions {
+        keep_going: true,
+        wait: true,
+        label: Some("demo".into()),
+        ..ExecOptions::default()
+    };
+    let code = exec_with(&api(ci), SWEEP, checkout, &options);
+    let status = ok(api(approver).change(SWEEP))?;
+    let targets = status["rollout"]["targets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let count = |state: &str| targets.iter().filter(|x| x["state"] == state).count();
+    t.say(format!(
+        "exec exited {code}: {SWEEP} is {}; {} clusters restarted, {} failed, {} untouched",
+        status["state"].as_str().unwrap_or("?"),
+        count("succeeded"),
+        count("failed"),
+        count("pending")
+    ));
+    let ask = |target: &str| match api(monitor).action("fleet-sm", "reboot", target) {
+        Ok(_) => 200,
+        Err(crate::client::ClientError::Refused { status, .. }) => status,
+        Err(_) => 0,
+    };
+    let (failed_answer, free_answer) = (ask(UNLUCKY), ask("pg-cluster-40"));
+    t.say(format!(
+        "the fleet monitor asks to reboot {UNLUCKY} → {failed_answer} (quarantined); pg-cluster-40, untouched → {free_answer}"
+    ));
+    let wave_three_untouched = targets
+        .iter()
+        .filter(|x| x["wave"] == 3)
+        .all(|x| x["state"] == "pending");
+    Ok(code == exit::INVALID
+        && status["state"] == "failed"
+        && wave_three_untouched
+        && failed_answer == 423
+        && free_answer == 200)
 }

@@ -214,6 +214,50 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Rollout figures for `/metrics`: targets of rollouts in flight by
+    /// state, and halts by reason, from the store.
+    pub async fn rollout_gauges(&self) -> Result<crate::metrics::RolloutGauges, EngineError> {
+        use crate::store::AttemptState;
+        let view = self.view();
+        let mut targets: std::collections::BTreeMap<&'static str, i64> = Default::default();
+        let (mut alert, mut failed, mut interrupted) = (0, 0, 0);
+        for (id, (change, digest, _)) in &view.changes {
+            if change.per_target_block().is_none() {
+                continue;
+            }
+            let all = self.store.change_facts(id).await?;
+            alert += all.halts.len() as u64;
+            for a in all.attempts.iter().filter(|a| a.target.is_some()) {
+                match a.state {
+                    AttemptState::Failed => failed += 1,
+                    AttemptState::Interrupted => interrupted += 1,
+                    _ => {}
+                }
+            }
+            let facts = all.for_revision(digest.as_str());
+            let state = view::state_of(change, &facts, true);
+            if !matches!(state, ChangeState::Running | ChangeState::Failed) {
+                continue;
+            }
+            for t in view::rollout_progress(change, &facts)
+                .iter()
+                .flat_map(|r| &r.targets)
+            {
+                *targets.entry(t.state().as_str()).or_default() += 1;
+            }
+        }
+        Ok(crate::metrics::RolloutGauges {
+            targets: targets.into_iter().collect(),
+            halts: vec![
+                ("alert", alert),
+                ("failed", failed),
+                ("interrupted", interrupted),
+            ],
+        })
+    }
+}
+
 /// The targets a revision's attempts ran on.
 fn touched(facts: &ChangeFacts) -> BTreeSet<&str> {
     facts

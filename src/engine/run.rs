@@ -298,6 +298,9 @@ impl Engine {
         let change_state = match change.as_deref() {
             Some((change, _, _)) => {
                 let state = view::state_of(change, &facts, true);
+                if a_was_running && report.outcome == Outcome::Succeeded {
+                    self.record_wave_done(&mut w, change, &facts, &a).await?;
+                }
                 if state == ChangeState::Completed && !facts.attempts.is_empty() {
                     w.complete_revision(&a.change_id, &a.digest, now).await?;
                 }
@@ -330,6 +333,47 @@ impl Engine {
             attempt: recorded,
             change_state,
         })
+    }
+
+    /// When `a` finished its target's last per-target step and with it a
+    /// wave, records `rollout.wave-done` (and `rollout.done` for the last
+    /// wave): once, since reports are decided one at a time.
+    async fn record_wave_done(
+        &self,
+        w: &mut WriteTx,
+        change: &crate::model::ChangeSet,
+        facts: &ChangeFacts,
+        a: &Attempt,
+    ) -> Result<(), EngineError> {
+        let (Some(target), Some(r)) = (&a.target, view::rollout_progress(change, facts)) else {
+            return Ok(());
+        };
+        let Some(t) = r.targets.iter().find(|t| &t.target == target) else {
+            return Ok(());
+        };
+        let waves = r.wave_statuses(now_ms());
+        let wave = &waves[t.wave];
+        let last_step = change.steps[r.block.end - 1].id == a.step_id;
+        if !last_step || !matches!(wave.state, gate::WaveState::Done | gate::WaveState::Baking) {
+            return Ok(());
+        }
+        w.audit(
+            "changegate",
+            "rollout.wave-done",
+            Some(&a.change_id),
+            json!({"wave": wave.index, "waves": waves.len(), "targets": wave.targets.len(), "done": r.targets_done(), "of": r.targets.len(), "bake_until": wave.bake_until}),
+        )
+        .await?;
+        if r.targets_done() == r.targets.len() {
+            w.audit(
+                "changegate",
+                "rollout.done",
+                Some(&a.change_id),
+                json!({"targets": r.targets.len(), "waves": waves.len()}),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Interrupts attempts whose lease ran out, and alerts on each.

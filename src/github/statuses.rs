@@ -79,14 +79,29 @@ pub fn merged(status: &ChangeStatus) -> Wanted {
             ),
         ),
         ChangeState::Ready => wanted("success", format!("approved; ready to run ({total} steps)")),
-        ChangeState::Running => wanted(
-            "pending",
-            format!("running: {done} of {total} steps succeeded"),
-        ),
+        ChangeState::Running => match &status.rollout {
+            Some(r) => wanted("pending", r.summary()),
+            None => wanted(
+                "pending",
+                format!("running: {done} of {total} steps succeeded"),
+            ),
+        },
         ChangeState::Completed => wanted(
             "success",
             format!("completed: {total} of {total} steps succeeded"),
         ),
+        ChangeState::Failed if status.rollout.as_ref().is_some_and(|r| r.halt.is_some()) => {
+            let r = status.rollout.as_ref().expect("a rollout");
+            wanted(
+                "failure",
+                format!(
+                    "halted by {}; {} of {} targets done; retry or abandon",
+                    r.halt.as_ref().map_or("", |h| h.alert.as_str()),
+                    r.done,
+                    r.targets.len()
+                ),
+            )
+        }
         ChangeState::Failed => {
             let failed = status
                 .steps
@@ -343,6 +358,52 @@ mod tests {
             }],
             reviews: vec![],
         }
+    }
+
+    #[test]
+    fn a_rollout_reads_as_its_wave_and_targets_done() {
+        use crate::engine::view::{RolloutStatus, TargetStatus};
+        use crate::gate::{WaveState, WaveStatus};
+        let wave = |index, state, bake_until| WaveStatus {
+            index,
+            targets: vec![],
+            state,
+            bake_until,
+        };
+        let target = |state| TargetStatus {
+            target: "c".into(),
+            wave: 1,
+            state,
+            step: "restart".into(),
+            attempt: None,
+        };
+        let at = 1_795_705_200_000 + 20 * 60_000; // 15:20 UTC
+        let mut r = RolloutStatus {
+            waves: vec![
+                wave(1, WaveState::Done, Some(0)),
+                wave(2, WaveState::Baking, Some(at)),
+                wave(3, WaveState::Pending, None),
+            ],
+            targets: (0..40)
+                .map(|i| {
+                    target(if i < 11 {
+                        StepState::Succeeded
+                    } else {
+                        StepState::Pending
+                    })
+                })
+                .collect(),
+            done: 11,
+            parallel: 4,
+            halt: None,
+        };
+        assert_eq!(
+            r.summary(),
+            "wave 2 of 3 baking until 15:20 UTC; 11 of 40 targets done"
+        );
+        r.waves[1].state = WaveState::Done;
+        r.waves[2].state = WaveState::Running;
+        assert_eq!(r.summary(), "wave 3 of 3 running; 11 of 40 targets done");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         gauges.fleet_action_refusals = g.sticky_refusals;
         gauges.inbox_pending = g.inbox;
     }
+    if let Ok(r) = state.engine.rollout_gauges().await {
+        gauges.rollouts = r;
+    }
     m.set_gauges(gauges);
     match m.encode() {
         Ok(text) => (

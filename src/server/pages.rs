@@ -93,6 +93,9 @@ tr.failed td:first-child,tr.firing td:first-child{border-left:4px solid #c62828}
 .b-rolling-back{background:#ef6c00;color:#fff}.b-rolled-back{background:#00695c;color:#fff}.b-rollback-failed{background:#8e0000;color:#fff}
 pre{background:#11161f;color:#e6e6e6;padding:8px;overflow:auto;max-height:260px;font-size:12px;margin:4px 0}
 code{font-size:12px}td code{word-break:break-all}.muted{color:#7a8394}.empty{color:#7a8394;padding:6px 0}
+.b-baking{background:#f9a825;color:#1d2430}.b-done{background:#2e7d32;color:#fff}.b-pending{background:#e8ebf0}
+.cell{display:inline-block;min-width:40px;margin:1px;padding:1px 5px;font-size:11px;border-radius:3px;background:#e8ebf0;color:#1d2430}
+.t-succeeded{background:#2e7d32;color:#fff}.t-running{background:#1565c0;color:#fff}.t-failed,.t-interrupted{background:#c62828;color:#fff;font-weight:700}
 "#;
 
 fn page(title: &str, body: Markup) -> Html<String> {
@@ -143,6 +146,50 @@ fn failed_step(c: &ChangeStatus) -> Option<(&str, &crate::store::Attempt)> {
         .iter()
         .find(|s| matches!(s.state, StepState::Failed | StepState::Interrupted))
         .and_then(|s| s.attempts.last().map(|a| (s.id.as_str(), a)))
+}
+
+/// The first ten of `items`, and how many more.
+fn first_few(items: &[String]) -> String {
+    match items.len() {
+        0..=10 => items.join(", "),
+        n => format!("{} and {} more", items[..10].join(", "), n - 10),
+    }
+}
+
+/// A rollout's waves × targets, each target coloured by its state; in
+/// each wave the failed targets come first, and they are listed above.
+fn rollout_grid(r: &crate::engine::view::RolloutStatus) -> Markup {
+    let bad = |s: StepState| matches!(s, StepState::Failed | StepState::Interrupted);
+    let failed: Vec<_> = r.targets.iter().filter(|t| bad(t.state)).collect();
+    html! {
+        h2 { "Rollout — " (r.done) " of " (r.targets.len()) " targets done · parallel " (r.parallel) }
+        p id="rollout-line" { (r.summary()) }
+        @if let Some(h) = &r.halt { p class="failed" id="halt" { "halted by " strong { (h.alert) } ": " (h.detail) " (" (format_ms(h.at)) ")" } }
+        @if !failed.is_empty() {
+            p class="failed" id="failed-targets" { "failed: " @for t in &failed { strong { (t.target) } " (" (t.step) ", " (t.state.as_str()) @if let Some(a) = &t.attempt { ", " code { (a) } } ") " } }
+        }
+        table id="rollout" {
+            tr { th { "wave" } th { "state" } th { "targets" } }
+            @for w in &r.waves {
+                @let cells = wave_cells(r, w.index);
+                tr class={ @if w.state == crate::gate::WaveState::Failed { "failed" } } {
+                    td { (w.index) " of " (r.waves.len()) br; span class="muted" { (w.targets.len()) " targets" } }
+                    td { (badge(w.state.as_str())) @if let (crate::gate::WaveState::Baking, Some(u)) = (w.state, w.bake_until) { br; span class="muted" { "until " (format_ms(u)) } } }
+                    td class="grid" { @for t in &cells { span class={ "cell t-" (t.state.as_str()) } title={ (t.target) ": " (t.state.as_str()) " at " (t.step) } { (t.target) } " " } }
+                }
+            }
+        }
+    }
+}
+
+/// The targets of wave `index`, the failed ones first.
+fn wave_cells(
+    r: &crate::engine::view::RolloutStatus,
+    index: usize,
+) -> Vec<&crate::engine::view::TargetStatus> {
+    let mut cells: Vec<_> = r.targets.iter().filter(|t| t.wave == index).collect();
+    cells.sort_by_key(|t| !matches!(t.state, StepState::Failed | StepState::Interrupted));
+    cells
 }
 
 /// `GET /`: what failed first, then the breaker, what runs, what waits.
@@ -287,7 +334,7 @@ pub async fn change(
     let c = &status;
     let body = html! {
         h1 style="font-size:20px;margin:8px 0" { (c.title) " " (badge(c.state.as_str())) }
-        p class="muted" { code { (c.id) } " · " (c.kind) " · targets " (c.targets.join(", ")) @if !c.depends_on.is_empty() { " · depends on " @for d in &c.depends_on { a href={ "/changes/" (d) } { (d) } " " } } }
+        p class="muted" { code { (c.id) } " · " (c.kind) " · targets " (first_few(&c.targets)) @if !c.depends_on.is_empty() { " · depends on " @for d in &c.depends_on { a href={ "/changes/" (d) } { (d) } " " } } }
         p class="muted" id="revision" { "revision " code { (c.digest) } " at " code { (c.commit) } }
         @if !c.warnings.is_empty() {
             p class="failed" id="warnings" {
@@ -302,6 +349,7 @@ pub async fn change(
             h2 { "Blockers" }
             table id="blockers" { @for b in &c.blockers { tr class="failed" { td { (b.reason.as_str()) } td { (b.detail) } } } }
         }
+        @if let Some(r) = &c.rollout { (rollout_grid(r)) }
         h2 { "Approvals — " span class="approvals" { (approvals_text(c)) } }
         table { tr { th { "approver" } th { "source" } th { "counts" } th { "why not" } }
             @for r in &c.approvals.reviews { tr { td { (r.approver) } td { (state_word(&r.source)) } td { @if r.counts { "yes" } @else { "no" } } td { (r.reason.as_ref().map(state_word).unwrap_or_default()) } } }
@@ -312,8 +360,11 @@ pub async fn change(
                 strong { (s.id) } " " (badge(s.state.as_str()))
                 @if s.needs_confirmation { span class="muted" { " · needs a go-ahead" @if let Some(g) = &s.confirmation { " (given by " (g.actor) ": " (g.reason) ")" } } }
                 @if let Some(r) = s.rollback { span class="rollback" { " · rollback " (badge(r.as_str())) } }
-                @for a in &s.attempts {
-                    div class={ "muted attempt-" (a.phase) } { @if a.phase == crate::store::Phase::Rollback { "↩ rollback " } "attempt " (a.attempt_no) " by " (a.executor) " · " (a.state) " · started " (format_ms(a.started_at))
+                // A rollout's targets are in the grid; here, what went wrong.
+                @let through = s.attempts.iter().filter(|a| a.target.is_some() && a.state == crate::store::AttemptState::Succeeded).count();
+                @if through > 0 { div class="muted" { (through) " target(s) through this step: see the rollout grid" } }
+                @for a in s.attempts.iter().filter(|a| a.target.is_none() || a.state != crate::store::AttemptState::Succeeded) {
+                    div class={ "muted attempt-" (a.phase) } { @if let Some(t) = &a.target { "on " strong { (t) } " · " } @if a.phase == crate::store::Phase::Rollback { "↩ rollback " } "attempt " (a.attempt_no) " by " (a.executor) " · " (a.state) " · started " (format_ms(a.started_at))
                         @if let Some(e) = a.exit_code { " · exit " (e) } @if let Some(t) = a.ended_at { " · ended " (format_ms(t)) } }
                     @if let Some(out) = &a.output_tail { pre { (out) } }
                 }
@@ -340,6 +391,9 @@ const FEED_KINDS: &[&str] = &[
     "rollback.failed",
     "rollback.interrupted",
     "change.rolled-back",
+    "rollout.wave-done",
+    "rollout.halted",
+    "rollout.done",
     "breaker.opened",
     "breaker.reset",
     "alert.raised",
@@ -384,6 +438,15 @@ pub async fn feed(_: PageAccess, State(state): State<AppState>) -> Response {
                 "rollback.failed" | "rollback.interrupted" => {
                     format!("{change}: rollback failed")
                 }
+                "rollout.wave-done" => format!(
+                    "{change}: wave {} of {} done ({} of {} targets)",
+                    e.data["wave"], e.data["waves"], e.data["done"], e.data["of"]
+                ),
+                "rollout.halted" => format!(
+                    "{change}: rollout halted by {}",
+                    e.data["alert"].as_str().unwrap_or("an alert")
+                ),
+                "rollout.done" => format!("{change}: every target done ({})", e.data["targets"]),
                 kind => format!("{kind} {change}"),
             }));
             entry.set_updated(when(e.at));

@@ -205,6 +205,30 @@ pub struct RolloutStatus {
     pub halt: Option<crate::store::Halt>,
 }
 
+impl RolloutStatus {
+    /// Where a running rollout is, e.g. `wave 2 of 3 baking until 14:20 UTC;
+    /// 11 of 40 targets done`.
+    pub fn summary(&self) -> String {
+        let r = self;
+        let of = r.waves.len();
+        let wave = r
+            .waves
+            .iter()
+            .find(|w| w.state == gate::WaveState::Baking)
+            .or_else(|| r.waves.iter().find(|w| w.state != gate::WaveState::Done));
+        let at = match wave {
+            Some(w) if w.state == gate::WaveState::Baking => format!(
+                "wave {} of {of} baking until {}",
+                w.index,
+                crate::clock::format_hm(w.bake_until.unwrap_or_default())
+            ),
+            Some(w) => format!("wave {} of {of} {}", w.index, w.state.as_str()),
+            None => format!("{of} waves done; finishing"),
+        };
+        format!("{at}; {} of {} targets done", r.done, r.targets.len())
+    }
+}
+
 /// One target of a rollout.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TargetStatus {
