@@ -273,24 +273,6 @@ fn median(mut rounds: Vec<Outcome>) -> Outcome {
     rounds.swap_remove(rounds.len() / 2)
 }
 
-/// A fresh, empty Postgres database on the server named by `admin_url`.
-fn fresh_postgres(rt: &tokio::runtime::Runtime, admin_url: &str, name: &str) -> String {
-    rt.block_on(async {
-        let admin = changegate::store::Store::connect(admin_url).await.unwrap();
-        admin
-            .execute_raw(&format!("DROP DATABASE IF EXISTS {name}"))
-            .await
-            .unwrap();
-        admin
-            .execute_raw(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        admin.close().await;
-    });
-    let (base, _) = admin_url.rsplit_once('/').expect("postgres://host/db");
-    format!("{base}/{name}")
-}
-
 fn main() {
     // Only `cargo bench` runs this (not `cargo test`'s bench smoke run).
     if !std::env::args().any(|a| a == "--bench") {
@@ -324,7 +306,8 @@ fn main() {
             &load,
         ));
         if let Some(admin) = &pg_admin {
-            let url = fresh_postgres(&server_rt, admin, &format!("changegate_bench_{round}"));
+            let url =
+                support::fresh_postgres(&server_rt, admin, &format!("changegate_bench_{round}"));
             let pg_dir = data.path().join(format!("pg-{round}"));
             std::fs::create_dir_all(&pg_dir).unwrap();
             postgres.push(drive(&changegate_server(&server_rt, &pg_dir, &url), &load));

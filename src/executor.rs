@@ -161,9 +161,15 @@ pub fn run_step(grant: &ClaimGrant, dir: &Path, stop: &StopSignal, echo: bool) -
         ("verify", grant.verify.as_deref()),
     ];
     let mut end = StepEnd::Succeeded;
+    // Targets of a rollout run side by side: each echoed line names its own.
+    let tag = grant
+        .rollout
+        .as_ref()
+        .map(|r| format!("[{}] ", r.target))
+        .unwrap_or_default();
     for (role, cmd) in commands.into_iter().filter_map(|(r, c)| c.map(|c| (r, c))) {
         if echo {
-            println!("  $ {cmd}");
+            println!("  {tag}$ {cmd}");
         }
         output
             .lock()
@@ -206,13 +212,13 @@ pub fn run_step(grant: &ClaimGrant, dir: &Path, stop: &StopSignal, echo: bool) -
                 child.stdout.take().expect("piped"),
                 output.clone(),
                 echo,
-                "  │ ".into(),
+                format!("  {tag}│ "),
             ),
             pump(
                 child.stderr.take().expect("piped"),
                 output.clone(),
                 echo,
-                "  │ ".into(),
+                format!("  {tag}│ "),
             ),
         ];
         // Poll quickly at first (most commands are short), then every 20 ms.

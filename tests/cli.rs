@@ -149,7 +149,10 @@ fn the_projects_own_examples_validate_clean() {
     repo.commit("examples");
     let model = repo.model("HEAD");
     assert!(model.is_valid(), "{:#?}", model.diagnostics);
-    assert_eq!(model.change_files, 2);
+    assert_eq!(model.change_files, 3);
+    let sweep = &model.changes["2017-12-14-restart-pgbouncer"];
+    assert_eq!(sweep.targets.len(), 40, "changes/fleet/clusters.txt");
+    assert_eq!(sweep.per_target_block(), Some(1..2));
     assert!(
         model.changes["2017-12-14-decommission-pg96"].depends_on
             == ["2017-12-12-state-machine-pg10"]

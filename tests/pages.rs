@@ -327,3 +327,93 @@ fn metrics_parse_and_move_as_the_gate_acts() {
         "HTTP durations are kept"
     );
 }
+
+/// The example sweep (its bake cut to 1s), run until `pg-cluster-07` of
+/// wave 2 does not come back.
+fn halted_sweep() -> (TestRepo, Server, db::TestDatabase, tempfile::TempDir) {
+    const SWEEP: &str = "changes/2017-12-14-restart-pgbouncer.yaml";
+    let repo = incident_repo();
+    let text = std::fs::read_to_string(repo.path().join(SWEEP)).unwrap();
+    repo.write(SWEEP, text.replace("bake: 10m", "bake: 1s"));
+    repo.commit_as("a one-second bake for the test", "Carol", "carol@example.com");
+    let (server, database) = start_public(&repo);
+    let fleet = fleet_with_failing_release(&repo);
+    std::fs::write(fleet.path().join("faults/pgbouncer-pg-cluster-07"), "no").unwrap();
+    approve(&server, "alice", &repo, "2017-12-14-restart-pgbouncer");
+    let out = exec(
+        repo.path(),
+        &server,
+        &["2017-12-14-restart-pgbouncer", "--continue", "--wait"],
+        fleet.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    (repo, server, database, fleet)
+}
+
+#[test]
+fn a_browser_shows_the_rollout_grid_with_the_failed_target_first_and_the_feed_and_metrics_follow() {
+    let (_repo, server, _db, _fleet) = halted_sweep();
+    let url = format!("{}/changes/2017-12-14-restart-pgbouncer", server.url);
+    let (dom, stderr) = headless(&url, "--dump-dom");
+    assert!(console_errors(&stderr).is_empty(), "{stderr}");
+    let grid = &dom[dom.find("id=\"rollout\"").expect("the rollout grid")..];
+    let rows: Vec<&str> = grid.split("<tr").skip(2).collect();
+    assert_eq!(rows.len(), 3, "three waves: {grid}");
+    // Wave 2: the failed cluster first, in red, then the others.
+    let first_cell = &rows[1][rows[1].find("<span class=\"cell").unwrap()..];
+    assert!(
+        first_cell.starts_with("<span class=\"cell t-failed\" title=\"pg-cluster-07: failed at restart\">pg-cluster-07</span>"),
+        "{first_cell}"
+    );
+    assert!(rows[1].starts_with(" class=\"failed\""), "wave 2 is the failed wave");
+    // Wave 3 was never touched.
+    assert_eq!(rows[2].matches("t-pending").count(), 30, "{}", rows[2]);
+    assert!(dom.contains("id=\"failed-targets\""));
+    assert!(dom.contains("of 40 targets done"));
+
+    let artifacts = common::project_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("rollout-grid.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(&url, &format!("--screenshot={}", shot.display()));
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&shot).expect("a screenshot"),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let count = |rgb: [i32; 3]| {
+        buf[..info.buffer_size()]
+            .chunks(info.color_type.samples())
+            .filter(|p| (0..3).all(|i| (p[i] as i32 - rgb[i]).abs() < 6))
+            .count()
+    };
+    assert!(count([0xc6, 0x28, 0x28]) > 300, "the failed target is red");
+    assert!(count([0x2e, 0x7d, 0x32]) > 1_000, "the restarted targets are green");
+
+    let feed = reqwest::blocking::get(format!("{}/feed.atom", server.url)).unwrap();
+    let feed = feed_rs::parser::parse(feed.bytes().unwrap().as_ref()).expect("valid Atom");
+    let titles: Vec<String> = feed
+        .entries
+        .iter()
+        .map(|e| e.title.as_ref().unwrap().content.clone())
+        .collect();
+    assert!(
+        titles
+            .iter()
+            .any(|t| t == "2017-12-14-restart-pgbouncer: wave 1 of 3 done (1 of 40 targets)"),
+        "{titles:?}"
+    );
+
+    let metrics = scrape(&server);
+    assert_eq!(
+        value(&metrics, "changegate_rollout_targets", &[("state", "failed")]),
+        1.0
+    );
+    // Wave 3, and any of wave 2 the halt kept from starting.
+    assert!(value(&metrics, "changegate_rollout_targets", &[("state", "pending")]) >= 30.0);
+    assert_eq!(
+        value(&metrics, "changegate_rollout_halts_total", &[("reason", "failed")]),
+        1.0
+    );
+}

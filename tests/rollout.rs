@@ -133,6 +133,22 @@ fn action(server: &Server, target: &str) -> u16 {
         .0
 }
 
+/// The titles of the Atom feed's entries.
+fn feed_titles(server: &Server) -> Vec<String> {
+    let body = reqwest::blocking::Client::new()
+        .get(format!("{}/feed.atom", server.url))
+        .bearer_auth("alice-token")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    body.split("<title>")
+        .skip(2)
+        .filter_map(|t| t.split("</title>").next())
+        .map(str::to_string)
+        .collect()
+}
+
 fn start_sweep(
     repo: &TestRepo,
     backend: &str,
@@ -213,6 +229,10 @@ fn waves_run_in_order_each_after_the_bake_and_never_beyond_parallel() {
             s["rollout"]
         );
         assert_eq!(s["locks"], json!([]), "{backend}");
+        let titles = feed_titles(&server);
+        for t in ["sweep: wave 1 of 3 done (1 of 12 targets)", "sweep: wave 2 of 3 done (6 of 12 targets)", "sweep: every target done (12)"] {
+            assert!(titles.contains(&t.to_string()), "{backend}: {titles:?}");
+        }
         // Each (step, target) has its own attempt.
         let attempts = s["steps"][1]["attempts"].as_array().unwrap();
         assert_eq!(attempts.len(), 12, "{backend}");
@@ -403,6 +423,10 @@ fn a_real_alertmanager_alert_on_a_touched_target_halts_the_bake() {
             })
         });
         assert_eq!(claim_reason(&server, &repo, "sweep"), "halted", "{backend}");
+        assert!(
+            feed_titles(&server).contains(&"sweep: rollout halted by PgbouncerDown on h001".to_string()),
+            "{backend}"
+        );
         assert_eq!(action(&server, "h001"), 423, "{backend}");
         let audit = server
             .get("/api/v1/audit?change=sweep", Some("alice-token"))

@@ -77,6 +77,21 @@ fn a_target_in_both_lists_is_an_error_at_its_line_in_the_file() {
 }
 
 #[test]
+fn a_target_with_a_space_or_a_control_character_is_an_error_at_its_line() {
+    let repo = repo_with(
+        Some("c01\nc 02\nc03\u{1b}[31m\n"),
+        &rollout_change("  canary: 1\n"),
+    );
+    let errors = repo.errors();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_error(&errors[..1], &["fleet.txt:2:1:", "\"c 02\"", "one word"]);
+    assert_error(
+        &errors[1..],
+        &["fleet.txt:3:1:", "\"c03\\u{1b}[31m\"", "control character"],
+    );
+}
+
+#[test]
 fn per_target_steps_must_be_one_block() {
     let repo = repo_with(
         Some(FLEET),

@@ -1,4 +1,6 @@
-//! Shared by the benchmarks: generated change repositories.
+//! Shared by the benchmarks: generated change repositories, and a fresh
+//! Postgres database. Each bench uses some of it.
+#![allow(dead_code)]
 
 use std::path::Path;
 
@@ -46,4 +48,22 @@ pub fn commit_all(dir: &Path) {
     let sig = Signature::now("bench", "bench@example.com").unwrap();
     repo.commit(Some("HEAD"), &sig, &sig, "generated", &tree, &[])
         .unwrap();
+}
+
+/// A fresh, empty Postgres database on the server named by `admin_url`.
+pub fn fresh_postgres(rt: &tokio::runtime::Runtime, admin_url: &str, name: &str) -> String {
+    rt.block_on(async {
+        let admin = changegate::store::Store::connect(admin_url).await.unwrap();
+        admin
+            .execute_raw(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .unwrap();
+        admin
+            .execute_raw(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        admin.close().await;
+    });
+    let (base, _) = admin_url.rsplit_once('/').expect("postgres://host/db");
+    format!("{base}/{name}")
 }

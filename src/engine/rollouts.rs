@@ -40,6 +40,18 @@ impl Engine {
         })
     }
 
+    /// The Alertmanager sinks that alerts about change `id` go to: the
+    /// fleet monitors a rollout asks.
+    fn monitors(&self, id: &str) -> Vec<&crate::config::SinkConfig> {
+        let names = self.sinks_for(Some(id));
+        self.config
+            .alerts
+            .sinks
+            .iter()
+            .filter(|s| s.kind == SinkKind::Alertmanager && names.contains(&s.name))
+            .collect()
+    }
+
     /// Asks every Alertmanager sink of change `id` for an active,
     /// unsilenced, uninhibited alert on one of `touched`; the first found,
     /// as (alert, detail), or why a sink could not be asked.
@@ -48,15 +60,8 @@ impl Engine {
         id: &str,
         touched: &BTreeSet<&str>,
     ) -> Result<Option<(String, String)>, String> {
-        let names = self.sinks_for(Some(id));
         let label = &self.config.rollouts.target_label;
-        for sink in self
-            .config
-            .alerts
-            .sinks
-            .iter()
-            .filter(|s| s.kind == SinkKind::Alertmanager && names.contains(&s.name))
-        {
+        for sink in self.monitors(id) {
             let url = format!(
                 "{}/api/v2/alerts?active=true&silenced=false&inhibited=false",
                 sink.url.trim_end_matches('/')
@@ -111,7 +116,7 @@ impl Engine {
         let Some((change, digest, _)) = view.changes.get(id) else {
             return Ok(Watch::Quiet);
         };
-        if change.per_target_block().is_none() {
+        if change.per_target_block().is_none() || self.monitors(id).is_empty() {
             return Ok(Watch::Quiet);
         }
         let facts = self.store.change_facts(id).await?;

@@ -721,6 +721,17 @@ fn rollout_status(
     facts: &ChangeFacts,
     now: i64,
 ) -> RolloutStatus {
+    // The latest attempt of each (step, target), read once.
+    let mut latest: std::collections::HashMap<(&str, &str), &crate::store::Attempt> =
+        Default::default();
+    for a in &facts.attempts {
+        if let Some(t) = &a.target {
+            let e = latest.entry((a.step_id.as_str(), t.as_str())).or_insert(a);
+            if a.attempt_no > e.attempt_no {
+                *e = a;
+            }
+        }
+    }
     let targets = r
         .targets
         .iter()
@@ -732,11 +743,8 @@ fn rollout_status(
                 .position(|p| p.state != StepState::Succeeded)
                 .unwrap_or(t.steps.len() - 1);
             let step = &change.steps[r.block.start + at].id;
-            let attempt = facts
-                .attempts
-                .iter()
-                .filter(|a| &a.step_id == step && a.target.as_deref() == Some(t.target.as_str()))
-                .max_by_key(|a| a.attempt_no)
+            let attempt = latest
+                .get(&(step.as_str(), t.target.as_str()))
                 .map(|a| a.id.clone());
             TargetStatus {
                 target: t.target.clone(),

@@ -340,6 +340,20 @@ fn merge_targets(
         }
     }
     for (t, line) in listed {
+        // A target reaches step commands (`CHANGEGATE_TARGET`), logs and
+        // pages: one word, nothing a terminal or a shell would act on.
+        if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            d.failed = true;
+            d.diagnostics.push(Diagnostic {
+                path: file.trim_start_matches("./").to_string(),
+                line,
+                column: 1,
+                message: format!(
+                    "target {t:?} contains a space or a control character: write one target per line, one word each"
+                ),
+            });
+            continue;
+        }
         if let Some(at) = first.get(&t) {
             d.failed = true;
             d.diagnostics.push(Diagnostic {
