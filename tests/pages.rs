@@ -335,7 +335,11 @@ fn halted_sweep() -> (TestRepo, Server, db::TestDatabase, tempfile::TempDir) {
     let repo = incident_repo();
     let text = std::fs::read_to_string(repo.path().join(SWEEP)).unwrap();
     repo.write(SWEEP, text.replace("bake: 10m", "bake: 1s"));
-    repo.commit_as("a one-second bake for the test", "Carol", "carol@example.com");
+    repo.commit_as(
+        "a one-second bake for the test",
+        "Carol",
+        "carol@example.com",
+    );
     let (server, database) = start_public(&repo);
     let fleet = fleet_with_failing_release(&repo);
     std::fs::write(fleet.path().join("faults/pgbouncer-pg-cluster-07"), "no").unwrap();
@@ -365,7 +369,10 @@ fn a_browser_shows_the_rollout_grid_with_the_failed_target_first_and_the_feed_an
         first_cell.starts_with("<span class=\"cell t-failed\" title=\"pg-cluster-07: failed at restart\">pg-cluster-07</span>"),
         "{first_cell}"
     );
-    assert!(rows[1].starts_with(" class=\"failed\""), "wave 2 is the failed wave");
+    assert!(
+        rows[1].starts_with(" class=\"failed\""),
+        "wave 2 is the failed wave"
+    );
     // Wave 3 was never touched.
     assert_eq!(rows[2].matches("t-pending").count(), 30, "{}", rows[2]);
     assert!(dom.contains("id=\"failed-targets\""));
@@ -389,7 +396,10 @@ fn a_browser_shows_the_rollout_grid_with_the_failed_target_first_and_the_feed_an
             .count()
     };
     assert!(count([0xc6, 0x28, 0x28]) > 300, "the failed target is red");
-    assert!(count([0x2e, 0x7d, 0x32]) > 1_000, "the restarted targets are green");
+    assert!(
+        count([0x2e, 0x7d, 0x32]) > 1_000,
+        "the restarted targets are green"
+    );
 
     let feed = reqwest::blocking::get(format!("{}/feed.atom", server.url)).unwrap();
     let feed = feed_rs::parser::parse(feed.bytes().unwrap().as_ref()).expect("valid Atom");
@@ -407,13 +417,27 @@ fn a_browser_shows_the_rollout_grid_with_the_failed_target_first_and_the_feed_an
 
     let metrics = scrape(&server);
     assert_eq!(
-        value(&metrics, "changegate_rollout_targets", &[("state", "failed")]),
+        value(
+            &metrics,
+            "changegate_rollout_targets",
+            &[("state", "failed")]
+        ),
         1.0
     );
     // Wave 3, and any of wave 2 the halt kept from starting.
-    assert!(value(&metrics, "changegate_rollout_targets", &[("state", "pending")]) >= 30.0);
+    assert!(
+        value(
+            &metrics,
+            "changegate_rollout_targets",
+            &[("state", "pending")]
+        ) >= 30.0
+    );
     assert_eq!(
-        value(&metrics, "changegate_rollout_halts_total", &[("reason", "failed")]),
+        value(
+            &metrics,
+            "changegate_rollout_halts_total",
+            &[("reason", "failed")]
+        ),
         1.0
     );
 }

@@ -230,7 +230,11 @@ fn waves_run_in_order_each_after_the_bake_and_never_beyond_parallel() {
         );
         assert_eq!(s["locks"], json!([]), "{backend}");
         let titles = feed_titles(&server);
-        for t in ["sweep: wave 1 of 3 done (1 of 12 targets)", "sweep: wave 2 of 3 done (6 of 12 targets)", "sweep: every target done (12)"] {
+        for t in [
+            "sweep: wave 1 of 3 done (1 of 12 targets)",
+            "sweep: wave 2 of 3 done (6 of 12 targets)",
+            "sweep: every target done (12)",
+        ] {
             assert!(titles.contains(&t.to_string()), "{backend}: {titles:?}");
         }
         // Each (step, target) has its own attempt.
@@ -424,7 +428,8 @@ fn a_real_alertmanager_alert_on_a_touched_target_halts_the_bake() {
         });
         assert_eq!(claim_reason(&server, &repo, "sweep"), "halted", "{backend}");
         assert!(
-            feed_titles(&server).contains(&"sweep: rollout halted by PgbouncerDown on h001".to_string()),
+            feed_titles(&server)
+                .contains(&"sweep: rollout halted by PgbouncerDown on h001".to_string()),
             "{backend}"
         );
         assert_eq!(action(&server, "h001"), 423, "{backend}");

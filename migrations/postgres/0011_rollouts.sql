@@ -15,3 +15,10 @@ CREATE TABLE halts (
     at         BIGINT NOT NULL,
     PRIMARY KEY (change_id, digest, at)
 );
+
+-- Each write of an attempt stamps `seq` with the highest so far plus one,
+-- under the single writer lock: a reader that has seen a change's attempts
+-- up to some `seq` reads only the rows above it (src/store/attempt_cache.rs).
+ALTER TABLE attempts ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX attempts_by_seq ON attempts (seq);
+CREATE INDEX attempts_of_change_by_seq ON attempts (change_id, seq);

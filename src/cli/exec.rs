@@ -351,7 +351,9 @@ struct Run<'r> {
 /// How the workers of a sweep stand, shared between them.
 #[derive(Default)]
 struct Sweep {
-    /// Workers running a claimed unit now.
+    /// Workers asking for a unit now.
+    claiming: usize,
+    /// Workers running a granted unit now.
     running: usize,
     /// Units run so far.
     ran: usize,
@@ -366,7 +368,7 @@ impl Run<'_> {
     fn in_turn(&self) -> u8 {
         let mut ran = 0;
         loop {
-            match self.turn(self.stop, "") {
+            match self.turn(self.stop, "", &|| {}) {
                 Turn::Ran(Outcome::Failed) => return exit::INVALID,
                 Turn::Ran(Outcome::Succeeded) => {
                     ran += 1;
@@ -407,10 +409,20 @@ impl Run<'_> {
             if lock().code.is_some() || self.stop.is_requested() {
                 return;
             }
-            lock().running += 1;
-            let turn = self.turn(&stop, "  ");
+            lock().claiming += 1;
+            let granted = std::cell::Cell::new(false);
+            let turn = self.turn(&stop, "  ", &|| {
+                granted.set(true);
+                let mut s = lock();
+                s.claiming -= 1;
+                s.running += 1;
+            });
             let mut s = lock();
-            s.running -= 1;
+            if granted.get() {
+                s.running -= 1;
+            } else {
+                s.claiming -= 1;
+            }
             wake.notify_all();
             match turn {
                 Turn::Ran(Outcome::Succeeded) => s.ran += 1,
@@ -427,11 +439,14 @@ impl Run<'_> {
                     reason,
                     detail,
                 } => {
-                    let others_busy = s.running > 0;
                     match rule {
-                        // Another worker of ours holds the places, or the
-                        // wave's last targets: wait for one to finish.
-                        Some(RefusalReason::NotNext | RefusalReason::Baking) if others_busy => {
+                        // Another worker of ours holds the places or the
+                        // wave's last targets (or is about to): wait for
+                        // one to finish. A bake waits for running ones only.
+                        Some(RefusalReason::NotNext) if s.claiming + s.running > 0 => {
+                            let _ = wake.wait_timeout(s, Duration::from_millis(500));
+                        }
+                        Some(RefusalReason::Baking) if s.running > 0 => {
                             let _ = wake.wait_timeout(s, Duration::from_millis(500));
                         }
                         // Another executor holds the places, or the monitor
@@ -512,9 +527,10 @@ impl Run<'_> {
         exit::REFUSED
     }
 
-    /// Claims once, and runs and reports what was granted. Lines are
-    /// indented by `indent` when several targets run side by side.
-    fn turn(&self, stop: &StopSignal, indent: &str) -> Turn {
+    /// Claims once, and runs and reports what was granted (calling
+    /// `granted` first). Lines are indented by `indent` when several
+    /// targets run side by side.
+    fn turn(&self, stop: &StopSignal, indent: &str, granted: &dyn Fn()) -> Turn {
         let (client, checkout, id) = (self.client, self.checkout, self.id);
         let digest = &checkout.digest;
         // The covered files are written while the claim is decided, which
@@ -549,6 +565,7 @@ impl Run<'_> {
                 return Turn::Exit(exit::USAGE);
             }
         };
+        granted();
         let undo = grant.phase == Phase::Rollback;
         let what = match (&grant.rollout, undo) {
             (Some(r), _) => format!("{} on {}", grant.step, r.target),

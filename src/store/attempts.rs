@@ -2,6 +2,7 @@
 //! their leases, target locks, go-aheads, retries, revisions, abandonment
 //! and breaker resets.
 
+use super::attempt_cache::NEXT_SEQ;
 use super::gate::{attempt, RevisionAction, ATTEMPT_COLUMNS};
 use super::{Attempt, GoAheadRecord, StoreError, WriteTx};
 
@@ -16,7 +17,7 @@ impl WriteTx {
             .map(attempt)
             .collect::<Result<_, _>>()?;
         for a in &expired {
-            sqlx::query("UPDATE attempts SET state = 'interrupted', ended_at = lease_expires_at WHERE id = $1")
+            sqlx::query(&format!("UPDATE attempts SET state = 'interrupted', ended_at = lease_expires_at, seq = {NEXT_SEQ} WHERE id = $1"))
                 .bind(&a.id)
                 .execute(self.conn())
                 .await?;
@@ -27,10 +28,10 @@ impl WriteTx {
     /// Records a new running attempt. The unique (change, step, attempt_no)
     /// constraint makes a second writer of the same attempt fail.
     pub async fn insert_attempt(&mut self, a: &Attempt) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO attempts (id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, phase, target)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO attempts (id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, phase, target, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {NEXT_SEQ})",
+        ))
         .bind(&a.id)
         .bind(&a.change_id)
         .bind(&a.step_id)
@@ -106,9 +107,9 @@ impl WriteTx {
 
     /// Extends a running attempt's lease.
     pub async fn renew_lease(&mut self, id: &str, until: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE attempts SET lease_expires_at = $2 WHERE id = $1 AND state = 'running'",
-        )
+        sqlx::query(&format!(
+            "UPDATE attempts SET lease_expires_at = $2, seq = {NEXT_SEQ} WHERE id = $1 AND state = 'running'",
+        ))
         .bind(id)
         .bind(until)
         .execute(self.conn())
@@ -126,7 +127,7 @@ impl WriteTx {
         output_tail: &str,
         ended_at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE attempts SET state = $2, exit_code = $3, duration_ms = $4, output_tail = $5, ended_at = $6 WHERE id = $1 AND state = 'running'")
+        sqlx::query(&format!("UPDATE attempts SET state = $2, exit_code = $3, duration_ms = $4, output_tail = $5, ended_at = $6, seq = {NEXT_SEQ} WHERE id = $1 AND state = 'running'"))
             .bind(id)
             .bind(state)
             .bind(exit_code)
@@ -140,7 +141,7 @@ impl WriteTx {
 
     /// Keeps a report that came after the lease expired.
     pub async fn record_late_report(&mut self, id: &str, report: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE attempts SET late_report = $2 WHERE id = $1 AND late_report IS NULL")
+        sqlx::query(&format!("UPDATE attempts SET late_report = $2, seq = {NEXT_SEQ} WHERE id = $1 AND late_report IS NULL"))
             .bind(id)
             .bind(report)
             .execute(self.conn())

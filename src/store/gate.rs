@@ -2,10 +2,13 @@
 //! target locks and the breaker. Reads take a connection so the same code
 //! runs on the pool or inside a [`WriteTx`].
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use super::attempt_cache::AttemptCache;
 use super::{ApiApproval, Store, StoreError, WriteTx};
 
 /// One attempt at a step.
@@ -321,17 +324,98 @@ async fn revision_actions(
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
-pub(crate) async fn change_facts(
+/// Where a read of facts happens: on committed data, or inside a write
+/// transaction, whose reads may hold its own uncommitted rows.
+pub(crate) enum Reading<'a> {
+    /// Committed: the attempts read go into the cache at once.
+    Committed(&'a AttemptCache),
+    /// Inside a write transaction: they go in when it commits.
+    InTx(&'a AttemptCache, &'a mut AttemptsRead),
+}
+
+/// Attempt rows a write transaction read, by change, with their `seq`.
+pub(crate) type AttemptsRead = Vec<(String, Vec<(i64, Arc<Attempt>)>)>;
+
+/// Change `id`'s attempts, oldest first: what the cache knows, plus the
+/// rows written since ([`super::attempt_cache`]).
+async fn attempts_of(
     conn: &mut AnyConnection,
+    reading: &mut Reading<'_>,
     id: &str,
-) -> Result<ChangeFacts, StoreError> {
-    let attempts = sqlx::query(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE change_id = $1 ORDER BY started_at, attempt_no"))
+) -> Result<Vec<Attempt>, StoreError> {
+    let cache = match reading {
+        Reading::Committed(c) | Reading::InTx(c, _) => *c,
+    };
+    let mut known = cache.known(id);
+    let rows: Vec<(i64, Arc<Attempt>)> = sqlx::query(&format!(
+        "SELECT {ATTEMPT_COLUMNS}, seq FROM attempts WHERE change_id = $1 AND seq > $2"
+    ))
+    .bind(id)
+    .bind(known.seq())
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("seq")?, Arc::new(attempt(r)?))))
+    .collect::<Result<_, sqlx::Error>>()?;
+    known.merge(&rows);
+    match reading {
+        Reading::Committed(cache) => cache.merge(id, &rows),
+        Reading::InTx(_, read) => read.push((id.to_string(), rows)),
+    }
+    Ok(known.attempts())
+}
+
+/// The locks change `id` holds, in one row: a rollout holds one per target
+/// it reached, and rows come one at a time.
+async fn own_locks(
+    conn: &mut AnyConnection,
+    backend: super::Backend,
+    id: &str,
+) -> Result<Vec<TargetLock>, StoreError> {
+    let sql = match backend {
+        super::Backend::Sqlite => "SELECT COALESCE(json_group_array(json_array(target, locked_at)), '[]') AS held FROM (SELECT target, locked_at FROM target_locks WHERE change_id = $1 ORDER BY target)",
+        super::Backend::Postgres => "SELECT COALESCE(json_agg(json_build_array(target, locked_at) ORDER BY target), '[]')::text AS held FROM target_locks WHERE change_id = $1",
+    };
+    let held: String = sqlx::query(sql)
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("held")?;
+    let pairs: Vec<(String, i64)> = serde_json::from_str(&held)
+        .map_err(|e| StoreError::Corrupt(format!("the locks of `{id}` read back as {e}")))?;
+    Ok(pairs
+        .into_iter()
+        .map(|(target, locked_at)| TargetLock {
+            target,
+            change_id: id.to_string(),
+            locked_at,
+        })
+        .collect())
+}
+
+/// The locks other changes than `id` hold.
+async fn others_locks(conn: &mut AnyConnection, id: &str) -> Result<Vec<TargetLock>, StoreError> {
+    Ok(sqlx::query("SELECT target, change_id, locked_at FROM target_locks WHERE change_id <> $1 ORDER BY target")
         .bind(id)
         .fetch_all(&mut *conn)
         .await?
         .iter()
-        .map(attempt)
-        .collect::<Result<_, _>>()?;
+        .map(|r| {
+            Ok(TargetLock {
+                target: r.try_get("target")?,
+                change_id: r.try_get("change_id")?,
+                locked_at: r.try_get("locked_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+pub(crate) async fn change_facts(
+    conn: &mut AnyConnection,
+    reading: &mut Reading<'_>,
+    id: &str,
+) -> Result<ChangeFacts, StoreError> {
+    let attempts = attempts_of(conn, reading, id).await?;
     let go_aheads = sqlx::query("SELECT step_id, digest, attempt_no, actor, reason, created_at AS at FROM go_aheads WHERE change_id = $1 ORDER BY created_at")
         .bind(id)
         .fetch_all(&mut *conn)
@@ -429,7 +513,8 @@ pub(crate) async fn breaker_reset(
 impl Store {
     /// One change's facts.
     pub async fn change_facts(&self, id: &str) -> Result<ChangeFacts, StoreError> {
-        change_facts(&mut *self.pool.acquire().await?, id).await
+        let reading = &mut Reading::Committed(&self.attempts);
+        change_facts(&mut *self.pool.acquire().await?, reading, id).await
     }
 
     /// Every held target lock.
@@ -450,7 +535,8 @@ impl Store {
 impl WriteTx {
     /// One change's facts, read under the write lock.
     pub async fn change_facts(&mut self, id: &str) -> Result<ChangeFacts, StoreError> {
-        change_facts(self.conn(), id).await
+        let reading = &mut Reading::InTx(&self.attempts, &mut self.read);
+        change_facts(&mut self.tx, reading, id).await
     }
 
     /// Every held target lock, read under the write lock.
@@ -570,18 +656,22 @@ pub struct WorldFacts {
 
 async fn read_world(
     conn: &mut AnyConnection,
+    reading: &mut Reading<'_>,
+    backend: super::Backend,
     id: &str,
     dependencies: &[String],
 ) -> Result<WorldFacts, StoreError> {
-    let facts = change_facts(conn, id).await?;
-    let locks = locks(conn).await?;
+    let facts = change_facts(conn, reading, id).await?;
+    let mut locks = own_locks(conn, backend, id).await?;
+    locks.extend(others_locks(conn, id).await?);
     let mut others = std::collections::BTreeMap::new();
     for other in dependencies
         .iter()
         .chain(locks.iter().map(|l| &l.change_id))
+        .filter(|other| *other != id)
     {
         if !others.contains_key(other) {
-            others.insert(other.clone(), change_facts(conn, other).await?);
+            others.insert(other.clone(), change_facts(conn, reading, other).await?);
         }
     }
     let failures = step_failures(conn).await?;
@@ -598,7 +688,15 @@ async fn read_world(
 impl Store {
     /// [`WorldFacts`] for change `id`, read from the pool.
     pub async fn world(&self, id: &str, dependencies: &[String]) -> Result<WorldFacts, StoreError> {
-        read_world(&mut *self.pool.acquire().await?, id, dependencies).await
+        let reading = &mut Reading::Committed(&self.attempts);
+        read_world(
+            &mut *self.pool.acquire().await?,
+            reading,
+            self.backend,
+            id,
+            dependencies,
+        )
+        .await
     }
 }
 
@@ -609,6 +707,7 @@ impl WriteTx {
         id: &str,
         dependencies: &[String],
     ) -> Result<WorldFacts, StoreError> {
-        read_world(self.conn(), id, dependencies).await
+        let reading = &mut Reading::InTx(&self.attempts, &mut self.read);
+        read_world(&mut self.tx, reading, self.backend, id, dependencies).await
     }
 }

@@ -16,6 +16,7 @@
 //! default `synchronous_commit=on`.
 
 pub mod alerts;
+mod attempt_cache;
 mod attempts;
 pub mod audit;
 mod changes;
@@ -148,6 +149,8 @@ pub struct SyncReport {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Attempts already read, by change ([`attempt_cache`]).
+    attempts: attempt_cache::AttemptCache,
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -185,7 +188,11 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            attempts: Default::default(),
+        })
     }
 
     /// The backend in use.
@@ -222,7 +229,13 @@ impl Store {
             seq: row.try_get("seq")?,
             hash: row.try_get("hash")?,
         };
-        Ok(WriteTx { tx, head })
+        Ok(WriteTx {
+            tx,
+            head,
+            backend: self.backend,
+            attempts: self.attempts.clone(),
+            read: Vec::new(),
+        })
     }
 
     /// Records `approver`'s approval of `change_id` at `digest`, which must be
@@ -345,6 +358,11 @@ struct Head {
 pub struct WriteTx {
     tx: Tx<'static>,
     head: Head,
+    backend: Backend,
+    /// The store's attempt cache; what this transaction read is merged
+    /// into it at commit, never before (it may hold uncommitted rows).
+    attempts: attempt_cache::AttemptCache,
+    read: Vec<(String, Vec<(i64, std::sync::Arc<Attempt>)>)>,
 }
 
 impl WriteTx {
@@ -390,6 +408,9 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         self.tx.commit().await?;
+        for (id, rows) in &self.read {
+            self.attempts.merge(id, rows);
+        }
         Ok(())
     }
 }
