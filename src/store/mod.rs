@@ -362,7 +362,7 @@ pub struct WriteTx {
     /// The store's attempt cache; what this transaction read is merged
     /// into it at commit, never before (it may hold uncommitted rows).
     attempts: attempt_cache::AttemptCache,
-    read: Vec<(String, Vec<(i64, std::sync::Arc<Attempt>)>)>,
+    read: gate::AttemptsRead,
 }
 
 impl WriteTx {
