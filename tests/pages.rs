@@ -333,8 +333,8 @@ fn metrics_parse_and_move_as_the_gate_acts() {
 fn halted_sweep() -> (TestRepo, Server, db::TestDatabase, tempfile::TempDir) {
     const SWEEP: &str = "changes/2017-12-14-restart-pgbouncer.yaml";
     let repo = incident_repo();
-    let text = std::fs::read_to_string(repo.path().join(SWEEP)).unwrap();
-    repo.write(SWEEP, text.replace("bake: 10m", "bake: 1s"));
+    let yaml = std::fs::read_to_string(repo.path().join(SWEEP)).unwrap();
+    repo.write(SWEEP, yaml.replace("bake: 10m", "bake: 1s"));
     repo.commit_as(
         "a one-second bake for the test",
         "Carol",
