@@ -255,6 +255,7 @@ impl Engine {
             directory: &self.directory,
             revisions: self.revision_sets(view, [(id, &read.facts)]),
             monitor_unreachable: None,
+            brief: false,
         }
     }
 
@@ -318,6 +319,7 @@ impl Engine {
             directory: &self.directory,
             revisions: self.revision_sets(&view, facts.iter().map(|(id, f)| (id.as_str(), f))),
             monitor_unreachable: None,
+            brief: false,
         };
         let empty = ChangeFacts::default();
         // Revisions in flight stay listed after their file left main.

@@ -406,4 +406,5 @@ fn failed_attempt<'f>(
                 })
         })
         .min_by_key(|a| a.attempt_no)
+        .map(|a| &**a)
 }

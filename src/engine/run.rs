@@ -43,6 +43,7 @@ impl Engine {
         let now = now_ms();
         let world = World {
             monitor_unreachable: unreachable,
+            brief: true,
             ..self.world(id, &view, &read, &breaker, now)
         };
         let (decision, status) = view::decide_claim(&world, id, facts, digest);
@@ -146,21 +147,25 @@ impl Engine {
         )
         .await?;
         w.commit().await?;
-        let rollout = status.rollout.as_ref().zip(target.as_ref()).map(|(r, t)| {
-            let wave = r
-                .targets
-                .iter()
-                .find(|s| &s.target == t)
-                .map_or(0, |s| s.wave);
-            GrantRollout {
-                target: t.clone(),
-                wave,
-                waves: r.waves.len(),
-                done: r.done,
-                targets: r.targets.len(),
-                parallel: r.parallel,
+        let rollout = match (next, status.rollout.as_ref(), change.sweep()) {
+            (Next::Target { target, .. }, Some(r), Some(sweep)) => {
+                let waves = sweep.waves(&change.targets);
+                let mut end = 0;
+                let wave = waves.iter().position(|w| {
+                    end += w.len();
+                    target < end
+                });
+                Some(GrantRollout {
+                    target: change.targets[target].clone(),
+                    wave: wave.map_or(0, |w| w + 1),
+                    waves: waves.len(),
+                    done: r.done,
+                    targets: change.targets.len(),
+                    parallel: r.parallel,
+                })
             }
-        });
+            _ => None,
+        };
         Ok(Ok(ClaimGrant {
             attempt: attempt.id,
             change: id.to_string(),
@@ -297,9 +302,12 @@ impl Engine {
         let facts = all.for_revision(&a.digest);
         let change_state = match change.as_deref() {
             Some((change, _, _)) => {
-                let state = view::state_of(change, &facts, true);
-                if a_was_running && report.outcome == Outcome::Succeeded {
-                    self.record_wave_done(&mut w, change, &facts, &a).await?;
+                let rollout = view::rollout_progress(change, &facts);
+                let state = view::state_of_in(change, &facts, true, rollout.as_ref());
+                if let (true, Outcome::Succeeded, Some(r)) =
+                    (a_was_running, report.outcome, &rollout)
+                {
+                    self.record_wave_done(&mut w, change, r, &a).await?;
                 }
                 if state == ChangeState::Completed && !facts.attempts.is_empty() {
                     w.complete_revision(&a.change_id, &a.digest, now).await?;
@@ -342,10 +350,10 @@ impl Engine {
         &self,
         w: &mut WriteTx,
         change: &crate::model::ChangeSet,
-        facts: &ChangeFacts,
+        r: &gate::RolloutProgress,
         a: &Attempt,
     ) -> Result<(), EngineError> {
-        let (Some(target), Some(r)) = (&a.target, view::rollout_progress(change, facts)) else {
+        let Some(target) = &a.target else {
             return Ok(());
         };
         let Some(t) = r.targets.iter().find(|t| &t.target == target) else {

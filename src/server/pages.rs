@@ -145,7 +145,21 @@ fn failed_step(c: &ChangeStatus) -> Option<(&str, &crate::store::Attempt)> {
     c.steps
         .iter()
         .find(|s| matches!(s.state, StepState::Failed | StepState::Interrupted))
-        .and_then(|s| s.attempts.last().map(|a| (s.id.as_str(), a)))
+        .and_then(|s| {
+            // A rollout's step has one attempt per target: the failed one.
+            s.attempts
+                .iter()
+                .rev()
+                .find(|a| {
+                    matches!(
+                        a.state,
+                        crate::store::AttemptState::Failed
+                            | crate::store::AttemptState::Interrupted
+                    )
+                })
+                .or(s.attempts.last())
+                .map(|a| (s.id.as_str(), &**a))
+        })
 }
 
 /// The first ten of `items`, and how many more.

@@ -29,21 +29,16 @@ const MAX_CHANGES: usize = 512;
 pub(crate) struct AttemptCache(Arc<Mutex<HashMap<String, Known>>>);
 
 /// What is known of one change: its attempts by id, and the highest `seq`.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Known {
+#[derive(Debug, Default)]
+struct Known {
     seq: i64,
     attempts: HashMap<String, (i64, Arc<Attempt>)>,
 }
 
 impl Known {
-    /// The highest `seq` read: rows above it are what changed since.
-    pub(crate) fn seq(&self) -> i64 {
-        self.seq
-    }
-
     /// Takes in rows read at their `seq`; a row never goes back to an
     /// older version of itself.
-    pub(crate) fn merge(&mut self, rows: &[(i64, Arc<Attempt>)]) {
+    fn merge(&mut self, rows: &[(i64, Arc<Attempt>)]) {
         for (seq, a) in rows {
             self.seq = self.seq.max(*seq);
             match self.attempts.get(&a.id) {
@@ -54,30 +49,45 @@ impl Known {
             }
         }
     }
+}
 
-    /// The attempts, oldest first (by start, then number).
-    pub(crate) fn attempts(&self) -> Vec<Attempt> {
-        let mut all: Vec<Attempt> = self
-            .attempts
-            .values()
-            .map(|(_, a)| Attempt::clone(a))
-            .collect();
-        all.sort_by(|a, b| {
-            (a.started_at, a.attempt_no, &a.id).cmp(&(b.started_at, b.attempt_no, &b.id))
-        });
-        all
-    }
+/// Oldest first: by start, then number.
+fn sort(attempts: &mut [Arc<Attempt>]) {
+    attempts.sort_by(|a, b| {
+        (a.started_at, a.attempt_no, &a.id).cmp(&(b.started_at, b.attempt_no, &b.id))
+    });
 }
 
 impl AttemptCache {
-    /// What is known of change `id` (nothing yet: `seq` -1, so every row
-    /// of it is read).
-    pub(crate) fn known(&self, id: &str) -> Known {
+    /// The highest `seq` known of change `id` (-1 when nothing is, so
+    /// every row of it is read).
+    pub(crate) fn seq(&self, id: &str) -> i64 {
         let cache = self.0.lock().expect("attempt cache");
-        cache.get(id).cloned().unwrap_or(Known {
-            seq: -1,
-            attempts: HashMap::new(),
-        })
+        cache.get(id).map_or(-1, |k| k.seq)
+    }
+
+    /// Change `id`'s attempts, oldest first: the known ones with `rows`
+    /// (read since, perhaps uncommitted) laid over them. Nothing is copied
+    /// but the shared attempts themselves.
+    pub(crate) fn attempts_with(
+        &self,
+        id: &str,
+        rows: &[(i64, Arc<Attempt>)],
+    ) -> Vec<Arc<Attempt>> {
+        let newer: HashMap<&str, &Arc<Attempt>> =
+            rows.iter().map(|(_, a)| (a.id.as_str(), a)).collect();
+        let cache = self.0.lock().expect("attempt cache");
+        let mut all: Vec<Arc<Attempt>> = cache
+            .get(id)
+            .into_iter()
+            .flat_map(|k| k.attempts.values())
+            .filter(|(_, a)| !newer.contains_key(a.id.as_str()))
+            .map(|(_, a)| a.clone())
+            .collect();
+        drop(cache);
+        all.extend(newer.into_values().cloned());
+        sort(&mut all);
+        all
     }
 
     /// Takes in committed rows of change `id`.
@@ -128,20 +138,39 @@ mod tests {
     #[test]
     fn a_newer_row_replaces_an_older_one_never_the_reverse() {
         let cache = AttemptCache::default();
-        assert_eq!(cache.known("c").seq(), -1);
+        assert_eq!(cache.seq("c"), -1);
         cache.merge("c", &[(3, attempt("a", AttemptState::Running, 2))]);
         cache.merge("c", &[(5, attempt("a", AttemptState::Succeeded, 2))]);
         // A late merge of an older read changes nothing.
         cache.merge("c", &[(3, attempt("a", AttemptState::Running, 2))]);
         cache.merge("c", &[(4, attempt("b", AttemptState::Failed, 1))]);
-        let known = cache.known("c");
-        assert_eq!(known.seq(), 5);
-        let all = known.attempts();
-        assert_eq!(
+        assert_eq!(cache.seq("c"), 5);
+        let states = |all: Vec<Arc<Attempt>>| {
             all.iter()
-                .map(|a| (a.id.as_str(), a.state))
-                .collect::<Vec<_>>(),
-            [("b", AttemptState::Failed), ("a", AttemptState::Succeeded)]
+                .map(|a| (a.id.clone(), a.state))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            states(cache.attempts_with("c", &[])),
+            [
+                ("b".to_string(), AttemptState::Failed),
+                ("a".to_string(), AttemptState::Succeeded)
+            ]
         );
+        // Rows read inside a write transaction lie over the known ones,
+        // and are not kept.
+        let overlay = [
+            (6, attempt("b", AttemptState::Running, 1)),
+            (7, attempt("x", AttemptState::Running, 9)),
+        ];
+        assert_eq!(
+            states(cache.attempts_with("c", &overlay)),
+            [
+                ("b".to_string(), AttemptState::Running),
+                ("a".to_string(), AttemptState::Succeeded),
+                ("x".to_string(), AttemptState::Running)
+            ]
+        );
+        assert_eq!(cache.seq("c"), 5);
     }
 }

@@ -163,8 +163,9 @@ fn revision(r: &AnyRow) -> Result<RevisionRecord, sqlx::Error> {
 /// Everything recorded about one change's execution and approval.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeFacts {
-    /// Every attempt, oldest first.
-    pub attempts: Vec<Attempt>,
+    /// Every attempt, oldest first (shared: a rollout's facts hold one per
+    /// target, and facts are copied per revision).
+    pub attempts: Vec<Arc<Attempt>>,
     /// Go-aheads, each for one attempt at one digest.
     pub go_aheads: Vec<GoAheadRecord>,
     /// Re-opened steps.
@@ -342,27 +343,31 @@ async fn attempts_of(
     conn: &mut AnyConnection,
     reading: &mut Reading<'_>,
     id: &str,
-) -> Result<Vec<Attempt>, StoreError> {
+) -> Result<Vec<Arc<Attempt>>, StoreError> {
     let cache = match reading {
         Reading::Committed(c) | Reading::InTx(c, _) => *c,
     };
-    let mut known = cache.known(id);
     let rows: Vec<(i64, Arc<Attempt>)> = sqlx::query(&format!(
         "SELECT {ATTEMPT_COLUMNS}, seq FROM attempts WHERE change_id = $1 AND seq > $2"
     ))
     .bind(id)
-    .bind(known.seq())
+    .bind(cache.seq(id))
     .fetch_all(&mut *conn)
     .await?
     .iter()
     .map(|r| Ok((r.try_get("seq")?, Arc::new(attempt(r)?))))
     .collect::<Result<_, sqlx::Error>>()?;
-    known.merge(&rows);
-    match reading {
-        Reading::Committed(cache) => cache.merge(id, &rows),
-        Reading::InTx(_, read) => read.push((id.to_string(), rows)),
-    }
-    Ok(known.attempts())
+    Ok(match reading {
+        Reading::Committed(cache) => {
+            cache.merge(id, &rows);
+            cache.attempts_with(id, &[])
+        }
+        Reading::InTx(cache, read) => {
+            let all = cache.attempts_with(id, &rows);
+            read.push((id.to_string(), rows));
+            all
+        }
+    })
 }
 
 /// The locks change `id` holds, in one row: a rollout holds one per target
@@ -569,7 +574,10 @@ impl Store {
         .await?
         {
             let a = attempt(&r)?;
-            all.entry(a.change_id.clone()).or_default().attempts.push(a);
+            all.entry(a.change_id.clone())
+                .or_default()
+                .attempts
+                .push(Arc::new(a));
         }
         for r in sqlx::query("SELECT change_id, step_id, digest, attempt_no, actor, reason, created_at AS at FROM go_aheads ORDER BY created_at").fetch_all(&mut *conn).await? {
             all.entry(r.try_get("change_id")?).or_default().go_aheads.push(go_ahead(&r)?);
@@ -646,7 +654,8 @@ pub struct WorldFacts {
     pub facts: ChangeFacts,
     /// Facts of its dependencies and of every lock holder, by change id.
     pub others: std::collections::BTreeMap<String, ChangeFacts>,
-    /// Every held lock.
+    /// The locks held by others; read from the pool (to show), the
+    /// change's own too.
     pub locks: Vec<TargetLock>,
     /// When steps failed or were interrupted.
     pub failures: Vec<i64>,
@@ -662,7 +671,12 @@ async fn read_world(
     dependencies: &[String],
 ) -> Result<WorldFacts, StoreError> {
     let facts = change_facts(conn, reading, id).await?;
-    let mut locks = own_locks(conn, backend, id).await?;
+    // A decision reads only the locks of others (a change never waits on
+    // itself); the locks a change holds are read for people to see.
+    let mut locks = match reading {
+        Reading::Committed(_) => own_locks(conn, backend, id).await?,
+        Reading::InTx(..) => Vec::new(),
+    };
     locks.extend(others_locks(conn, id).await?);
     let mut others = std::collections::BTreeMap::new();
     for other in dependencies

@@ -6,7 +6,8 @@ mod progress;
 
 pub use approvals::{approval_facts, approval_of, fresh_approver};
 pub use progress::{
-    halted, revision_focus, rollback_entries, rollout_progress, state_of, step_progress, Focus,
+    halted, revision_focus, rollback_entries, rollout_progress, state_of, state_of_in,
+    step_progress, step_progress_in, Focus,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -170,7 +171,8 @@ pub struct StepStatus {
     /// The go-ahead its next attempt would use, at the current digest.
     pub confirmation: Option<GoAheadRecord>,
     /// Every attempt, oldest first: its own and its rollback's (`phase`).
-    pub attempts: Vec<Attempt>,
+    #[schema(value_type = Vec<Attempt>)]
+    pub attempts: Vec<Arc<Attempt>>,
     /// Once a rollback was asked for and the step is among those undone:
     /// where its rollback stands (`skipped` when it declares none).
     #[schema(value_type = Option<String>)]
@@ -315,6 +317,9 @@ pub struct World<'a> {
     /// Why the fleet monitor could not be asked about a rollout's targets,
     /// when a claim asked and it could not.
     pub monitor_unreachable: Option<&'a str>,
+    /// A claim's decision: the status leaves out a rollout's rows per
+    /// target and per wave, which only people read.
+    pub brief: bool,
 }
 
 /// A revision's change set, digest and covered paths, read from its commit.
@@ -495,7 +500,8 @@ fn status_at(
         return (status, Err(refusal));
     };
     let approvals = approval_of(world, change, digest, covered, facts);
-    let mut progress = step_progress(change, facts);
+    let rollout = rollout_progress(change, facts);
+    let mut progress = step_progress_in(change, facts, rollout.as_ref());
     // Attempt numbers run across revisions: the next is after every one.
     for (p, step) in progress.iter_mut().zip(&change.steps) {
         p.attempts = all
@@ -507,7 +513,6 @@ fn status_at(
             .unwrap_or(0);
     }
     let rollback = rollback_entries(change, facts, &progress);
-    let rollout = rollout_progress(change, facts);
     let rollback_states: Option<Vec<StepState>> = rollback
         .as_ref()
         .map(|entries| entries.iter().map(|e| e.progress.state).collect());
@@ -685,7 +690,17 @@ fn status_at(
                 total,
             }
         });
-    let rollout = rollout.map(|r| rollout_status(change, &r, facts, world.now));
+    let rollout = rollout.map(|r| match world.brief {
+        // A claim needs the counts, not a row per target.
+        true => RolloutStatus {
+            waves: vec![],
+            targets: vec![],
+            done: r.targets_done(),
+            parallel: r.parallel,
+            halt: facts.halt().cloned(),
+        },
+        false => rollout_status(change, &r, facts, world.now),
+    });
     let status = ChangeStatus {
         id: id.to_string(),
         title: change.title.clone(),

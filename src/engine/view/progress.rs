@@ -43,14 +43,22 @@ pub fn revision_focus<'f>(main_digest: Option<&str>, facts: &'f ChangeFacts) -> 
 /// [`gate::rollout::rollup`]): failed at the first failed target, running
 /// part-way, succeeded once every target is through.
 pub fn step_progress(change: &ChangeSet, facts: &ChangeFacts) -> Vec<StepProgress> {
-    let rollout = rollout_progress(change, facts);
+    step_progress_in(change, facts, rollout_progress(change, facts).as_ref())
+}
+
+/// [`step_progress`], with the rollout's progress already read.
+pub fn step_progress_in(
+    change: &ChangeSet,
+    facts: &ChangeFacts,
+    rollout: Option<&RolloutProgress>,
+) -> Vec<StepProgress> {
     let index = Latest::of(facts);
     change
         .steps
         .iter()
         .enumerate()
         .map(|(n, step)| {
-            let progress = match &rollout {
+            let progress = match rollout {
                 Some(r) if r.block.contains(&n) => {
                     let on_targets = r.targets.iter().map(|t| &t.steps[n - r.block.start]);
                     let first = |f: fn(&StepProgress) -> bool| on_targets.clone().find(|p| f(p));
@@ -233,7 +241,22 @@ impl<'f> Latest<'f> {
 
 /// A change's state from its facts.
 pub fn state_of(change: &ChangeSet, facts: &ChangeFacts, approved: bool) -> ChangeState {
-    let progress = step_progress(change, facts);
+    state_of_in(
+        change,
+        facts,
+        approved,
+        rollout_progress(change, facts).as_ref(),
+    )
+}
+
+/// [`state_of`], with the rollout's progress already read.
+pub fn state_of_in(
+    change: &ChangeSet,
+    facts: &ChangeFacts,
+    approved: bool,
+    rollout: Option<&RolloutProgress>,
+) -> ChangeState {
+    let progress = step_progress_in(change, facts, rollout);
     let steps: Vec<StepState> = progress.iter().map(|p| p.state).collect();
     let rollback: Option<Vec<StepState>> = rollback_entries(change, facts, &progress)
         .map(|entries| entries.iter().map(|e| e.progress.state).collect());
