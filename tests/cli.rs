@@ -165,7 +165,7 @@ fn the_projects_own_examples_validate_clean() {
         .as_deref()
         .unwrap()
         .contains("assert_primary.sh \"$NEW_DB\""));
-    assert_eq!(model.policies.len(), 3);
+    assert_eq!(model.policies.len(), 4);
 }
 
 #[test]

@@ -361,6 +361,7 @@ fn a_browser_shows_the_rollout_grid_with_the_failed_target_first_and_the_feed_an
     let (dom, stderr) = headless(&url, "--dump-dom");
     assert!(console_errors(&stderr).is_empty(), "{stderr}");
     let grid = &dom[dom.find("id=\"rollout\"").expect("the rollout grid")..];
+    let grid = &grid[..grid.find("</table>").unwrap()];
     let rows: Vec<&str> = grid.split("<tr").skip(2).collect();
     assert_eq!(rows.len(), 3, "three waves: {grid}");
     // Wave 2: the failed cluster first, in red, then the others.

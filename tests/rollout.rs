@@ -582,3 +582,30 @@ fn two_executors_on_two_postgres_replicas_share_200_targets_within_parallel() {
     assert_eq!(s["state"], "completed");
     assert_eq!(s["rollout"]["done"], 200);
 }
+
+#[test]
+fn rolling_back_a_per_target_step_is_refused_not_run_once() {
+    let repo = sweep_repo(3, "  canary: 1\n  waves: [\"100%\"]\n", "");
+    let yaml = std::fs::read_to_string(repo.path().join("changes/sweep.yaml")).unwrap();
+    repo.write(
+        "changes/sweep.yaml",
+        yaml.replace(
+            "    run: ./restart.sh\n",
+            "    run: ./restart.sh\n    rollback: ./once.sh undo\n",
+        ),
+    );
+    repo.commit("a per-target rollback");
+    let (server, _db) = start_sweep(&repo, "sqlite", "", "");
+    let fleet = tempfile::tempdir().unwrap();
+    std::fs::write(fleet.path().join("fail-h001"), "").unwrap();
+    let out = exec(repo.path(), &server, &["sweep", "--continue"], fleet.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    match client(&server, "alice").rollback("sweep", "undo it") {
+        Err(changegate::client::ClientError::Refused { status, reason, .. }) => {
+            assert_eq!((status, reason.as_str()), (409, "unsupported"));
+        }
+        other => panic!("rollback of a per-target step: {other:?}"),
+    }
+    assert_eq!(status(&server)["state"], "failed");
+    assert_eq!(runs(fleet.path()).once, ["prep"], "no rollback ran");
+}
