@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::model::Duration;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[server]`
@@ -40,7 +40,7 @@ pub struct Config {
 
 /// `[github]`: pull request reviews as approvals, commit statuses, and
 /// reconciliation (SPEC §4).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubConfig {
     /// The REST API base: GitHub Enterprise's `https://HOST/api/v3`, or a
@@ -116,7 +116,7 @@ fn default_api_attempts() -> u32 {
 }
 
 /// `[alerts]`: where alerts go.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
     /// `[[alerts.sinks]]`, named in policies' `alerts:`.
@@ -137,7 +137,7 @@ pub enum SinkKind {
 }
 
 /// `[[alerts.sinks]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// The name policies use.
@@ -162,7 +162,7 @@ fn one_minute() -> Duration {
 }
 
 /// `[breaker]`: the step breaker (SPEC §6).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerSettings {
     /// Failed or interrupted steps that open it.
@@ -181,7 +181,7 @@ impl Default for BreakerSettings {
 }
 
 /// `[rollouts]`: how a rollout watches the fleet (SPEC §10).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RolloutSettings {
     /// The Alertmanager label that names a target.
@@ -201,7 +201,7 @@ impl Default for RolloutSettings {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -228,6 +228,9 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// A client must finish sending a request body within this.
     pub body_timeout: Duration,
+    /// Re-read `[[tokens]]` when the configuration file changes (SIGHUP
+    /// always does); off where a tool writes the file in pieces.
+    pub reload_on_change: bool,
 }
 
 impl Default for ServerConfig {
@@ -243,12 +246,13 @@ impl Default for ServerConfig {
             webhook_memory_mib: 64,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+            reload_on_change: true,
         }
     }
 }
 
 /// `[repo]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RepoConfig {
     /// Path or URL of the change repository. With `[github]`, the server
@@ -300,7 +304,7 @@ impl fmt::Display for Role {
 }
 
 /// `[[tokens]]`: a named identity. The token itself is never stored.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// The identity's name, recorded as the actor.
@@ -342,9 +346,7 @@ impl Config {
     /// Loads the file named by `explicit`, else `CHANGEGATE_CONFIG`, else
     /// `./changegate.toml` if present, else the defaults; then applies env overrides.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let from_env = std::env::var_os("CHANGEGATE_CONFIG").map(PathBuf::from);
-        let path = explicit.map(Path::to_path_buf).or(from_env);
-        let path = path.or_else(|| Some(PathBuf::from("changegate.toml")).filter(|p| p.exists()));
+        let path = Config::source(explicit);
         let mut config = match &path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -365,6 +367,14 @@ impl Config {
             config.server.listen = listen;
         }
         Ok(config)
+    }
+
+    /// The file [`Config::load`] reads: `explicit`, else
+    /// `CHANGEGATE_CONFIG`, else `./changegate.toml` if it exists.
+    pub fn source(explicit: Option<&Path>) -> Option<PathBuf> {
+        let from_env = std::env::var_os("CHANGEGATE_CONFIG").map(PathBuf::from);
+        let path = explicit.map(Path::to_path_buf).or(from_env);
+        path.or_else(|| Some(PathBuf::from("changegate.toml")).filter(|p| p.exists()))
     }
 
     /// Parses TOML text and checks what serde cannot.

@@ -32,7 +32,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("start the tokio runtime")
 }
 
-pub(super) fn serve(config: Option<&Path>, log_format: LogFormat) -> u8 {
+pub(super) fn serve(config_path: Option<&Path>, log_format: LogFormat) -> u8 {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHANGEGATE_LOG")
         .unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -44,7 +44,7 @@ pub(super) fn serve(config: Option<&Path>, log_format: LogFormat) -> u8 {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-    let config = match load_config(config) {
+    let config = match load_config(config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -59,7 +59,11 @@ pub(super) fn serve(config: Option<&Path>, log_format: LogFormat) -> u8 {
             return exit::USAGE;
         }
     }
-    match runtime().block_on(crate::server::serve(config)) {
+    // Without a file yet, the one `token new … >> changegate.toml` creates
+    // is the one to watch (README, "Two commands").
+    let source =
+        Config::source(config_path).or_else(|| Some(std::path::PathBuf::from("changegate.toml")));
+    match runtime().block_on(crate::server::serve(config, source)) {
         Ok(()) => exit::OK,
         Err(e) => {
             tracing::error!(error = %e, "serve failed");

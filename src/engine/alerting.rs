@@ -14,7 +14,7 @@ impl Engine {
     /// only sinks that are not configured (an alert always reaches someone).
     pub(super) fn sinks_for(&self, change: Option<&str>) -> Vec<String> {
         let all: Vec<String> = self
-            .config
+            .config()
             .alerts
             .sinks
             .iter()
@@ -114,7 +114,7 @@ impl Engine {
             "status_page",
             format!(
                 "{}/changes/{}",
-                self.config.server.public_url.trim_end_matches('/'),
+                self.config().server.public_url.trim_end_matches('/'),
                 a.change_id
             ),
         );

@@ -65,7 +65,12 @@ fn refused(reason: &'static str, detail: impl Into<String>) -> EngineError {
 
 /// The gate service: shared by every HTTP handler.
 pub struct Engine {
-    config: Arc<Config>,
+    /// The configuration; `[[tokens]]` may be swapped while serving
+    /// ([`Engine::reload_tokens`]), so every use takes a snapshot.
+    config: RwLock<Arc<Config>>,
+    /// Set when what the view was read with changed (the identities):
+    /// the next refresh reads the default branch even if it did not move.
+    stale: std::sync::atomic::AtomicBool,
     store: Store,
     view: RwLock<Arc<RepoView>>,
     directory: DirectoryCache,
@@ -83,7 +88,8 @@ impl Engine {
     /// An engine with an empty view; call [`Engine::refresh`].
     pub fn new(config: Arc<Config>, store: Store) -> Self {
         Engine {
-            config,
+            config: RwLock::new(config),
+            stale: Default::default(),
             store,
             view: RwLock::new(Arc::new(RepoView::default())),
             directory: DirectoryCache::default(),
@@ -97,7 +103,7 @@ impl Engine {
     /// reasons and comments, before they are stored or sent anywhere.
     pub fn scrub(&self, text: &str) -> String {
         let own: Vec<String> = self
-            .config
+            .config()
             .github
             .iter()
             .flat_map(|g| [&g.token_env, &g.webhook_secret_env])
@@ -111,15 +117,34 @@ impl Engine {
         &self.directory
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration now: a snapshot, since `[[tokens]]` may be
+    /// reloaded while serving.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// Swaps in a new `[[tokens]]` (SIGHUP, or the file changed) and reads
+    /// the default branch again, since who authored what is read through
+    /// the identities' emails: a new identity must not approve a change it
+    /// wrote. The rest of the configuration needs a restart.
+    pub async fn reload_tokens(
+        &self,
+        tokens: Vec<crate::config::TokenConfig>,
+    ) -> Result<SyncReport, EngineError> {
+        {
+            let mut config = self.config.write().expect("config lock");
+            let mut next = Config::clone(&config);
+            next.tokens = tokens;
+            *config = Arc::new(next);
+        }
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.refresh().await
     }
 
     /// Where change sets are read from: the server's bare mirror when
     /// GitHub is configured, else `repo.url` itself.
     pub fn repo_path(&self) -> std::path::PathBuf {
-        repo_path(&self.config)
+        repo_path(&self.config())
     }
 
     /// The store.
@@ -133,18 +158,20 @@ impl Engine {
     }
 
     fn breaker_config(&self) -> BreakerConfig {
+        let config = self.config();
         BreakerConfig {
-            max_failures: self.config.breaker.max_failures as usize,
-            window_ms: self.config.breaker.window.as_secs() as i64 * 1000,
+            max_failures: config.breaker.max_failures as usize,
+            window_ms: config.breaker.window.as_secs() as i64 * 1000,
         }
     }
 
     /// Re-reads the default branch, records changes and digests, and swaps the view.
     pub async fn refresh(&self) -> Result<SyncReport, EngineError> {
         let path = self.repo_path();
+        let config = self.config();
         let old = self.view();
         let tip = ChangeRepo::open(&path)?
-            .at(&self.config.repo.default_branch)?
+            .at(&config.repo.default_branch)?
             .commit_id()
             .to_string();
         let mut open = Vec::new();
@@ -163,10 +190,15 @@ impl Engine {
         // re-reads only that pull request's head.
         // A policy revision waiting for approval is looked at again: a
         // review may have arrived since.
-        if tip == old.commit && open == old.proposal_heads && old.unapproved_policies.is_empty() {
+        let stale = self.stale.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if !stale
+            && tip == old.commit
+            && open == old.proposal_heads
+            && old.unapproved_policies.is_empty()
+        {
             return Ok(SyncReport::default());
         }
-        let (mut view, report) = if tip == old.commit {
+        let (mut view, report) = if tip == old.commit && !stale {
             let mut same = (*old).clone();
             same.proposals.clear();
             same.policy_proposals.clear();
@@ -175,7 +207,7 @@ impl Engine {
             }
             (same, SyncReport::default())
         } else {
-            let view = read_default_branch(&self.config, &path)?;
+            let view = read_default_branch(&config, &path)?;
             let changes: Vec<_> = view
                 .changes
                 .values()
@@ -200,7 +232,7 @@ impl Engine {
                 let (changes, policies) = read_proposals(
                     &path,
                     std::slice::from_ref(head),
-                    &self.config.repo.default_branch,
+                    &config.repo.default_branch,
                 );
                 view.proposals.extend(changes);
                 view.policy_proposals.extend(policies);
@@ -246,7 +278,7 @@ impl Engine {
         now: i64,
     ) -> World<'a> {
         World {
-            config: &self.config,
+            config: self.config(),
             view,
             dependency_facts: &read.others,
             locks: &read.locks,
@@ -310,7 +342,7 @@ impl Engine {
         let (failures, reset) = self.store.breaker_facts().await?;
         let breaker = breaker_state(&failures, reset.map(|r| r.at), self.breaker_config());
         let world = World {
-            config: &self.config,
+            config: self.config(),
             view: &view,
             dependency_facts: &facts,
             locks: &locks,

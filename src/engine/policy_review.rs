@@ -46,7 +46,7 @@ impl Engine {
     /// approved text of each file whose revision is not (alerting until it
     /// is approved or reverted), and takes the baseline on first use.
     pub(super) async fn review_policies(&self, view: &mut RepoView) -> Result<(), EngineError> {
-        if self.config.github.is_none() {
+        if self.config().github.is_none() {
             return Ok(());
         }
         let now = now_ms();
@@ -242,8 +242,12 @@ impl Engine {
         facts.github.reviews.retain(|r| r.submitted_at > since);
         facts.approvals.retain(|a| a.created_at > since);
         let rule = edit_rule(old, new);
-        let identities: BTreeSet<String> =
-            self.config.tokens.iter().map(|t| t.name.clone()).collect();
+        let identities: BTreeSet<String> = self
+            .config()
+            .tokens
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
         let people = People {
             authors: &facts.github.authors,
             identities: &identities,
@@ -253,7 +257,7 @@ impl Engine {
         Ok(approval_status(
             digest,
             &[(policy_name(path), rule)],
-            &view::approval_facts(&self.config, &facts),
+            &view::approval_facts(&self.config(), &facts),
             &people,
         ))
     }

@@ -42,13 +42,14 @@ impl Engine {
 
     /// The Alertmanager sinks that alerts about change `id` go to: the
     /// fleet monitors a rollout asks.
-    fn monitors(&self, id: &str) -> Vec<&crate::config::SinkConfig> {
+    fn monitors(&self, id: &str) -> Vec<crate::config::SinkConfig> {
         let names = self.sinks_for(Some(id));
-        self.config
+        self.config()
             .alerts
             .sinks
             .iter()
             .filter(|s| s.kind == SinkKind::Alertmanager && names.contains(&s.name))
+            .cloned()
             .collect()
     }
 
@@ -60,7 +61,7 @@ impl Engine {
         id: &str,
         touched: &BTreeSet<&str>,
     ) -> Result<Option<(String, String)>, String> {
-        let label = &self.config.rollouts.target_label;
+        let label = self.config().rollouts.target_label.clone();
         for sink in self.monitors(id) {
             let url = format!(
                 "{}/api/v2/alerts?active=true&silenced=false&inhibited=false",
@@ -184,7 +185,7 @@ impl Engine {
             "status_page",
             format!(
                 "{}/changes/{id}",
-                self.config.server.public_url.trim_end_matches('/')
+                self.config().server.public_url.trim_end_matches('/')
             ),
         );
         if w.raise_alert(&alert, now).await? {

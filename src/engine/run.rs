@@ -89,7 +89,7 @@ impl Engine {
             .max()
             .unwrap_or(0)
             + 1;
-        let lease_ms = self.config.server.lease.as_secs() as i64 * 1000;
+        let lease_ms = self.config().server.lease.as_secs() as i64 * 1000;
         let attempt = Attempt {
             id: format!("{id}.{}.{attempt_no}", step.id),
             change_id: id.to_string(),
@@ -178,7 +178,7 @@ impl Engine {
             env: change.env.clone(),
             timeout_secs: timeout,
             lease_expires_at: attempt.lease_expires_at,
-            lease_secs: self.config.server.lease.as_secs(),
+            lease_secs: self.config().server.lease.as_secs(),
             phase,
             rollout,
         }))
@@ -220,7 +220,7 @@ impl Engine {
                 format!("attempt {attempt_id} is {}; stop the step", a.state),
             ));
         }
-        let until = now_ms() + self.config.server.lease.as_secs() as i64 * 1000;
+        let until = now_ms() + self.config().server.lease.as_secs() as i64 * 1000;
         w.renew_lease(attempt_id, until).await?;
         w.commit().await?;
         Ok(Attempt {

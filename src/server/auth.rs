@@ -63,7 +63,7 @@ impl FromRequestParts<AppState> for Identity {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        authenticate(&state.config.tokens, token.trim()).ok_or(ApiError::Unauthorized)
+        authenticate(&state.engine.config().tokens, token.trim()).ok_or(ApiError::Unauthorized)
     }
 }
 

@@ -7,6 +7,7 @@ mod ingest;
 mod listen;
 pub mod metrics;
 mod pages;
+mod reload;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -121,15 +122,17 @@ pub enum ServeError {
     Github(#[from] crate::github::SyncError),
 }
 
-/// Runs the service until SIGTERM or SIGINT, then drains in-flight requests.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
+/// Runs the service until SIGTERM or SIGINT, then drains in-flight
+/// requests. `[[tokens]]` is re-read from `source` (the file the
+/// configuration came from) on SIGHUP and when the file changes.
+pub async fn serve(config: Config, source: Option<std::path::PathBuf>) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .map_err(|source| ServeError::Bind {
             addr: config.server.listen.clone(),
             source,
         })?;
-    run(config, listener, shutdown_signal()).await
+    run_reloading(config, source, listener, shutdown_signal()).await
 }
 
 /// Runs the service on `listener` until `shutdown` completes.
@@ -138,11 +141,22 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_reloading(config, None, listener, shutdown).await
+}
+
+/// [`run`], re-reading `[[tokens]]` from `source` while it serves.
+async fn run_reloading(
+    config: Config,
+    source: Option<std::path::PathBuf>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let store = Store::connect(&config.database_url()).await?;
     store.migrate().await?;
     tracing::info!(backend = ?store.backend(), "store ready");
     let config = Arc::new(config);
     let engine = Arc::new(Engine::new(config.clone(), store.clone()));
+    let reloader = reload::start(source, engine.clone())?;
     let github = Github::new(engine.clone())?.map(Arc::new);
     let home = github.as_ref().map(|g| g.home());
     match refresh_all(&engine, github.as_deref()).await {
@@ -191,6 +205,7 @@ pub async fn run(
     };
     listen::serve(listener, app, timeouts, shutdown).await?;
     background.abort();
+    reloader.abort();
     delivery.abort();
     ingest_writer.abort();
     if let Some(worker) = github_worker {

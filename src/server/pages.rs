@@ -69,7 +69,7 @@ impl FromRequestParts<AppState> for PageAccess {
                 })
             });
         match header.or(cookie) {
-            Some(t) if authenticate(&state.config.tokens, &t).is_some() => Ok(PageAccess),
+            Some(t) if authenticate(&state.engine.config().tokens, &t).is_some() => Ok(PageAccess),
             _ => Err((StatusCode::UNAUTHORIZED, Html("<h1>401</h1><p>Send a reader token, or set <code>server.public_pages = true</code>.</p>")).into_response()),
         }
     }

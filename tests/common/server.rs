@@ -105,6 +105,11 @@ impl Server {
         self.dir.path().join("serve.log")
     }
 
+    /// The exit status, if the server process has exited.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
     /// The running server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the server is running").id()

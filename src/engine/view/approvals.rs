@@ -77,7 +77,7 @@ pub fn approval_of(
 ) -> ApprovalStatus {
     let in_force = world.view.governing(change, covered);
     let rules = in_force.approval_rules();
-    let approval_facts = approval_facts(world.config, facts);
+    let approval_facts = approval_facts(&world.config, facts);
     let mut authors = world
         .view
         .authors
@@ -118,7 +118,7 @@ pub fn fresh_approver(
     fresh.approvals.retain(|a| a.created_at > since);
     fresh.github.reviews.retain(|r| r.submitted_at > since);
     let status = approval_of(world, change, digest, covered, &fresh);
-    let actor = person(world.config, actor);
+    let actor = person(&world.config, actor);
     let mut policies = status.policies.iter();
     let first = policies.next()?;
     first

@@ -297,7 +297,7 @@ pub struct ChangeStatus {
 /// Everything the decision needs beyond one change's facts.
 pub struct World<'a> {
     /// The server's configuration.
-    pub config: &'a Config,
+    pub config: Arc<Config>,
     /// The default branch.
     pub view: &'a RepoView,
     /// Facts of the change's dependencies.
