@@ -202,6 +202,7 @@ impl Engine {
             let mut same = (*old).clone();
             same.proposals.clear();
             same.policy_proposals.clear();
+            same.proposal_errors.clear();
             if !same.unapproved_policies.is_empty() {
                 self.review_policies(&mut same).await?;
             }
@@ -228,14 +229,17 @@ impl Engine {
                     .extend(old.proposals.iter().filter(|p| of_it(p.pr)).cloned());
                 view.policy_proposals
                     .extend(old.policy_proposals.iter().filter(|p| of_it(p.pr)).cloned());
+                view.proposal_errors
+                    .extend(old.proposal_errors.iter().filter(|e| of_it(e.0)).cloned());
             } else {
-                let (changes, policies) = read_proposals(
+                let (changes, policies, errors) = read_proposals(
                     &path,
                     std::slice::from_ref(head),
                     &config.repo.default_branch,
                 );
                 view.proposals.extend(changes);
                 view.policy_proposals.extend(policies);
+                view.proposal_errors.extend(errors);
             }
         }
         view.proposal_heads = open;

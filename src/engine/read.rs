@@ -25,11 +25,12 @@ pub fn read_proposals(
     path: &Path,
     open: &[(i64, String, Vec<String>)],
     default_branch: &str,
-) -> (Vec<Proposal>, Vec<PolicyProposal>) {
+) -> ReadProposals {
     let mut out = Vec::new();
     let mut policies = Vec::new();
+    let mut errors = Vec::new();
     let Ok(repo) = ChangeRepo::open(path) else {
-        return (out, policies);
+        return (out, policies, errors);
     };
     for (pr, head, ids) in open.iter().filter(|(_, _, ids)| !ids.is_empty()) {
         let model = match repo.at(head).and_then(|s| Ok((s.load_model()?, s))) {
@@ -44,6 +45,11 @@ pub fn read_proposals(
             ids.iter()
                 .filter(|key| is_policy_path(key))
                 .map(|key| policy_at(&repo, &snapshot, *pr, key, default_branch)),
+        );
+        errors.extend(
+            invalid_edits(&repo, &snapshot, &model, default_branch)
+                .into_iter()
+                .map(|(id, e)| (*pr, id, e)),
         );
         for id in ids {
             let Some(change) = model.changes.get(id) else {
@@ -60,8 +66,49 @@ pub fn read_proposals(
             }
         }
     }
-    (out, policies)
+    (out, policies, errors)
 }
+
+/// The change sets a head adds or edits that do not validate there, with
+/// their errors: a file whose blob differs from the default branch's.
+fn invalid_edits(
+    repo: &ChangeRepo,
+    head: &crate::git::Snapshot<'_>,
+    model: &crate::model::RepoModel,
+    default_branch: &str,
+) -> Vec<(String, Vec<String>)> {
+    let main = repo.at(default_branch).ok();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for d in &model.diagnostics {
+        let Some(id) = d
+            .path
+            .strip_prefix("changes/")
+            .and_then(|f| f.strip_suffix(".yaml").or_else(|| f.strip_suffix(".yml")))
+            .filter(|id| !id.contains('/'))
+        else {
+            continue;
+        };
+        let edited = main
+            .as_ref()
+            .is_none_or(|m| m.entry(&d.path) != head.entry(&d.path));
+        if !edited {
+            continue;
+        }
+        match out.iter_mut().find(|(i, _)| i == id) {
+            Some((_, errors)) => errors.push(d.to_string()),
+            None => out.push((id.to_string(), vec![d.to_string()])),
+        }
+    }
+    out
+}
+
+/// What [`read_proposals`] finds: valid changes, policy files, and the
+/// errors of touched change sets that do not validate.
+pub type ReadProposals = (
+    Vec<Proposal>,
+    Vec<PolicyProposal>,
+    Vec<(i64, String, Vec<String>)>,
+);
 
 /// Policy file `path` as pull request `pr` has it at `snapshot`: its
 /// blob, or the deletion of the blob at the merge base.
@@ -142,6 +189,7 @@ pub fn read_default_branch(config: &Config, path: &Path) -> Result<RepoView, Git
         proposal_heads: Vec::new(),
         previous_labels: BTreeMap::new(),
         policy_proposals: Vec::new(),
+        proposal_errors: Vec::new(),
         policies_since: BTreeMap::new(),
         unapproved_policies: Vec::new(),
     })

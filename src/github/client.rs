@@ -186,10 +186,10 @@ impl GithubClient {
                 }
                 tokio::time::sleep(wait).await;
             }
-            let sent = if method == http::Method::POST {
-                self.crab._post(uri, body).await
-            } else {
-                self.crab._get(uri).await
+            let sent = match method {
+                http::Method::POST => self.crab._post(uri, body).await,
+                http::Method::PATCH => self.crab._patch(uri, body).await,
+                _ => self.crab._get(uri).await,
             };
             let response = sent.map_err(|e| ApiError::Transport {
                 call: call.clone(),
@@ -384,6 +384,62 @@ impl GithubClient {
             .collect())
     }
 
+    /// Every comment on a pull request (its issue), oldest first.
+    pub async fn comments(&self, number: u64) -> Result<Vec<IssueComment>, ApiError> {
+        self.all_pages(&format!(
+            "{}/issues/{number}/comments?per_page=100",
+            self.repo_path()
+        ))
+        .await
+    }
+
+    /// Creates a comment on a pull request; returns its id.
+    pub async fn create_comment(&self, number: u64, body: &str) -> Result<u64, ApiError> {
+        let uri = format!("{}/issues/{number}/comments", self.repo_path());
+        let response = self
+            .send(
+                http::Method::POST,
+                &uri,
+                Some(&serde_json::json!({ "body": body })),
+            )
+            .await?;
+        let created = IssueComment::from_response(response)
+            .await
+            .map_err(|e| ApiError::Shape {
+                call: format!("POST {uri}"),
+                message: e.to_string(),
+            })?;
+        Ok(created.id)
+    }
+
+    /// Replaces a comment's body.
+    pub async fn update_comment(&self, id: u64, body: &str) -> Result<(), ApiError> {
+        self.send(
+            http::Method::PATCH,
+            &format!("{}/issues/comments/{id}", self.repo_path()),
+            Some(&serde_json::json!({ "body": body })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The login this client acts as (`GET /user`); `None` for a GitHub
+    /// App's installation, which has no user (its comments name the App).
+    pub async fn login(&self) -> Result<Option<String>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct User {
+            login: String,
+        }
+        match self.get_json::<User>("/user").await {
+            Ok(u) => Ok(Some(u.login)),
+            Err(ApiError::Status {
+                status: 401 | 403 | 404,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every review of a pull request, oldest first.
     pub async fn reviews(&self, number: u64) -> Result<Vec<Review>, ApiError> {
         self.all_pages(&format!(
@@ -392,6 +448,29 @@ impl GithubClient {
         ))
         .await
     }
+}
+
+/// A comment on a pull request (`/repos/{o}/{r}/issues/{n}/comments`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct IssueComment {
+    /// Its id.
+    pub id: u64,
+    /// Its Markdown.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Who wrote it.
+    #[serde(default)]
+    pub user: Option<super::events::Account>,
+    /// The App that wrote it, when one did.
+    #[serde(default)]
+    pub performed_via_github_app: Option<AppRef>,
+}
+
+/// A GitHub App, as a comment names it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AppRef {
+    /// The App's id.
+    pub id: u64,
 }
 
 /// A commit status (`POST /repos/{o}/{r}/statuses/{sha}`).

@@ -9,10 +9,12 @@
 
 mod apply;
 pub mod client;
+mod comments;
 pub mod events;
 mod inbox;
 mod mirror;
 pub mod origin;
+pub mod plan;
 mod reconcile;
 mod statuses;
 
@@ -190,7 +192,8 @@ impl Github {
     /// (permissions, teams), and bring commit statuses up to date. The
     /// directory is refreshed when a fact was recorded since (a new
     /// reviewer) and once a minute (answers go stale); statuses are worked
-    /// out again when a fact was recorded or an answer changed, so an idle
+    /// out again (with each pull request's plan comment) when a fact was
+    /// recorded or an answer changed, so an idle
     /// tick reads two rows.
     pub async fn tick(&self) -> Result<(), SyncError> {
         use std::sync::atomic::Ordering;
@@ -212,9 +215,11 @@ impl Github {
                 self.engine.refresh().await?;
             }
             self.update_statuses().await?;
+            self.update_plans().await?;
             self.statuses_at.store(seq, Ordering::SeqCst);
         }
         self.post_statuses().await?;
+        self.post_plans().await?;
         Ok(())
     }
 }

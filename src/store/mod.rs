@@ -20,6 +20,7 @@ mod attempt_cache;
 mod attempts;
 pub mod audit;
 mod changes;
+mod comments;
 mod gate;
 mod github;
 mod inbox;
@@ -28,6 +29,7 @@ mod states;
 mod statuses;
 
 pub use alerts::{Alert, AlertLabels, Delivery, Firing, Severity};
+pub use comments::PendingComment;
 pub use gate::*;
 pub use github::*;
 pub use inbox::{InboxItem, PreparedDelivery};

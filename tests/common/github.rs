@@ -63,6 +63,40 @@ pub struct State {
     pub jwt_claims: Vec<Value>,
     /// Logins with write access to the repository; everyone else reads.
     pub writers: BTreeSet<String>,
+    /// Comments by pull request (REST shape, oldest first).
+    pub comments: BTreeMap<u64, Vec<Value>>,
+    /// The last comment id given.
+    pub last_comment_id: u64,
+}
+
+/// The login a plain token acts as (`GET /user`).
+pub const BOT_LOGIN: &str = "changegate-bot";
+
+/// GitHub's answer to a comment body over 65,536 characters.
+fn body_too_long() -> ResponseTemplate {
+    ResponseTemplate::new(422).set_body_json(json!({
+        "message": "Validation Failed",
+        "errors": [{"resource": "IssueComment", "code": "unprocessable", "field": "data",
+                    "message": "Body is too long (maximum is 65536 characters)"}],
+        "documentation_url": "https://docs.github.com/rest/issues/comments#create-an-issue-comment"
+    }))
+}
+
+/// A comment in GitHub's REST shape, written by `login` (or by the App).
+pub fn comment_json(id: u64, number: u64, login: &str, app: Option<u64>, body: &str) -> Value {
+    json!({
+        "id": id,
+        "node_id": format!("IC_{id}"),
+        "url": format!("https://api.github.com/repos/{REPOSITORY}/issues/comments/{id}"),
+        "html_url": format!("https://github.com/{REPOSITORY}/pull/{number}#issuecomment-{id}"),
+        "issue_url": format!("https://api.github.com/repos/{REPOSITORY}/issues/{number}"),
+        "body": body,
+        "user": {"login": login, "id": 1000 + id, "type": if app.is_some() { "Bot" } else { "User" }},
+        "author_association": "NONE",
+        "created_at": rfc3339(now_ms() as u64 / 1000),
+        "updated_at": rfc3339(now_ms() as u64 / 1000),
+        "performed_via_github_app": app.map(|id| json!({"id": id, "slug": "changegate", "name": "changegate"})),
+    })
 }
 
 /// The test cast's GitHub logins, all collaborators with write access.
@@ -309,6 +343,88 @@ impl Respond for Api {
                     "user": {"login": login, "type": "User"},
                 }))
             }
+            ("GET", ["user"]) => {
+                if state.app.is_some() {
+                    // An installation token has no user.
+                    return ResponseTemplate::new(403).set_body_json(json!({
+                        "message": "Resource not accessible by integration",
+                        "documentation_url": "https://docs.github.com/rest/users/users#get-the-authenticated-user"
+                    }));
+                }
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"login": BOT_LOGIN, "id": 7, "type": "User"}))
+            }
+            ("GET", ["repos", o, n, "issues", number, "comments"]) if [*o, *n] == repo[..] => {
+                let Some(number) = number
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| state.pulls.contains_key(n))
+                else {
+                    return not_found();
+                };
+                let items = state.comments.get(&number).cloned().unwrap_or_default();
+                drop(state);
+                self.page(req, &items)
+            }
+            ("POST", ["repos", o, n, "issues", number, "comments"]) if [*o, *n] == repo[..] => {
+                let Some(number) = number
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| state.pulls.contains_key(n))
+                else {
+                    return not_found();
+                };
+                let Some(body) = req
+                    .body_json::<Value>()
+                    .ok()
+                    .and_then(|b| b["body"].as_str().map(str::to_string))
+                else {
+                    return ResponseTemplate::new(422).set_body_json(
+                        json!({"message": "Invalid request.\n\n\"body\" wasn't supplied."}),
+                    );
+                };
+                if body.chars().count() > 65_536 {
+                    return body_too_long();
+                }
+                state.last_comment_id += 1;
+                let id = state.last_comment_id;
+                let app = state.app.map(|(app, _)| app);
+                let login = if app.is_some() {
+                    "changegate[bot]"
+                } else {
+                    BOT_LOGIN
+                };
+                let c = comment_json(id, number, login, app, &body);
+                state.comments.entry(number).or_default().push(c.clone());
+                ResponseTemplate::new(201).set_body_json(c)
+            }
+            ("PATCH", ["repos", o, n, "issues", "comments", id]) if [*o, *n] == repo[..] => {
+                let Some(body) = req
+                    .body_json::<Value>()
+                    .ok()
+                    .and_then(|b| b["body"].as_str().map(str::to_string))
+                else {
+                    return ResponseTemplate::new(422)
+                        .set_body_json(json!({"message": "Invalid request."}));
+                };
+                if body.chars().count() > 65_536 {
+                    return body_too_long();
+                }
+                let id: u64 = id.parse().unwrap_or(0);
+                let found = state
+                    .comments
+                    .values_mut()
+                    .flat_map(|cs| cs.iter_mut())
+                    .find(|c| c["id"] == id);
+                match found {
+                    Some(c) => {
+                        c["body"] = json!(body);
+                        c["updated_at"] = json!(rfc3339(now_ms() as u64 / 1000));
+                        ResponseTemplate::new(200).set_body_json(c.clone())
+                    }
+                    None => not_found(),
+                }
+            }
             ("GET", ["orgs", org, "teams", slug, "memberships", login]) => {
                 let team = format!("{org}/{slug}");
                 if state.teams.get(&team).is_some_and(|m| m.contains(*login)) {
@@ -379,6 +495,25 @@ impl FakeGithub {
                 )
             })
             .collect()
+    }
+
+    /// The comments on pull request `number`, oldest first.
+    pub fn comments(&self, number: u64) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .comments
+            .get(&number)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Someone else comments on pull request `number`.
+    pub fn add_comment(&self, number: u64, login: &str, body: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.last_comment_id += 1;
+        let c = comment_json(state.last_comment_id, number, login, None, body);
+        state.comments.entry(number).or_default().push(c);
     }
 
     /// Requests seen whose `METHOD /path` starts with `prefix`, with their times.

@@ -50,6 +50,9 @@ pub struct RepoView {
     pub proposal_heads: Vec<(i64, String, Vec<String>)>,
     /// Policy files that open pull requests add, edit or delete.
     pub policy_proposals: Vec<PolicyProposal>,
+    /// Change sets an open pull request touches that do not validate at
+    /// its head: (pull request, change id, `path:line:col: message`s).
+    pub proposal_errors: Vec<(i64, String, Vec<String>)>,
     /// When each policy file's text in force took effect (unix ms), with
     /// GitHub: an edit counts only reviews given since.
     pub policies_since: BTreeMap<String, i64>,

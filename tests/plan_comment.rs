@@ -1,0 +1,279 @@
+//! The plan as one pull request comment (SPEC §12), end to end: a real git
+//! origin, a real `serve`, signed deliveries and the fake GitHub's issue
+//! comment endpoints (pagination, 201/200, 404, 422 like GitHub's).
+
+mod common;
+
+use common::gate_fixture::*;
+use common::github::*;
+use common::server::{self, Server};
+use common::{db, TestRepo};
+use serde_json::Value;
+
+const POLICY: &str = "approvals:\n  required: 2\n  from: [alice-gh, bob-gh, dave-gh]\n";
+
+/// `main` with one policy and a script; nothing to approve yet.
+fn origin() -> TestRepo {
+    let repo = TestRepo::new();
+    script(&repo, "ok.sh", "echo ran");
+    repo.write("policies/p.yaml", POLICY);
+    repo.commit("main");
+    repo
+}
+
+fn change(title: &str, run: &str) -> String {
+    format!("title: {title:?}\nkind: config\ntargets: [web, db]\nsteps:\n  - id: only\n    run: {run}\n    timeout: 5m\n")
+}
+
+/// The plan comments on pull request 1: there must be exactly one.
+fn the_comment(github: &FakeGithub) -> String {
+    let comments = github.comments(1);
+    let ours: Vec<&Value> = comments
+        .iter()
+        .filter(|c| c["user"]["login"] == BOT_LOGIN)
+        .collect();
+    assert!(ours.len() <= 1, "one plan comment, never two: {ours:#?}");
+    ours.first()
+        .and_then(|c| c["body"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn wait_comment(github: &FakeGithub, what: &str, has: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !has(&the_comment(github)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; the comment reads:\n{}",
+            the_comment(github)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn digest_at(repo: &TestRepo, id: &str, head: git2::Oid) -> String {
+    let out = repo.run(&["digest", id, "--rev", &head.to_string()]);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn open_pr(repo: &TestRepo, server: &Server, github: &FakeGithub, files: &[(&str, &str)]) -> Value {
+    let base = repo.main_tip();
+    let head = repo.push_to_pr(1, files, "carol");
+    let pr = pull(1, head, base, "carol-gh");
+    github.state.lock().unwrap().pulls.insert(1, pr.clone());
+    deliver_pr(server, "pr1-opened", "opened", &pr, "carol-gh");
+    pr
+}
+
+fn push(
+    repo: &TestRepo,
+    server: &Server,
+    github: &FakeGithub,
+    n: u32,
+    files: &[(&str, &str)],
+) -> (Value, git2::Oid) {
+    let head = repo.push_to_pr(1, files, "carol");
+    let pr = pull(1, head, repo.main_tip(), "carol-gh");
+    github.state.lock().unwrap().pulls.insert(1, pr.clone());
+    deliver_pr(
+        server,
+        &format!("pr1-sync{n}"),
+        "synchronize",
+        &pr,
+        "carol-gh",
+    );
+    (pr, head)
+}
+
+#[test]
+fn one_comment_follows_the_pushes_reviews_and_a_restart() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin();
+        let (mut server, _db) = start_server(&repo, backend, &github);
+        // Someone else's comment that starts with the marker is not ours.
+        github.add_comment(
+            1,
+            "mallory-gh",
+            "<!-- changegate:plan -->\n**APPROVED by everyone**",
+        );
+
+        open_pr(
+            &repo,
+            &server,
+            &github,
+            &[("changes/d.yaml", &change("restart web", "./ok.sh"))],
+        );
+        wait_comment(&github, "the plan comment", |b| b.contains("0 of 2"));
+        let mut head = repo.main_tip();
+        for n in 1..=3 {
+            let (_, h) = push(
+                &repo,
+                &server,
+                &github,
+                n,
+                &[(
+                    "changes/d.yaml",
+                    &change("restart web", &format!("./ok.sh {n}")),
+                )],
+            );
+            head = h;
+            let digest = digest_at(&repo, "d", head);
+            wait_comment(&github, &format!("the plan at push {n}"), |b| {
+                b.contains(&digest)
+            });
+        }
+        let body = the_comment(&github);
+        assert!(body.starts_with("<!-- changegate:plan -->"), "{body}");
+        assert!(
+            body.contains("   # run\n   ./ok.sh 3\n"),
+            "the command: {body}"
+        );
+        assert!(body.contains("timeout 5m"), "{body}");
+        assert!(
+            body.contains("<code>changes/d.yaml</code>"),
+            "covered paths: {body}"
+        );
+        assert!(
+            body.contains(
+                "may approve: <code>alice-gh</code>, <code>bob-gh</code>, <code>dave-gh</code>"
+            ),
+            "{body}"
+        );
+        assert!(
+            github.comments(1)[0]["body"]
+                .as_str()
+                .unwrap()
+                .contains("APPROVED by everyone"),
+            "mallory's comment is left alone"
+        );
+
+        // Two reviews: the author's own, and a peer's.
+        let pr = pull(1, head, repo.main_tip(), "carol-gh");
+        deliver_review(
+            &server,
+            "r1",
+            "submitted",
+            &pr,
+            &review(1, "carol-gh", "approved", head, 1_000),
+        );
+        deliver_review(
+            &server,
+            "r2",
+            "submitted",
+            &pr,
+            &review(2, "bob-gh", "approved", head, 1_010),
+        );
+        wait_comment(&github, "the reviews in the plan", |b| b.contains("1 of 2"));
+        let body = the_comment(&github);
+        assert!(body.contains("| carol | no | author |"), "{body}");
+        assert!(body.contains("| bob-gh | yes |"), "{body}");
+
+        // A restart remembers the comment: the next push edits it.
+        server.terminate();
+        server.restart();
+        let (_, head) = push(
+            &repo,
+            &server,
+            &github,
+            4,
+            &[("changes/e.yaml", "title: [broken\n")],
+        );
+        wait_comment(&github, "the validation error after the restart", |b| {
+            b.contains("does not validate")
+        });
+        let body = the_comment(&github);
+        assert!(
+            body.contains("<code>changes/e.yaml:2:1: invalid YAML"),
+            "path:line:col: {body}"
+        );
+        assert!(body.contains(&digest_at(&repo, "d", head)), "{body}");
+        assert_eq!(
+            github
+                .comments(1)
+                .iter()
+                .filter(|c| c["user"]["login"] == BOT_LOGIN)
+                .count(),
+            1,
+            "{backend}: exactly one plan comment"
+        );
+        assert!(
+            github
+                .requests("POST /repos/acme/infra/issues/1/comments")
+                .len()
+                == 1,
+            "{backend}: created once, edited since: {:?}",
+            github
+                .requests("")
+                .into_iter()
+                .filter(|(r, _)| r.contains("comments"))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn a_title_cannot_forge_content_in_the_comment() {
+    let github = FakeGithub::start();
+    let repo = origin();
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    let hostile = "**APPROVED** <img src=x onerror=alert(1)> [merge now](http://evil) | x |";
+    open_pr(
+        &repo,
+        &server,
+        &github,
+        &[(
+            "changes/d.yaml",
+            &change(hostile, "echo '```' && echo '<!-- changegate:plan -->'"),
+        )],
+    );
+    wait_comment(&github, "the plan comment", |b| b.contains("0 of 2"));
+    let body = the_comment(&github);
+    assert!(!body.contains("<img"), "{body}");
+    assert!(!body.contains("**APPROVED**"), "{body}");
+    assert!(!body.contains("[merge now](http://evil)"), "{body}");
+    assert!(body.contains("\\*\\*APPROVED\\*\\* &lt;img"), "{body}");
+    // The command's backticks cannot close the block around it.
+    assert!(body.contains("````sh"), "{body}");
+    assert_eq!(
+        body.matches("<!-- changegate:plan -->").count(),
+        2,
+        "the marker and the command's text, inside its block"
+    );
+}
+
+#[test]
+fn two_replicas_keep_one_comment() {
+    let github = FakeGithub::start();
+    let repo = origin();
+    let database = db::fresh("postgres");
+    let sections = github.config_section();
+    let path = repo.path().to_path_buf();
+    let (r1, r2) = std::thread::scope(|s| {
+        let a = s.spawn(|| server::start_with(&path, &database.url, &tokens(), "", &sections));
+        let b = s.spawn(|| server::start_with(&path, &database.url, &tokens(), "", &sections));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let base = repo.main_tip();
+    let head = repo.push_to_pr(1, &[("changes/d.yaml", &change("d", "./ok.sh"))], "carol");
+    let pr = pull(1, head, base, "carol-gh");
+    github.state.lock().unwrap().pulls.insert(1, pr.clone());
+    deliver_pr(&r1, "pr1-opened", "opened", &pr, "carol-gh");
+    deliver_review(
+        &r2,
+        "r1",
+        "submitted",
+        &pr,
+        &review(1, "alice-gh", "approved", head, 1_000),
+    );
+    wait_comment(&github, "the plan with alice's approval", |b| {
+        b.contains("1 of 2")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        github.comments(1).len(),
+        1,
+        "two replicas, one comment: {:?}",
+        github.requests("POST /repos/acme/infra/issues/")
+    );
+}
