@@ -427,6 +427,38 @@ fn a_real_alertmanager_alert_on_a_touched_target_halts_the_bake() {
             })
         });
         assert_eq!(claim_reason(&server, &repo, "sweep"), "halted", "{backend}");
+        // A retry while the alert fires: the next look halts it again.
+        // Once it is resolved, a retry lifts the halt for good.
+        client(&server, "bob").retry("sweep", "looking").unwrap();
+        wait_for(|| status(&server)["state"] == "failed", "the halt again");
+        let resolve = reqwest::blocking::Client::new()
+            .post(format!("{}/api/v2/alerts", am.url))
+            .json(&json!([{"labels": {"alertname": "PgbouncerDown", "target": "h001", "severity": "critical"},
+                            "endsAt": "2020-01-01T00:00:00Z"}]))
+            .send()
+            .unwrap();
+        assert_eq!(resolve.status(), 200);
+        eventually(10, "the alert to resolve in Alertmanager", || {
+            !am.alerts().iter().any(|a| {
+                a["labels"]["alertname"] == "PgbouncerDown"
+                    && a["labels"]["target"] == "h001"
+                    && a["status"]["state"] == "active"
+            })
+        });
+        let lifted = client(&server, "bob")
+            .retry("sweep", "pgbouncer is back")
+            .unwrap();
+        assert!(
+            lifted["recorded"]
+                .as_str()
+                .unwrap_or("")
+                .contains("resumes"),
+            "{backend}: {lifted}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let s = status(&server);
+        assert_eq!(s["state"], "running", "{backend}: {}", s["blockers"]);
+        assert_eq!(s["blockers"][0]["reason"], "baking", "{backend}");
         assert!(
             feed_titles(&server)
                 .contains(&"sweep: rollout halted by PgbouncerDown on h001".to_string()),

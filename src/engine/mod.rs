@@ -68,9 +68,13 @@ pub struct Engine {
     /// The configuration; `[[tokens]]` may be swapped while serving
     /// ([`Engine::reload_tokens`]), so every use takes a snapshot.
     config: RwLock<Arc<Config>>,
-    /// Set when what the view was read with changed (the identities):
-    /// the next refresh reads the default branch even if it did not move.
-    stale: std::sync::atomic::AtomicBool,
+    /// Bumped, under the config's write lock, each time `[[tokens]]` is
+    /// swapped: a view read with an older generation is read again even if
+    /// the default branch did not move (authorship goes through the
+    /// identities' emails).
+    tokens_gen: std::sync::atomic::AtomicU64,
+    /// One refresh at a time: two would race to publish their views.
+    refreshing: tokio::sync::Mutex<()>,
     store: Store,
     view: RwLock<Arc<RepoView>>,
     directory: DirectoryCache,
@@ -89,7 +93,8 @@ impl Engine {
     pub fn new(config: Arc<Config>, store: Store) -> Self {
         Engine {
             config: RwLock::new(config),
-            stale: Default::default(),
+            tokens_gen: Default::default(),
+            refreshing: Default::default(),
             store,
             view: RwLock::new(Arc::new(RepoView::default())),
             directory: DirectoryCache::default(),
@@ -136,8 +141,9 @@ impl Engine {
             let mut next = Config::clone(&config);
             next.tokens = tokens;
             *config = Arc::new(next);
+            self.tokens_gen
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
         self.refresh().await
     }
 
@@ -167,8 +173,16 @@ impl Engine {
 
     /// Re-reads the default branch, records changes and digests, and swaps the view.
     pub async fn refresh(&self) -> Result<SyncReport, EngineError> {
-        let path = self.repo_path();
-        let config = self.config();
+        let _one_at_a_time = self.refreshing.lock().await;
+        // The configuration and its tokens' generation, read together.
+        let (config, tokens_gen) = {
+            let config = self.config.read().expect("config lock");
+            (
+                config.clone(),
+                self.tokens_gen.load(std::sync::atomic::Ordering::SeqCst),
+            )
+        };
+        let path = repo_path(&config);
         let old = self.view();
         let tip = ChangeRepo::open(&path)?
             .at(&config.repo.default_branch)?
@@ -190,7 +204,8 @@ impl Engine {
         // re-reads only that pull request's head.
         // A policy revision waiting for approval is looked at again: a
         // review may have arrived since.
-        let stale = self.stale.swap(false, std::sync::atomic::Ordering::SeqCst);
+        // Read with other identities: authorship must be read again.
+        let stale = old.tokens_gen != tokens_gen;
         if !stale
             && tip == old.commit
             && open == old.proposal_heads
@@ -208,14 +223,14 @@ impl Engine {
             }
             (same, SyncReport::default())
         } else {
-            let view = read_default_branch(&config, &path)?;
+            let mut view = read_default_branch(&config, &path)?;
+            view.tokens_gen = tokens_gen;
             let changes: Vec<_> = view
                 .changes
                 .values()
                 .map(|(c, d, _)| (c.clone(), d.clone()))
                 .collect();
             let report = self.store.sync_changes(&view.commit, &changes).await?;
-            let mut view = view;
             view.previous_labels = self.store.previous_labels().await?;
             self.review_policies(&mut view).await?;
             self.alert_on_policy_errors(&view).await?;

@@ -111,7 +111,10 @@ impl Engine {
         let step = &change.steps[n];
         let (failed_no, failed_at) = match (failed, halt) {
             (Some(a), _) => (a.attempt_no, a.ended_at.unwrap_or(a.started_at)),
-            (None, Some(h)) => (0, h.at),
+            (None, Some(h)) => (
+                crate::store::halt_lifted(read.facts.halts.len().saturating_sub(1)),
+                h.at,
+            ),
             (None, None) => {
                 return Err(refused(
                     "not-failed",
@@ -138,7 +141,12 @@ impl Engine {
                 &format!("retrying `{id}`"),
             )?;
         }
-        if w.insert_retry(id, &step.id, failed_no, actor, reason, now_ms())
+        // Recorded after the halt it lifts, whatever the replicas' clocks.
+        let at = match halt {
+            Some(h) if failed.is_none() => now_ms().max(h.at + 1),
+            _ => now_ms(),
+        };
+        if w.insert_retry(id, &step.id, failed_no, actor, reason, at)
             .await?
         {
             let kind = match (phase, halt) {

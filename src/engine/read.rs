@@ -190,6 +190,7 @@ pub fn read_default_branch(config: &Config, path: &Path) -> Result<RepoView, Git
         previous_labels: BTreeMap::new(),
         policy_proposals: Vec::new(),
         proposal_errors: Vec::new(),
+        tokens_gen: 0,
         policies_since: BTreeMap::new(),
         unapproved_policies: Vec::new(),
     })

@@ -257,12 +257,26 @@ fn halt(r: &AnyRow) -> Result<Halt, sqlx::Error> {
     })
 }
 
+/// The `after_attempt` of the retry that lifts the change's `n`-th halt
+/// (from 0, over every revision): zero or below, since it re-opens no
+/// attempt (their numbers start at 1), and one per halt.
+pub fn halt_lifted(n: usize) -> i64 {
+    -(n as i64)
+}
+
 impl ChangeFacts {
     /// The halt that stands for these (one revision's) facts: the latest,
-    /// unless a retry came after it.
+    /// unless a retry that lifts halts ([`halt_lifted`]) came after it. A
+    /// retry of a failed target leaves the halt standing.
     pub fn halt(&self) -> Option<&Halt> {
-        let retried = self.retries.iter().map(|r| r.at).max().unwrap_or(i64::MIN);
-        self.halts.last().filter(|h| h.at > retried)
+        let lifted = self
+            .retries
+            .iter()
+            .filter(|r| r.after_attempt.is_some_and(|a| a <= 0))
+            .map(|r| r.at)
+            .max()
+            .unwrap_or(i64::MIN);
+        self.halts.last().filter(|h| h.at > lifted)
     }
 }
 

@@ -50,6 +50,8 @@ pub struct RepoView {
     pub proposal_heads: Vec<(i64, String, Vec<String>)>,
     /// Policy files that open pull requests add, edit or delete.
     pub policy_proposals: Vec<PolicyProposal>,
+    /// The generation of `[[tokens]]` the authors were read with.
+    pub tokens_gen: u64,
     /// Change sets an open pull request touches that do not validate at
     /// its head: (pull request, change id, `path:line:col: message`s).
     pub proposal_errors: Vec<(i64, String, Vec<String>)>,

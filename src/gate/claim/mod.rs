@@ -499,17 +499,13 @@ fn next_step(c: &ClaimContext<'_>) -> Result<usize, Refusal> {
 /// A step that needs a go-ahead has one for its next attempt at the
 /// approved digest: one given for an earlier attempt or another digest
 /// does not carry over.
-/// A per-target step needs its go-ahead once, before its first target:
-/// the waves and bake are what gate the rest.
+/// A per-target step needs its go-ahead once per revision, before its
+/// first target (its state rolls up this revision's targets): the waves
+/// and the bake gate the rest.
 fn go_ahead_given(c: &ClaimContext<'_>, change: &ChangeSet, next: Next) -> Result<(), Refusal> {
-    let (next, per_target) = (next.step(), matches!(next, Next::Target { .. }));
+    let next = next.step();
     let step = &change.steps[next];
-    let started = if per_target {
-        c.steps[next].attempts > 0
-    } else {
-        c.steps[next].state != StepState::Pending
-    };
-    if !(step.confirm || c.confirm_each_step) || started {
+    if !(step.confirm || c.confirm_each_step) || c.steps[next].state != StepState::Pending {
         return Ok(());
     }
     let attempt_no = c.steps[next].attempts + 1;
@@ -538,12 +534,15 @@ fn go_ahead_given(c: &ClaimContext<'_>, change: &ChangeSet, next: Next) -> Resul
     )
 }
 
-/// No other change holds a lock on a target the claim touches: any of the
-/// change's targets, or in a rollout the one target (or a step's own).
+/// No other change holds a lock on a target the claim acts on: any of the
+/// change's targets; in a rollout, the one target of a per-target claim,
+/// and for a step run once, the targets it acts on (its own, else all),
+/// although it locks only those it names.
 fn targets_free(c: &ClaimContext<'_>, change: &ChangeSet, next: Next) -> Result<(), Refusal> {
-    let touched = match c.rollout {
-        Some(_) => claim_targets(change, next),
-        None => &change.targets[..],
+    let touched = match (c.rollout, next) {
+        (Some(_), Next::Target { .. }) => claim_targets(change, next),
+        (Some(_), _) => change.steps[next.step()].effective_targets(change),
+        (None, _) => &change.targets[..],
     };
     match c
         .locks

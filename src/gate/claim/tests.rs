@@ -754,12 +754,53 @@ fn a_rollout_checks_and_counts_only_the_claimed_target() {
 }
 
 #[test]
+fn a_step_run_once_in_a_rollout_waits_for_any_target_it_acts_on() {
+    let at = NOW - 10 * BAKE;
+    let r = progress(
+        [
+            through(at),
+            through(at),
+            through(at),
+            through(at),
+            through(at),
+            through(at),
+        ],
+        2,
+    );
+    // `finish` names no targets: it acts on the fleet, and c6 is held.
+    let locks = [("c6".to_string(), "other".to_string(), ChangeState::Failed)];
+    assert_eq!(
+        decide_rollout(&r, |c| c.locks = &locks).unwrap_err().reason,
+        RefusalReason::Locked
+    );
+    assert_eq!(decide_rollout(&r, |_| {}), Ok(Next::Step(3)));
+    // It locks nothing it does not name.
+    assert!(claim_targets(&fleet(), Next::Step(3)).is_empty());
+}
+
+#[test]
 fn a_per_target_step_needs_its_go_ahead_once_before_its_first_target() {
     let r = progress([fresh(), fresh(), fresh(), fresh(), fresh(), fresh()], 2);
     assert_eq!(
         decide_rollout(&r, |c| c.confirm_each_step = true)
             .unwrap_err()
             .reason,
+        RefusalReason::NeedsConfirmation
+    );
+    // Attempts of an earlier revision do not stand in for this one's
+    // go-ahead: its targets have not started.
+    let change = fleet();
+    let mut earlier = [done(), pending(), pending(), pending()];
+    earlier[1].attempts = 7;
+    assert_eq!(
+        decide_on(&change, |c| {
+            c.state = ChangeState::Running;
+            c.steps = &earlier;
+            c.rollout = Some(&r);
+            c.confirm_each_step = true;
+        })
+        .unwrap_err()
+        .reason,
         RefusalReason::NeedsConfirmation
     );
     let r = progress(
