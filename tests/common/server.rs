@@ -131,7 +131,10 @@ impl Server {
     }
 
     /// Starts (again) with the same config and database; waits for `/readyz`.
+    /// A process still running is killed first: two would share the
+    /// database and keep talking to the fakes of later tests.
     pub fn restart(&mut self) {
+        self.kill9();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
