@@ -146,25 +146,7 @@ fn changegate_server(
         "[server]\ndata_dir = {:?}\ndatabase_url = {database_url:?}\n[repo]\nurl = {:?}\n[github]\napi_url = \"http://127.0.0.1:9\"\nrepository = \"acme/infra\"\nwebhook_secret_env = \"CHANGEGATE_BENCH_SECRET\"\nworker = false\n",
         data, repo
     );
-    let config = changegate::config::Config::parse(&text).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(changegate::server::run(
-        config,
-        listener,
-        std::future::pending(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::blocking::get(format!("{url}/readyz"))
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    url
+    support::serve(rt, &text)
 }
 
 /// `serve` as a process of its own, with 10,000 change sets on `main`:

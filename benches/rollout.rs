@@ -70,25 +70,7 @@ fn start_server(
         hash("alice-token"),
         hash("ci-token"),
     );
-    let config = changegate::config::Config::parse(&text).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(changegate::server::run(
-        config,
-        listener,
-        std::future::pending(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while reqwest::blocking::get(format!("{url}/readyz"))
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    url
+    support::serve(rt, &text)
 }
 
 /// Every measurement on one backend.

@@ -67,3 +67,27 @@ pub fn fresh_postgres(rt: &tokio::runtime::Runtime, admin_url: &str, name: &str)
     let (base, _) = admin_url.rsplit_once('/').expect("postgres://host/db");
     format!("{base}/{name}")
 }
+
+/// `serve` in-process on `rt` with the configuration `text`, once it
+/// answers `/readyz`; returns its URL.
+pub fn serve(rt: &tokio::runtime::Runtime, text: &str) -> String {
+    let config = changegate::config::Config::parse(text).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(changegate::server::run(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while reqwest::blocking::get(format!("{url}/readyz"))
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    url
+}
