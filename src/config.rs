@@ -399,6 +399,24 @@ impl Config {
                 _ => {}
             }
         }
+        let url = config.repo.url.to_string_lossy();
+        if crate::github::is_remote(&url) {
+            // The token goes to whoever answers: never in clear, never in
+            // the URL (where logs and the mirror's FETCH_HEAD would keep it).
+            let rest = url.strip_prefix("https://").ok_or_else(|| {
+                format!("repo.url `{url}`: a remote must use https:// (the fetch sends a token)")
+            })?;
+            if rest
+                .split('/')
+                .next()
+                .is_some_and(|host| host.contains('@'))
+            {
+                return Err("repo.url must not carry a user or token; the mirror authenticates with [github]'s token or App".into());
+            }
+            if config.github.is_none() {
+                return Err(format!("repo.url `{url}` is a remote: it needs a [github] section, whose token or App the mirror fetches with"));
+            }
+        }
         if let Some(github) = &config.github {
             if github.owner_and_name().is_none() {
                 return Err(format!(
@@ -444,6 +462,23 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.database_url(), "sqlite://./changegate.db");
+    }
+
+    #[test]
+    fn a_remote_repo_url_is_https_without_credentials_and_with_github() {
+        let github = "[github]\nrepository = \"o/r\"\n";
+        let with = |url: &str| Config::parse(&format!("[repo]\nurl = {url:?}\n{github}"));
+        assert!(with("https://github.com/o/r.git").is_ok());
+        assert!(with("http://github.com/o/r.git")
+            .unwrap_err()
+            .contains("https://"));
+        let err = with("https://x-access-token:ghs_1@github.com/o/r.git").unwrap_err();
+        assert!(
+            err.contains("must not carry") && !err.contains("ghs_1"),
+            "{err}"
+        );
+        let alone = Config::parse("[repo]\nurl = \"https://github.com/o/r.git\"\n");
+        assert!(alone.unwrap_err().contains("needs a [github] section"));
     }
 
     #[test]

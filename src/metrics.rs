@@ -52,6 +52,13 @@ pub struct HaltLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a failed mirror fetch.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// `auth`, `tls`, `unreachable` or `other`.
+    pub reason: &'static str,
+}
+
 /// Labels of an alert delivery.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
@@ -96,6 +103,9 @@ pub struct Metrics {
     inbox_pending: Gauge,
     rollout_targets: Family<RolloutLabels, Gauge>,
     rollout_halts: Family<HaltLabels, Counter>,
+    mirror_fetch_failures: Family<FetchLabels, Counter>,
+    /// 1 while the mirror's last fetch failed.
+    pub mirror_fetch_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -181,8 +191,22 @@ impl Default for Metrics {
             "Rollout halts: a failed or interrupted target, or a firing alert",
             rollout_halts.clone(),
         );
+        let mirror_fetch_failures = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "mirror_fetch_failures",
+            "Failed fetches of the repository into the mirror, by reason",
+            mirror_fetch_failures.clone(),
+        );
+        let mirror_fetch_failing = Gauge::default();
+        registry.register(
+            "mirror_fetch_failing",
+            "1 while the mirror's last fetch failed",
+            mirror_fetch_failing.clone(),
+        );
         Metrics {
             registry,
+            mirror_fetch_failures,
+            mirror_fetch_failing,
             rollout_targets,
             rollout_halts,
             claims,
@@ -229,6 +253,14 @@ pub struct RolloutGauges {
 }
 
 impl Metrics {
+    /// Counts a failed mirror fetch and marks the mirror failing.
+    pub fn mirror_fetch_failed(&self, reason: &'static str) {
+        self.mirror_fetch_failures
+            .get_or_create(&FetchLabels { reason })
+            .inc();
+        self.mirror_fetch_failing.set(1);
+    }
+
     /// Sets the gauges read at scrape time.
     pub fn set_gauges(&self, g: Gauges) {
         self.breaker_open.set(i64::from(g.breaker_open));

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::browser::{console_errors, headless};
 use common::gate_fixture::*;
 use common::server::{self, Server};
 use common::{db, TestRepo};
@@ -56,52 +54,6 @@ fn replayed_incident() -> (TestRepo, Server, db::TestDatabase, tempfile::TempDir
         Some(1)
     );
     (repo, server, database, fleet)
-}
-
-fn chromium() -> PathBuf {
-    for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(c).exists() {
-            return c.into();
-        }
-    }
-    panic!("Debian's chromium is not installed: `apt-get install chromium` (.ci/run does)");
-}
-
-/// Runs headless Chromium on `url` with `mode` (`--dump-dom` or `--screenshot=…`); returns (stdout, stderr).
-fn headless(url: &str, mode: &str) -> (String, String) {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-        ])
-        .args([
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--window-size=1280,1400",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(mode)
-        .arg(url)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn console_errors(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
-        .collect()
 }
 
 #[test]
@@ -158,14 +110,8 @@ fn a_browser_shows_the_failed_change_first_in_red_with_its_approvals_and_the_blo
             artifacts.join("change-page.png").display()
         ),
     );
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(&shot).expect("a screenshot"),
-    ));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let channels = info.color_type.samples();
-    let reddish = buf[..info.buffer_size()]
+    let (pixels, channels) = common::browser::png_pixels(&shot);
+    let reddish = pixels
         .chunks(channels)
         .filter(|p| {
             (p[0] as i32 - 0xfd).abs() < 6
@@ -384,15 +330,10 @@ fn a_browser_shows_the_rollout_grid_with_the_failed_target_first_and_the_feed_an
     let shot = artifacts.join("rollout-grid.png");
     let _ = std::fs::remove_file(&shot);
     headless(&url, &format!("--screenshot={}", shot.display()));
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(&shot).expect("a screenshot"),
-    ));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
+    let (pixels, channels) = common::browser::png_pixels(&shot);
     let count = |rgb: [i32; 3]| {
-        buf[..info.buffer_size()]
-            .chunks(info.color_type.samples())
+        pixels
+            .chunks(channels)
             .filter(|p| (0..3).all(|i| (p[i] as i32 - rgb[i]).abs() < 6))
             .count()
     };

@@ -233,6 +233,15 @@ fn a_title_cannot_forge_content_in_the_comment() {
     assert!(!body.contains("**APPROVED**"), "{body}");
     assert!(!body.contains("[merge now](http://evil)"), "{body}");
     assert!(body.contains("\\*\\*APPROVED\\*\\* &lt;img"), "{body}");
+    // Rendered as GitHub renders Markdown, nothing of the title is markup.
+    let html = render(&body);
+    assert!(!html.contains("<img"), "{html}");
+    assert!(!html.contains("<strong>APPROVED"), "{html}");
+    assert!(!html.contains("href=\"http://evil"), "{html}");
+    assert!(
+        html.contains("**APPROVED** &lt;img src=x"),
+        "shown as text: {html}"
+    );
     // The command's backticks cannot close the block around it.
     assert!(body.contains("````sh"), "{body}");
     assert_eq!(
@@ -275,5 +284,119 @@ fn two_replicas_keep_one_comment() {
         1,
         "two replicas, one comment: {:?}",
         github.requests("POST /repos/acme/infra/issues/")
+    );
+}
+
+/// The comment as HTML, the way GitHub renders Markdown (tables, raw HTML
+/// passed through for its sanitiser).
+fn render(markdown: &str) -> String {
+    use pulldown_cmark::{html, Options, Parser};
+    let mut out = String::new();
+    html::push_html(
+        &mut out,
+        Parser::new_ext(
+            markdown,
+            Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH,
+        ),
+    );
+    out
+}
+
+/// GitHub's comment box, roughly: enough to read the screenshot as a
+/// reviewer would see it.
+const COMMENT_CSS: &str = "body{font:14px/1.5 -apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1f2328;background:#fff;margin:24px}
+.box{border:1px solid #d1d9e0;border-radius:6px;max-width:900px}
+.head{background:#f6f8fa;border-bottom:1px solid #d1d9e0;padding:8px 16px;border-radius:6px 6px 0 0;color:#59636e}
+.head b{color:#1f2328}.body{padding:16px}
+h2,h3{border-bottom:1px solid #d1d9e0;padding-bottom:.3em}
+code{background:#eff1f3;border-radius:6px;padding:.2em .4em;font:12px ui-monospace,Menlo,monospace}
+pre{background:#f6f8fa;border-radius:6px;padding:16px;overflow:auto}pre code{background:none;padding:0}
+table{border-collapse:collapse}td,th{border:1px solid #d1d9e0;padding:6px 13px}tr:nth-child(2n){background:#f6f8fa}";
+
+#[test]
+fn the_comment_reads_well_rendered_as_github_shows_it() {
+    let github = FakeGithub::start();
+    let repo = incident_repo();
+    repo.write(
+        "policies/fleet-sweeps.yaml",
+        "description: Fleet-wide sweeps run per target in waves\nmatch:\n  kinds: [pgbouncer-restart]\napprovals:\n  required: 2\n  from: [alice-gh, bob-gh, \"team:acme/infra-leads\"]\nexecution:\n  max_wave: 30\n",
+    );
+    repo.commit("fleet sweeps: approvers by GitHub login");
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    let sweep = "title: Raise pgbouncer default_pool_size to 40 on every cluster
+kind: pgbouncer-restart
+targets_from: changes/fleet/clusters.txt
+include: [changes/scripts/lib/]
+rollout:
+  canary: 1
+  waves: [\"25%\", \"100%\"]
+  bake: 10m
+  parallel: 4
+timeout: 5m
+steps:
+  - id: fleet-healthy
+    run: ./changes/scripts/assert_fleet_healthy.sh
+  - id: restart
+    per_target: true
+    check: ./changes/scripts/assert_pgbouncer_up.sh \"$CHANGEGATE_TARGET\"
+    run: ./changes/scripts/restart_pgbouncer.sh \"$CHANGEGATE_TARGET\"
+    verify: ./changes/scripts/assert_pgbouncer_up.sh \"$CHANGEGATE_TARGET\"
+";
+    let typo = "title: Drain pg-cluster-07\nkind: config\ntargets: [pg-cluster-07]\nsteps:\n  - id: drain\n    run: ./drain.sh\n    timout: 5m\n";
+    let pr = open_pr(
+        &repo,
+        &server,
+        &github,
+        &[
+            ("changes/2026-12-02-pgbouncer-pool-size.yaml", sweep),
+            ("changes/2026-12-02-drain.yaml", typo),
+        ],
+    );
+    let head = git2::Oid::from_str(pr["head"]["sha"].as_str().unwrap()).unwrap();
+    for (id, who) in [(1, "carol-gh"), (2, "bob-gh")] {
+        deliver_review(
+            &server,
+            &format!("r{id}"),
+            "submitted",
+            &pr,
+            &review(id, who, "approved", head, 1_000 + id),
+        );
+    }
+    wait_comment(&github, "the reviews and the error", |b| {
+        b.contains("1 of 2") && b.contains("does not validate")
+    });
+    let body = the_comment(&github);
+    assert!(body.contains("changes/2026-12-02-drain.yaml:7:5"), "{body}");
+
+    let html = render(&body);
+    let page = format!(
+        "<!doctype html><meta charset=utf-8><style>{COMMENT_CSS}</style><div class=box><div class=head><b>{BOT_LOGIN}</b> commented</div><div class=body>{html}</div></div>"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("comment.html");
+    std::fs::write(&file, &page).unwrap();
+    let url = format!("file://{}", file.display());
+    let (dom, stderr) = common::browser::headless(&url, "--dump-dom");
+    assert!(
+        common::browser::console_errors(&stderr).is_empty(),
+        "{stderr}"
+    );
+    assert!(dom.contains("<table>") && dom.contains("<pre>"), "{dom}");
+    assert!(dom.contains("restart_pgbouncer.sh"), "{dom}");
+
+    // Kept as an artifact; the README shows a copy (tests/screenshots/).
+    let artifacts = common::project_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("plan-comment.png");
+    let _ = std::fs::remove_file(&shot);
+    common::browser::screenshot(&url, &shot, 960, 1140);
+    let (pixels, channels) = common::browser::png_pixels(&shot);
+    let code_grey = pixels
+        .chunks(channels)
+        .filter(|p| p[0] == 0xf6 && p[1] == 0xf8 && p[2] == 0xfa)
+        .count();
+    assert!(
+        code_grey > 20_000,
+        "code blocks and the header are painted ({code_grey} pixels)"
     );
 }

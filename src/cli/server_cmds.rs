@@ -112,7 +112,7 @@ pub(super) fn sync(config: Option<&Path>) -> u8 {
             std::sync::Arc::new(config),
             store.clone(),
         ));
-        let github = Github::new(engine)?.expect("[github] is configured");
+        let github = Github::new(engine, Default::default())?.expect("[github] is configured");
         eprintln!("fetching the mirror…");
         github.fetch_and_refresh().await?;
         eprintln!("listing open pull requests and their reviews…");

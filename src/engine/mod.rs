@@ -54,6 +54,9 @@ pub enum EngineError {
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
+    /// The service cannot answer yet.
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
 }
 
 fn refused(reason: &'static str, detail: impl Into<String>) -> EngineError {
@@ -390,9 +393,17 @@ impl Engine {
             .collect())
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers and the default branch has been read.
     pub async fn ready(&self) -> Result<(), EngineError> {
-        Ok(self.store.ping().await?)
+        self.store.ping().await?;
+        // Nothing can be listed, approved or claimed before the default
+        // branch was read once (a remote that is down at start).
+        if self.view().commit.is_empty() {
+            return Err(EngineError::NotReady(
+                "the default branch has not been read yet",
+            ));
+        }
+        Ok(())
     }
 
     /// Records `approver`'s approval of change `id` at `digest` through the

@@ -31,6 +31,17 @@ pub enum GitError {
         /// git's explanation.
         message: String,
     },
+    /// Fetching the remote failed; `reason` is `auth`, `tls`,
+    /// `unreachable` or `other`.
+    #[error("fetching {remote} failed ({reason}): {message}")]
+    Fetch {
+        /// The remote's URL (it never holds a credential).
+        remote: String,
+        /// The kind of failure.
+        reason: &'static str,
+        /// libgit2's account of the remote's answer.
+        message: String,
+    },
     /// Any other libgit2 failure.
     #[error("git: {0}")]
     Git(#[from] git2::Error),

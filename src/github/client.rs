@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use octocrab::models::{AppId, InstallationId};
+use octocrab::secrecy::SecretString;
 use octocrab::{FromResponse, Octocrab, Page};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -64,10 +65,26 @@ pub struct GithubClient {
     owner: String,
     name: String,
     attempts: u32,
+    /// How the mirror authenticates its fetches.
+    git: GitCredential,
     /// Set when an answer said the rate limit is used up: no call is made
     /// before this instant.
     blocked_until: Mutex<Option<Instant>>,
 }
+
+/// The credential an HTTPS mirror fetches with.
+enum GitCredential {
+    /// The App's installation token, minted and renewed by octocrab.
+    Installation,
+    /// The token from `token_env`.
+    Token(SecretString),
+    /// None: a public repository.
+    Anonymous,
+}
+
+/// An installation token with less than this left is renewed before a
+/// fetch (GitHub's last an hour), so a long fetch never outlives its token.
+const TOKEN_MARGIN_SECS: i64 = 300;
 
 /// What to do after an answer.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,12 +147,14 @@ impl GithubClient {
         let builder = Octocrab::builder()
             .base_uri(config.api_url.as_str())
             .map_err(|e| ApiError::Config(format!("api_url `{}`: {e}", config.api_url)))?;
+        let mut git = GitCredential::Anonymous;
         let crab = match (
             config.app_id,
             &config.private_key_path,
             config.installation_id,
         ) {
             (Some(app), Some(key_path), Some(installation)) => {
+                git = GitCredential::Installation;
                 let pem = std::fs::read(key_path).map_err(|e| {
                     ApiError::Config(format!("private key {}: {e}", key_path.display()))
                 })?;
@@ -150,7 +169,10 @@ impl GithubClient {
                     .map_err(|e| ApiError::Config(e.to_string()))?
             }
             _ => match std::env::var(&config.token_env) {
-                Ok(token) if !token.is_empty() => builder.personal_token(token).build(),
+                Ok(token) if !token.is_empty() => {
+                    git = GitCredential::Token(SecretString::from(token.clone()));
+                    builder.personal_token(token).build()
+                }
                 _ => builder.build(),
             }
             .map_err(|e| ApiError::Config(e.to_string()))?,
@@ -160,6 +182,7 @@ impl GithubClient {
             owner: owner.to_string(),
             name: name.to_string(),
             attempts: config.api_attempts.max(1),
+            git,
             blocked_until: Mutex::new(None),
         })
     }
@@ -421,6 +444,25 @@ impl GithubClient {
         )
         .await
         .map(|_| ())
+    }
+
+    /// The credential for fetching the repository over HTTPS: the App's
+    /// installation token (renewed when less than five minutes are left),
+    /// the configured token, or none.
+    pub async fn git_credential(&self) -> Result<Option<SecretString>, ApiError> {
+        match &self.git {
+            GitCredential::Installation => self
+                .crab
+                .installation_token_with_buffer(chrono::Duration::seconds(TOKEN_MARGIN_SECS))
+                .await
+                .map(Some)
+                .map_err(|e| ApiError::Transport {
+                    call: "POST /app/installations/{id}/access_tokens".into(),
+                    message: e.to_string(),
+                }),
+            GitCredential::Token(token) => Ok(Some(token.clone())),
+            GitCredential::Anonymous => Ok(None),
+        }
     }
 
     /// The login this client acts as (`GET /user`); `None` for a GitHub

@@ -26,7 +26,7 @@ use serde_json::json;
 
 pub use client::{ApiError, GithubClient, StatusUpdate};
 use events::{Event, PayloadError, PullRequest, ReviewFact};
-pub use mirror::Mirror;
+pub use mirror::{init_git_transport, is_remote, Mirror};
 pub use origin::{Foreign, Home};
 
 use crate::clock::now_ms;
@@ -96,12 +96,16 @@ pub struct Github {
 
 impl Github {
     /// The GitHub side of `engine`, or `None` without a `[github]` section.
-    pub fn new(engine: Arc<Engine>) -> Result<Option<Github>, SyncError> {
+    /// Mirror fetch failures are counted in `metrics`.
+    pub fn new(
+        engine: Arc<Engine>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Option<Github>, SyncError> {
         let Some(config) = engine.config().github.clone() else {
             return Ok(None);
         };
         let client = GithubClient::new(&config)?;
-        let mirror = Mirror::open(&engine.repo_path(), &engine.config().repo.url)?;
+        let mirror = Mirror::open(&engine.repo_path(), &engine.config().repo.url, metrics)?;
         let default_branch = engine.config().repo.default_branch.clone();
         // The installation is compared only under App authentication.
         let installation = config.app_id.and(config.installation_id);
@@ -168,13 +172,24 @@ impl Github {
         self.config.sync_interval.as_secs()
     }
 
-    /// Runs blocking git work on the mirror, one operation at a time.
+    /// How long the background refresh should wait before fetching again
+    /// while fetches fail (1 s doubling up to `cap`); `None` while healthy.
+    pub fn fetch_backoff(&self, cap: std::time::Duration) -> Option<std::time::Duration> {
+        self.mirror.backoff(cap)
+    }
+
+    /// Runs blocking git work on the mirror, one operation at a time, with
+    /// a fresh credential for an HTTPS remote.
     async fn with_mirror<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Mirror) -> Result<T, GitError> + Send + 'static,
     ) -> Result<T, SyncError> {
         let _one_at_a_time = self.git.lock().await;
-        let mirror = self.mirror.clone();
+        let credential = match self.mirror.is_remote() {
+            true => self.client.git_credential().await?,
+            false => None,
+        };
+        let mirror = self.mirror.clone().with_credential(credential);
         tokio::task::spawn_blocking(move || work(&mirror))
             .await
             .map_err(|e| GitError::Git(git2::Error::from_str(&format!("git work stopped: {e}"))))?

@@ -22,8 +22,8 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the database answers.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "database unavailable")))]
+/// Readiness: the database answers and the default branch has been read.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "database unavailable, or the default branch not read yet")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     match state.engine.ready().await {
         Ok(()) => Ok("ready"),

@@ -83,6 +83,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Refused { reason, detail } => ApiError::Conflict { reason, detail },
             EngineError::NotFound(what) => ApiError::NotFound(what),
+            EngineError::NotReady(_) => ApiError::Unavailable,
         }
     }
 }

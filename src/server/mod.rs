@@ -157,7 +157,8 @@ async fn run_reloading(
     let config = Arc::new(config);
     let engine = Arc::new(Engine::new(config.clone(), store.clone()));
     let reloader = reload::start(source, engine.clone())?;
-    let github = Github::new(engine.clone())?.map(Arc::new);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let github = Github::new(engine.clone(), metrics.clone())?.map(Arc::new);
     let home = github.as_ref().map(|g| g.home());
     match refresh_all(&engine, github.as_deref()).await {
         Ok(r) => tracing::info!(
@@ -166,6 +167,8 @@ async fn run_reloading(
             removed = r.removed,
             "changes loaded from the default branch"
         ),
+        // A failed fetch was logged once for its streak by the mirror.
+        Err(crate::github::SyncError::Git(crate::git::GitError::Fetch { .. })) => {}
         Err(e) => tracing::error!(error = %e, "cannot read the default branch; will retry"),
     }
     let addr = listener.local_addr()?;
@@ -175,7 +178,6 @@ async fn run_reloading(
     let github_worker = github
         .filter(|g| g.is_worker())
         .map(|g| tokio::spawn(github_worker(g, inbox_wake.clone())));
-    let metrics = Arc::new(crate::metrics::Metrics::default());
     let delivery = tokio::spawn(crate::alerts::worker(
         store.clone(),
         config.clone(),
@@ -244,19 +246,30 @@ async fn github_worker(github: Arc<Github>, wake: Arc<tokio::sync::Notify>) {
 /// step is noticed without waiting for a claim, and watches rollouts in
 /// flight every `rollouts.watch_every`.
 async fn background(config: Arc<Config>, engine: Arc<Engine>, github: Option<Arc<Github>>) {
-    let mut refresh = tokio::time::interval(Duration::from_secs(config.server.refresh_secs.max(1)));
+    let every = Duration::from_secs(config.server.refresh_secs.max(1));
+    // While the remote fails, try again sooner than the period (1 s, 2 s,
+    // 4 s …), so readiness comes back soon after it does.
+    let next_refresh =
+        |github: Option<&Github>| github.and_then(|g| g.fetch_backoff(every)).unwrap_or(every);
+    let refresh = tokio::time::sleep(next_refresh(github.as_deref()));
+    tokio::pin!(refresh);
     let mut leases = tokio::time::interval(Duration::from_secs(1));
     let mut rollouts = tokio::time::interval(Duration::from_secs(
         config.rollouts.watch_every.as_secs().max(1),
     ));
-    refresh.tick().await;
     loop {
         tokio::select! {
-            _ = refresh.tick() => match refresh_all(&engine, github.as_deref()).await {
-                Ok(r) if r != SyncReport::default() => tracing::info!(added = r.added, redigested = r.redigested, removed = r.removed, "default branch refreshed"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "refresh failed"),
-            },
+            _ = &mut refresh => {
+                match refresh_all(&engine, github.as_deref()).await {
+                    Ok(r) if r != SyncReport::default() => tracing::info!(added = r.added, redigested = r.redigested, removed = r.removed, "default branch refreshed"),
+                    Ok(_) => {}
+                    // A failed fetch was logged once for its streak by the mirror.
+                    Err(crate::github::SyncError::Git(crate::git::GitError::Fetch { .. })) => {}
+                    Err(e) => tracing::warn!(error = %e, "refresh failed"),
+                }
+                let wait = next_refresh(github.as_deref());
+                refresh.as_mut().reset(tokio::time::Instant::now() + wait);
+            }
             _ = leases.tick() => match engine.expire_leases().await {
                 Ok(expired) => {
                     for a in expired {
@@ -280,16 +293,19 @@ async fn background(config: Arc<Config>, engine: Arc<Engine>, github: Option<Arc
 }
 
 /// Re-reads the default branch, fetching the mirror first with GitHub.
-async fn refresh_all(engine: &Engine, github: Option<&Github>) -> Result<SyncReport, String> {
+async fn refresh_all(
+    engine: &Engine,
+    github: Option<&Github>,
+) -> Result<SyncReport, crate::github::SyncError> {
     match github {
         Some(github) => {
             // Until pinned, deliveries are matched by name; keep trying.
             if let Err(e) = github.pin_repository().await {
                 tracing::warn!(error = %e, "cannot pin the repository's id yet; matching deliveries by name");
             }
-            github.fetch_and_refresh().await.map_err(|e| e.to_string())
+            github.fetch_and_refresh().await
         }
-        None => engine.refresh().await.map_err(|e| e.to_string()),
+        None => Ok(engine.refresh().await?),
     }
 }
 

@@ -59,6 +59,11 @@ pub struct State {
     pub token: String,
     /// A GitHub App: (app id, installation id) that may mint `token`.
     pub app: Option<(u64, u64)>,
+    /// Installation tokens minted: (token, expiry in unix ms).
+    pub minted: Vec<(String, i64)>,
+    /// When set, each mint gives a new token living this many seconds
+    /// (else `token`, for an hour).
+    pub app_token_secs: Option<i64>,
     /// JWT claims presented to mint installation tokens.
     pub jwt_claims: Vec<Value>,
     /// Logins with write access to the repository; everyone else reads.
@@ -67,6 +72,18 @@ pub struct State {
     pub comments: BTreeMap<u64, Vec<Value>>,
     /// The last comment id given.
     pub last_comment_id: u64,
+}
+
+impl State {
+    /// Whether `token` authenticates now: the plain token, or an
+    /// installation token minted and not yet expired.
+    pub fn token_ok(&self, token: &str) -> bool {
+        (self.app_token_secs.is_none() && token == self.token)
+            || self
+                .minted
+                .iter()
+                .any(|(t, expires)| t == token && *expires > now_ms())
+    }
 }
 
 /// The login a plain token acts as (`GET /user`).
@@ -245,15 +262,23 @@ impl Respond for Api {
                     .set_body_json(json!({"message": "A JSON web token could not be decoded"}));
             }
             state.jwt_claims.push(claims.unwrap());
-            let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+            let lifetime = state.app_token_secs.unwrap_or(3600);
+            let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(lifetime);
+            let token = match state.app_token_secs {
+                Some(_) => format!("ghs_minted_{:04}", state.minted.len() + 1),
+                None => state.token.clone(),
+            };
+            state
+                .minted
+                .push((token.clone(), now_ms() + lifetime * 1000));
             return ResponseTemplate::new(201).set_body_json(json!({
-                "token": state.token,
+                "token": token,
                 "expires_at": expires.format(&time::format_description::well_known::Rfc3339).unwrap(),
                 "permissions": {"statuses": "write", "pull_requests": "read", "members": "read"},
                 "repository_selection": "selected",
             }));
         }
-        if bearer != state.token {
+        if !state.token_ok(&bearer) {
             return ResponseTemplate::new(401).set_body_json(json!({
                 "message": "Bad credentials",
                 "documentation_url": "https://docs.github.com/rest"

@@ -145,8 +145,10 @@ pub fn assert_error(errors: &[String], fragments: &[&str]) {
     );
 }
 
+pub mod browser;
 pub mod db;
 pub mod gate_fixture;
+pub mod git_https;
 pub mod github;
 pub mod receivers;
 pub mod server;

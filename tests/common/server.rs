@@ -33,6 +33,8 @@ pub struct Server {
     explicit_config: bool,
     /// A fixed listen address for restarts, instead of a free port.
     listen: Option<String>,
+    /// Extra environment for the process (e.g. `SSL_CERT_FILE`).
+    env: Vec<(String, String)>,
 }
 
 /// Writes a config with these tokens and starts a server on a free port.
@@ -48,6 +50,50 @@ pub fn start_with(
     server_keys: &str,
     sections: &str,
 ) -> Server {
+    let mut server = configure(
+        &repo.display().to_string(),
+        repo,
+        database_url,
+        tokens,
+        server_keys,
+        sections,
+    );
+    server.restart();
+    server
+}
+
+/// A server whose `repo.url` is `url` (e.g. an HTTPS remote), started with
+/// `env` added and, unless `wait_ready`, not waited on past `listening`.
+pub fn start_remote(
+    url: &str,
+    database_url: &str,
+    tokens: &[TestToken],
+    sections: &str,
+    env: &[(&str, String)],
+    wait_ready: bool,
+) -> Server {
+    let cwd = std::env::temp_dir();
+    let mut server = configure(url, &cwd, database_url, tokens, "", sections);
+    server.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    server.spawn();
+    if wait_ready {
+        server.wait_ready();
+    }
+    server
+}
+
+/// Writes the config file of a server that is not started yet.
+fn configure(
+    repo_url: &str,
+    cwd: &std::path::Path,
+    database_url: &str,
+    tokens: &[TestToken],
+    server_keys: &str,
+    sections: &str,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("changegate.toml");
     let mut f = std::fs::File::create(&config).unwrap();
@@ -57,7 +103,7 @@ pub fn start_with(
         dir.path()
     )
     .unwrap();
-    writeln!(f, "[repo]\nurl = {:?}\ndefault_branch = \"main\"\n", repo).unwrap();
+    writeln!(f, "[repo]\nurl = {repo_url:?}\ndefault_branch = \"main\"\n").unwrap();
     for (name, role, token) in tokens {
         // A role may carry extra keys for its token after `;`, e.g. `operator;emails = ["c@x"]`.
         let (role, extra) = role.split_once(';').unwrap_or((role, ""));
@@ -69,17 +115,16 @@ pub fn start_with(
         .unwrap();
     }
     drop(f);
-    let mut server = Server {
+    Server {
         child: None,
         url: String::new(),
         dir,
         config,
-        cwd: repo.to_path_buf(),
+        cwd: cwd.to_path_buf(),
         explicit_config: true,
         listen: None,
-    };
-    server.restart();
-    server
+        env: Vec::new(),
+    }
 }
 
 /// Starts `changegate serve` in `cwd` as a new user would: no `--config`,
@@ -95,6 +140,7 @@ pub fn start_as_new_user(cwd: &std::path::Path) -> Server {
         cwd: cwd.to_path_buf(),
         explicit_config: false,
         listen: None,
+        env: Vec::new(),
     };
     server.restart();
     server
@@ -134,6 +180,12 @@ impl Server {
     /// A process still running is killed first: two would share the
     /// database and keep talking to the fakes of later tests.
     pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts the process and waits until it listens (not until ready).
+    pub fn spawn(&mut self) {
         self.kill9();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -155,6 +207,7 @@ impl Server {
             cmd.env("CHANGEGATE_LISTEN", listen);
         }
         let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("CG_TEST_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("CG_TEST_PD_KEY", PAGERDUTY_KEY)
             .env("CG_TEST_GH_SECRET", GITHUB_SECRET)
@@ -192,6 +245,11 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
         let client = reqwest::blocking::Client::new();
         while client
             .get(format!("{}/readyz", self.url))
