@@ -287,6 +287,45 @@ fn an_untrusted_certificate_and_an_unreachable_remote_are_told_apart() {
 }
 
 #[test]
+fn a_redirect_to_another_host_gets_no_token() {
+    let github = FakeGithub::start();
+    let repo = origin();
+    let git = GitHttps::start(repo.path(), Arc::new(|_| true));
+    let database = db::fresh("sqlite");
+    // The remote answers with a redirect to 127.0.0.1, which then asks for
+    // credentials: the token is for `localhost` only.
+    let moved = git.url.replace("/test/", "/moved/");
+    let server = start_remote(
+        &moved,
+        &database.url,
+        &tokens(),
+        &github.config_section(),
+        &trusting(&git),
+        false,
+    );
+    wait_for(
+        || {
+            metric(
+                &server,
+                "changegate_mirror_fetch_failures_total",
+                Some("auth"),
+            ) >= 1.0
+        },
+        "the fetch refused",
+    );
+    let seen = git.seen();
+    assert!(seen.iter().any(|s| s.status == 301), "{seen:#?}");
+    assert!(
+        seen.iter().all(|s| s.token.is_none()),
+        "no token crossed the redirect: {seen:#?}"
+    );
+    assert!(server
+        .log()
+        .contains("the token goes only to https://localhost:"));
+    assert_eq!(server.get("/readyz", None).0, 503);
+}
+
+#[test]
 fn an_expired_app_token_is_renewed_and_never_written_down() {
     for backend in db::BACKENDS {
         let github = FakeGithub::start();

@@ -93,6 +93,15 @@ impl std::fmt::Debug for Mirror {
     }
 }
 
+/// `https://host[:port]` of a URL: where a credential may go.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
+}
+
 /// Whether `url` names a remote reached over HTTP(S) rather than a path.
 pub fn is_remote(url: &str) -> bool {
     url.starts_with("https://") || url.starts_with("http://")
@@ -161,8 +170,20 @@ impl Mirror {
         let mut options = FetchOptions::new();
         if let Some(token) = &self.credential {
             let mut offered = false;
+            let home = origin(&self.url).to_string();
             let mut callbacks = RemoteCallbacks::new();
-            callbacks.credentials(move |_url, _user, allowed| {
+            callbacks.credentials(move |url, _user, allowed| {
+                // Only to the configured host: a redirect elsewhere gets no token.
+                if origin(url) != home {
+                    return Err(git2::Error::new(
+                        ErrorCode::Auth,
+                        ErrorClass::Http,
+                        format!(
+                            "{} asked for credentials; the token goes only to {home}",
+                            origin(url)
+                        ),
+                    ));
+                }
                 // libgit2 asks again after a refusal: answer once, so a bad
                 // token is one 401, not a loop.
                 if offered || !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
@@ -246,4 +267,23 @@ pub fn init_git_transport() {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin;
+
+    #[test]
+    fn a_credential_goes_only_to_the_configured_scheme_host_and_port() {
+        let home = origin("https://github.com/acme/infra.git");
+        assert_eq!(home, "https://github.com");
+        assert_eq!(
+            origin("https://github.com/acme/infra.git/info/refs?service=x"),
+            home
+        );
+        assert_ne!(origin("https://github.com.evil.test/acme/infra.git"), home);
+        assert_ne!(origin("https://github.com:8443/acme/infra.git"), home);
+        assert_ne!(origin("http://github.com/acme/infra.git"), home);
+        assert_eq!(origin("https://ghe.example.com"), "https://ghe.example.com");
+    }
 }

@@ -1,7 +1,8 @@
 //! A real git server over TLS on loopback: `git http-backend` (git's own
 //! smart HTTP CGI) behind a rustls listener whose certificate a throwaway CA
 //! signed, asking for basic auth `x-access-token:<token>` the way GitHub
-//! does (401 with `WWW-Authenticate: Basic` first).
+//! does (401 with `WWW-Authenticate: Basic` first). Under `/moved/` it
+//! redirects to the same repository at `127.0.0.1` (another origin).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -161,7 +162,7 @@ impl GitHttps {
                     let service = hyper::service::service_fn(move |req| {
                         let (seen, check) = (seen.clone(), check.clone());
                         let (root, name) = (root.clone(), name.clone());
-                        async move { answer(req, peer, &root, &name, &check, &seen).await }
+                        async move { answer(req, peer, port, &root, &name, &check, &seen).await }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -203,6 +204,7 @@ fn presented(req: &hyper::Request<hyper::body::Incoming>) -> Option<String> {
 async fn answer(
     req: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
+    port: u16,
     root: &Path,
     name: &str,
     check: &Check,
@@ -217,6 +219,18 @@ async fn answer(
             status,
         })
     };
+    if let Some(rest) = req
+        .uri()
+        .path_and_query()
+        .and_then(|p| p.as_str().strip_prefix("/moved/"))
+    {
+        record(301);
+        return Ok(hyper::Response::builder()
+            .status(301)
+            .header("location", format!("https://127.0.0.1:{port}/test/{rest}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap());
+    }
     if !token.as_deref().is_some_and(|t| check(t)) {
         record(401);
         return Ok(hyper::Response::builder()
