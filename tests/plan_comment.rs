@@ -252,6 +252,27 @@ fn a_title_cannot_forge_content_in_the_comment() {
 }
 
 #[test]
+fn a_pull_request_whose_only_change_set_does_not_validate_gets_its_errors() {
+    let github = FakeGithub::start();
+    let repo = origin();
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    open_pr(
+        &repo,
+        &server,
+        &github,
+        &[(
+            "changes/typo.yaml",
+            "title: t\nkind: config\ntargets: [web]\nsteps: []\nrunn: x\n",
+        )],
+    );
+    wait_comment(&github, "the errors of the only change set", |b| {
+        b.contains("does not validate")
+    });
+    let body = the_comment(&github);
+    assert!(body.contains("changes/typo.yaml:5:1"), "{body}");
+}
+
+#[test]
 fn two_replicas_keep_one_comment() {
     let github = FakeGithub::start();
     let repo = origin();

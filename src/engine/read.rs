@@ -32,7 +32,9 @@ pub fn read_proposals(
     let Ok(repo) = ChangeRepo::open(path) else {
         return (out, policies, errors);
     };
-    for (pr, head, ids) in open.iter().filter(|(_, _, ids)| !ids.is_empty()) {
+    // A head that touches no valid change may still add or edit one that
+    // does not validate: its errors belong in the plan comment too.
+    for (pr, head, ids) in open {
         let model = match repo.at(head).and_then(|s| Ok((s.load_model()?, s))) {
             Ok(m) => m,
             Err(e) => {
