@@ -400,22 +400,8 @@ impl Config {
             }
         }
         let url = config.repo.url.to_string_lossy();
-        if crate::github::is_remote(&url) {
-            // The token goes to whoever answers: never in clear, never in
-            // the URL (where logs and the mirror's FETCH_HEAD would keep it).
-            let rest = url.strip_prefix("https://").ok_or_else(|| {
-                format!("repo.url `{url}`: a remote must use https:// (the fetch sends a token)")
-            })?;
-            if rest
-                .split('/')
-                .next()
-                .is_some_and(|host| host.contains('@'))
-            {
-                return Err("repo.url must not carry a user or token; the mirror authenticates with [github]'s token or App".into());
-            }
-            if config.github.is_none() {
-                return Err(format!("repo.url `{url}` is a remote: it needs a [github] section, whose token or App the mirror fetches with"));
-            }
+        if crate::github::parse_repo_url(&url)?.is_some() && config.github.is_none() {
+            return Err("repo.url is a remote: it needs a [github] section, whose token or App the mirror fetches with".into());
         }
         if let Some(github) = &config.github {
             if github.owner_and_name().is_none() {

@@ -65,23 +65,85 @@ fn metric(server: &Server, name: &str, reason: Option<&str>) -> f64 {
         .sum()
 }
 
-/// Every file under `dir`, searched byte for byte for `secret`.
-fn files_holding(dir: &std::path::Path, secret: &str) -> Vec<String> {
+/// Every file under `dir` holding `needle`, byte for byte.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
             } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
                     found.push(path.display().to_string());
                 }
             }
         }
     }
     found
+}
+
+/// Every row of every table of the Postgres database at `url`, as text.
+fn postgres_rows(url: &str) -> String {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert!(tables.len() > 10, "the schema is there: {tables:?}");
+        let mut all = String::new();
+        for t in tables {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT CAST(x AS TEXT) FROM \"{t}\" x"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+            for r in rows {
+                all.push_str(&r);
+                all.push('\n');
+            }
+        }
+        all
+    })
+}
+
+/// Asserts `token` is nowhere the server wrote: its data directory (the
+/// mirror and config), the database (the SQLite files, or every row of
+/// every Postgres table) and its log; neither as itself nor as the
+/// basic-auth header that carried it.
+fn assert_nowhere(server: &Server, database: &db::TestDatabase, token: &str) {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+    let mut dirs = vec![server.dir.path().to_path_buf()];
+    let rows = match database.url.strip_prefix("sqlite://") {
+        Some(file) => {
+            dirs.push(std::path::Path::new(file).parent().unwrap().to_path_buf());
+            String::new()
+        }
+        None => postgres_rows(&database.url),
+    };
+    for needle in [token, basic.as_str()] {
+        for dir in &dirs {
+            assert_eq!(
+                files_holding(dir, needle.as_bytes()),
+                Vec::<String>::new(),
+                "{needle}"
+            );
+        }
+        assert!(!rows.contains(needle), "{needle} in the database");
+        assert!(!server.log().contains(needle), "{needle} in the log");
+    }
 }
 
 /// A pull request opened on the origin gets its commit status: its head
@@ -142,14 +204,7 @@ fn main_and_pull_heads_are_fetched_over_tls_with_the_token() {
                 .all(|s| s.status == 200 && s.token.as_deref() == Some(API_TOKEN)),
             "{seen:#?}"
         );
-        assert_eq!(
-            files_holding(server.dir.path(), API_TOKEN),
-            Vec::<String>::new()
-        );
-        assert!(
-            !server.log().contains(API_TOKEN),
-            "the token never reaches the log"
-        );
+        assert_nowhere(&server, &database, API_TOKEN);
         assert_eq!(
             metric(&server, "changegate_mirror_fetch_failing", None),
             0.0
@@ -203,7 +258,7 @@ fn a_wrong_token_is_refused_logged_once_counted_and_not_ready_until_fixed() {
             .collect();
         assert_eq!(warned.len(), 1, "logged once per streak:\n{log}");
         assert!(
-            warned[0].contains("\"reason\":\"auth\"") && warned[0].contains("401"),
+            warned[0].contains("\"reason\":\"auth\"") && warned[0].contains("refused the token"),
             "{}",
             warned[0]
         );
@@ -287,52 +342,62 @@ fn an_untrusted_certificate_and_an_unreachable_remote_are_told_apart() {
 }
 
 #[test]
-fn a_redirect_to_another_host_gets_no_token() {
+fn a_redirect_is_not_followed_and_gets_no_token() {
     let github = FakeGithub::start();
     let repo = origin();
     let git = GitHttps::start(repo.path(), Arc::new(|_| true));
-    let database = db::fresh("sqlite");
-    // The remote answers with a redirect to 127.0.0.1, which then asks for
-    // credentials: the token is for `localhost` only.
-    let moved = git.url.replace("/test/", "/moved/");
-    let server = start_remote(
-        &moved,
-        &database.url,
-        &tokens(),
-        &github.config_section(),
-        &trusting(&git),
-        false,
-    );
-    wait_for(
-        || {
-            metric(
-                &server,
-                "changegate_mirror_fetch_failures_total",
-                Some("auth"),
-            ) >= 1.0
-        },
-        "the fetch refused",
-    );
+    // One redirect to 127.0.0.1 (another origin), one to a URL whose
+    // percent-encoded user decodes to look like `localhost`.
+    for route in ["/moved/", "/sneaky/"] {
+        let database = db::fresh("sqlite");
+        let server = start_remote(
+            &git.url.replace("/test/", route),
+            &database.url,
+            &tokens(),
+            &github.config_section(),
+            &trusting(&git),
+            false,
+        );
+        wait_for(
+            || metric(&server, "changegate_mirror_fetch_failures_total", None) >= 1.0,
+            "the fetch refused",
+        );
+        assert_eq!(server.get("/readyz", None).0, 503);
+        assert!(
+            server.log().contains("mirror fetch failed"),
+            "{}",
+            server.log()
+        );
+    }
     let seen = git.seen();
-    assert!(seen.iter().any(|s| s.status == 301), "{seen:#?}");
+    assert!(
+        seen.iter().filter(|s| s.status == 301).count() >= 2,
+        "{seen:#?}"
+    );
     assert!(
         seen.iter().all(|s| s.token.is_none()),
-        "no token crossed the redirect: {seen:#?}"
+        "no token crossed a redirect: {seen:#?}"
     );
-    assert!(server
-        .log()
-        .contains("the token goes only to https://localhost:"));
-    assert_eq!(server.get("/readyz", None).0, 503);
+}
+
+/// The token each pack fetch (`POST …/git-upload-pack`) carried, in order.
+fn pack_tokens(git: &GitHttps) -> Vec<String> {
+    git.seen()
+        .into_iter()
+        .filter(|s| s.request.starts_with("POST") && s.status == 200)
+        .filter_map(|s| s.token)
+        .collect()
 }
 
 #[test]
-fn an_expired_app_token_is_renewed_and_never_written_down() {
+fn an_app_token_is_reused_then_renewed_before_it_runs_out_and_never_written_down() {
     for backend in db::BACKENDS {
         let github = FakeGithub::start();
         {
             let mut state = github.state.lock().unwrap();
             state.app = Some((1234, INSTALLATION_ID));
-            state.app_token_secs = Some(3);
+            // Three seconds more than the five minutes a fetch wants left.
+            state.app_token_secs = Some(303);
         }
         let keys = tempfile::tempdir().unwrap();
         let key = keys.path().join("app.pem");
@@ -356,6 +421,7 @@ fn an_expired_app_token_is_renewed_and_never_written_down() {
             Arc::new(move |t| state.lock().unwrap().token_ok(t)),
         );
         let database = db::fresh(backend);
+        let started = std::time::Instant::now();
         let server = start_remote(
             &git.url,
             &database.url,
@@ -365,25 +431,45 @@ fn an_expired_app_token_is_renewed_and_never_written_down() {
             true,
         );
         assert_eq!(ids(&server), ["a"]);
-        let first: Vec<String> = git.seen().iter().filter_map(|s| s.token.clone()).collect();
+        // Within its first three seconds, the token is used again.
+        let head = open_pull_request(&repo, &server, &github);
+        let early = pack_tokens(&git);
         assert!(
-            !first.is_empty(),
-            "{backend}: main was fetched with a minted token"
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "too slow to tell reuse from renewal"
         );
-        // Past the first token's life: a fetch must bring a new one.
-        std::thread::sleep(std::time::Duration::from_secs(4));
-        assert!(!github.state.lock().unwrap().token_ok(&first[0]));
-        open_pull_request(&repo, &server, &github);
-
-        let seen = git.seen();
-        let used: std::collections::BTreeSet<&str> =
-            seen.iter().filter_map(|s| s.token.as_deref()).collect();
-        assert!(used.len() >= 2, "the token was renewed: {seen:#?}");
         assert!(
-            seen.iter()
+            early.len() >= 2 && early.iter().all(|t| *t == early[0]),
+            "{backend}: reused: {early:?}"
+        );
+        assert!(early[0].starts_with("ghs_minted_"));
+
+        // Past that, less than five minutes are left: the next fetch renews.
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        let next = repo.push_to_pr(1, &[("changes/b.yaml", &change("b2"))], "carol");
+        assert_ne!(next, head);
+        let pr = pull(1, next, repo.main_tip(), "carol-gh");
+        deliver_pr(&server, "pr1-sync", "synchronize", &pr, "carol-gh");
+        wait_for(
+            || {
+                !github
+                    .statuses(&next.to_string(), "changegate/b")
+                    .is_empty()
+            },
+            "a status for the new head",
+        );
+        let all = pack_tokens(&git);
+        assert_ne!(
+            all.last().unwrap(),
+            &early[0],
+            "{backend}: renewed: {all:?}"
+        );
+        assert!(
+            git.seen()
+                .iter()
                 .filter(|s| s.token.is_some())
                 .all(|s| s.status == 200),
-            "no fetch offered an expired token: {seen:#?}"
+            "no fetch offered a token the remote refused"
         );
         let minted: Vec<String> = github
             .state
@@ -393,12 +479,9 @@ fn an_expired_app_token_is_renewed_and_never_written_down() {
             .iter()
             .map(|(t, _)| t.clone())
             .collect();
+        assert!(minted.len() >= 2);
         for token in &minted {
-            assert_eq!(
-                files_holding(server.dir.path(), token),
-                Vec::<String>::new()
-            );
-            assert!(!server.log().contains(token.as_str()), "{token} in the log");
+            assert_nowhere(&server, &database, token);
         }
     }
 }

@@ -44,7 +44,12 @@ impl Github {
                         let attempts = item.attempts + 1;
                         let give_up = attempts >= MAX_DELIVERY_ATTEMPTS;
                         let wait = crate::clock::backoff_ms(1000, attempts, 300_000);
-                        tracing::warn!(delivery = %item.delivery_id, attempts, give_up, error = %e, "delivery not applied");
+                        if matches!(e, SyncError::Git(GitError::Fetch { .. })) && !give_up {
+                            // The mirror logged the failure once for its streak.
+                            tracing::debug!(delivery = %item.delivery_id, attempts, error = %e, "delivery waits for the mirror");
+                        } else {
+                            tracing::warn!(delivery = %item.delivery_id, attempts, give_up, error = %e, "delivery not applied");
+                        }
                         self.engine
                             .store()
                             .delivery_failed(

@@ -5,7 +5,9 @@
 //! authenticates as `x-access-token:<token>` (how GitHub takes installation
 //! and personal tokens) through libgit2's credential callback: the token is
 //! handed over in memory for that one fetch and is never written to the
-//! mirror's config, a remote URL or a log line.
+//! mirror's config, a remote URL or a log line. Redirects are not followed
+//! and the user's git configuration is not read, so nothing but `repo.url`
+//! decides where the token goes.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +15,8 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use git2::{
-    Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, RemoteCallbacks, Repository,
+    ConfigLevel, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, RemoteCallbacks,
+    RemoteRedirect, Repository,
 };
 use octocrab::secrecy::{ExposeSecret, SecretString};
 
@@ -53,8 +56,8 @@ impl FetchFailure {
     fn of(e: &git2::Error) -> FetchFailure {
         let message = e.message();
         if e.code() == ErrorCode::Auth
-            || message.contains("401")
-            || message.contains("403")
+            || message.contains("status code: 401")
+            || message.contains("status code: 403")
             || message.contains("authentication")
         {
             FetchFailure::Auth
@@ -76,7 +79,10 @@ impl FetchFailure {
 #[derive(Clone)]
 pub struct Mirror {
     path: PathBuf,
+    /// What libgit2 fetches: an absolute path, or the HTTPS URL.
     url: String,
+    /// The HTTPS remote, when `url` is one.
+    remote: Option<url::Url>,
     /// Set only on the copy a fetch runs with ([`Mirror::with_credential`]).
     credential: Option<SecretString>,
     /// Failed fetches in a row, shared by every copy.
@@ -93,18 +99,35 @@ impl std::fmt::Debug for Mirror {
     }
 }
 
-/// `https://host[:port]` of a URL: where a credential may go.
-fn origin(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let end = url[after_scheme..]
-        .find('/')
-        .map_or(url.len(), |i| after_scheme + i);
-    &url[..end]
+/// Reads `repo.url`: `Ok(None)` for a local path (or `file://`), the URL
+/// for an HTTPS remote. Anything else that names a scheme is refused, as
+/// is a user or password in the URL: the fetch sends a token, and a URL is
+/// logged. Errors never repeat the URL, which may hold a secret.
+pub fn parse_repo_url(raw: &str) -> Result<Option<url::Url>, String> {
+    if !raw.contains("://") {
+        return Ok(None);
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("repo.url is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("repo.url must not carry a user or token; the mirror authenticates with [github]'s token or App".into());
+    }
+    match url.scheme() {
+        "file" => Ok(None),
+        "https" if url.host_str().is_some() => Ok(Some(url)),
+        "https" => Err("repo.url names no host".into()),
+        other => Err(format!(
+            "repo.url uses `{other}`; a remote must use https (the fetch sends a token)"
+        )),
+    }
 }
 
-/// Whether `url` names a remote reached over HTTP(S) rather than a path.
-pub fn is_remote(url: &str) -> bool {
-    url.starts_with("https://") || url.starts_with("http://")
+/// Scheme, host (lowercase) and port, defaulted: where a credential may go.
+fn origin(url: &url::Url) -> (String, Option<String>, Option<u16>) {
+    (
+        url.scheme().to_string(),
+        url.host_str().map(str::to_ascii_lowercase),
+        url.port_or_known_default(),
+    )
 }
 
 impl Mirror {
@@ -114,19 +137,19 @@ impl Mirror {
         if !path.join("HEAD").exists() {
             Repository::init_bare(path)?;
         }
-        let url = url.display().to_string();
-        let url = if is_remote(&url) {
-            init_git_transport();
-            url
-        } else {
-            match std::fs::canonicalize(&url) {
+        let raw = url.display().to_string();
+        let remote = parse_repo_url(&raw).map_err(|e| GitError::Git(git2::Error::from_str(&e)))?;
+        let url = match &remote {
+            Some(remote) => remote.to_string(),
+            None => match std::fs::canonicalize(&raw) {
                 Ok(local) => local.display().to_string(),
-                Err(_) => url,
-            }
+                Err(_) => raw,
+            },
         };
         Ok(Mirror {
             path: path.to_path_buf(),
             url,
+            remote,
             credential: None,
             streak: Arc::new(AtomicU64::new(0)),
             metrics,
@@ -140,7 +163,7 @@ impl Mirror {
 
     /// Whether fetching needs a credential (an HTTPS remote).
     pub fn is_remote(&self) -> bool {
-        is_remote(&self.url)
+        self.remote.is_some()
     }
 
     /// A copy that fetches with `credential`.
@@ -168,19 +191,23 @@ impl Mirror {
         // written to the mirror's config.
         let mut remote = repo.remote_anonymous(&self.url)?;
         let mut options = FetchOptions::new();
-        if let Some(token) = &self.credential {
+        // A redirect could name another host: it fails the fetch instead
+        // (after a rename on GitHub, update `repo.url`).
+        options.follow_redirects(RemoteRedirect::None);
+        if let (Some(token), Some(remote)) = (&self.credential, &self.remote) {
             let mut offered = false;
-            let home = origin(&self.url).to_string();
+            let home = origin(remote);
             let mut callbacks = RemoteCallbacks::new();
-            callbacks.credentials(move |url, _user, allowed| {
-                // Only to the configured host: a redirect elsewhere gets no token.
-                if origin(url) != home {
+            callbacks.credentials(move |url, user, allowed| {
+                // Only to the configured origin, with no user of the URL's own.
+                let asker = url::Url::parse(url).ok();
+                if user.is_some() || asker.as_ref().map(origin) != Some(home.clone()) {
                     return Err(git2::Error::new(
                         ErrorCode::Auth,
                         ErrorClass::Http,
                         format!(
-                            "{} asked for credentials; the token goes only to {home}",
-                            origin(url)
+                            "credentials asked for by another origin; the token goes only to {}",
+                            home.1.as_deref().unwrap_or("?")
                         ),
                     ));
                 }
@@ -190,7 +217,7 @@ impl Mirror {
                     return Err(git2::Error::new(
                         ErrorCode::Auth,
                         ErrorClass::Http,
-                        "the remote refused the token (HTTP 401)",
+                        "the remote refused the token",
                     ));
                 }
                 offered = true;
@@ -207,21 +234,24 @@ impl Mirror {
                 }
                 Ok(())
             }
-            Err(e) => {
-                let reason = FetchFailure::of(&e);
-                let streak = self.streak.fetch_add(1, Ordering::SeqCst) + 1;
-                self.metrics.mirror_fetch_failed(reason.as_str());
-                if streak == 1 {
-                    tracing::warn!(remote = %self.url, reason = reason.as_str(), error = %e.message(), "mirror fetch failed; retrying with backoff");
-                } else {
-                    tracing::debug!(remote = %self.url, reason = reason.as_str(), streak, error = %e.message(), "mirror fetch failed again");
-                }
-                Err(GitError::Fetch {
-                    remote: self.url.clone(),
-                    reason: reason.as_str(),
-                    message: e.message().to_string(),
-                })
-            }
+            Err(e) => Err(self.failed(FetchFailure::of(&e), e.message())),
+        }
+    }
+
+    /// Counts a failed fetch (or a credential that could not be had), logs
+    /// it when it starts a streak, and says what failed.
+    pub fn failed(&self, reason: FetchFailure, message: &str) -> GitError {
+        let streak = self.streak.fetch_add(1, Ordering::SeqCst) + 1;
+        self.metrics.mirror_fetch_failed(reason.as_str());
+        if streak == 1 {
+            tracing::warn!(remote = %self.url, reason = reason.as_str(), error = %message, "mirror fetch failed; retrying with backoff");
+        } else {
+            tracing::debug!(remote = %self.url, reason = reason.as_str(), streak, error = %message, "mirror fetch failed again");
+        }
+        GitError::Fetch {
+            remote: self.url.clone(),
+            reason: reason.as_str(),
+            message: message.to_string(),
         }
     }
 
@@ -242,48 +272,93 @@ impl Mirror {
     }
 }
 
-/// Process-wide libgit2 settings for HTTPS, set once: timeouts, so a remote
-/// that stops answering fails the fetch instead of holding the mirror, and
-/// `SSL_CERT_FILE` as roots trusted besides the system's (libgit2 loads
-/// OpenSSL's default paths first; this adds to them). `main` calls it
-/// before any thread starts: libgit2's initialisation writes OpenSSL's
-/// certificate variables into the environment.
+/// Process-wide libgit2 settings, set once by `main` before any thread
+/// starts (libgit2's initialisation writes OpenSSL's certificate variables
+/// into the environment, and so does this):
+/// - no system, XDG or global git configuration: an `insteadOf` or a
+///   credential in `~/.gitconfig` must not steer where the token goes;
+/// - timeouts, so a remote that stops answering fails the fetch instead of
+///   holding the mirror;
+/// - the system's roots, plus the certificates in `SSL_CERT_FILE` besides
+///   them (OpenSSL would read that file *instead of* the system bundle).
 pub fn init_git_transport() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: libgit2's global options, set once, before any fetch runs.
+        let extra = std::env::var_os("SSL_CERT_FILE");
+        if extra.is_some() {
+            std::env::remove_var("SSL_CERT_FILE");
+        }
+        // SAFETY: libgit2's global options, set once, before any git work
+        // and (from `main`) before any other thread exists.
         unsafe {
+            for level in [
+                ConfigLevel::System,
+                ConfigLevel::XDG,
+                ConfigLevel::Global,
+                ConfigLevel::ProgramData,
+            ] {
+                let _ = git2::opts::set_search_path(level, "");
+            }
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
             let _ = git2::opts::set_server_timeout_in_milliseconds(READ_TIMEOUT_MS);
-            if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
-                if let Err(e) = git2::opts::set_ssl_cert_file(Path::new(&file)) {
+            if let Some(file) = &extra {
+                // Initialises OpenSSL with the system's default paths, then adds.
+                if let Err(e) = git2::opts::set_ssl_cert_file(Path::new(file)) {
                     // Before logging is set up: straight to stderr.
                     eprintln!(
                         "warning: SSL_CERT_FILE {} not loaded: {}",
-                        Path::new(&file).display(),
+                        Path::new(file).display(),
                         e.message()
                     );
                 }
             }
+        }
+        // The API client (rustls) reads it too: there it is the only roots.
+        if let Some(file) = extra {
+            std::env::set_var("SSL_CERT_FILE", file);
         }
     });
 }
 
 #[cfg(test)]
 mod tests {
-    use super::origin;
+    use super::{origin, parse_repo_url};
 
     #[test]
-    fn a_credential_goes_only_to_the_configured_scheme_host_and_port() {
-        let home = origin("https://github.com/acme/infra.git");
-        assert_eq!(home, "https://github.com");
+    fn repo_urls_are_https_without_credentials_and_never_echoed() {
+        assert!(parse_repo_url("/srv/infra").unwrap().is_none());
+        assert!(parse_repo_url("file:///srv/infra").unwrap().is_none());
+        let url = parse_repo_url("HTTPS://GitHub.com/acme/infra.git")
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            origin("https://github.com/acme/infra.git/info/refs?service=x"),
-            home
+            origin(&url),
+            ("https".into(), Some("github.com".into()), Some(443))
         );
-        assert_ne!(origin("https://github.com.evil.test/acme/infra.git"), home);
-        assert_ne!(origin("https://github.com:8443/acme/infra.git"), home);
-        assert_ne!(origin("http://github.com/acme/infra.git"), home);
-        assert_eq!(origin("https://ghe.example.com"), "https://ghe.example.com");
+        for bad in [
+            "http://github.com/acme/infra.git",
+            "HTTP://x-access-token:ghp_secret@github.com/o/r.git",
+            "https://x-access-token:ghp_secret@github.com/o/r.git",
+            "https://ghp_secret@github.com/o/r.git",
+            "https://github.com%2F@evil.test/o/r.git",
+            "ssh://git@github.com/o/r.git",
+        ] {
+            let err = parse_repo_url(bad).unwrap_err();
+            assert!(
+                !err.contains("secret") && !err.contains("evil"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port_with_defaults() {
+        let at = |u: &str| origin(&url::Url::parse(u).unwrap());
+        let home = at("https://github.com/acme/infra.git");
+        assert_eq!(at("https://GITHUB.com:443/acme/infra.git/info/refs"), home);
+        assert_ne!(at("https://github.com.evil.test/acme/infra.git"), home);
+        assert_ne!(at("https://github.com:8443/acme/infra.git"), home);
+        assert_ne!(at("http://github.com/acme/infra.git"), home);
+        assert_ne!(at("https://github.com%2F@evil.test/o/r.git"), home);
     }
 }

@@ -26,7 +26,7 @@ use serde_json::json;
 
 pub use client::{ApiError, GithubClient, StatusUpdate};
 use events::{Event, PayloadError, PullRequest, ReviewFact};
-pub use mirror::{init_git_transport, is_remote, Mirror};
+pub use mirror::{init_git_transport, parse_repo_url, FetchFailure, Mirror};
 pub use origin::{Foreign, Home};
 
 use crate::clock::now_ms;
@@ -186,7 +186,11 @@ impl Github {
     ) -> Result<T, SyncError> {
         let _one_at_a_time = self.git.lock().await;
         let credential = match self.mirror.is_remote() {
-            true => self.client.git_credential().await?,
+            // A token that cannot be had fails the fetch like a refused one.
+            true => self.client.git_credential().await.map_err(|e| {
+                self.mirror
+                    .failed(mirror::FetchFailure::Auth, &format!("no token: {e}"))
+            })?,
             false => None,
         };
         let mirror = self.mirror.clone().with_credential(credential);

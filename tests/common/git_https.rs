@@ -2,7 +2,9 @@
 //! smart HTTP CGI) behind a rustls listener whose certificate a throwaway CA
 //! signed, asking for basic auth `x-access-token:<token>` the way GitHub
 //! does (401 with `WWW-Authenticate: Basic` first). Under `/moved/` it
-//! redirects to the same repository at `127.0.0.1` (another origin).
+//! redirects to the same repository at `127.0.0.1` (another origin); under
+//! `/sneaky/`, to a URL whose percent-encoded user makes it read as
+//! `localhost` once decoded.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -219,15 +221,19 @@ async fn answer(
             status,
         })
     };
-    if let Some(rest) = req
-        .uri()
-        .path_and_query()
-        .and_then(|p| p.as_str().strip_prefix("/moved/"))
-    {
+    let path = req.uri().path_and_query().map_or("", |p| p.as_str());
+    let moved = match (path.strip_prefix("/moved/"), path.strip_prefix("/sneaky/")) {
+        (Some(rest), _) => Some(format!("https://127.0.0.1:{port}/test/{rest}")),
+        (_, Some(rest)) => Some(format!(
+            "https://localhost:{port}%2F@127.0.0.1:{port}/test/{rest}"
+        )),
+        _ => None,
+    };
+    if let Some(location) = moved {
         record(301);
         return Ok(hyper::Response::builder()
             .status(301)
-            .header("location", format!("https://127.0.0.1:{port}/test/{rest}"))
+            .header("location", location)
             .body(Full::new(Bytes::new()))
             .unwrap());
     }
