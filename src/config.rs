@@ -455,9 +455,9 @@ mod tests {
         let github = "[github]\nrepository = \"o/r\"\n";
         let with = |url: &str| Config::parse(&format!("[repo]\nurl = {url:?}\n{github}"));
         assert!(with("https://github.com/o/r.git").is_ok());
-        assert!(with("http://github.com/o/r.git")
+        assert!(with("HTTP://github.com/o/r.git")
             .unwrap_err()
-            .contains("https://"));
+            .contains("must use https"));
         let err = with("https://x-access-token:ghs_1@github.com/o/r.git").unwrap_err();
         assert!(
             err.contains("must not carry") && !err.contains("ghs_1"),
