@@ -106,6 +106,9 @@ pub struct Metrics {
     mirror_fetch_failures: Family<FetchLabels, Counter>,
     /// 1 while the mirror's last fetch failed.
     pub mirror_fetch_failing: Gauge,
+    /// Change set files read from git (brought up to date at each scrape).
+    change_sets_read: Counter,
+    change_sets_read_sync: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -203,8 +206,16 @@ impl Default for Metrics {
             "1 while the mirror's last fetch failed",
             mirror_fetch_failing.clone(),
         );
+        let change_sets_read = Counter::default();
+        registry.register(
+            "change_sets_read",
+            "Change set files read from git by this process (a restart over an unmoved branch reads none)",
+            change_sets_read.clone(),
+        );
         Metrics {
             registry,
+            change_sets_read,
+            change_sets_read_sync: std::sync::Mutex::new(()),
             mirror_fetch_failures,
             mirror_fetch_failing,
             rollout_targets,
@@ -263,6 +274,11 @@ impl Metrics {
 
     /// Sets the gauges read at scrape time.
     pub fn set_gauges(&self, g: Gauges) {
+        {
+            let _one = self.change_sets_read_sync.lock().expect("metrics lock");
+            let (now, shown) = (crate::git::change_sets_read(), self.change_sets_read.get());
+            self.change_sets_read.inc_by(now.saturating_sub(shown));
+        }
         self.breaker_open.set(i64::from(g.breaker_open));
         self.alerts_firing.set(g.alerts_firing);
         self.outbox_pending.set(g.outbox_pending);

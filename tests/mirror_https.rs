@@ -45,26 +45,6 @@ fn ids(server: &Server) -> Vec<String> {
         .collect()
 }
 
-fn metric(server: &Server, name: &str, reason: Option<&str>) -> f64 {
-    let text = reqwest::blocking::get(format!("{}/metrics", server.url))
-        .unwrap()
-        .text()
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| reason.is_none_or(|r| s.labels.get("reason") == Some(r)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 /// Every file under `dir` holding `needle`, byte for byte.
 fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
@@ -205,10 +185,7 @@ fn main_and_pull_heads_are_fetched_over_tls_with_the_token() {
             "{seen:#?}"
         );
         assert_nowhere(&server, &database, API_TOKEN);
-        assert_eq!(
-            metric(&server, "changegate_mirror_fetch_failing", None),
-            0.0
-        );
+        assert_eq!(server.metric("changegate_mirror_fetch_failing", None), 0.0);
     }
 }
 
@@ -233,13 +210,7 @@ fn a_wrong_token_is_refused_logged_once_counted_and_not_ready_until_fixed() {
             false,
         );
         wait_for(
-            || {
-                metric(
-                    &server,
-                    "changegate_mirror_fetch_failures_total",
-                    Some("auth"),
-                ) >= 2.0
-            },
+            || server.metric("changegate_mirror_fetch_failures_total", Some("auth")) >= 2.0,
             "two refused fetches, counted as auth",
         );
         assert_eq!(
@@ -247,10 +218,7 @@ fn a_wrong_token_is_refused_logged_once_counted_and_not_ready_until_fixed() {
             503,
             "{backend}: not read yet"
         );
-        assert_eq!(
-            metric(&server, "changegate_mirror_fetch_failing", None),
-            1.0
-        );
+        assert_eq!(server.metric("changegate_mirror_fetch_failing", None), 1.0);
         let log = server.log();
         let warned: Vec<&str> = log
             .lines()
@@ -274,10 +242,7 @@ fn a_wrong_token_is_refused_logged_once_counted_and_not_ready_until_fixed() {
         server.wait_ready();
         assert_eq!(ids(&server), ["a"]);
         assert!(server.log().contains("mirror fetch recovered"));
-        assert_eq!(
-            metric(&server, "changegate_mirror_fetch_failing", None),
-            0.0
-        );
+        assert_eq!(server.metric("changegate_mirror_fetch_failing", None), 0.0);
     }
 }
 
@@ -297,13 +262,7 @@ fn an_untrusted_certificate_and_an_unreachable_remote_are_told_apart() {
         false,
     );
     wait_for(
-        || {
-            metric(
-                &untrusted,
-                "changegate_mirror_fetch_failures_total",
-                Some("tls"),
-            ) >= 1.0
-        },
+        || untrusted.metric("changegate_mirror_fetch_failures_total", Some("tls")) >= 1.0,
         "a TLS failure",
     );
     assert_eq!(untrusted.get("/readyz", None).0, 503);
@@ -330,8 +289,7 @@ fn an_untrusted_certificate_and_an_unreachable_remote_are_told_apart() {
     );
     wait_for(
         || {
-            metric(
-                &unreachable,
+            unreachable.metric(
                 "changegate_mirror_fetch_failures_total",
                 Some("unreachable"),
             ) >= 1.0
@@ -359,7 +317,7 @@ fn a_redirect_is_not_followed_and_gets_no_token() {
             false,
         );
         wait_for(
-            || metric(&server, "changegate_mirror_fetch_failures_total", None) >= 1.0,
+            || server.metric("changegate_mirror_fetch_failures_total", None) >= 1.0,
             "the fetch refused",
         );
         assert_eq!(server.get("/readyz", None).0, 503);

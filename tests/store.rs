@@ -4,7 +4,7 @@ mod common;
 
 use changegate::git::ChangeRepo;
 use changegate::model::{covered_paths, ChangeSet, Digest};
-use changegate::store::{ChainBreak, RecordOutcome, Store};
+use changegate::store::{BranchChange, BranchDelta, ChainBreak, RecordOutcome, Store, SyncReport};
 use common::{db, simple_change, TestRepo};
 
 fn changes_at_head(repo: &TestRepo) -> (String, Vec<(ChangeSet, Digest)>) {
@@ -64,9 +64,9 @@ fn syncing_records_each_change_once_with_its_digest() {
         let changes = changes.clone();
         let commit = commit.clone();
         async move {
-            let first = store.sync_changes(&commit, &changes).await.unwrap();
+            let first = sync(&store, &commit, &changes).await;
             assert_eq!((first.added, first.redigested, first.removed), (2, 0, 0));
-            let again = store.sync_changes(&commit, &changes).await.unwrap();
+            let again = sync(&store, &commit, &changes).await;
             assert_eq!(
                 again,
                 Default::default(),
@@ -94,8 +94,8 @@ fn a_new_digest_and_a_removed_change_are_recorded() {
     on_each_backend(|store| {
         let (first, second, c1, c2) = (first.clone(), second.clone(), c1.clone(), c2.clone());
         async move {
-            store.sync_changes(&c1, &first).await.unwrap();
-            let r = store.sync_changes(&c2, &second).await.unwrap();
+            sync(&store, &c1, &first).await;
+            let r = sync(&store, &c2, &second).await;
             assert_eq!((r.added, r.redigested, r.removed), (0, 1, 1));
             let kinds: Vec<String> = store
                 .audit_events(None)
@@ -125,7 +125,7 @@ fn an_api_approval_is_recorded_once_and_only_for_the_current_digest() {
     on_each_backend(|store| {
         let (commit, changes) = (commit.clone(), changes.clone());
         async move {
-            store.sync_changes(&commit, &changes).await.unwrap();
+            sync(&store, &commit, &changes).await;
             let digest = changes[0].1.as_str();
             assert_eq!(
                 store
@@ -174,9 +174,34 @@ fn an_api_approval_is_recorded_once_and_only_for_the_current_digest() {
     });
 }
 
+/// Records `changes` as every change on `main` at `commit`.
+async fn sync(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)]) -> SyncReport {
+    let none = std::collections::BTreeSet::new();
+    let read = changes
+        .iter()
+        .map(|(change, digest)| BranchChange {
+            change,
+            digest,
+            covered: &[],
+            emails: &none,
+        })
+        .collect();
+    store
+        .sync_changes(&BranchDelta {
+            branch: "main",
+            commit,
+            read,
+            removed: Vec::new(),
+            full: true,
+            invalid: &none,
+        })
+        .await
+        .unwrap()
+}
+
 /// A store with five audit events.
 async fn five_events(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)]) {
-    store.sync_changes(commit, changes).await.unwrap();
+    sync(store, commit, changes).await;
     for who in ["alice", "bob", "carol"] {
         store
             .record_api_approval("a", who, changes[0].1.as_str(), "")
@@ -274,5 +299,21 @@ fn the_two_migration_sets_differ_only_in_dialect() {
             normalise("postgres", file),
             "keep migrations/sqlite/{file} and migrations/postgres/{file} in step"
         );
+    }
+}
+
+#[test]
+fn a_stored_definition_reads_back_as_the_same_change_set() {
+    // The project's own change sets: rollouts with shares and bakes,
+    // per-target steps, rollbacks, includes, targets from a file.
+    let repo = ChangeRepo::open(&common::project_root()).unwrap();
+    let model = repo.at("HEAD").unwrap().load_model().unwrap();
+    assert!(model.changes.len() >= 3);
+    assert!(model.changes.values().any(|c| c.rollout.is_some()));
+    for change in model.changes.values() {
+        let stored = serde_json::to_string(change).unwrap();
+        let mut back: ChangeSet = serde_json::from_str(&stored).unwrap();
+        back.id = change.id.clone();
+        assert_eq!(&back, change, "{stored}");
     }
 }

@@ -15,7 +15,7 @@ mod rollouts;
 mod run;
 pub mod view;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use crate::clock::now_ms;
@@ -26,12 +26,15 @@ use crate::model::PoliciesInForce;
 use crate::redact::redact;
 use crate::store::alerts::AlertGauges;
 use crate::store::{
-    Alert, Attempt, AuditEvent, ChangeFacts, Delivery, GoAheadRecord, RecordOutcome, Store,
-    StoreError, SyncReport, WorldFacts, WriteTx,
+    Alert, Attempt, AuditEvent, BranchChange, BranchDelta, ChangeFacts, Delivery, GoAheadRecord,
+    RecordOutcome, Store, StoreError, SyncReport, WorldFacts, WriteTx,
 };
 pub use directory::DirectoryCache;
-pub use read::{read_default_branch, read_proposals, repo_path};
+pub use read::{read_branch, read_proposals, repo_path, BranchRead};
 use view::{status_of, World};
+
+/// Emails for a change no commit touched (none within the history read).
+static NO_EMAILS: BTreeSet<String> = BTreeSet::new();
 pub use view::{ChangeStatus, Proposal, RepoView};
 
 /// What went wrong while acting.
@@ -216,24 +219,72 @@ impl Engine {
         {
             return Ok(SyncReport::default());
         }
-        let (mut view, report) = if tip == old.commit && !stale {
+        let (mut view, report) = if tip == old.commit {
             let mut same = (*old).clone();
             same.proposals.clear();
             same.policy_proposals.clear();
             same.proposal_errors.clear();
+            if stale {
+                // Other identities: the same emails name other authors.
+                same.authors = read::authors_of(&config, &same.emails);
+                same.tokens_gen = tokens_gen;
+            }
             if !same.unapproved_policies.is_empty() {
                 self.review_policies(&mut same).await?;
             }
             (same, SyncReport::default())
         } else {
-            let mut view = read_default_branch(&config, &path)?;
+            // What the last read left: in memory, else stored by the last run.
+            let stored;
+            let base = if old.commit.is_empty() {
+                stored = self
+                    .store
+                    .stored_branch(&config.repo.default_branch)
+                    .await?
+                    .map(RepoView::from_stored);
+                stored.as_ref()
+            } else {
+                Some(&*old)
+            };
+            let found = read_branch(&config, &path, base, &tip)?;
+            let mut view = found.view;
             view.tokens_gen = tokens_gen;
-            let changes: Vec<_> = view
-                .changes
-                .values()
-                .map(|(c, d, _)| (c.clone(), d.clone()))
-                .collect();
-            let report = self.store.sync_changes(&view.commit, &changes).await?;
+            tracing::info!(
+                commit = %view.commit,
+                changes = view.changes.len(),
+                read = found.read.len(),
+                full = found.full,
+                "default branch read"
+            );
+            // Nothing to write when the stored view is already at the tip.
+            let moved = base.map(|b| b.commit.as_str()) != Some(view.commit.as_str());
+            let report = if found.full || moved {
+                let read = found
+                    .read
+                    .iter()
+                    .map(|id| {
+                        let (change, digest, covered) = &view.changes[id];
+                        BranchChange {
+                            change,
+                            digest,
+                            covered,
+                            emails: view.emails.get(id).unwrap_or(&NO_EMAILS),
+                        }
+                    })
+                    .collect();
+                self.store
+                    .sync_changes(&BranchDelta {
+                        branch: &config.repo.default_branch,
+                        commit: &view.commit,
+                        read,
+                        removed: found.removed,
+                        full: found.full,
+                        invalid: &view.invalid,
+                    })
+                    .await?
+            } else {
+                SyncReport::default()
+            };
             view.previous_labels = self.store.previous_labels().await?;
             self.review_policies(&mut view).await?;
             self.alert_on_policy_errors(&view).await?;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::view::{PolicyProposal, Proposal, RepoView};
+use super::view::{affected, PolicyProposal, Proposal, RepoView};
 use crate::config::Config;
 use crate::git::touched::policy_deletion;
 use crate::git::{ChangeRepo, GitError, Snapshot};
@@ -140,31 +140,114 @@ fn policy_at(
     }
 }
 
-/// Reads the default branch at `path`: changes, digests, policies and authors.
-pub fn read_default_branch(config: &Config, path: &Path) -> Result<RepoView, GitError> {
+/// What a read of the default branch found.
+pub struct BranchRead {
+    /// The view (commit, changes, emails, invalid ids, policies); the rest
+    /// is left for the engine to fill.
+    pub view: RepoView,
+    /// Change ids read from git and valid at the commit.
+    pub read: Vec<String>,
+    /// Change ids that were valid before and are gone or invalid now.
+    pub removed: Vec<String>,
+    /// Whether every change set was read (`read` is all of them).
+    pub full: bool,
+}
+
+/// Reads the default branch at `tip`, costing what moved since `base`
+/// (the view in memory, or the one stored by the last run):
+/// - `base` at `tip`: no change set is read, only `policies/`;
+/// - `base` at another commit: the trees are compared, and only the change
+///   sets a changed path can affect are read again ([`affected`]);
+/// - no `base`, or its commit is gone (a force-push, a GC): everything.
+pub fn read_branch(
+    config: &Config,
+    path: &Path,
+    base: Option<&RepoView>,
+    tip: &str,
+) -> Result<BranchRead, GitError> {
     let repo = ChangeRepo::open(path)?;
-    let snapshot = repo.at(&config.repo.default_branch)?;
-    let model = snapshot.load_model()?;
-    for d in &model.diagnostics {
-        tracing::warn!(diagnostic = %d, "invalid on the default branch");
-    }
-    let mut changes = BTreeMap::new();
-    for (id, change) in model.changes {
-        match covered_paths(&change, &snapshot) {
-            Ok(covered) => {
-                let digest = Digest::of(&covered);
-                changes.insert(id, (change, digest, covered));
+    let snapshot = repo.at(tip)?;
+    let Some(base) = base else {
+        return read_default_branch(config, &snapshot);
+    };
+    let changed = if base.commit == snapshot.commit_id() {
+        BTreeSet::new()
+    } else {
+        match repo.changed_paths(&base.commit, snapshot.commit_id()) {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(from = %base.commit, error = %e, "cannot compare with the commit read last; reading the branch in full");
+                return read_default_branch(config, &snapshot);
             }
-            Err(e) => tracing::warn!(change = %id, error = %e, "no digest"),
+        }
+    };
+    let ids = affected(
+        &changed,
+        base.changes.values().map(|(c, _, _)| c),
+        &base.invalid,
+    );
+    let mut view = fresh_view(&snapshot)?;
+    view.changes = base.changes.clone();
+    view.emails = base.emails.clone();
+    view.invalid = base.invalid.clone();
+    let (mut read, mut removed) = (Vec::new(), Vec::new());
+    for (id, found) in snapshot.changes_by_id(&ids) {
+        let was_valid = view.changes.remove(&id).is_some();
+        view.emails.remove(&id);
+        view.invalid.remove(&id);
+        match found {
+            Ok(at) => {
+                view.changes
+                    .insert(id.clone(), (at.change, at.digest, at.covered));
+                read.push(id);
+                continue;
+            }
+            Err(GitError::NoSuchChange { .. }) => {}
+            Err(e) => {
+                tracing::warn!(change = %id, error = %e, "invalid on the default branch");
+                view.invalid.insert(id.clone());
+            }
+        }
+        if was_valid {
+            removed.push(id);
         }
     }
-    let paths: Vec<(String, Vec<String>)> = changes
+    let paths: Vec<(String, Vec<String>)> = read
         .iter()
-        .map(|(id, (_, _, c))| (id.clone(), c.iter().map(|p| p.path.clone()).collect()))
+        .map(|id| {
+            let covered = &view.changes[id].2;
+            (id.clone(), covered.iter().map(|p| p.path.clone()).collect())
+        })
         .collect();
-    let emails = snapshot.touching_emails(&paths)?;
-    let authors = emails
-        .into_iter()
+    view.emails.extend(snapshot.touching_emails(&paths)?);
+    view.authors = authors_of(config, &view.emails);
+    Ok(BranchRead {
+        view,
+        read,
+        removed,
+        full: false,
+    })
+}
+
+/// A view of `snapshot` with its policies read and nothing else.
+fn fresh_view(snapshot: &Snapshot<'_>) -> Result<RepoView, GitError> {
+    let policies = snapshot.policy_model()?;
+    Ok(RepoView {
+        commit: snapshot.commit_id().to_string(),
+        policies: policies.policies,
+        policy_errors: policies.diagnostics,
+        ..RepoView::default()
+    })
+}
+
+/// Names and logins of each change's authors: the identities in
+/// `[[tokens]]` whose emails made the commits.
+pub fn authors_of(
+    config: &Config,
+    emails: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    emails
+        .iter()
         .map(|(id, emails)| {
             let who: BTreeSet<String> = config
                 .tokens
@@ -172,28 +255,58 @@ pub fn read_default_branch(config: &Config, path: &Path) -> Result<RepoView, Git
                 .filter(|t| t.emails.iter().any(|e| emails.contains(e)))
                 .flat_map(|t| std::iter::once(t.name.clone()).chain(t.github.clone()))
                 .collect();
-            (id, who)
+            (id.clone(), who)
         })
-        .collect();
-    let policy_errors = model
-        .diagnostics
+        .collect()
+}
+
+/// Reads every change set at `snapshot`, logging progress at least every
+/// two seconds (a repository of 100,000 change sets takes a while).
+fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<BranchRead, GitError> {
+    let started = std::time::Instant::now();
+    let mut logged = started;
+    let model = snapshot.load_model_with_progress(&mut |done, total| {
+        if logged.elapsed() >= std::time::Duration::from_secs(2) {
+            logged = std::time::Instant::now();
+            tracing::info!(done, total, "reading change sets");
+        }
+    })?;
+    let mut view = fresh_view(snapshot)?;
+    for d in &model.diagnostics {
+        tracing::warn!(diagnostic = %d, "invalid on the default branch");
+        if let Some(id) = d
+            .path
+            .strip_prefix("changes/")
+            .and_then(|f| f.strip_suffix(".yaml"))
+            .filter(|id| !id.contains('/'))
+        {
+            view.invalid.insert(id.to_string());
+        }
+    }
+    for (id, change) in model.changes {
+        match covered_paths(&change, snapshot) {
+            Ok(covered) => {
+                let digest = Digest::of(&covered);
+                view.changes.insert(id, (change, digest, covered));
+            }
+            Err(e) => {
+                tracing::warn!(change = %id, error = %e, "no digest");
+                view.invalid.insert(id);
+            }
+        }
+    }
+    let paths: Vec<(String, Vec<String>)> = view
+        .changes
         .iter()
-        .filter(|d| d.path.starts_with("policies/"))
-        .cloned()
+        .map(|(id, (_, _, c))| (id.clone(), c.iter().map(|p| p.path.clone()).collect()))
         .collect();
-    Ok(RepoView {
-        commit: snapshot.commit_id().to_string(),
-        changes,
-        policies: model.policies,
-        policy_errors,
-        authors,
-        proposals: Vec::new(),
-        proposal_heads: Vec::new(),
-        previous_labels: BTreeMap::new(),
-        policy_proposals: Vec::new(),
-        proposal_errors: Vec::new(),
-        tokens_gen: 0,
-        policies_since: BTreeMap::new(),
-        unapproved_policies: Vec::new(),
+    view.emails = snapshot.touching_emails(&paths)?;
+    view.authors = authors_of(config, &view.emails);
+    let read = view.changes.keys().cloned().collect();
+    Ok(BranchRead {
+        view,
+        read,
+        removed: Vec::new(),
+        full: true,
     })
 }

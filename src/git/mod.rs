@@ -14,6 +14,19 @@ use crate::model::{
     Digest, Entry, RepoModel, SourceFile, TreeView,
 };
 
+/// Change set files read from git by this process: what the persisted view
+/// saves (`/metrics` shows it; a restart over an unmoved branch adds none).
+static CHANGE_SETS_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many change set files this process has read from git.
+pub fn change_sets_read() -> u64 {
+    CHANGE_SETS_READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_reads(n: usize) {
+    CHANGE_SETS_READ.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Why the repository or revision could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -116,6 +129,27 @@ impl ChangeRepo {
         })
     }
 
+    /// Every path that differs between the trees of commits `from` and
+    /// `to` (added, removed or changed; both sides of a rename). Subtrees
+    /// with the same id are skipped, so this costs what moved.
+    pub fn changed_paths(&self, from: &str, to: &str) -> Result<BTreeSet<String>, GitError> {
+        let tree = |rev: &str| -> Result<Tree<'_>, GitError> {
+            Ok(self.repo.revparse_single(rev)?.peel_to_commit()?.tree()?)
+        };
+        let diff = self
+            .repo
+            .diff_tree_to_tree(Some(&tree(from)?), Some(&tree(to)?), None)?;
+        let mut out = BTreeSet::new();
+        for delta in diff.deltas() {
+            for file in [delta.old_file(), delta.new_file()] {
+                if let Some(p) = file.path().and_then(|p| p.to_str()) {
+                    out.insert(p.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The underlying libgit2 repository.
     pub fn git(&self) -> &Repository {
         &self.repo
@@ -169,7 +203,45 @@ impl<'r> Snapshot<'r> {
 
     /// The valid policies at this commit, without reading any change set.
     pub fn policies(&self) -> Result<Vec<crate::model::Policy>, GitError> {
-        Ok(crate::model::load_policies(&self.files_in("policies")?).policies)
+        Ok(self.policy_model()?.policies)
+    }
+
+    /// The policies at this commit and their errors, without reading any
+    /// change set.
+    pub fn policy_model(&self) -> Result<RepoModel, GitError> {
+        Ok(crate::model::load_policies(&self.files_in("policies")?))
+    }
+
+    /// The names (ids) of the change set files at this commit, without
+    /// reading them.
+    pub fn change_ids(&self) -> BTreeSet<String> {
+        self.tree
+            .get_path(Path::new("changes"))
+            .ok()
+            .and_then(|e| e.to_object(self.repo).ok())
+            .and_then(|o| o.peel_to_tree().ok())
+            .map(|t| {
+                t.iter()
+                    .filter(|e| e.kind() == Some(ObjectType::Blob))
+                    .filter_map(|e| {
+                        let name = String::from_utf8_lossy(e.name_bytes());
+                        name.strip_suffix(".yaml").map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Changes `ids` at this commit, each read and checked on its own as
+    /// [`Snapshot::change`] does, listing `changes/` once for all of them.
+    pub fn changes_by_id<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeMap<String, Result<ChangeAt, GitError>> {
+        let change_ids = self.change_ids();
+        ids.into_iter()
+            .map(|id| (id.clone(), self.change_among(id, &change_ids)))
+            .collect()
     }
 
     /// Every change set and policy at this commit, checked.
@@ -183,6 +255,7 @@ impl<'r> Snapshot<'r> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<RepoModel, GitError> {
         let changes = self.files_in("changes")?;
+        count_reads(changes.len());
         let policies = self.files_in("policies")?;
         Ok(load_repo_with_progress(&changes, &policies, self, progress))
     }
@@ -203,6 +276,11 @@ impl Snapshot<'_> {
     /// covered paths and digest: the one way the CLI computes a digest.
     /// Only `changes/<id>.yaml` and the files it covers are read.
     pub fn change(&self, id: &str) -> Result<ChangeAt, GitError> {
+        self.change_among(id, &self.change_ids())
+    }
+
+    /// [`Snapshot::change`] against `change_ids`, the ids at this commit.
+    fn change_among(&self, id: &str, change_ids: &BTreeSet<String>) -> Result<ChangeAt, GitError> {
         let missing = || GitError::NoSuchChange {
             id: id.to_string(),
             commit: self.commit_id.clone(),
@@ -216,29 +294,13 @@ impl Snapshot<'_> {
             .find_blob(git2::Oid::from_str(&blob)?)?
             .content()
             .to_vec();
-        let change_ids: BTreeSet<String> = self
-            .tree
-            .get_path(Path::new("changes"))
-            .ok()
-            .and_then(|e| e.to_object(self.repo).ok())
-            .and_then(|o| o.peel_to_tree().ok())
-            .map(|t| {
-                t.iter()
-                    .filter(|e| e.kind() == Some(ObjectType::Blob))
-                    .filter_map(|e| {
-                        let name = String::from_utf8_lossy(e.name_bytes());
-                        name.strip_suffix(".yaml").map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        count_reads(1);
         let invalid = |problems| GitError::InvalidChange {
             id: id.to_string(),
             commit: self.commit_id.clone(),
             problems,
         };
-        let change =
-            load_change(&SourceFile { path, bytes }, &change_ids, self).map_err(invalid)?;
+        let change = load_change(&SourceFile { path, bytes }, change_ids, self).map_err(invalid)?;
         let covered = covered_paths(&change, self).map_err(|message| {
             invalid(vec![Diagnostic {
                 path: format!("changes/{id}.yaml"),

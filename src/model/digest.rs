@@ -65,12 +65,40 @@ fn symlink(path: &str) -> String {
 }
 
 /// A covered path and the id of its blob at the commit.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct CoveredPath {
     /// Slash-separated path from the repository root.
     pub path: String,
     /// The git blob id, hex.
     pub blob: String,
+}
+
+/// The paths a change's digest starts from: its own file, the paths its
+/// commands run, its `include` entries and its `targets_from` file. Each
+/// is a file or a folder; everything the digest covers is one of them or
+/// below one, so a commit that touches none of them leaves the digest as
+/// it was.
+pub fn covered_roots(change: &ChangeSet) -> Vec<String> {
+    let mut roots = vec![format!("changes/{}.yaml", change.id)];
+    for step in &change.steps {
+        for (_, cmd) in step.commands() {
+            roots.extend(command_paths(cmd).into_iter().map(str::to_string));
+        }
+    }
+    roots.extend(
+        change
+            .include
+            .iter()
+            .map(|p| p.trim_end_matches('/').to_string()),
+    );
+    // The fleet a rollout sweeps is part of what was approved.
+    roots.extend(
+        change
+            .targets_from
+            .as_deref()
+            .map(|p| p.trim_start_matches("./").to_string()),
+    );
+    roots
 }
 
 /// The covered paths of `change` in `tree`, sorted by path, each once.
@@ -79,24 +107,9 @@ pub struct CoveredPath {
 /// Fails with the offending path when one is not in the tree; `validate`
 /// reports that case with its position.
 pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<CoveredPath>, String> {
-    let own = format!("changes/{}.yaml", change.id);
-    let mut wanted: Vec<&str> = vec![own.as_str()];
-    for step in &change.steps {
-        for (_, cmd) in step.commands() {
-            wanted.extend(command_paths(cmd));
-        }
-    }
-    wanted.extend(change.include.iter().map(|p| p.trim_end_matches('/')));
-    // The fleet a rollout sweeps is part of what was approved.
-    wanted.extend(
-        change
-            .targets_from
-            .as_deref()
-            .map(|p| p.trim_start_matches("./")),
-    );
-
     let mut covered = BTreeMap::new();
-    for path in wanted {
+    for path in covered_roots(change) {
+        let path = path.as_str();
         if has_parent_component(path) {
             return Err(format!("`{path}` contains `..`"));
         }
@@ -123,7 +136,7 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
 }
 
 /// `sha256:<hex>`: what an approval binds to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Digest(String);
 

@@ -18,11 +18,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use decode::{decode_change_set, decode_policy, RepoContext};
 pub use digest::{
-    covered_paths, deletion_of, has_parent_component, is_policy_path, CoveredPath, Digest, ABSENT,
+    covered_paths, covered_roots, deletion_of, has_parent_component, is_policy_path, CoveredPath,
+    Digest, ABSENT,
 };
 pub use duration::Duration;
 pub use policy::{policies_in_force, PoliciesInForce};
@@ -53,7 +54,7 @@ pub fn is_valid_step_id(id: &str) -> bool {
 }
 
 /// One declared change: `changes/<id>.yaml` (schema v1).
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "changegate change set (schema v1)")]
 #[schemars(extend("anyOf" = [{"required": ["targets"]}, {"required": ["targets_from"]}]))]
@@ -100,7 +101,7 @@ pub struct ChangeSet {
 }
 
 /// One step of a change set.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Unique within the change.

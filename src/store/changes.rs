@@ -1,14 +1,23 @@
 //! The changes on the default branch as last read: their digests and
 //! definitions, and the labels of their earlier revisions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
 use sqlx::Row;
 
 use super::{Store, StoreError, StoredChange, SyncReport};
 use crate::clock::now_ms;
-use crate::model::{ChangeSet, Digest};
+use crate::model::{ChangeSet, CoveredPath, Digest};
+
+/// A change row as stored, compared with what a read found.
+struct Known {
+    digest: String,
+    definition: String,
+    previous: Option<String>,
+    covered: Option<String>,
+    emails: Option<String>,
+}
 
 /// The labels (kind, targets) of every earlier revision, as stored: the
 /// list so far plus the definition being replaced.
@@ -29,61 +38,120 @@ fn earlier_labels(replaced: &str, so_far: Option<&str>) -> String {
     Value::Array(all).to_string()
 }
 
+/// One change as the default branch holds it, to be stored.
+pub struct BranchChange<'a> {
+    /// The change set.
+    pub change: &'a ChangeSet,
+    /// Its digest.
+    pub digest: &'a Digest,
+    /// What the digest covers.
+    pub covered: &'a [CoveredPath],
+    /// Emails of the commits that touched what it covers.
+    pub emails: &'a BTreeSet<String>,
+}
+
+/// What a read of the default branch found, to be stored in one
+/// transaction: the changes read (all of them, or only those a move
+/// touched), the ids gone, and the change sets that do not validate.
+pub struct BranchDelta<'a> {
+    /// The branch.
+    pub branch: &'a str,
+    /// The commit read.
+    pub commit: &'a str,
+    /// Changes read at `commit`.
+    pub read: Vec<BranchChange<'a>>,
+    /// With `full`, every change not in `read` is gone; else these are.
+    pub removed: Vec<String>,
+    /// Whether `read` is every change on the branch.
+    pub full: bool,
+    /// Change sets at `commit` that do not validate.
+    pub invalid: &'a BTreeSet<String>,
+}
+
+/// The default branch's view as stored: enough to serve without reading
+/// git when the branch has not moved.
+pub struct StoredBranch {
+    /// The commit the rows were read at.
+    pub commit: String,
+    /// Per change: the set, digest, covered paths and touching emails.
+    pub changes: BTreeMap<String, (ChangeSet, Digest, Vec<CoveredPath>, BTreeSet<String>)>,
+    /// Change sets there that do not validate.
+    pub invalid: BTreeSet<String>,
+}
+
 impl Store {
-    /// Loads the changes found at `commit` of the default branch, with their
-    /// digests, and records what changed.
-    pub async fn sync_changes(
-        &self,
-        commit: &str,
-        changes: &[(ChangeSet, Digest)],
-    ) -> Result<SyncReport, StoreError> {
+    /// Records what a read of the default branch found, and the commit it
+    /// was read at, in one transaction. Rows are written only where the
+    /// digest, covered paths or emails differ; an audit event marks each
+    /// change seen, re-digested or removed.
+    pub async fn sync_changes(&self, delta: &BranchDelta<'_>) -> Result<SyncReport, StoreError> {
         let mut w = self.write().await?;
         let mut report = SyncReport::default();
-        let known: Vec<(String, String, String, Option<String>)> =
-            sqlx::query("SELECT id, default_digest, definition, previous_definition FROM changes")
+        let known: HashMap<String, Known> =
+            sqlx::query("SELECT id, default_digest, definition, previous_definition, covered, emails FROM changes")
                 .fetch_all(w.conn())
                 .await?
                 .into_iter()
                 .map(|r| {
                     Ok((
                         r.try_get("id")?,
-                        r.try_get("default_digest")?,
-                        r.try_get("definition")?,
-                        r.try_get("previous_definition")?,
+                        Known {
+                            digest: r.try_get("default_digest")?,
+                            definition: r.try_get("definition")?,
+                            previous: r.try_get("previous_definition")?,
+                            covered: r.try_get("covered")?,
+                            emails: r.try_get("emails")?,
+                        },
                     ))
                 })
                 .collect::<Result<_, sqlx::Error>>()?;
         let now = now_ms();
-        for (change, digest) in changes {
-            let definition = serde_json::to_string(change).unwrap_or_default();
-            let before = known.iter().find(|(id, _, _, _)| *id == change.id);
-            let previous = before.map(|(_, d, _, _)| d.as_str());
-            // Every earlier revision's kind and targets, cumulatively: two
-            // edits in a row must not shed a policy either.
-            let labels = before.map(|(_, _, old, earlier)| earlier_labels(old, earlier.as_deref()));
-            if previous == Some(digest.as_str()) {
+        for c in &delta.read {
+            let id = &c.change.id;
+            let before = known.get(id);
+            let previous = before.map(|k| k.digest.as_str());
+            let covered = serde_json::to_string(c.covered).unwrap_or_default();
+            let emails = serde_json::to_string(c.emails).unwrap_or_default();
+            if let Some(k) = before.filter(|k| k.digest == c.digest.as_str()) {
+                // Same revision: only what a newer version adds may be missing.
+                if k.covered.as_deref() != Some(covered.as_str())
+                    || k.emails.as_deref() != Some(emails.as_str())
+                {
+                    sqlx::query("UPDATE changes SET covered = $2, emails = $3 WHERE id = $1")
+                        .bind(id)
+                        .bind(&covered)
+                        .bind(&emails)
+                        .execute(w.conn())
+                        .await?;
+                }
                 continue;
             }
+            let definition = serde_json::to_string(c.change).unwrap_or_default();
+            // Every earlier revision's kind and targets, cumulatively: two
+            // edits in a row must not shed a policy either.
+            let labels = before.map(|k| earlier_labels(&k.definition, k.previous.as_deref()));
             sqlx::query(
-                "INSERT INTO changes (id, title, kind, default_commit, default_digest, definition, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                "INSERT INTO changes (id, title, kind, default_commit, default_digest, definition, updated_at, covered, emails)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10)
                  ON CONFLICT (id) DO UPDATE SET title = $2, kind = $3, default_commit = $4, default_digest = $5, definition = $6, updated_at = $7,
-                   previous_definition = $8",
+                   previous_definition = $8, covered = $9, emails = $10",
             )
-            .bind(&change.id)
-            .bind(&change.title)
-            .bind(&change.kind)
-            .bind(commit)
-            .bind(digest.as_str())
+            .bind(id)
+            .bind(&c.change.title)
+            .bind(&c.change.kind)
+            .bind(delta.commit)
+            .bind(c.digest.as_str())
             .bind(&definition)
             .bind(now)
             .bind(labels)
+            .bind(&covered)
+            .bind(&emails)
             .execute(w.conn())
             .await?;
             sqlx::query("INSERT INTO change_digests (change_id, commit_sha, digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(&change.id)
-                .bind(commit)
-                .bind(digest.as_str())
+                .bind(id)
+                .bind(delta.commit)
+                .bind(c.digest.as_str())
                 .execute(w.conn())
                 .await?;
             let (kind, data) = match previous {
@@ -91,37 +159,112 @@ impl Store {
                     report.added += 1;
                     (
                         "change.seen",
-                        serde_json::json!({"commit": commit, "digest": digest}),
+                        serde_json::json!({"commit": delta.commit, "digest": c.digest}),
                     )
                 }
                 Some(old) => {
                     report.redigested += 1;
                     (
                         "change.digest-changed",
-                        serde_json::json!({"commit": commit, "digest": digest, "previous": old}),
+                        serde_json::json!({"commit": delta.commit, "digest": c.digest, "previous": old}),
                     )
                 }
             };
-            w.audit("changegate", kind, Some(&change.id), data).await?;
+            w.audit("changegate", kind, Some(id), data).await?;
         }
-        for (id, _, _, _) in &known {
-            if !changes.iter().any(|(c, _)| c.id == *id) {
-                sqlx::query("DELETE FROM changes WHERE id = $1")
-                    .bind(id)
-                    .execute(w.conn())
-                    .await?;
-                w.audit(
-                    "changegate",
-                    "change.removed",
-                    Some(id),
-                    serde_json::json!({"commit": commit}),
-                )
+        let gone: Vec<&String> = if delta.full {
+            let read: HashSet<&str> = delta.read.iter().map(|c| c.change.id.as_str()).collect();
+            known
+                .keys()
+                .filter(|id| !read.contains(id.as_str()))
+                .collect()
+        } else {
+            delta
+                .removed
+                .iter()
+                .filter(|id| known.contains_key(*id))
+                .collect()
+        };
+        for id in gone {
+            sqlx::query("DELETE FROM changes WHERE id = $1")
+                .bind(id)
+                .execute(w.conn())
                 .await?;
-                report.removed += 1;
-            }
+            w.audit(
+                "changegate",
+                "change.removed",
+                Some(id),
+                serde_json::json!({"commit": delta.commit}),
+            )
+            .await?;
+            report.removed += 1;
         }
+        let invalid = serde_json::to_string(delta.invalid).unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO branch_views (branch, commit_sha, invalid, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (branch) DO UPDATE SET commit_sha = $2, invalid = $3, updated_at = $4",
+        )
+        .bind(delta.branch)
+        .bind(delta.commit)
+        .bind(&invalid)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
         w.commit().await?;
         Ok(report)
+    }
+
+    /// The default branch's view as last stored, or `None` when there is
+    /// none or a row predates the persisted view (then the branch is read
+    /// in full).
+    pub async fn stored_branch(&self, branch: &str) -> Result<Option<StoredBranch>, StoreError> {
+        let Some(row) =
+            sqlx::query("SELECT commit_sha, invalid FROM branch_views WHERE branch = $1")
+                .bind(branch)
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let commit: String = row.try_get("commit_sha")?;
+        let invalid: String = row.try_get("invalid")?;
+        let Ok(invalid) = serde_json::from_str(&invalid) else {
+            return Ok(None);
+        };
+        let rows =
+            sqlx::query("SELECT id, default_digest, definition, covered, emails FROM changes")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut changes = BTreeMap::new();
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            let definition: String = r.try_get("definition")?;
+            let (Some(covered), Some(emails)) = (
+                r.try_get::<Option<String>, _>("covered")?,
+                r.try_get::<Option<String>, _>("emails")?,
+            ) else {
+                return Ok(None);
+            };
+            let parsed = (
+                serde_json::from_str::<ChangeSet>(&definition),
+                serde_json::from_str::<Vec<CoveredPath>>(&covered),
+                serde_json::from_str::<BTreeSet<String>>(&emails),
+            );
+            let (Ok(mut change), Ok(covered), Ok(emails)) = parsed else {
+                return Ok(None);
+            };
+            change.id = id.clone();
+            let digest = Digest::of(&covered);
+            if digest.as_str() != r.try_get::<String, _>("default_digest")? {
+                return Ok(None);
+            }
+            changes.insert(id, (change, digest, covered, emails));
+        }
+        Ok(Some(StoredBranch {
+            commit,
+            changes,
+            invalid,
+        }))
     }
 
     /// Revisions neither completed nor rolled back: (change, digest).

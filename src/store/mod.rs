@@ -29,6 +29,7 @@ mod states;
 mod statuses;
 
 pub use alerts::{Alert, AlertLabels, Delivery, Firing, Severity};
+pub use changes::{BranchChange, BranchDelta, StoredBranch};
 pub use comments::PendingComment;
 pub use gate::*;
 pub use github::*;

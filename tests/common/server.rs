@@ -305,6 +305,29 @@ impl Server {
         &self.config
     }
 
+    /// The sum of the samples of metric `name` (with label `reason` equal
+    /// to `reason`, when given) on `/metrics`.
+    pub fn metric(&self, name: &str, reason: Option<&str>) -> f64 {
+        let text = reqwest::blocking::get(format!("{}/metrics", self.url))
+            .unwrap()
+            .text()
+            .unwrap();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("Prometheus text format");
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| reason.is_none_or(|r| s.labels.get("reason") == Some(r)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
     /// GET with an optional bearer token: (status, JSON body or Null).
     pub fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let mut req = reqwest::blocking::Client::new().get(format!("{}{path}", self.url));

@@ -2,9 +2,11 @@
 //! derived from it and the recorded facts.
 
 mod approvals;
+mod moved;
 mod progress;
 
 pub use approvals::{approval_facts, approval_of, fresh_approver};
+pub use moved::affected;
 pub use progress::{
     halted, revision_focus, rollback_entries, rollout_progress, state_of, state_of_in,
     step_progress, step_progress_in, Focus,
@@ -44,6 +46,11 @@ pub struct RepoView {
     pub previous_labels: BTreeMap<String, Vec<(String, Vec<String>)>>,
     /// Per change: names and logins of its authors (from commit emails).
     pub authors: BTreeMap<String, BTreeSet<String>>,
+    /// Per change: the emails of the commits that touched what it covers
+    /// (authors are worked out from them and `[[tokens]]`).
+    pub emails: BTreeMap<String, BTreeSet<String>>,
+    /// Change sets on the default branch that do not validate.
+    pub invalid: BTreeSet<String>,
     /// Changes in open pull requests that differ from the default branch.
     pub proposals: Vec<Proposal>,
     /// What `proposals` were read from: (pull request, head, touched ids).
@@ -94,6 +101,21 @@ pub struct UnapprovedPolicy {
 }
 
 impl RepoView {
+    /// The view as the last run stored it: its commit, changes, emails and
+    /// invalid ids (policies and the rest are read afresh).
+    pub fn from_stored(stored: crate::store::StoredBranch) -> RepoView {
+        let mut view = RepoView {
+            commit: stored.commit,
+            invalid: stored.invalid,
+            ..RepoView::default()
+        };
+        for (id, (change, digest, covered, emails)) in stored.changes {
+            view.emails.insert(id.clone(), emails);
+            view.changes.insert(id, (change, digest, covered));
+        }
+        view
+    }
+
     /// The policies governing `change` (with covered paths `covered`):
     /// those matching it now, and those that matched any earlier revision
     /// on the default branch, so editing `kind` or `targets` never moves a

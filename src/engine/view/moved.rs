@@ -1,0 +1,140 @@
+//! Which changes a move of the default branch can have changed: pure, so
+//! a restart or a push costs what moved, not the size of the repository.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::model::{covered_roots, ChangeSet};
+
+/// The change ids whose digest or validity may differ after the files
+/// `changed` moved (added, removed or edited; both sides of a rename):
+/// - every `changes/<id>.yaml` among them (new, edited or gone);
+/// - every change with a covered root (a file, or a folder's subtree)
+///   that a changed path is, or lies under;
+/// - every change that depends on a change set that came or went (its
+///   `depends_on` may now name nothing);
+/// - every change set that did not validate before (a fix elsewhere, such
+///   as a script added, can make it valid).
+pub fn affected<'a>(
+    changed: &BTreeSet<String>,
+    changes: impl Iterator<Item = &'a ChangeSet> + Clone,
+    invalid: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut by_root: HashMap<String, Vec<&str>> = HashMap::new();
+    for change in changes.clone() {
+        for root in covered_roots(change) {
+            by_root.entry(root).or_default().push(change.id.as_str());
+        }
+    }
+    let mut out: BTreeSet<String> = invalid.clone();
+    let mut files: BTreeSet<&str> = BTreeSet::new();
+    for path in changed {
+        if let Some(id) = path
+            .strip_prefix("changes/")
+            .and_then(|f| f.strip_suffix(".yaml"))
+            .filter(|id| !id.contains('/'))
+        {
+            files.insert(id);
+            out.insert(id.to_string());
+        }
+        // The path itself and each folder above it.
+        let mut at = path.as_str();
+        loop {
+            if let Some(ids) = by_root.get(at) {
+                out.extend(ids.iter().map(|id| id.to_string()));
+            }
+            match at.rfind('/') {
+                Some(i) => at = &at[..i],
+                None => break,
+            }
+        }
+    }
+    if !files.is_empty() {
+        for change in changes {
+            if change.depends_on.iter().any(|d| files.contains(d.as_str())) {
+                out.insert(change.id.clone());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{load_change, Entry, SourceFile, TreeView};
+
+    struct Tree;
+    impl TreeView for Tree {
+        fn entry(&self, _: &str) -> Option<Entry> {
+            Some(Entry::Blob("0".repeat(40)))
+        }
+        fn blobs_under(&self, _: &str) -> Vec<(String, Entry)> {
+            Vec::new()
+        }
+    }
+
+    fn change(id: &str, yaml: &str) -> ChangeSet {
+        let ids = ["a", "b", "c", "d", "gone"].map(String::from).into();
+        load_change(
+            &SourceFile {
+                path: format!("changes/{id}.yaml"),
+                bytes: yaml.as_bytes().to_vec(),
+            },
+            &ids,
+            &Tree,
+        )
+        .unwrap()
+    }
+
+    fn set(paths: &[&str]) -> BTreeSet<String> {
+        paths.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_move_touches_what_covers_it_and_nothing_else() {
+        let step = |run: &str| {
+            format!("title: t\nkind: k\ntargets: [x]\nsteps:\n  - id: s\n    run: {run}\n    timeout: 5m\n")
+        };
+        let a = change("a", &step("./scripts/shared.sh"));
+        let b = change(
+            "b",
+            &format!("{}include: [lib/]\n", step("./scripts/own.sh")),
+        );
+        let c = change(
+            "c",
+            &format!("{}depends_on: [gone]\n", step("./scripts/own.sh")),
+        );
+        let d = change("d", &step("./tools"));
+        let all = [a, b, c, d];
+        let none = BTreeSet::new();
+        let hit = |paths: &[&str]| affected(&set(paths), all.iter(), &none);
+
+        assert_eq!(hit(&["scripts/shared.sh"]), set(&["a"]));
+        assert_eq!(
+            hit(&["lib/deep/new.sh"]),
+            set(&["b"]),
+            "a new file under an include"
+        );
+        assert_eq!(
+            hit(&["tools/x/y.sh"]),
+            set(&["d"]),
+            "a folder a command runs"
+        );
+        assert_eq!(hit(&["scripts/own.sh"]), set(&["b", "c"]));
+        assert_eq!(hit(&["README.md", "scripts/other.sh"]), set(&[]));
+        assert_eq!(hit(&["changes/a.yaml"]), set(&["a"]));
+        assert_eq!(
+            hit(&["changes/new.yaml"]),
+            set(&["new"]),
+            "a new change set"
+        );
+        assert_eq!(
+            hit(&["changes/gone.yaml"]),
+            set(&["c", "gone"]),
+            "and its dependents"
+        );
+        assert_eq!(hit(&["changes/fleet/list.txt"]), set(&[]));
+        let invalid = set(&["broken"]);
+        assert_eq!(affected(&set(&[]), all.iter(), &invalid), set(&["broken"]));
+    }
+}

@@ -1,0 +1,134 @@
+//! The default branch's view is kept in the store (issue: restart in
+//! O(what moved)): a restart over an unmoved branch reads no change set
+//! from git, and a moved tip re-reads exactly the change sets it can have
+//! changed. Counted by `changegate_change_sets_read_total`, on SQLite and
+//! Postgres, with a real `serve` on a real repository.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::gate_fixture::*;
+use common::server::{self, Server};
+use common::{db, TestRepo};
+
+const READS: &str = "changegate_change_sets_read_total";
+
+/// 40 change sets: the first 10 run the shared script, the others their own.
+fn origin() -> TestRepo {
+    let repo = TestRepo::new();
+    script(&repo, "scripts/shared.sh", "echo shared");
+    for i in 0..40 {
+        let run = if i < 10 {
+            "./scripts/shared.sh".to_string()
+        } else {
+            script(&repo, &format!("scripts/own-{i}.sh"), "echo own");
+            format!("./scripts/own-{i}.sh")
+        };
+        repo.write(
+            &format!("changes/c{i:02}.yaml"),
+            format!("title: c{i}\nkind: config\ntargets: [web]\nsteps:\n  - id: only\n    run: {run}\n    timeout: 5m\n"),
+        );
+    }
+    repo.commit("forty changes");
+    repo
+}
+
+/// Every listed change's digest, by id.
+fn digests(server: &Server) -> BTreeMap<String, String> {
+    let (code, body) = server.get("/api/v1/changes", Some("alice-token"));
+    assert_eq!(code, 200, "{body}");
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn differing(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let ids: std::collections::BTreeSet<&String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|id| a.get(*id) != b.get(*id))
+        .collect();
+    ids.into_iter().cloned().collect()
+}
+
+#[test]
+fn a_restart_reads_only_what_moved() {
+    for backend in db::BACKENDS {
+        let repo = origin();
+        let database = db::fresh(backend);
+        let mut server = server::start_with(
+            repo.path(),
+            &database.url,
+            &tokens(),
+            "refresh_secs = 1",
+            "",
+        );
+        assert_eq!(
+            server.metric(READS, None),
+            40.0,
+            "{backend}: the first start reads all"
+        );
+        let before = digests(&server);
+        assert_eq!(before.len(), 40);
+
+        // Unmoved: nothing read from git, the same changes served.
+        server.terminate();
+        server.restart();
+        assert_eq!(
+            server.metric(READS, None),
+            0.0,
+            "{backend}: an unmoved restart reads none"
+        );
+        assert_eq!(digests(&server), before);
+
+        // Moved while down: the shared script changed under 10 changes.
+        server.terminate();
+        script(&repo, "scripts/shared.sh", "echo shared, second edition");
+        repo.write("README.md", "unrelated\n");
+        repo.commit("edit the shared script");
+        server.restart();
+        assert_eq!(
+            server.metric(READS, None),
+            10.0,
+            "{backend}: exactly the affected"
+        );
+        let after = digests(&server);
+        let expected: Vec<String> = (0..10).map(|i| format!("c{i:02}")).collect();
+        assert_eq!(differing(&before, &after), expected);
+
+        // Moved while running: one added, one removed, one own script edited.
+        repo.remove("changes/c39.yaml");
+        repo.write(
+            "changes/c40.yaml",
+            "title: c40\nkind: config\ntargets: [web]\nsteps:\n  - id: only\n    run: ./scripts/shared.sh\n    timeout: 5m\n",
+        );
+        script(&repo, "scripts/own-20.sh", "echo own, edited");
+        repo.commit("add c40, drop c39, edit c20's script");
+        wait_for(
+            || digests(&server).contains_key("c40"),
+            "the running server sees the move",
+        );
+        assert_eq!(
+            server.metric(READS, None),
+            12.0,
+            "{backend}: c40 and c20 read; c39 gone"
+        );
+        let moved = digests(&server);
+        assert_eq!(differing(&after, &moved), ["c20", "c39", "c40"]);
+
+        // And what it stored is what a full read finds.
+        server.terminate();
+        let fresh = db::fresh(backend);
+        let full = server::start_with(repo.path(), &fresh.url, &tokens(), "", "");
+        assert_eq!(digests(&full), moved, "{backend}: incremental = full");
+        assert_eq!(full.metric(READS, None), 40.0);
+    }
+}
