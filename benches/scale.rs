@@ -1,12 +1,20 @@
 //! How cost grows with the repository, at 1,000 and 10,000 (and, with
 //! `CHANGEGATE_BENCH_SIZES=1000,10000,100000`, 100,000):
 //!
-//! - **startup**: `changegate serve` (the release binary, a process of its
-//!   own, fresh SQLite) from spawn until `/readyz` answers 200, with N
+//! - **first start**: `changegate serve` (the release binary, a process of
+//!   its own, fresh SQLite) from spawn until `/readyz` answers 200, with N
 //!   change sets on `main`;
-//! - **memory**: that process's resident set once idle;
+//! - **restart**: the same again over the same database and branch;
+//! - **moved**: a restart after one commit that edits a script 1% of the
+//!   change sets run;
+//! - **memory**: the resident set once idle after the first start;
 //! - **digest**: `changegate digest` of one change in a repository of N
 //!   files (median of 10 runs).
+//!
+//! With `CHANGEGATE_BENCH_BASE_BIN` naming another `changegate` binary
+//! (the previous commit's, built with `cargo build --release`), each
+//! figure is measured for it too, alternately in the same run, with the
+//! ratio.
 //!
 //! See README.md, "Benchmarks".
 
@@ -33,22 +41,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// (seconds until ready, idle RSS in MiB) for `serve` on `repo`.
-fn startup(repo: &Path) -> (f64, f64) {
-    let data = tempfile::tempdir().unwrap();
+/// (seconds until ready, idle RSS in MiB) for `serve` (the binary `bin`)
+/// on `repo`, keeping its database in `data`.
+fn startup(bin: &Path, repo: &Path, data: &Path) -> (f64, f64) {
     let port = free_port();
-    let config = data.path().join("changegate.toml");
+    let config = data.join("changegate.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[repo]\nurl = {:?}\n",
-            data.path(),
-            repo
+            data, repo
         ),
     )
     .unwrap();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_changegate"))
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&config)
         .env("CHANGEGATE_LOG", "warn")
@@ -117,6 +124,24 @@ fn digest_median(repo: &Path) -> f64 {
     times[times.len() / 2]
 }
 
+/// One binary's figures at one size: first start, idle RSS, unmoved
+/// restart, restart after a 1% move (seconds, MiB).
+fn lifecycle(bin: &Path, n: usize) -> [f64; 4] {
+    let repo = tempfile::tempdir().unwrap();
+    support::generate(repo.path(), n);
+    let data = tempfile::tempdir().unwrap();
+    let (first, rss) = startup(bin, repo.path(), data.path());
+    let (restart, _) = startup(bin, repo.path(), data.path());
+    std::fs::write(
+        repo.path().join("changes/scripts/one-percent.sh"),
+        "#!/bin/sh\necho one percent, edited\n",
+    )
+    .unwrap();
+    support::commit_more(repo.path(), "edit the script 1% of the change sets run");
+    let (moved, _) = startup(bin, repo.path(), data.path());
+    [first, rss, restart, moved]
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -126,17 +151,34 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("CHANGEGATE_BENCH_SIZES: numbers"))
         .collect();
+    let head = Path::new(env!("CARGO_BIN_EXE_changegate")).to_path_buf();
+    let base = std::env::var_os("CHANGEGATE_BENCH_BASE_BIN").map(std::path::PathBuf::from);
     println!(
-        "{:>8}  {:>14}  {:>12}  {:>20}",
-        "N", "startup (s)", "idle RSS", "digest, N files"
+        "{:>8}  {:>6}  {:>12}  {:>10}  {:>12}  {:>12}  {:>16}",
+        "N", "binary", "first start", "idle RSS", "restart", "moved 1%", "digest, N files"
     );
     for n in sizes {
-        let changes = tempfile::tempdir().unwrap();
-        support::generate(changes.path(), n);
-        let (ready, rss) = startup(changes.path());
         let files = tempfile::tempdir().unwrap();
         files_repo(files.path(), n);
         let digest = digest_median(files.path());
-        println!("{n:>8}  {ready:>14.2}  {rss:>8.1} MiB  {digest:>17.2} ms");
+        let mut rows = vec![("head", lifecycle(&head, n))];
+        if let Some(base) = &base {
+            rows.push(("base", lifecycle(base, n)));
+        }
+        for (name, [first, rss, restart, moved]) in &rows {
+            println!(
+                "{n:>8}  {name:>6}  {first:>10.2} s  {rss:>6.1} MiB  {restart:>10.2} s  {moved:>10.2} s  {digest:>13.2} ms"
+            );
+        }
+        if let [(_, h), (_, b)] = rows.as_slice() {
+            println!(
+                "{n:>8}  {:>6}  {:>11.2}×  {:>9.2}×  {:>11.2}×  {:>11.2}×",
+                "h/b",
+                h[0] / b[0],
+                h[1] / b[1],
+                h[2] / b[2],
+                h[3] / b[3]
+            );
+        }
     }
 }

@@ -132,3 +132,35 @@ fn a_restart_reads_only_what_moved() {
         assert_eq!(full.metric(READS, None), 40.0);
     }
 }
+
+#[test]
+fn a_pull_request_event_reads_only_the_change_sets_it_touches() {
+    use common::github::*;
+    let github = FakeGithub::start();
+    let repo = origin();
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    let before = server.metric(READS, None);
+    assert_eq!(before, 40.0);
+    let base = repo.main_tip();
+    let head = repo.push_to_pr(
+        1,
+        &[(
+            "changes/c15.yaml",
+            "title: c15 edited\nkind: config\ntargets: [web]\nsteps:\n  - id: only\n    run: ./scripts/own-15.sh\n    timeout: 5m\n",
+        )],
+        "carol",
+    );
+    let pr = pull(1, head, base, "carol-gh");
+    deliver_pr(&server, "pr1", "opened", &pr, "carol-gh");
+    wait_for(
+        || {
+            !github
+                .statuses(&head.to_string(), "changegate/c15")
+                .is_empty()
+        },
+        "the status of the touched change",
+    );
+    // c15 at the head and at the merge base (what it touches), and once
+    // more at the head for the plan: none of the other 39.
+    assert_eq!(server.metric(READS, None) - before, 3.0);
+}

@@ -6,12 +6,13 @@ use std::path::Path;
 
 use git2::{IndexAddOption, Repository, Signature};
 
-/// A repository with `n` change sets of 4 steps, each running shared scripts.
+/// A repository with `n` change sets of 4 steps, each running shared
+/// scripts; one in a hundred also checks with `one-percent.sh`.
 pub fn generate(dir: &Path, n: usize) {
     Repository::init(dir).unwrap();
     std::fs::create_dir_all(dir.join("changes/scripts")).unwrap();
     std::fs::create_dir_all(dir.join("policies")).unwrap();
-    for s in ["backup", "apply", "verify", "release"] {
+    for s in ["backup", "apply", "verify", "release", "one-percent"] {
         std::fs::write(
             dir.join(format!("changes/scripts/{s}.sh")),
             format!("#!/bin/sh\necho {s}\n"),
@@ -29,12 +30,30 @@ pub fn generate(dir: &Path, n: usize) {
         } else {
             String::new()
         };
+        let check = if i % 100 == 0 {
+            "one-percent"
+        } else {
+            "verify"
+        };
         let text = format!(
-            "title: Generated change {i}\nkind: config\ntargets: [host-{i}, shared-db]\n{dep}env:\n  HOST: host-{i}\ntimeout: 10m\nsteps:\n  - id: backup\n    run: ./changes/scripts/backup.sh \"$HOST\"\n    targets: [host-{i}]\n  - id: apply\n    check: ./changes/scripts/verify.sh\n    run: ./changes/scripts/apply.sh \"$HOST\"\n    timeout: 5m\n  - id: verify\n    run: ./changes/scripts/verify.sh \"$HOST\"\n  - id: release\n    confirm: true\n    run: ./changes/scripts/release.sh \"$HOST\"\n    verify: ./changes/scripts/verify.sh\n"
+            "title: Generated change {i}\nkind: config\ntargets: [host-{i}, shared-db]\n{dep}env:\n  HOST: host-{i}\ntimeout: 10m\nsteps:\n  - id: backup\n    run: ./changes/scripts/backup.sh \"$HOST\"\n    targets: [host-{i}]\n  - id: apply\n    check: ./changes/scripts/{check}.sh\n    run: ./changes/scripts/apply.sh \"$HOST\"\n    timeout: 5m\n  - id: verify\n    run: ./changes/scripts/verify.sh \"$HOST\"\n  - id: release\n    confirm: true\n    run: ./changes/scripts/release.sh \"$HOST\"\n    verify: ./changes/scripts/verify.sh\n"
         );
         std::fs::write(dir.join(format!("changes/change-{i:06}.yaml")), text).unwrap();
     }
     commit_all(dir);
+}
+
+/// Commits the whole work tree of `dir` on top of `main`.
+pub fn commit_more(dir: &Path, message: &str) {
+    let repo = Repository::open(dir).unwrap();
+    let mut index = repo.index().unwrap();
+    index.add_all(["*"], IndexAddOption::DEFAULT, None).unwrap();
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = Signature::now("bench", "bench@example.com").unwrap();
+    let parent = repo.head().unwrap().peel_to_commit().unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
+        .unwrap();
 }
 
 /// Commits the whole work tree of `dir` as the first commit on `main`.

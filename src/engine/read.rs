@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::view::{affected, PolicyProposal, Proposal, RepoView};
+use super::view::{PolicyProposal, Proposal, RepoView};
 use crate::config::Config;
 use crate::git::touched::policy_deletion;
 use crate::git::{ChangeRepo, GitError, Snapshot};
-use crate::model::{covered_paths, is_policy_path, load_policies, Digest, Entry, TreeView, ABSENT};
+use crate::model::{
+    affected, covered_paths, is_policy_path, load_policies, Digest, Entry, TreeView, ABSENT,
+};
 
 /// Where change sets are read from: the bare mirror under `data_dir` when
 /// GitHub is configured, else `repo.url`.
@@ -21,6 +23,8 @@ pub fn repo_path(config: &Config) -> PathBuf {
 
 /// Reads each open pull request's touched changes at its head. A head that
 /// cannot be read is skipped with a warning: the inbox worker retries it.
+/// Only the touched change sets and the change set files that differ from
+/// the default branch are read, never the whole commit.
 pub fn read_proposals(
     path: &Path,
     open: &[(i64, String, Vec<String>)],
@@ -32,76 +36,58 @@ pub fn read_proposals(
     let Ok(repo) = ChangeRepo::open(path) else {
         return (out, policies, errors);
     };
-    // A head that touches no valid change may still add or edit one that
-    // does not validate: its errors belong in the plan comment too.
     for (pr, head, ids) in open {
-        let model = match repo.at(head).and_then(|s| Ok((s.load_model()?, s))) {
-            Ok(m) => m,
+        let snapshot = match repo.at(head) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pr, head = %head, error = %e, "cannot read a pull request head");
                 continue;
             }
         };
-        let (model, snapshot) = model;
         policies.extend(
             ids.iter()
                 .filter(|key| is_policy_path(key))
                 .map(|key| policy_at(&repo, &snapshot, *pr, key, default_branch)),
         );
-        errors.extend(
-            invalid_edits(&repo, &snapshot, &model, default_branch)
+        // A head that touches no valid change may still add or edit one
+        // that does not validate: its errors belong in the plan comment.
+        let edited: BTreeSet<String> = match repo
+            .changed_paths(&format!("refs/heads/{default_branch}"), head)
+        {
+            Ok(changed) => changed
                 .into_iter()
-                .map(|(id, e)| (*pr, id, e)),
-        );
-        for id in ids {
-            let Some(change) = model.changes.get(id) else {
-                continue;
-            };
-            if let Ok(covered) = covered_paths(change, &snapshot) {
-                out.push(Proposal {
+                .filter_map(|p| {
+                    let id = p.strip_prefix("changes/")?.strip_suffix(".yaml")?;
+                    (!id.contains('/')).then(|| id.to_string())
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(pr, head = %head, error = %e, "cannot compare a pull request head");
+                BTreeSet::new()
+            }
+        };
+        let wanted: BTreeSet<&String> = ids
+            .iter()
+            .filter(|key| !is_policy_path(key))
+            .chain(edited.iter())
+            .collect();
+        for (id, found) in snapshot.changes_by_id(wanted) {
+            match found {
+                Ok(at) if ids.contains(&id) => out.push(Proposal {
                     pr: *pr,
                     head_sha: head.clone(),
-                    change: change.clone(),
-                    digest: Digest::of(&covered),
-                    covered,
-                });
+                    change: at.change,
+                    digest: at.digest,
+                    covered: at.covered,
+                }),
+                Err(GitError::InvalidChange { problems, .. }) if edited.contains(&id) => {
+                    errors.push((*pr, id, problems.iter().map(|d| d.to_string()).collect()));
+                }
+                _ => {}
             }
         }
     }
     (out, policies, errors)
-}
-
-/// The change sets a head adds or edits that do not validate there, with
-/// their errors: a file whose blob differs from the default branch's.
-fn invalid_edits(
-    repo: &ChangeRepo,
-    head: &crate::git::Snapshot<'_>,
-    model: &crate::model::RepoModel,
-    default_branch: &str,
-) -> Vec<(String, Vec<String>)> {
-    let main = repo.at(default_branch).ok();
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for d in &model.diagnostics {
-        let Some(id) = d
-            .path
-            .strip_prefix("changes/")
-            .and_then(|f| f.strip_suffix(".yaml").or_else(|| f.strip_suffix(".yml")))
-            .filter(|id| !id.contains('/'))
-        else {
-            continue;
-        };
-        let edited = main
-            .as_ref()
-            .is_none_or(|m| m.entry(&d.path) != head.entry(&d.path));
-        if !edited {
-            continue;
-        }
-        match out.iter_mut().find(|(i, _)| i == id) {
-            Some((_, errors)) => errors.push(d.to_string()),
-            None => out.push((id.to_string(), vec![d.to_string()])),
-        }
-    }
-    out
 }
 
 /// What [`read_proposals`] finds: valid changes, policy files, and the

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::{ChangeRepo, GitError, Snapshot};
-use crate::model::{covered_paths, deletion_of, is_policy_path, Digest, Entry, TreeView, ABSENT};
+use crate::model::{affected, deletion_of, is_policy_path, ChangeSet, Entry, TreeView, ABSENT};
 
 impl Snapshot<'_> {
     /// The YAML files under `policies/`, with their content.
@@ -16,37 +16,26 @@ impl Snapshot<'_> {
             .filter(|f| f.path.ends_with(".yaml") || f.path.ends_with(".yml"))
             .collect())
     }
-
-    /// The digest of every valid change, by id, and the blob id of every
-    /// policy file, by path.
-    pub fn subjects(&self) -> Result<BTreeMap<String, String>, GitError> {
-        let model = self.load_model()?;
-        let mut out: BTreeMap<String, String> = model
-            .changes
-            .values()
-            .filter_map(|c| {
-                covered_paths(c, self)
-                    .ok()
-                    .map(|covered| (c.id.clone(), Digest::of(&covered).to_string()))
-            })
-            .collect();
-        for f in self.policy_files()? {
-            if let Some(Entry::Blob(id)) = self.entry(&f.path) {
-                out.insert(f.path, id);
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// What a pull request touches, with its digest (or blob) at `head`: each
 /// change whose digest differs from the merge base with the default
-/// branch, and each policy file it adds, edits or deletes ([`ABSENT`]).
-pub fn touched(
+/// branch, and each policy file it adds, edits or deletes ([`deletion_of`]
+/// of its blob there).
+///
+/// Costs what the pull request changed, not the repository's size: only
+/// the paths that differ between the merge base and the head are looked
+/// at, and only the change sets they can affect are read, using the
+/// covered roots of the default branch's changes (`known`) and the change
+/// sets there that do not validate (`invalid`), plus any change set file
+/// in the diff itself.
+pub fn touched<'a>(
     mirror: &Path,
     head: &str,
     base: &str,
     default_branch: &str,
+    known: impl Iterator<Item = &'a ChangeSet> + Clone,
+    invalid: &BTreeSet<String>,
 ) -> Result<Vec<(String, String)>, GitError> {
     let repo = ChangeRepo::open(mirror)?;
     let head_id = repo.at(head)?.commit_id().to_string();
@@ -56,30 +45,47 @@ pub fn touched(
         .commit_id()
         .to_string();
     let git = repo.git();
-    let merge_base = git.merge_base(
-        git2::Oid::from_str(&head_id)?,
-        git2::Oid::from_str(&base_id)?,
-    )?;
-    let at_head = repo.at(&head_id)?.subjects()?;
-    let at_base = repo.at(&merge_base.to_string())?.subjects()?;
-    let deleted_policies = at_base
-        .iter()
-        .filter(|(k, _)| is_policy_path(k) && !at_head.contains_key(*k))
-        .map(|(k, blob)| (k.clone(), deletion_of(blob)))
-        .collect::<Vec<_>>();
-    let mut out: Vec<(String, String)> = at_head
+    let merge_base = git
+        .merge_base(
+            git2::Oid::from_str(&head_id)?,
+            git2::Oid::from_str(&base_id)?,
+        )?
+        .to_string();
+    let changed = repo.changed_paths(&merge_base, &head_id)?;
+    let candidates = affected(&changed, known, invalid);
+    let (at_head, at_base) = (repo.at(&head_id)?, repo.at(&merge_base)?);
+    let digests = |snapshot: &super::Snapshot<'_>| -> BTreeMap<String, String> {
+        snapshot
+            .changes_by_id(&candidates)
+            .into_iter()
+            .filter_map(|(id, at)| at.ok().map(|at| (id, at.digest.to_string())))
+            .collect()
+    };
+    let (head_digests, base_digests) = (digests(&at_head), digests(&at_base));
+    let mut out: Vec<(String, String)> = head_digests
         .into_iter()
-        .filter(|(id, d)| at_base.get(id) != Some(d))
-        .chain(deleted_policies)
+        .filter(|(id, d)| base_digests.get(id) != Some(d))
         .collect();
+    for path in changed.iter().filter(|p| is_policy_path(p)) {
+        let blob = |s: &super::Snapshot<'_>| match s.entry(path) {
+            Some(Entry::Blob(id)) => Some(id),
+            _ => None,
+        };
+        match (blob(&at_base), blob(&at_head)) {
+            (before, Some(now)) if before.as_ref() != Some(&now) => out.push((path.clone(), now)),
+            (Some(before), None) => out.push((path.clone(), deletion_of(&before))),
+            _ => {}
+        }
+    }
     out.sort();
     Ok(out)
 }
 
 /// (commit, key, digest) for each commit and touched key (a change id or a
-/// policy path); [`ABSENT`] where it does not exist at that commit, except
-/// a policy file that the commit deletes: [`deletion_of`] its blob at the
-/// merge base with `default_branch`.
+/// policy path); [`ABSENT`] where it does not exist at that commit (or
+/// does not validate there), except a policy file that the commit
+/// deletes: [`deletion_of`] its blob at the merge base with
+/// `default_branch`. Reads only the keys asked for.
 pub fn digests_at(
     mirror: &Path,
     commits: &BTreeSet<String>,
@@ -87,14 +93,22 @@ pub fn digests_at(
     default_branch: &str,
 ) -> Result<Vec<(String, String, String)>, GitError> {
     let repo = ChangeRepo::open(mirror)?;
+    let change_keys: Vec<&String> = keys.iter().filter(|k| !is_policy_path(k)).collect();
     let mut out = Vec::new();
     for commit in commits {
-        let subjects = repo.at(commit)?.subjects()?;
+        let snapshot = repo.at(commit)?;
+        let changes = snapshot.changes_by_id(change_keys.iter().copied());
         for key in keys {
-            let digest = match subjects.get(key) {
-                Some(d) => d.clone(),
-                None if is_policy_path(key) => policy_deletion(&repo, commit, key, default_branch)?,
-                None => ABSENT.to_string(),
+            let digest = if is_policy_path(key) {
+                match snapshot.entry(key) {
+                    Some(Entry::Blob(blob)) => blob,
+                    _ => policy_deletion(&repo, commit, key, default_branch)?,
+                }
+            } else {
+                match changes.get(key) {
+                    Some(Ok(at)) => at.digest.to_string(),
+                    _ => ABSENT.to_string(),
+                }
             };
             out.push((commit.clone(), key.clone(), digest));
         }

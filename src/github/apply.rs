@@ -82,10 +82,13 @@ impl Github {
             pr.head.sha.clone(),
             pr.base.sha.clone(),
         );
+        // The default branch's changes say which paths matter.
+        let main = self.engine.view();
         let (touched, digests) = self
             .with_mirror(move |m| {
                 m.fetch_pull(&default, number)?;
-                let touched = touched(m.path(), &head, &base, &default)?;
+                let known = main.changes.values().map(|(c, _, _)| c);
+                let touched = touched(m.path(), &head, &base, &default, known, &main.invalid)?;
                 let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
                 let digests = digests_at(m.path(), &review_commits, &ids, &default)?;
                 Ok((touched, digests))

@@ -3,6 +3,7 @@
 //! Everything here is pure: it reads bytes and a [`TreeView`] of one commit
 //! and knows nothing of git, HTTP or storage.
 
+mod affected;
 mod decode;
 pub mod digest;
 mod duration;
@@ -20,6 +21,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use affected::affected;
 pub use decode::{decode_change_set, decode_policy, RepoContext};
 pub use digest::{
     covered_paths, covered_roots, deletion_of, has_parent_component, is_policy_path, CoveredPath,

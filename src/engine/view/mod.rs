@@ -2,11 +2,9 @@
 //! derived from it and the recorded facts.
 
 mod approvals;
-mod moved;
 mod progress;
 
 pub use approvals::{approval_facts, approval_of, fresh_approver};
-pub use moved::affected;
 pub use progress::{
     halted, revision_focus, rollback_entries, rollout_progress, state_of, state_of_in,
     step_progress, step_progress_in, Focus,

@@ -1,9 +1,10 @@
-//! Which changes a move of the default branch can have changed: pure, so
-//! a restart or a push costs what moved, not the size of the repository.
+//! Which changes a set of changed paths can affect (a move of the default
+//! branch, a pull request's diff): pure, so a restart or a pull request
+//! event costs what moved, not the size of the repository.
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::model::{covered_roots, ChangeSet};
+use super::{covered_roots, ChangeSet};
 
 /// The change ids whose digest or validity may differ after the files
 /// `changed` moved (added, removed or edited; both sides of a rename):
