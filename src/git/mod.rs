@@ -239,6 +239,25 @@ impl<'r> Snapshot<'r> {
         ids: impl IntoIterator<Item = &'a String>,
     ) -> BTreeMap<String, Result<ChangeAt, GitError>> {
         let change_ids = self.change_ids();
+        let ids: Vec<&String> = ids.into_iter().collect();
+        // Each lookup by path parses every tree on the way: with 100,000
+        // change sets, `changes/` is megabytes. Look the files up in it once.
+        if let Some(dir) = self
+            .tree
+            .get_path(Path::new("changes"))
+            .ok()
+            .and_then(|e| e.to_object(self.repo).ok())
+            .and_then(|o| o.peel_to_tree().ok())
+        {
+            let mut known = self.entries.borrow_mut();
+            for id in &ids {
+                let name = format!("{id}.yaml");
+                let entry = dir
+                    .get_name(&name)
+                    .and_then(|e| file_entry(e.kind()?, e.filemode(), e.id()));
+                known.insert(format!("changes/{name}"), entry);
+            }
+        }
         ids.into_iter()
             .map(|id| (id.clone(), self.change_among(id, &change_ids)))
             .collect()
