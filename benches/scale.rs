@@ -8,6 +8,10 @@
 //! - **moved**: a restart after one commit that edits a script 1% of the
 //!   change sets run;
 //! - **memory**: the resident set once idle after the first start;
+//! - **pull request**: the git work of a `pull_request` event whose head
+//!   edits one change set (`touched`, then the digests at the head), in
+//!   process, median of 5 (the webhook and database around it are
+//!   measured by `benches/ingest.rs`);
 //! - **digest**: `changegate digest` of one change in a repository of N
 //!   files (median of 10 runs).
 //!
@@ -142,6 +146,44 @@ fn lifecycle(bin: &Path, n: usize) -> [f64; 4] {
     [first, rss, restart, moved]
 }
 
+/// Median milliseconds of the git work of a pull request editing one
+/// change set in a repository of `n` (this binary only).
+fn pull_request_ms(n: usize) -> f64 {
+    use changegate::git::touched::{digests_at, touched};
+    let repo = tempfile::tempdir().unwrap();
+    support::generate(repo.path(), n);
+    let main = changegate::git::ChangeRepo::open(repo.path())
+        .unwrap()
+        .at("main")
+        .unwrap()
+        .load_model()
+        .unwrap();
+    let base = support::head(repo.path());
+    let edited = repo.path().join("changes/change-000050.yaml");
+    let text = std::fs::read_to_string(&edited).unwrap();
+    std::fs::write(
+        &edited,
+        text.replace("Generated change 50", "Edited change 50"),
+    )
+    .unwrap();
+    support::commit_more(repo.path(), "edit one change set");
+    let head = support::head(repo.path());
+    let none = std::collections::BTreeSet::new();
+    let roots = changegate::model::RootIndex::new(main.changes.values());
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let found = touched(repo.path(), &head, &base, "main", &roots, &none).unwrap();
+            assert_eq!(found.len(), 1, "{found:?}");
+            let ids = vec![found[0].0.clone()];
+            digests_at(repo.path(), &[head.clone()].into(), &ids, "main").unwrap();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -170,6 +212,10 @@ fn main() {
                 "{n:>8}  {name:>6}  {first:>10.2} s  {rss:>6.1} MiB  {restart:>10.2} s  {moved:>10.2} s  {digest:>13.2} ms"
             );
         }
+        println!(
+            "{n:>8}  pull request touching one change: {:.2} ms",
+            pull_request_ms(n)
+        );
         if let [(_, h), (_, b)] = rows.as_slice() {
             println!(
                 "{n:>8}  {:>6}  {:>11.2}×  {:>9.2}×  {:>11.2}×  {:>11.2}×",

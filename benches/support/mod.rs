@@ -43,6 +43,13 @@ pub fn generate(dir: &Path, n: usize) {
     commit_all(dir);
 }
 
+/// The commit `main` points at.
+pub fn head(dir: &Path) -> String {
+    let repo = Repository::open(dir).unwrap();
+    let id = repo.head().unwrap().peel_to_commit().unwrap().id();
+    id.to_string()
+}
+
 /// Commits the whole work tree of `dir` on top of `main`.
 pub fn commit_more(dir: &Path, message: &str) {
     let repo = Repository::open(dir).unwrap();

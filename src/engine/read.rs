@@ -9,7 +9,8 @@ use crate::config::Config;
 use crate::git::touched::policy_deletion;
 use crate::git::{ChangeRepo, GitError, Snapshot};
 use crate::model::{
-    affected, covered_paths, is_policy_path, load_policies, Digest, Entry, TreeView, ABSENT,
+    affected, covered_paths, is_policy_path, load_policies, Digest, Entry, RootIndex, TreeView,
+    ABSENT,
 };
 
 /// Where change sets are read from: the bare mirror under `data_dir` when
@@ -207,6 +208,7 @@ pub fn read_branch(
         .collect();
     view.emails.extend(snapshot.touching_emails(&paths)?);
     view.authors = authors_of(config, &view.emails);
+    view.roots = std::sync::Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
     Ok(BranchRead {
         view,
         read,
@@ -288,6 +290,7 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
         .collect();
     view.emails = snapshot.touching_emails(&paths)?;
     view.authors = authors_of(config, &view.emails);
+    view.roots = std::sync::Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
     let read = view.changes.keys().cloned().collect();
     Ok(BranchRead {
         view,

@@ -10,8 +10,8 @@ use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
 use crate::model::references::{bare_words, references};
 use crate::model::{
-    covered_paths, load_change, load_repo_with_progress, ChangeSet, CoveredPath, Diagnostic,
-    Digest, Entry, RepoModel, SourceFile, TreeView,
+    covered_paths, load_change, load_repo_with_progress, ChangeIds, ChangeSet, CoveredPath,
+    Diagnostic, Digest, Entry, RepoModel, SourceFile, TreeView,
 };
 
 /// Change set files read from git by this process: what the persisted view
@@ -212,24 +212,15 @@ impl<'r> Snapshot<'r> {
         Ok(crate::model::load_policies(&self.files_in("policies")?))
     }
 
-    /// The names (ids) of the change set files at this commit, without
-    /// reading them.
-    pub fn change_ids(&self) -> BTreeSet<String> {
-        self.tree
-            .get_path(Path::new("changes"))
-            .ok()
-            .and_then(|e| e.to_object(self.repo).ok())
-            .and_then(|o| o.peel_to_tree().ok())
-            .map(|t| {
-                t.iter()
-                    .filter(|e| e.kind() == Some(ObjectType::Blob))
-                    .filter_map(|e| {
-                        let name = String::from_utf8_lossy(e.name_bytes());
-                        name.strip_suffix(".yaml").map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// `changes/` at this commit, to look change set files up by name.
+    fn changes_dir(&self) -> ChangesDir<'r> {
+        ChangesDir(
+            self.tree
+                .get_path(Path::new("changes"))
+                .ok()
+                .and_then(|e| e.to_object(self.repo).ok())
+                .and_then(|o| o.into_tree().ok()),
+        )
     }
 
     /// Changes `ids` at this commit, each read and checked on its own as
@@ -238,28 +229,22 @@ impl<'r> Snapshot<'r> {
         &self,
         ids: impl IntoIterator<Item = &'a String>,
     ) -> BTreeMap<String, Result<ChangeAt, GitError>> {
-        let change_ids = self.change_ids();
+        let dir = self.changes_dir();
         let ids: Vec<&String> = ids.into_iter().collect();
         // Each lookup by path parses every tree on the way: with 100,000
         // change sets, `changes/` is megabytes. Look the files up in it once.
-        if let Some(dir) = self
-            .tree
-            .get_path(Path::new("changes"))
-            .ok()
-            .and_then(|e| e.to_object(self.repo).ok())
-            .and_then(|o| o.peel_to_tree().ok())
-        {
+        if let Some(tree) = &dir.0 {
             let mut known = self.entries.borrow_mut();
             for id in &ids {
                 let name = format!("{id}.yaml");
-                let entry = dir
+                let entry = tree
                     .get_name(&name)
                     .and_then(|e| file_entry(e.kind()?, e.filemode(), e.id()));
                 known.insert(format!("changes/{name}"), entry);
             }
         }
         ids.into_iter()
-            .map(|id| (id.clone(), self.change_among(id, &change_ids)))
+            .map(|id| (id.clone(), self.change_among(id, &dir)))
             .collect()
     }
 
@@ -280,6 +265,32 @@ impl<'r> Snapshot<'r> {
     }
 }
 
+/// `changes/` at one commit: ids are looked up by name (a binary search in
+/// the tree), so checking one change set's `depends_on` does not list
+/// 100,000 others.
+struct ChangesDir<'r>(Option<Tree<'r>>);
+
+impl ChangeIds for ChangesDir<'_> {
+    fn contains(&self, id: &str) -> bool {
+        self.0.as_ref().is_some_and(|t| {
+            t.get_name(&format!("{id}.yaml"))
+                .is_some_and(|e| e.kind() == Some(ObjectType::Blob))
+        })
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|t| t.iter())
+            .filter(|e| e.kind() == Some(ObjectType::Blob))
+            .filter_map(|e| {
+                let name = String::from_utf8_lossy(e.name_bytes());
+                name.strip_suffix(".yaml").map(str::to_string)
+            })
+            .collect()
+    }
+}
+
 /// One change set read on its own, with what its digest covers.
 pub struct ChangeAt {
     /// The checked change set.
@@ -295,11 +306,11 @@ impl Snapshot<'_> {
     /// covered paths and digest: the one way the CLI computes a digest.
     /// Only `changes/<id>.yaml` and the files it covers are read.
     pub fn change(&self, id: &str) -> Result<ChangeAt, GitError> {
-        self.change_among(id, &self.change_ids())
+        self.change_among(id, &self.changes_dir())
     }
 
     /// [`Snapshot::change`] against `change_ids`, the ids at this commit.
-    fn change_among(&self, id: &str, change_ids: &BTreeSet<String>) -> Result<ChangeAt, GitError> {
+    fn change_among(&self, id: &str, change_ids: &dyn ChangeIds) -> Result<ChangeAt, GitError> {
         let missing = || GitError::NoSuchChange {
             id: id.to_string(),
             commit: self.commit_id.clone(),

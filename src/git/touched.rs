@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::{ChangeRepo, GitError, Snapshot};
-use crate::model::{affected, deletion_of, is_policy_path, ChangeSet, Entry, TreeView, ABSENT};
+use crate::model::{deletion_of, is_policy_path, Entry, RootIndex, TreeView, ABSENT};
 
 impl Snapshot<'_> {
     /// The YAML files under `policies/`, with their content.
@@ -26,15 +26,16 @@ impl Snapshot<'_> {
 /// Costs what the pull request changed, not the repository's size: only
 /// the paths that differ between the merge base and the head are looked
 /// at, and only the change sets they can affect are read, using the
-/// covered roots of the default branch's changes (`known`) and the change
+/// covered roots of the default branch's changes (`known`, indexed once per
+/// read of the branch) and the change
 /// sets there that do not validate (`invalid`), plus any change set file
 /// in the diff itself.
-pub fn touched<'a>(
+pub fn touched(
     mirror: &Path,
     head: &str,
     base: &str,
     default_branch: &str,
-    known: impl Iterator<Item = &'a ChangeSet> + Clone,
+    known: &RootIndex,
     invalid: &BTreeSet<String>,
 ) -> Result<Vec<(String, String)>, GitError> {
     let repo = ChangeRepo::open(mirror)?;
@@ -52,7 +53,7 @@ pub fn touched<'a>(
         )?
         .to_string();
     let changed = repo.changed_paths(&merge_base, &head_id)?;
-    let candidates = affected(&changed, known, invalid);
+    let candidates = known.affected(&changed, invalid);
     let (at_head, at_base) = (repo.at(&head_id)?, repo.at(&merge_base)?);
     let digests = |snapshot: &super::Snapshot<'_>| -> BTreeMap<String, String> {
         snapshot

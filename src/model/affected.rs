@@ -17,46 +17,72 @@ use super::{covered_roots, ChangeSet};
 ///   as a script added, can make it valid).
 pub fn affected<'a>(
     changed: &BTreeSet<String>,
-    changes: impl Iterator<Item = &'a ChangeSet> + Clone,
+    changes: impl Iterator<Item = &'a ChangeSet>,
     invalid: &BTreeSet<String>,
 ) -> BTreeSet<String> {
-    let mut by_root: HashMap<String, Vec<&str>> = HashMap::new();
-    for change in changes.clone() {
-        for root in covered_roots(change) {
-            by_root.entry(root).or_default().push(change.id.as_str());
-        }
-    }
-    let mut out: BTreeSet<String> = invalid.clone();
-    let mut files: BTreeSet<&str> = BTreeSet::new();
-    for path in changed {
-        if let Some(id) = path
-            .strip_prefix("changes/")
-            .and_then(|f| f.strip_suffix(".yaml"))
-            .filter(|id| !id.contains('/'))
-        {
-            files.insert(id);
-            out.insert(id.to_string());
-        }
-        // The path itself and each folder above it.
-        let mut at = path.as_str();
-        loop {
-            if let Some(ids) = by_root.get(at) {
-                out.extend(ids.iter().map(|id| id.to_string()));
-            }
-            match at.rfind('/') {
-                Some(i) => at = &at[..i],
-                None => break,
-            }
-        }
-    }
-    if !files.is_empty() {
+    RootIndex::new(changes).affected(changed, invalid)
+}
+
+/// The changes by covered root and by the ids they depend on: built once
+/// per read of the default branch, so a pull request event looks up only
+/// the paths it changed.
+#[derive(Debug, Default)]
+pub struct RootIndex {
+    by_root: HashMap<String, Vec<String>>,
+    dependents: HashMap<String, Vec<String>>,
+}
+
+impl RootIndex {
+    /// The index of `changes`.
+    pub fn new<'a>(changes: impl Iterator<Item = &'a ChangeSet>) -> RootIndex {
+        let mut index = RootIndex::default();
         for change in changes {
-            if change.depends_on.iter().any(|d| files.contains(d.as_str())) {
-                out.insert(change.id.clone());
+            for root in covered_roots(change) {
+                index
+                    .by_root
+                    .entry(root)
+                    .or_default()
+                    .push(change.id.clone());
+            }
+            for dep in &change.depends_on {
+                index
+                    .dependents
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(change.id.clone());
             }
         }
+        index
     }
-    out
+
+    /// [`affected`], with this index.
+    pub fn affected(
+        &self,
+        changed: &BTreeSet<String>,
+        invalid: &BTreeSet<String>,
+    ) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = invalid.clone();
+        for path in changed {
+            if let Some(id) = path
+                .strip_prefix("changes/")
+                .and_then(|f| f.strip_suffix(".yaml"))
+                .filter(|id| !id.contains('/'))
+            {
+                out.insert(id.to_string());
+                out.extend(self.dependents.get(id).into_iter().flatten().cloned());
+            }
+            // The path itself and each folder above it.
+            let mut at = path.as_str();
+            loop {
+                out.extend(self.by_root.get(at).into_iter().flatten().cloned());
+                match at.rfind('/') {
+                    Some(i) => at = &at[..i],
+                    None => break,
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -75,7 +101,7 @@ mod tests {
     }
 
     fn change(id: &str, yaml: &str) -> ChangeSet {
-        let ids = ["a", "b", "c", "d", "gone"].map(String::from).into();
+        let ids: BTreeSet<String> = ["a", "b", "c", "d", "gone"].map(String::from).into();
         load_change(
             &SourceFile {
                 path: format!("changes/{id}.yaml"),

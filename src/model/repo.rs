@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::decode::{decode_change_set, decode_policy, RepoContext};
+use super::decode::{decode_change_set, decode_policy, ChangeIds, RepoContext};
 use super::yaml::{self, Pos};
 use super::{ChangeSet, Diagnostic, Policy, TreeView};
 
@@ -178,7 +178,7 @@ pub fn load_repo_with_progress(
 /// budgets) are the server's, which reads the whole commit.
 pub fn load_change(
     file: &SourceFile,
-    change_ids: &BTreeSet<String>,
+    change_ids: &dyn ChangeIds,
     tree: &dyn TreeView,
 ) -> Result<ChangeSet, Vec<Diagnostic>> {
     let mut diagnostics = Vec::new();

@@ -49,6 +49,8 @@ pub struct RepoView {
     pub emails: BTreeMap<String, BTreeSet<String>>,
     /// Change sets on the default branch that do not validate.
     pub invalid: BTreeSet<String>,
+    /// Its changes by covered root, for what a pull request touches.
+    pub roots: Arc<crate::model::RootIndex>,
     /// Changes in open pull requests that differ from the default branch.
     pub proposals: Vec<Proposal>,
     /// What `proposals` were read from: (pull request, head, touched ids).

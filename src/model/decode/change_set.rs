@@ -71,15 +71,10 @@ pub fn decode_change_set(
                 format!("`depends_on` names `{dep}`, the change itself"),
             );
         } else if !ctx.change_ids.contains(dep) {
-            let hint = nearest_key(
-                dep,
-                &ctx.change_ids
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-            )
-            .map(|n| format!(": did you mean `{n}`?"))
-            .unwrap_or_default();
+            let all = ctx.change_ids.all();
+            let hint = nearest_key(dep, &all.iter().map(String::as_str).collect::<Vec<_>>())
+                .map(|n| format!(": did you mean `{n}`?"))
+                .unwrap_or_default();
             d.error(
                 *pos,
                 format!("`depends_on` names `{dep}`, but there is no changes/{dep}.yaml{hint}"),

@@ -66,10 +66,27 @@ pub(crate) const EXECUTION_KEYS: &[&str] = &[
 ];
 pub(crate) const ACTION_BUDGET_KEYS: &[&str] = &["max", "per"];
 
+/// The change ids present under `changes/`, valid or not.
+pub trait ChangeIds {
+    /// Whether `changes/<id>.yaml` exists.
+    fn contains(&self, id: &str) -> bool;
+    /// Every id (for a "did you mean" hint: only on an error).
+    fn all(&self) -> Vec<String>;
+}
+
+impl ChangeIds for BTreeSet<String> {
+    fn contains(&self, id: &str) -> bool {
+        BTreeSet::contains(self, id)
+    }
+    fn all(&self) -> Vec<String> {
+        self.iter().cloned().collect()
+    }
+}
+
 /// What decoding a change set needs to know about the rest of the commit.
 pub struct RepoContext<'a> {
     /// Every change id present under `changes/`, valid or not.
-    pub change_ids: &'a BTreeSet<String>,
+    pub change_ids: &'a dyn ChangeIds,
     /// The commit's tree, for `./path` and `include` checks.
     pub tree: &'a dyn TreeView,
 }
