@@ -173,7 +173,7 @@ fn pull_request_ms(n: usize) -> f64 {
     let mut times: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            let found = touched(repo.path(), &head, &base, "main", &roots, &none).unwrap();
+            let found = touched(repo.path(), &head, &base, "main", &roots, &none, &base).unwrap();
             assert_eq!(found.len(), 1, "{found:?}");
             let ids = vec![found[0].0.clone()];
             digests_at(repo.path(), &[head.clone()].into(), &ids, "main").unwrap();

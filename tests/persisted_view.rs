@@ -164,3 +164,61 @@ fn a_pull_request_event_reads_only_the_change_sets_it_touches() {
     // more at the head for the plan: none of the other 39.
     assert_eq!(server.metric(READS, None) - before, 3.0);
 }
+
+#[test]
+fn an_edit_undone_before_the_next_read_still_makes_its_author_an_author() {
+    for backend in db::BACKENDS {
+        let repo = origin();
+        let database = db::fresh(backend);
+        let mut server = server::start_with(repo.path(), &database.url, &tokens(), "", "");
+        server.terminate();
+        // Carol edits c25's script and puts it back: no net change, so
+        // nothing is re-read, but she touched what c25 runs.
+        script(&repo, "scripts/own-25.sh", "echo carol was here");
+        repo.commit_as("edit", "Carol", "carol@example.com");
+        script(&repo, "scripts/own-25.sh", "echo own");
+        repo.commit_as("undo", "Carol", "carol@example.com");
+        server.restart();
+        assert_eq!(server.metric(READS, None), 0.0, "{backend}: nothing moved");
+        let digest = digests(&server)["c25"].clone();
+        client(&server, "carol")
+            .approve("c25", &digest, "")
+            .unwrap();
+        let status = client(&server, "alice").change("c25").unwrap();
+        assert_eq!(status["approvals"]["reviews"][0]["approver"], "carol");
+        assert_eq!(
+            status["approvals"]["reviews"][0]["reason"], "author",
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn a_view_stored_for_another_branch_is_not_reused() {
+    let repo = origin();
+    let database = db::fresh("sqlite");
+    let mut server = server::start_with(repo.path(), &database.url, &tokens(), "", "");
+    let on_main = digests(&server);
+    server.terminate();
+    // `prod` differs from main in one change; then back to main.
+    let main = repo.main_tip();
+    repo.branch("prod", main);
+    script(&repo, "scripts/own-30.sh", "echo prod only");
+    let prod = repo.commit("prod");
+    repo.repo.set_head("refs/heads/main").unwrap();
+    repo.repo
+        .checkout_head(Some(git2::build::CheckoutBuilder::new().force()))
+        .unwrap();
+    assert_ne!(prod, main);
+    let config = std::fs::read_to_string(server.config_path()).unwrap();
+    std::fs::write(
+        server.config_path(),
+        config.replace("default_branch = \"main\"", "default_branch = \"prod\""),
+    )
+    .unwrap();
+    server.restart();
+    assert_eq!(differing(&on_main, &digests(&server)), ["c30"]);
+    std::fs::write(server.config_path(), config).unwrap();
+    server.restart();
+    assert_eq!(digests(&server), on_main, "main's digests, not prod's");
+}

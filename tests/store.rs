@@ -190,6 +190,7 @@ async fn sync(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)]) -> S
         .sync_changes(&BranchDelta {
             branch: "main",
             commit,
+            base: None,
             read,
             removed: Vec::new(),
             full: true,

@@ -246,7 +246,16 @@ impl Engine {
             } else {
                 Some(&*old)
             };
-            let found = read_branch(&config, &path, base, &tip)?;
+            let mut found = read_branch(&config, &path, base, &tip)?;
+            let base_commit = base.map(|b| b.commit.clone());
+            let mut report = self
+                .store_branch(&config, &found, base_commit.as_deref())
+                .await?;
+            if report.stale_base {
+                tracing::info!("another replica stored a later read; reading the branch in full");
+                found = read_branch(&config, &path, None, &tip)?;
+                report = self.store_branch(&config, &found, None).await?;
+            }
             let mut view = found.view;
             view.tokens_gen = tokens_gen;
             tracing::info!(
@@ -256,35 +265,6 @@ impl Engine {
                 full = found.full,
                 "default branch read"
             );
-            // Nothing to write when the stored view is already at the tip.
-            let moved = base.map(|b| b.commit.as_str()) != Some(view.commit.as_str());
-            let report = if found.full || moved {
-                let read = found
-                    .read
-                    .iter()
-                    .map(|id| {
-                        let (change, digest, covered) = &view.changes[id];
-                        BranchChange {
-                            change,
-                            digest,
-                            covered,
-                            emails: view.emails.get(id).unwrap_or(&NO_EMAILS),
-                        }
-                    })
-                    .collect();
-                self.store
-                    .sync_changes(&BranchDelta {
-                        branch: &config.repo.default_branch,
-                        commit: &view.commit,
-                        read,
-                        removed: found.removed,
-                        full: found.full,
-                        invalid: &view.invalid,
-                    })
-                    .await?
-            } else {
-                SyncReport::default()
-            };
             view.previous_labels = self.store.previous_labels().await?;
             self.review_policies(&mut view).await?;
             self.alert_on_policy_errors(&view).await?;
@@ -442,6 +422,46 @@ impl Engine {
             .chain(gone)
             .map(|id| status_of(&world, id, facts.get(id).unwrap_or(&empty), None))
             .collect())
+    }
+
+    /// Stores what `found` read (against the stored view at `base`): the
+    /// changes read, the ids gone, the invalid ones and the commit. Nothing
+    /// is written when the stored view is already at that commit.
+    async fn store_branch(
+        &self,
+        config: &Config,
+        found: &BranchRead,
+        base: Option<&str>,
+    ) -> Result<SyncReport, EngineError> {
+        let view = &found.view;
+        if !found.full && base == Some(view.commit.as_str()) {
+            return Ok(SyncReport::default());
+        }
+        let read = found
+            .read
+            .iter()
+            .map(|id| {
+                let (change, digest, covered) = &view.changes[id];
+                BranchChange {
+                    change,
+                    digest,
+                    covered,
+                    emails: view.emails.get(id).unwrap_or(&NO_EMAILS),
+                }
+            })
+            .collect();
+        Ok(self
+            .store
+            .sync_changes(&BranchDelta {
+                branch: &config.repo.default_branch,
+                commit: &view.commit,
+                base: if found.full { None } else { base },
+                read,
+                removed: found.removed.clone(),
+                full: found.full,
+                invalid: &view.invalid,
+            })
+            .await?)
     }
 
     /// Whether the database answers and the default branch has been read.

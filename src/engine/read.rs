@@ -157,15 +157,24 @@ pub fn read_branch(
     let Some(base) = base else {
         return read_default_branch(config, &snapshot);
     };
-    let changed = if base.commit == snapshot.commit_id() {
-        BTreeSet::new()
-    } else {
-        match repo.changed_paths(&base.commit, snapshot.commit_id()) {
-            Ok(changed) => changed,
-            Err(e) => {
-                tracing::warn!(from = %base.commit, error = %e, "cannot compare with the commit read last; reading the branch in full");
-                return read_default_branch(config, &snapshot);
-            }
+    // Only forward: after a force-push, the history the emails came from
+    // is not the branch's any more.
+    let forward = repo
+        .descends_from(snapshot.commit_id(), &base.commit)
+        .and_then(|yes| {
+            let changed = repo.changed_paths(&base.commit, snapshot.commit_id())?;
+            let commits = repo.commits_between(&base.commit, snapshot.commit_id())?;
+            Ok(yes.then_some((changed, commits)))
+        });
+    let (changed, commits) = match forward {
+        Ok(Some(moved)) => moved,
+        Ok(None) => {
+            tracing::warn!(from = %base.commit, "the branch was rewritten since it was read; reading it in full");
+            return read_default_branch(config, &snapshot);
+        }
+        Err(e) => {
+            tracing::warn!(from = %base.commit, error = %e, "cannot compare with the commit read last; reading the branch in full");
+            return read_default_branch(config, &snapshot);
         }
     };
     let ids = affected(
@@ -207,8 +216,17 @@ pub fn read_branch(
         })
         .collect();
     view.emails.extend(snapshot.touching_emails(&paths)?);
-    view.authors = authors_of(config, &view.emails);
     view.roots = std::sync::Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
+    // Each new commit makes its authors authors of what it touched, even
+    // where a later commit undid it (no net change, nothing re-read).
+    for (touched, emails) in &commits {
+        for id in view.roots.covering(touched) {
+            if let Some(known) = view.emails.get_mut(&id) {
+                known.extend(emails.iter().cloned());
+            }
+        }
+    }
+    view.authors = authors_of(config, &view.emails);
     Ok(BranchRead {
         view,
         read,
@@ -262,14 +280,6 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
     let mut view = fresh_view(snapshot)?;
     for d in &model.diagnostics {
         tracing::warn!(diagnostic = %d, "invalid on the default branch");
-        if let Some(id) = d
-            .path
-            .strip_prefix("changes/")
-            .and_then(|f| f.strip_suffix(".yaml"))
-            .filter(|id| !id.contains('/'))
-        {
-            view.invalid.insert(id.to_string());
-        }
     }
     for (id, change) in model.changes {
         match covered_paths(&change, snapshot) {
@@ -277,16 +287,20 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
                 let digest = Digest::of(&covered);
                 view.changes.insert(id, (change, digest, covered));
             }
-            Err(e) => {
-                tracing::warn!(change = %id, error = %e, "no digest");
-                view.invalid.insert(id);
-            }
+            Err(e) => tracing::warn!(change = %id, error = %e, "no digest"),
         }
     }
     let paths: Vec<(String, Vec<String>)> = view
         .changes
         .iter()
         .map(|(id, (_, _, c))| (id.clone(), c.iter().map(|p| p.path.clone()).collect()))
+        .collect();
+    // Every change set file without a digest is re-checked on each move,
+    // whatever its errors were reported against (a targets file, say).
+    view.invalid = snapshot
+        .change_ids()
+        .into_iter()
+        .filter(|id| !view.changes.contains_key(id))
         .collect();
     view.emails = snapshot.touching_emails(&paths)?;
     view.authors = authors_of(config, &view.emails);

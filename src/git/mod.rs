@@ -142,12 +142,48 @@ impl ChangeRepo {
         let mut out = BTreeSet::new();
         for delta in diff.deltas() {
             for file in [delta.old_file(), delta.new_file()] {
-                if let Some(p) = file.path().and_then(|p| p.to_str()) {
-                    out.insert(p.to_string());
+                // Lossy, as `blobs_under` names them: a non-UTF-8 path must
+                // still match the folder it lies under.
+                if let Some(p) = file.path_bytes() {
+                    out.insert(String::from_utf8_lossy(p).into_owned());
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The commits after `base` up to `tip` (at most
+    /// [`AUTHOR_HISTORY_LIMIT`]): for each, the paths it changed against its
+    /// first parent and its author's and committer's emails.
+    pub fn commits_between(&self, base: &str, tip: &str) -> Result<Vec<CommitTouch>, GitError> {
+        let mut walk = self.repo.revwalk()?;
+        walk.push(git2::Oid::from_str(tip)?)?;
+        walk.hide(git2::Oid::from_str(base)?)?;
+        let mut out = Vec::new();
+        for oid in walk.take(AUTHOR_HISTORY_LIMIT) {
+            let commit = self.repo.find_commit(oid?)?;
+            let parent = commit.parents().next().map(|p| p.id().to_string());
+            let paths = match parent {
+                Some(parent) => self.changed_paths(&parent, &commit.id().to_string())?,
+                None => BTreeSet::new(),
+            };
+            let emails = [commit.author().email(), commit.committer().email()]
+                .into_iter()
+                .flatten()
+                .map(str::to_string)
+                .collect();
+            out.push((paths, emails));
+        }
+        Ok(out)
+    }
+
+    /// Whether commit `descendant` has `ancestor` in its history (or is it).
+    pub fn descends_from(&self, descendant: &str, ancestor: &str) -> Result<bool, GitError> {
+        let (d, a) = (
+            git2::Oid::from_str(descendant)?,
+            git2::Oid::from_str(ancestor)?,
+        );
+        Ok(d == a || self.repo.graph_descendant_of(d, a)?)
     }
 
     /// The underlying libgit2 repository.
@@ -212,6 +248,11 @@ impl<'r> Snapshot<'r> {
         Ok(crate::model::load_policies(&self.files_in("policies")?))
     }
 
+    /// The ids of every change set file at this commit, without reading them.
+    pub fn change_ids(&self) -> BTreeSet<String> {
+        self.changes_dir().all().into_iter().collect()
+    }
+
     /// `changes/` at this commit, to look change set files up by name.
     fn changes_dir(&self) -> ChangesDir<'r> {
         ChangesDir(
@@ -264,6 +305,9 @@ impl<'r> Snapshot<'r> {
         Ok(load_repo_with_progress(&changes, &policies, self, progress))
     }
 }
+
+/// One commit's changed paths and its author's and committer's emails.
+pub type CommitTouch = (BTreeSet<String>, Vec<String>);
 
 /// `changes/` at one commit: ids are looked up by name (a binary search in
 /// the tree), so checking one change set's `depends_on` does not list

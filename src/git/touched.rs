@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::{ChangeRepo, GitError, Snapshot};
-use crate::model::{deletion_of, is_policy_path, Entry, RootIndex, TreeView, ABSENT};
+use crate::model::{deletion_of, is_policy_path, ChangeSet, Entry, RootIndex, TreeView, ABSENT};
 
 impl Snapshot<'_> {
     /// The YAML files under `policies/`, with their content.
@@ -28,8 +28,9 @@ impl Snapshot<'_> {
 /// at, and only the change sets they can affect are read, using the
 /// covered roots of the default branch's changes (`known`, indexed once per
 /// read of the branch) and the change
-/// sets there that do not validate (`invalid`), plus any change set file
-/// in the diff itself.
+/// sets there that do not validate (`invalid`), both read at `known_at`,
+/// plus the change sets that differ between `known_at` and the merge base,
+/// plus any change set file in the diff itself.
 pub fn touched(
     mirror: &Path,
     head: &str,
@@ -37,7 +38,14 @@ pub fn touched(
     default_branch: &str,
     known: &RootIndex,
     invalid: &BTreeSet<String>,
+    known_at: &str,
 ) -> Result<Vec<(String, String)>, GitError> {
+    if known_at.is_empty() {
+        // Without the branch's changes nothing can be ruled out: retry.
+        return Err(GitError::Git(git2::Error::from_str(
+            "the default branch has not been read yet",
+        )));
+    }
     let repo = ChangeRepo::open(mirror)?;
     let head_id = repo.at(head)?.commit_id().to_string();
     let base_id = repo
@@ -53,8 +61,26 @@ pub fn touched(
         )?
         .to_string();
     let changed = repo.changed_paths(&merge_base, &head_id)?;
-    let candidates = known.affected(&changed, invalid);
+    let mut candidates = known.affected(&changed, invalid);
     let (at_head, at_base) = (repo.at(&head_id)?, repo.at(&merge_base)?);
+    // `known` was read at `known_at`; change sets that differ at the merge
+    // base (added or edited since, or not yet read) cover what they cover
+    // there.
+    if known_at != merge_base {
+        let drift: BTreeSet<String> = repo
+            .changed_paths(known_at, &merge_base)?
+            .iter()
+            .filter_map(|p| p.strip_prefix("changes/")?.strip_suffix(".yaml"))
+            .filter(|id| !id.contains('/'))
+            .map(str::to_string)
+            .collect();
+        let there: Vec<ChangeSet> = at_base
+            .changes_by_id(&drift)
+            .into_values()
+            .filter_map(|at| at.ok().map(|at| at.change))
+            .collect();
+        candidates.extend(RootIndex::new(there.iter()).covering(&changed));
+    }
     let digests = |snapshot: &super::Snapshot<'_>| -> BTreeMap<String, String> {
         snapshot
             .changes_by_id(&candidates)
@@ -67,7 +93,12 @@ pub fn touched(
         .into_iter()
         .filter(|(id, d)| base_digests.get(id) != Some(d))
         .collect();
-    for path in changed.iter().filter(|p| is_policy_path(p)) {
+    // Policy files as `policy_files` finds them: YAML directly in `policies/`.
+    let policy_file = |p: &&String| {
+        p.strip_prefix("policies/")
+            .is_some_and(|f| !f.contains('/') && (f.ends_with(".yaml") || f.ends_with(".yml")))
+    };
+    for path in changed.iter().filter(policy_file) {
         let blob = |s: &super::Snapshot<'_>| match s.entry(path) {
             Some(Entry::Blob(id)) => Some(id),
             _ => None,

@@ -87,8 +87,15 @@ impl Github {
         let (touched, digests) = self
             .with_mirror(move |m| {
                 m.fetch_pull(&default, number)?;
-                let touched =
-                    touched(m.path(), &head, &base, &default, &main.roots, &main.invalid)?;
+                let touched = touched(
+                    m.path(),
+                    &head,
+                    &base,
+                    &default,
+                    &main.roots,
+                    &main.invalid,
+                    &main.commit,
+                )?;
                 let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
                 let digests = digests_at(m.path(), &review_commits, &ids, &default)?;
                 Ok((touched, digests))

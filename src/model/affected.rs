@@ -23,6 +23,13 @@ pub fn affected<'a>(
     RootIndex::new(changes).affected(changed, invalid)
 }
 
+/// The id of `changes/<id>.yaml`.
+fn change_file(path: &str) -> Option<&str> {
+    path.strip_prefix("changes/")
+        .and_then(|f| f.strip_suffix(".yaml"))
+        .filter(|id| !id.contains('/'))
+}
+
 /// The changes by covered root and by the ids they depend on: built once
 /// per read of the default branch, so a pull request event looks up only
 /// the paths it changed.
@@ -61,15 +68,23 @@ impl RootIndex {
         changed: &BTreeSet<String>,
         invalid: &BTreeSet<String>,
     ) -> BTreeSet<String> {
-        let mut out: BTreeSet<String> = invalid.clone();
+        let mut out = self.covering(changed);
+        out.extend(invalid.iter().cloned());
         for path in changed {
-            if let Some(id) = path
-                .strip_prefix("changes/")
-                .and_then(|f| f.strip_suffix(".yaml"))
-                .filter(|id| !id.contains('/'))
-            {
-                out.insert(id.to_string());
+            if let Some(id) = change_file(path) {
                 out.extend(self.dependents.get(id).into_iter().flatten().cloned());
+            }
+        }
+        out
+    }
+
+    /// The changes whose digest covers one of `paths`: their own file, or
+    /// a covered root that a path is or lies under.
+    pub fn covering(&self, paths: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for path in paths {
+            if let Some(id) = change_file(path) {
+                out.insert(id.to_string());
             }
             // The path itself and each folder above it.
             let mut at = path.as_str();

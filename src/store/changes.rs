@@ -58,6 +58,9 @@ pub struct BranchDelta<'a> {
     pub branch: &'a str,
     /// The commit read.
     pub commit: &'a str,
+    /// The commit the stored view must still be at for `read` to apply on
+    /// top of it (`None` with `full`).
+    pub base: Option<&'a str>,
     /// Changes read at `commit`.
     pub read: Vec<BranchChange<'a>>,
     /// With `full`, every change not in `read` is gone; else these are.
@@ -87,6 +90,19 @@ impl Store {
     pub async fn sync_changes(&self, delta: &BranchDelta<'_>) -> Result<SyncReport, StoreError> {
         let mut w = self.write().await?;
         let mut report = SyncReport::default();
+        if !delta.full {
+            // Another replica may have stored a later read: then this delta
+            // is against the wrong rows, and the caller reads in full.
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT commit_sha FROM branch_views WHERE branch = $1")
+                    .bind(delta.branch)
+                    .fetch_optional(w.conn())
+                    .await?;
+            if stored.as_deref() != delta.base {
+                report.stale_base = true;
+                return Ok(report);
+            }
+        }
         let known: HashMap<String, Known> =
             sqlx::query("SELECT id, default_digest, definition, previous_definition, covered, emails FROM changes")
                 .fetch_all(w.conn())
@@ -199,6 +215,12 @@ impl Store {
             .await?;
             report.removed += 1;
         }
+        // The rows describe one branch: a view stored for another (the
+        // default branch was changed) no longer matches them.
+        sqlx::query("DELETE FROM branch_views WHERE branch <> $1")
+            .bind(delta.branch)
+            .execute(w.conn())
+            .await?;
         let invalid = serde_json::to_string(delta.invalid).unwrap_or_default();
         sqlx::query(
             "INSERT INTO branch_views (branch, commit_sha, invalid, updated_at) VALUES ($1, $2, $3, $4)

@@ -145,6 +145,9 @@ pub struct SyncReport {
     pub redigested: usize,
     /// Changes no longer on the default branch.
     pub removed: usize,
+    /// Nothing was written: the stored view is not at the commit the read
+    /// was made against (another replica stored a later one).
+    pub stale_base: bool,
 }
 
 /// The storage handle; cheap to clone.
