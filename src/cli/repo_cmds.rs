@@ -192,7 +192,11 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
             Some(b) => format!("{default_branch} ({})", short(b.commit_id())),
             None => format!("{} (no branch `{default_branch}`)", args.rev),
         };
-        let policies = match base.as_ref().unwrap_or(snapshot).policies() {
+        let read = match &base {
+            Some(b) => b.policies(),
+            None => snapshot.policies(),
+        };
+        let policies = match read {
             Ok(p) => p,
             Err(e) => return fail(e),
         };

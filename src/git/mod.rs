@@ -126,6 +126,7 @@ impl ChangeRepo {
             commit_id: commit.id().to_string(),
             tree: commit.tree()?,
             entries: RefCell::default(),
+            dirs: RefCell::default(),
         })
     }
 
@@ -201,6 +202,8 @@ pub struct Snapshot<'r> {
     /// so without this, 10,000 change sets running the same scripts would
     /// re-parse the 10,000-entry `changes/` tree once per command.
     entries: RefCell<HashMap<String, Option<Entry>>>,
+    /// Folders looked up so far, parsed ([`Snapshot::dir`]).
+    dirs: RefCell<HashMap<String, Option<Tree<'r>>>>,
 }
 
 impl<'r> Snapshot<'r> {
@@ -255,13 +258,28 @@ impl<'r> Snapshot<'r> {
 
     /// `changes/` at this commit, to look change set files up by name.
     fn changes_dir(&self) -> ChangesDir<'r> {
-        ChangesDir(
-            self.tree
-                .get_path(Path::new("changes"))
-                .ok()
-                .and_then(|e| e.to_object(self.repo).ok())
-                .and_then(|o| o.into_tree().ok()),
-        )
+        ChangesDir(self.dir("changes"))
+    }
+
+    /// Folder `dir` (`""` for the root) at this commit, parsed once: every
+    /// lookup by path below it is then a binary search per level, where
+    /// `get_path` parses each tree on the way again (a `changes/` of
+    /// 100,000 entries is megabytes).
+    fn dir(&self, dir: &str) -> Option<Tree<'r>> {
+        if dir.is_empty() {
+            return Some(self.tree.clone());
+        }
+        if let Some(known) = self.dirs.borrow().get(dir) {
+            return known.clone();
+        }
+        let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
+        let tree = self.dir(parent).and_then(|p| {
+            let entry = p.get_name(name)?;
+            (entry.kind() == Some(ObjectType::Tree)).then_some(())?;
+            entry.to_object(self.repo).ok()?.into_tree().ok()
+        });
+        self.dirs.borrow_mut().insert(dir.to_string(), tree.clone());
+        tree
     }
 
     /// Changes `ids` at this commit, each read and checked on its own as
@@ -271,19 +289,6 @@ impl<'r> Snapshot<'r> {
         ids: impl IntoIterator<Item = &'a String>,
     ) -> BTreeMap<String, Result<ChangeAt, GitError>> {
         let dir = self.changes_dir();
-        let ids: Vec<&String> = ids.into_iter().collect();
-        // Each lookup by path parses every tree on the way: with 100,000
-        // change sets, `changes/` is megabytes. Look the files up in it once.
-        if let Some(tree) = &dir.0 {
-            let mut known = self.entries.borrow_mut();
-            for id in &ids {
-                let name = format!("{id}.yaml");
-                let entry = tree
-                    .get_name(&name)
-                    .and_then(|e| file_entry(e.kind()?, e.filemode(), e.id()));
-                known.insert(format!("changes/{name}"), entry);
-            }
-        }
         ids.into_iter()
             .map(|id| (id.clone(), self.change_among(id, &dir)))
             .collect()
@@ -412,11 +417,12 @@ impl TreeView for Snapshot<'_> {
         if let Some(known) = self.entries.borrow().get(path) {
             return known.clone();
         }
+        let trimmed = path.trim_end_matches('/');
+        let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
         let entry = self
-            .tree
-            .get_path(Path::new(path))
-            .ok()
-            .and_then(|e| file_entry(e.kind()?, e.filemode(), e.id()));
+            .dir(parent)
+            .and_then(|t| t.get_name(name).map(|e| (e.kind(), e.filemode(), e.id())))
+            .and_then(|(kind, mode, id)| file_entry(kind?, mode, id));
         self.entries
             .borrow_mut()
             .insert(path.to_string(), entry.clone());
@@ -424,12 +430,7 @@ impl TreeView for Snapshot<'_> {
     }
 
     fn blobs_under(&self, dir: &str) -> Vec<(String, Entry)> {
-        let subtree = self
-            .tree
-            .get_path(Path::new(dir))
-            .ok()
-            .and_then(|e| e.to_object(self.repo).ok())
-            .and_then(|o| o.peel_to_tree().ok());
+        let subtree = self.dir(dir.trim_end_matches('/'));
         let mut out = Vec::new();
         if let Some(subtree) = subtree {
             let _ = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
