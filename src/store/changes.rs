@@ -103,24 +103,45 @@ impl Store {
                 return Ok(report);
             }
         }
-        let known: HashMap<String, Known> =
-            sqlx::query("SELECT id, default_digest, definition, previous_definition, covered, emails FROM changes")
-                .fetch_all(w.conn())
-                .await?
-                .into_iter()
-                .map(|r| {
-                    Ok((
-                        r.try_get("id")?,
-                        Known {
-                            digest: r.try_get("default_digest")?,
-                            definition: r.try_get("definition")?,
-                            previous: r.try_get("previous_definition")?,
-                            covered: r.try_get("covered")?,
-                            emails: r.try_get("emails")?,
-                        },
-                    ))
-                })
-                .collect::<Result<_, sqlx::Error>>()?;
+        // A full read compares with every row; a delta only with its own.
+        const COLUMNS: &str =
+            "SELECT id, default_digest, definition, previous_definition, covered, emails FROM changes";
+        let rows = if delta.full {
+            sqlx::query(COLUMNS).fetch_all(w.conn()).await?
+        } else {
+            let ids: Vec<&str> = delta
+                .read
+                .iter()
+                .map(|c| c.change.id.as_str())
+                .chain(delta.removed.iter().map(String::as_str))
+                .collect();
+            let mut rows = Vec::new();
+            for chunk in ids.chunks(500) {
+                let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = format!("{COLUMNS} WHERE id IN ({})", marks.join(", "));
+                let mut q = sqlx::query(&sql);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                rows.extend(q.fetch_all(w.conn()).await?);
+            }
+            rows
+        };
+        let known: HashMap<String, Known> = rows
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    Known {
+                        digest: r.try_get("default_digest")?,
+                        definition: r.try_get("definition")?,
+                        previous: r.try_get("previous_definition")?,
+                        covered: r.try_get("covered")?,
+                        emails: r.try_get("emails")?,
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
         let now = now_ms();
         for c in &delta.read {
             let id = &c.change.id;
