@@ -497,24 +497,12 @@ fn a_github_app_mints_an_installation_token_and_uses_it() {
         gh.app = Some((1234, 42));
         gh.token = "ghs_installation_token_from_the_app".into();
     }
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("app.pem");
-    let made = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", text(&made));
     let repo = origin(POLICY_TWO);
     let base = repo.main_tip();
     let database = db::fresh("sqlite");
     // The plain token the other tests use is not accepted here: only the
     // installation token works, so every call below proves the App flow.
-    let section = github.config_section().replace(
-        "token_env = \"CG_TEST_GH_TOKEN\"\n",
-        &format!("app_id = 1234\ninstallation_id = 42\nprivate_key_path = {key:?}\n"),
-    );
+    let (section, _keys) = github.app_section();
     let server = server::start_with(repo.path(), &database.url, &tokens(), "", &section);
     let head = repo.push_to_pr(5, &[("changes/h.yaml", &change("h", "./ok.sh"))], "carol");
     let pr = pull(5, head, base, "carol-gh");
@@ -827,23 +815,9 @@ fn an_app_delivery_from_another_installation_is_ignored() {
             gh.app = Some((1234, INSTALLATION_ID));
             gh.token = "ghs_installation_token_from_the_app".into();
         }
-        let keys = tempfile::tempdir().unwrap();
-        let key = keys.path().join("app.pem");
-        let made = std::process::Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(&key)
-            .arg("2048")
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "{}", text(&made));
         let repo = origin(POLICY_ONE);
         let database = db::fresh(backend);
-        let section = github.config_section().replace(
-            "token_env = \"CG_TEST_GH_TOKEN\"\n",
-            &format!(
-                "app_id = 1234\ninstallation_id = {INSTALLATION_ID}\nprivate_key_path = {key:?}\n"
-            ),
-        );
+        let (section, _keys) = github.app_section();
         let server = server::start_with(repo.path(), &database.url, &tokens(), "", &section);
         let base = repo.main_tip();
         let head = repo.push_to_pr(9, &[("changes/d.yaml", &change("d", "./ok.sh"))], "carol");

@@ -357,21 +357,7 @@ fn an_app_token_is_reused_then_renewed_before_it_runs_out_and_never_written_down
             // Three seconds more than the five minutes a fetch wants left.
             state.app_token_secs = Some(303);
         }
-        let keys = tempfile::tempdir().unwrap();
-        let key = keys.path().join("app.pem");
-        let made = std::process::Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(&key)
-            .arg("2048")
-            .output()
-            .unwrap();
-        assert!(made.status.success());
-        let section = github.config_section().replace(
-            "token_env = \"CG_TEST_GH_TOKEN\"\n",
-            &format!(
-                "app_id = 1234\ninstallation_id = {INSTALLATION_ID}\nprivate_key_path = {key:?}\n"
-            ),
-        );
+        let (section, _keys) = github.app_section();
         let repo = origin();
         let state = github.state.clone();
         let git = GitHttps::start(

@@ -505,6 +505,32 @@ impl FakeGithub {
         )
     }
 
+    /// The `[github]` section with GitHub App authentication (app 1234,
+    /// installation [`INSTALLATION_ID`]) and a fresh RSA key, instead of the
+    /// plain token; keep the directory while the server runs.
+    pub fn app_section(&self) -> (String, tempfile::TempDir) {
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("app.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let section = self.config_section().replace(
+            "token_env = \"CG_TEST_GH_TOKEN\"\n",
+            &format!(
+                "app_id = 1234\ninstallation_id = {INSTALLATION_ID}\nprivate_key_path = {key:?}\n"
+            ),
+        );
+        (section, keys)
+    }
+
     /// Statuses posted for `context` on `sha`: (state, description), in order.
     pub fn statuses(&self, sha: &str, context: &str) -> Vec<(String, String)> {
         self.state
