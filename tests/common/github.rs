@@ -75,6 +75,14 @@ pub struct State {
 }
 
 impl State {
+    /// The number in a path, if it names a pull request GitHub has.
+    fn known_pull(&self, number: &str) -> Option<u64> {
+        number
+            .parse::<u64>()
+            .ok()
+            .filter(|n| self.pulls.contains_key(n))
+    }
+
     /// Whether `token` authenticates now: the plain token, or an
     /// installation token minted and not yet expired.
     pub fn token_ok(&self, token: &str) -> bool {
@@ -310,11 +318,7 @@ impl Respond for Api {
                 }
             }
             ("GET", ["repos", o, n, "pulls", number, "reviews"]) if [*o, *n] == repo[..] => {
-                let Some(number) = number
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| state.pulls.contains_key(n))
-                else {
+                let Some(number) = state.known_pull(number) else {
                     return not_found();
                 };
                 let items = state.reviews.get(&number).cloned().unwrap_or_default();
@@ -322,11 +326,7 @@ impl Respond for Api {
                 self.page(req, &items)
             }
             ("GET", ["repos", o, n, "pulls", number, "commits"]) if [*o, *n] == repo[..] => {
-                let Some(number) = number
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| state.pulls.contains_key(n))
-                else {
+                let Some(number) = state.known_pull(number) else {
                     return not_found();
                 };
                 let items = state.commits.get(&number).cloned().unwrap_or_default();
@@ -380,11 +380,7 @@ impl Respond for Api {
                     .set_body_json(json!({"login": BOT_LOGIN, "id": 7, "type": "User"}))
             }
             ("GET", ["repos", o, n, "issues", number, "comments"]) if [*o, *n] == repo[..] => {
-                let Some(number) = number
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| state.pulls.contains_key(n))
-                else {
+                let Some(number) = state.known_pull(number) else {
                     return not_found();
                 };
                 let items = state.comments.get(&number).cloned().unwrap_or_default();
@@ -392,11 +388,7 @@ impl Respond for Api {
                 self.page(req, &items)
             }
             ("POST", ["repos", o, n, "issues", number, "comments"]) if [*o, *n] == repo[..] => {
-                let Some(number) = number
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| state.pulls.contains_key(n))
-                else {
+                let Some(number) = state.known_pull(number) else {
                     return not_found();
                 };
                 let Some(body) = req
