@@ -1,14 +1,21 @@
 //! Webhook ingest: signed ~30 KB `pull_request_review` deliveries from 64
 //! concurrent clients on loopback, each stored durably (inbox row + audit
-//! event, committed) before its 2xx. Baselines measured in the same run:
+//! event, committed) before its 2xx. In one run:
 //!
-//! - the same clients and bodies against a no-op axum handler;
+//! - what each stage of the durable path costs one delivery, on one core:
+//!   the signature, reading where it comes from, and each inbox
+//!   compression (`lz4`, `deflate`, `none`);
+//! - the load from 64 in-process clients against a no-op axum handler (the
+//!   baseline), then against changegate with each compression;
 //! - single-row durable SQLite transactions (30 KB blob, WAL,
-//!   `synchronous=FULL`) on the same disk, one after another.
+//!   `synchronous=FULL`) on the same disk, one after another;
+//! - when `wrk` is installed, the same against `wrk -t2 -c64` running
+//!   `benches/webhook.lua` (a fresh `X-GitHub-Delivery` per request),
+//!   checking afterwards that every 202 left a row.
 //!
 //! Set `CHANGEGATE_BENCH_POSTGRES_URL` to also measure Postgres, and
 //! `CHANGEGATE_BENCH_DELIVERIES` to change the count (default 20,000).
-//! See README.md, "Benchmarks".
+//! See README.md, "Webhook ingest".
 
 mod support;
 
@@ -16,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use changegate::store::InboxCompression;
 use hmac::{Hmac, Mac};
 
 const CLIENTS: usize = 64;
@@ -138,12 +146,13 @@ fn changegate_server(
     rt: &tokio::runtime::Runtime,
     data: &std::path::Path,
     database_url: &str,
+    compression: &str,
 ) -> String {
     let repo = data.join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     support::generate(&repo, 1);
     let text = format!(
-        "[server]\ndata_dir = {:?}\ndatabase_url = {database_url:?}\n[repo]\nurl = {:?}\n[github]\napi_url = \"http://127.0.0.1:9\"\nrepository = \"acme/infra\"\nwebhook_secret_env = \"CHANGEGATE_BENCH_SECRET\"\nworker = false\n",
+        "[server]\ndata_dir = {:?}\ndatabase_url = {database_url:?}\ninbox_compression = {compression:?}\n[repo]\nurl = {:?}\n[github]\napi_url = \"http://127.0.0.1:9\"\nrepository = \"acme/infra\"\nwebhook_secret_env = \"CHANGEGATE_BENCH_SECRET\"\nworker = false\n",
         data, repo
     );
     support::serve(rt, &text)
@@ -237,6 +246,138 @@ fn sqlite_transactions(dir: &std::path::Path, blob: &[u8]) -> f64 {
     })
 }
 
+/// The median time, on one core, of `f` over `n` runs.
+fn stage_cost(n: usize, mut f: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[n / 2]
+}
+
+/// What each stage of the durable path costs one delivery, on one core.
+fn stages(body: &[u8], signature: &str) {
+    use changegate::store::PreparedDelivery;
+    const RUNS: usize = 3_000;
+    let line = |label: &str, d: Duration, extra: String| {
+        let us = d.as_secs_f64() * 1e6;
+        println!(
+            "    {label:<36} {us:>7.1} µs   {:>4.2} cores at 10,000/s{extra}",
+            us / 100.0
+        );
+    };
+    println!(
+        "  stages, per {} byte delivery on one core (median of {RUNS}):",
+        body.len()
+    );
+    line(
+        "signature (HMAC-SHA256, verify)",
+        stage_cost(RUNS, || {
+            assert!(changegate::server::webhooks::signature_matches(
+                SECRET.as_bytes(),
+                std::hint::black_box(body),
+                signature
+            ))
+        }),
+        String::new(),
+    );
+    line(
+        "where it comes from (JSON envelope)",
+        stage_cost(RUNS, || {
+            changegate::github::events::envelope("pull_request_review", body).unwrap();
+        }),
+        String::new(),
+    );
+    for (label, compression) in [
+        ("inbox compression lz4", InboxCompression::Lz4),
+        (
+            "inbox compression deflate (fast)",
+            InboxCompression::Deflate,
+        ),
+        ("inbox compression none", InboxCompression::None),
+    ] {
+        let stored = PreparedDelivery::new("d", "e", body, compression).stored_len();
+        line(
+            label,
+            stage_cost(RUNS, || {
+                std::hint::black_box(PreparedDelivery::new("d", "e", body, compression));
+            }),
+            format!("   stores {stored} bytes"),
+        );
+    }
+}
+
+/// One `wrk -t2 -c64` run of `benches/webhook.lua` against `url`.
+struct WrkOutcome {
+    sent: u64,
+    accepted: u64,
+    other: u64,
+    outcome: Outcome,
+}
+
+fn wrk(url: &str, body: &std::path::Path, signature: &str, seconds: u64) -> WrkOutcome {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/webhook.lua");
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
+        .arg(&script)
+        .arg(url)
+        .env("CHANGEGATE_WRK_BODY", body)
+        .env("CHANGEGATE_WRK_SIGNATURE", signature)
+        .output()
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook-lua: "))
+        .unwrap_or_else(|| panic!("no summary from benches/webhook.lua in: {text}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("`{name}` in: {line}"))
+    };
+    WrkOutcome {
+        sent: field("sent"),
+        accepted: field("accepted"),
+        other: field("other"),
+        outcome: Outcome {
+            per_sec: field("accepted") as f64 / (field("duration_us") as f64 / 1e6),
+            p50: Duration::from_micros(field("p50_us")),
+            p99: Duration::from_micros(field("p99_us")),
+        },
+    }
+}
+
+/// Inbox rows in a SQLite database: every delivery wrk saw accepted must be one.
+fn inbox_rows(db: &std::path::Path) -> u64 {
+    use sqlx::ConnectOptions;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(db)
+            .connect()
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        n as u64
+    })
+}
+
 fn report(label: &str, o: &Outcome, baseline: Option<&Outcome>) {
     let ratio = baseline.map_or(String::new(), |b| {
         format!("   {:.2}× the no-op's throughput", o.per_sec / b.per_sec)
@@ -269,42 +410,54 @@ fn main() {
     let load = deliveries(n);
     let size = load.bodies[0].1.len();
     println!("webhook ingest: {n} signed pull_request_review deliveries of {size} bytes, {CLIENTS} concurrent clients, loopback; {ROUNDS} rounds, median shown");
+    stages(&load.bodies[0].1, &load.bodies[0].2);
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let mut noop = Vec::new();
-    let mut sqlite = Vec::new();
-    let mut postgres = Vec::new();
     let data = tempfile::tempdir().unwrap();
     let pg_admin = std::env::var("CHANGEGATE_BENCH_POSTGRES_URL").ok();
+    const COMPRESSIONS: [&str; 3] = ["lz4", "deflate", "none"];
+    let mut noop = Vec::new();
+    let mut sqlite: Vec<Vec<Outcome>> = COMPRESSIONS.iter().map(|_| Vec::new()).collect();
+    let mut postgres = Vec::new();
     for round in 0..ROUNDS {
         noop.push(drive(&noop_server(&server_rt), &load));
-        let dir = data.path().join(format!("round-{round}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        sqlite.push(drive(
-            &changegate_server(&server_rt, &dir, "sqlite://bench.db"),
-            &load,
-        ));
+        for (c, compression) in COMPRESSIONS.iter().enumerate() {
+            let dir = data.path().join(format!("round-{round}-{compression}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            sqlite[c].push(drive(
+                &changegate_server(&server_rt, &dir, "sqlite://bench.db", compression),
+                &load,
+            ));
+        }
         if let Some(admin) = &pg_admin {
             let url =
                 support::fresh_postgres(&server_rt, admin, &format!("changegate_bench_{round}"));
             let pg_dir = data.path().join(format!("pg-{round}"));
             std::fs::create_dir_all(&pg_dir).unwrap();
-            postgres.push(drive(&changegate_server(&server_rt, &pg_dir, &url), &load));
+            postgres.push(drive(
+                &changegate_server(&server_rt, &pg_dir, &url, "lz4"),
+                &load,
+            ));
         }
     }
+    println!("  in-process clients:");
     let noop = median(noop);
     report("no-op axum handler", &noop, None);
-    let sqlite = median(sqlite);
-    report("changegate, SQLite (durable)", &sqlite, Some(&noop));
-    if !postgres.is_empty() {
+    let mut sqlite = sqlite.into_iter().map(median);
+    let default = sqlite.next().unwrap();
+    report("changegate, SQLite, lz4 (default)", &default, Some(&noop));
+    for (compression, outcome) in COMPRESSIONS[1..].iter().zip(sqlite) {
         report(
-            "changegate, Postgres (durable)",
-            &median(postgres),
+            &format!("changegate, SQLite, {compression}"),
+            &outcome,
             Some(&noop),
         );
+    }
+    if !postgres.is_empty() {
+        report("changegate, Postgres, lz4", &median(postgres), Some(&noop));
     }
     let tx = sqlite_transactions(data.path(), &load.bodies[0].1);
     println!(
@@ -313,8 +466,66 @@ fn main() {
     );
     println!(
         "  changegate stores {:.1}× the deliveries per second that one transaction per delivery allows",
-        sqlite.per_sec / tx
+        default.per_sec / tx
     );
+    wrk_rounds(&server_rt, data.path(), &load);
     let (idle, peak) = memory_under_load(&load);
     println!("  serve RSS with 10,000 change sets: {idle:.1} MiB idle, {peak:.1} MiB peak under this load (SQLite)");
 }
+
+/// `wrk -t2 -c64` with `benches/webhook.lua`, 10 s per round, against the
+/// no-op handler and changegate (SQLite) with lz4 and deflate.
+fn wrk_rounds(rt: &tokio::runtime::Runtime, data: &std::path::Path, load: &Load) {
+    let installed = std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !installed {
+        println!("  wrk: not installed; skipped (apt-get install wrk)");
+        return;
+    }
+    let (_, body, signature) = &load.bodies[0];
+    let body_path = data.join("wrk-body.json");
+    std::fs::write(&body_path, body).unwrap();
+    const SECONDS: u64 = 10;
+    let mut noop = Vec::new();
+    let mut runs: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS_WRK {
+        let w = wrk(&noop_server(rt), &body_path, signature, SECONDS);
+        assert_eq!(w.other, 0, "the no-op handler answers 202");
+        noop.push(w.outcome);
+        for (c, compression) in ["lz4", "deflate"].iter().enumerate() {
+            let dir = data.join(format!("wrk-{round}-{compression}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let w = wrk(
+                &changegate_server(rt, &dir, "sqlite://bench.db", compression),
+                &body_path,
+                signature,
+                SECONDS,
+            );
+            // Every 202 is a stored row; a request cut off at the end may
+            // be stored without its answer having been counted.
+            let rows = inbox_rows(&dir.join("bench.db"));
+            assert_eq!(w.other, 0, "every fresh delivery gets 202");
+            assert!(
+                w.accepted <= rows && rows <= w.sent,
+                "{} accepted, {rows} stored, {} sent",
+                w.accepted,
+                w.sent
+            );
+            runs[c].push(w.outcome);
+        }
+    }
+    println!("  wrk -t2 -c64 -d{SECONDS}s, benches/webhook.lua ({ROUNDS_WRK} rounds, median; every 202 checked stored):");
+    let noop = median(noop);
+    report("no-op axum handler", &noop, None);
+    let [lz4, deflate] = runs;
+    report(
+        "changegate, SQLite, lz4 (default)",
+        &median(lz4),
+        Some(&noop),
+    );
+    report("changegate, SQLite, deflate", &median(deflate), Some(&noop));
+}
+
+const ROUNDS_WRK: usize = 3;

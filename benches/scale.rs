@@ -173,10 +173,12 @@ fn pull_request_ms(n: usize) -> f64 {
     let mut times: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            let found = touched(repo.path(), &head, &base, "main", &roots, &none, &base).unwrap();
+            // As the server does per event: the repository opened once.
+            let git = changegate::git::ChangeRepo::open(repo.path()).unwrap();
+            let found = touched(&git, &head, &base, "main", &roots, &none, &base).unwrap();
             assert_eq!(found.len(), 1, "{found:?}");
             let ids = vec![found[0].0.clone()];
-            digests_at(repo.path(), &[head.clone()].into(), &ids, "main").unwrap();
+            digests_at(&git, &[head.clone()].into(), &ids, "main").unwrap();
             t.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
@@ -188,6 +190,8 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // As `main` does for `serve`.
+    changegate::git::init_object_cache();
     let sizes: Vec<usize> = std::env::var("CHANGEGATE_BENCH_SIZES")
         .unwrap_or_else(|_| "1000,10000".into())
         .split(',')

@@ -222,6 +222,8 @@ pub struct ServerConfig {
     /// (at least 25, one largest delivery). Past it, deliveries get 503 and
     /// GitHub redelivers them later.
     pub webhook_memory_mib: u64,
+    /// How payloads over 4 KiB are compressed in the webhook inbox.
+    pub inbox_compression: crate::store::InboxCompression,
     /// A client must send a request's headers within this, from the moment
     /// the server waits for them: on a new connection and between requests
     /// on a kept-alive one (so it bounds idle connections too).
@@ -244,6 +246,7 @@ impl Default for ServerConfig {
             lease: Duration::from_secs(300),
             public_pages: false,
             webhook_memory_mib: 64,
+            inbox_compression: crate::store::InboxCompression::Lz4,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             reload_on_change: true,

@@ -190,6 +190,15 @@ fn an_edit_undone_before_the_next_read_still_makes_its_author_an_author() {
             status["approvals"]["reviews"][0]["reason"], "author",
             "{backend}"
         );
+        // The stored view keeps her too: a restart over the unmoved
+        // branch, which reads nothing from git, still knows she is one.
+        server.restart();
+        assert_eq!(server.metric(READS, None), 0.0, "{backend}: nothing moved");
+        let status = client(&server, "alice").change("c25").unwrap();
+        assert_eq!(
+            status["approvals"]["reviews"][0]["reason"], "author",
+            "{backend}: after a second restart"
+        );
     }
 }
 

@@ -264,7 +264,7 @@ fn concurrent_deliveries_share_commits_and_each_is_stored_once() {
 
 #[test]
 fn one_batch_with_a_repeated_delivery_id_stores_it_once() {
-    use changegate::store::PreparedDelivery;
+    use changegate::store::{InboxCompression, PreparedDelivery};
     for backend in db::BACKENDS {
         let database = db::fresh(backend);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -275,22 +275,39 @@ fn one_batch_with_a_repeated_delivery_id_stores_it_once() {
             let store = Store::connect(&database.url).await.unwrap();
             store.migrate().await.unwrap();
             let big = fixture("pull_request_review.submitted.json");
-            let d = |id: &str| PreparedDelivery::new(id, "pull_request_review", &big);
+            let d = |id: &str, c| PreparedDelivery::new(id, "pull_request_review", &big, c);
             assert!(
-                d("x").stored_len() < big.len() / 3,
-                "large payloads are stored deflated"
+                d("x", InboxCompression::Lz4).stored_len() < big.len() / 3,
+                "large payloads are stored compressed"
             );
+            // Rows written under each setting read back alike.
             let stored = store
-                .store_deliveries(vec![d("a"), d("b"), d("a")])
+                .store_deliveries(vec![
+                    d("a", InboxCompression::Lz4),
+                    d("b", InboxCompression::Deflate),
+                    d("a", InboxCompression::None),
+                ])
                 .await
                 .unwrap();
             assert_eq!(stored, [true, true, false], "{backend}");
-            assert_eq!(store.store_deliveries(vec![d("b")]).await.unwrap(), [false]);
+            assert_eq!(
+                store
+                    .store_deliveries(vec![d("b", InboxCompression::None)])
+                    .await
+                    .unwrap(),
+                [false]
+            );
+            store
+                .store_deliveries(vec![d("c", InboxCompression::None)])
+                .await
+                .unwrap();
             let inbox = store.inbox().await.unwrap();
-            assert_eq!(inbox.len(), 2);
-            assert_eq!(inbox[0].2, big, "{backend}: decompressed byte for byte");
-            // One audit event for the batch; none for the redelivery.
-            assert_eq!(store.verify_audit().await.unwrap(), Ok(1), "{backend}");
+            assert_eq!(inbox.len(), 3);
+            for (id, _, body, _) in &inbox {
+                assert_eq!(body, &big, "{backend} {id}: decompressed byte for byte");
+            }
+            // One audit event per batch; none for the redelivery.
+            assert_eq!(store.verify_audit().await.unwrap(), Ok(2), "{backend}");
         });
     }
 }

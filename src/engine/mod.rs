@@ -235,19 +235,27 @@ impl Engine {
             (same, SyncReport::default())
         } else {
             // What the last read left: in memory, else stored by the last run.
-            let stored;
-            let base = if old.commit.is_empty() {
-                stored = self
+            let stored = match old.commit.is_empty() {
+                true => self
                     .store
                     .stored_branch(&config.repo.default_branch)
                     .await?
-                    .map(RepoView::from_stored);
-                stored.as_ref()
-            } else {
-                Some(&*old)
+                    .map(RepoView::from_stored),
+                false => None,
             };
-            let mut found = read_branch(&config, &path, base, &tip)?;
-            let base_commit = base.map(|b| b.commit.clone());
+            let base_commit = match &stored {
+                Some(stored) => Some(stored.commit.clone()),
+                None if !old.commit.is_empty() => Some(old.commit.clone()),
+                None => None,
+            };
+            let mut found = match stored {
+                Some(stored) if stored.commit == tip => {
+                    read::stored_at_tip(&config, &path, stored)?
+                }
+                Some(stored) => read_branch(&config, &path, Some(&stored), &tip)?,
+                None if old.commit.is_empty() => read_branch(&config, &path, None, &tip)?,
+                None => read_branch(&config, &path, Some(&*old), &tip)?,
+            };
             let mut report = self
                 .store_branch(&config, &found, base_commit.as_deref())
                 .await?;
@@ -440,6 +448,7 @@ impl Engine {
         let read = found
             .read
             .iter()
+            .chain(&found.authors_grew)
             .map(|id| {
                 let (change, digest, covered) = &view.changes[id];
                 BranchChange {

@@ -136,6 +136,10 @@ pub struct BranchRead {
     pub read: Vec<String>,
     /// Change ids that were valid before and are gone or invalid now.
     pub removed: Vec<String>,
+    /// Change ids not read whose authors grew: commits in between touched
+    /// what they cover and left no net change. Stored with `read`, or a
+    /// restart would forget those authors.
+    pub authors_grew: Vec<String>,
     /// Whether every change set was read (`read` is all of them).
     pub full: bool,
 }
@@ -219,10 +223,16 @@ pub fn read_branch(
     view.roots = std::sync::Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
     // Each new commit makes its authors authors of what it touched, even
     // where a later commit undid it (no net change, nothing re-read).
+    let was_read: BTreeSet<&String> = read.iter().collect();
+    let mut authors_grew = BTreeSet::new();
     for (touched, emails) in &commits {
         for id in view.roots.covering(touched) {
             if let Some(known) = view.emails.get_mut(&id) {
+                let before = known.len();
                 known.extend(emails.iter().cloned());
+                if known.len() > before && !was_read.contains(&id) {
+                    authors_grew.insert(id);
+                }
             }
         }
     }
@@ -231,6 +241,31 @@ pub fn read_branch(
         view,
         read,
         removed,
+        authors_grew: authors_grew.into_iter().collect(),
+        full: false,
+    })
+}
+
+/// The view stored by the last run, when the branch has not moved since:
+/// only `policies/` is read from git, and the stored rows are taken as
+/// they are (no copy, no history walk).
+pub fn stored_at_tip(
+    config: &Config,
+    path: &Path,
+    stored: RepoView,
+) -> Result<BranchRead, GitError> {
+    let repo = ChangeRepo::open(path)?;
+    let mut view = fresh_view(&repo.at(&stored.commit)?)?;
+    view.roots = std::sync::Arc::new(RootIndex::new(stored.changes.values().map(|(c, _, _)| c)));
+    view.authors = authors_of(config, &stored.emails);
+    view.changes = stored.changes;
+    view.emails = stored.emails;
+    view.invalid = stored.invalid;
+    Ok(BranchRead {
+        view,
+        read: Vec::new(),
+        removed: Vec::new(),
+        authors_grew: Vec::new(),
         full: false,
     })
 }
@@ -310,6 +345,7 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
         view,
         read,
         removed: Vec::new(),
+        authors_grew: Vec::new(),
         full: true,
     })
 }

@@ -96,6 +96,24 @@ pub enum GitError {
     },
 }
 
+/// Lets libgit2 keep parsed trees of any size in a repository's object
+/// cache. By default it caches only trees under 4 KiB, so a `changes/`
+/// folder of 100,000 entries (several MiB) was parsed again on every
+/// lookup: twice for a diff and again for each snapshot reading it. Call
+/// once, before any git work, from one thread (it sets a global option).
+pub fn init_object_cache() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a libgit2 global option, set once, before any git work
+        // and (from `main`) before any other thread exists. The cache is
+        // per open repository and bounded by libgit2's total (256 MiB);
+        // repositories here live for one operation.
+        unsafe {
+            let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 64 << 20);
+        }
+    });
+}
+
 /// A git repository holding `changes/` and `policies/`.
 pub struct ChangeRepo {
     repo: Repository,

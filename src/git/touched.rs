@@ -2,7 +2,6 @@
 //! digest and the policy files whose blob differ from the merge base.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use super::{ChangeRepo, GitError, Snapshot};
 use crate::model::{deletion_of, is_policy_path, ChangeSet, Entry, RootIndex, TreeView, ABSENT};
@@ -32,7 +31,7 @@ impl Snapshot<'_> {
 /// plus the change sets that differ between `known_at` and the merge base,
 /// plus any change set file in the diff itself.
 pub fn touched(
-    mirror: &Path,
+    repo: &ChangeRepo,
     head: &str,
     base: &str,
     default_branch: &str,
@@ -46,7 +45,6 @@ pub fn touched(
             "the default branch has not been read yet",
         )));
     }
-    let repo = ChangeRepo::open(mirror)?;
     let head_id = repo.at(head)?.commit_id().to_string();
     let base_id = repo
         .at(base)
@@ -119,12 +117,11 @@ pub fn touched(
 /// deletes: [`deletion_of`] its blob at the merge base with
 /// `default_branch`. Reads only the keys asked for.
 pub fn digests_at(
-    mirror: &Path,
+    repo: &ChangeRepo,
     commits: &BTreeSet<String>,
     keys: &[String],
     default_branch: &str,
 ) -> Result<Vec<(String, String, String)>, GitError> {
-    let repo = ChangeRepo::open(mirror)?;
     let change_keys: Vec<&String> = keys.iter().filter(|k| !is_policy_path(k)).collect();
     let mut out = Vec::new();
     for commit in commits {
@@ -134,7 +131,7 @@ pub fn digests_at(
             let digest = if is_policy_path(key) {
                 match snapshot.entry(key) {
                     Some(Entry::Blob(blob)) => blob,
-                    _ => policy_deletion(&repo, commit, key, default_branch)?,
+                    _ => policy_deletion(repo, commit, key, default_branch)?,
                 }
             } else {
                 match changes.get(key) {

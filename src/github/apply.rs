@@ -2,6 +2,7 @@
 //! policy files, read from the mirror) and the digest at each reviewed commit.
 
 use super::*;
+use crate::git::ChangeRepo;
 
 impl Github {
     /// Records a pull request's head, state, authors and touched changes
@@ -87,8 +88,11 @@ impl Github {
         let (touched, digests) = self
             .with_mirror(move |m| {
                 m.fetch_pull(&default, number)?;
+                // One repository for both reads, so each big tree is
+                // parsed once (libgit2's object cache; `git::init_object_cache`).
+                let repo = ChangeRepo::open(m.path())?;
                 let touched = touched(
-                    m.path(),
+                    &repo,
                     &head,
                     &base,
                     &default,
@@ -97,7 +101,7 @@ impl Github {
                     &main.commit,
                 )?;
                 let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
-                let digests = digests_at(m.path(), &review_commits, &ids, &default)?;
+                let digests = digests_at(&repo, &review_commits, &ids, &default)?;
                 Ok((touched, digests))
             })
             .await?;
@@ -172,12 +176,12 @@ impl Github {
         let digests = self
             .with_mirror(move |m| {
                 let commits = BTreeSet::from([commit.clone()]);
-                match digests_at(m.path(), &commits, &ids, &default) {
+                match digests_at(&ChangeRepo::open(m.path())?, &commits, &ids, &default) {
                     Ok(d) => Ok(d),
                     // Not fetched yet (the review raced the push): fetch and read again.
                     Err(_) => {
                         m.fetch_pull(&default, number)?;
-                        digests_at(m.path(), &commits, &ids, &default)
+                        digests_at(&ChangeRepo::open(m.path())?, &commits, &ids, &default)
                     }
                 }
             })

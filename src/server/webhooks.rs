@@ -240,7 +240,12 @@ pub async fn github(
             .ok()
             .and_then(|e| home.foreign(&e))
     });
-    let prepared = crate::store::PreparedDelivery::new(&delivery, &event, &body);
+    let prepared = crate::store::PreparedDelivery::new(
+        &delivery,
+        &event,
+        &body,
+        state.config.server.inbox_compression,
+    );
     match state.ingest.store(prepared).await {
         Ok(true) => {
             state.inbox_wake.notify_one();

@@ -33,7 +33,7 @@ pub use changes::{BranchChange, BranchDelta, StoredBranch};
 pub use comments::PendingComment;
 pub use gate::*;
 pub use github::*;
-pub use inbox::{InboxItem, PreparedDelivery};
+pub use inbox::{InboxCompression, InboxItem, PreparedDelivery};
 pub use policies::ApprovedPolicy;
 pub use states::{
     AlertKind, AlertState, AttemptState, DeliveryState, InboxOutcome, Phase, ReviewState,
