@@ -226,7 +226,7 @@ impl Engine {
             same.proposal_errors.clear();
             if stale {
                 // Other identities: the same emails name other authors.
-                same.authors = read::authors_of(&config, &same.emails);
+                same.authors = read::authors_of(&config, &same.emails).into();
                 same.tokens_gen = tokens_gen;
             }
             if !same.unapproved_policies.is_empty() {
@@ -300,7 +300,12 @@ impl Engine {
             }
         }
         view.proposal_heads = open;
+        let branch_read = view.commit != old.commit;
         *self.view.write().expect("view lock") = Arc::new(view);
+        drop(old);
+        if branch_read {
+            release_freed_memory();
+        }
         Ok(report)
     }
 
@@ -530,5 +535,17 @@ impl Engine {
             ),
             reset,
         ))
+    }
+}
+
+/// Hands memory freed after reading the branch back to the system. glibc
+/// keeps what a thread freed in that thread's arena, so without this the
+/// resident set after reading 100,000 change sets stays at the read's
+/// peak (the files, their YAML trees and the copies made on the way).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it touches no live memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

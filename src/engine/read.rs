@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::view::{PolicyProposal, Proposal, RepoView};
 use crate::config::Config;
@@ -187,18 +188,18 @@ pub fn read_branch(
         &base.invalid,
     );
     let mut view = fresh_view(&snapshot)?;
-    view.changes = base.changes.clone();
-    view.emails = base.emails.clone();
+    // One copy of the maps the delta edits (the base is shared with readers).
+    let mut changes = (*base.changes).clone();
+    let mut emails = (*base.emails).clone();
     view.invalid = base.invalid.clone();
     let (mut read, mut removed) = (Vec::new(), Vec::new());
     for (id, found) in snapshot.changes_by_id(&ids) {
-        let was_valid = view.changes.remove(&id).is_some();
-        view.emails.remove(&id);
+        let was_valid = changes.remove(&id).is_some();
+        emails.remove(&id);
         view.invalid.remove(&id);
         match found {
             Ok(at) => {
-                view.changes
-                    .insert(id.clone(), (at.change, at.digest, at.covered));
+                changes.insert(id.clone(), (at.change, at.digest, at.covered));
                 read.push(id);
                 continue;
             }
@@ -215,28 +216,30 @@ pub fn read_branch(
     let paths: Vec<(String, Vec<String>)> = read
         .iter()
         .map(|id| {
-            let covered = &view.changes[id].2;
+            let covered = &changes[id].2;
             (id.clone(), covered.iter().map(|p| p.path.clone()).collect())
         })
         .collect();
-    view.emails.extend(snapshot.touching_emails(&paths)?);
-    view.roots = std::sync::Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
+    emails.extend(snapshot.touching_emails(&paths)?);
+    view.roots = Arc::new(RootIndex::new(changes.values().map(|(c, _, _)| c)));
     // Each new commit makes its authors authors of what it touched, even
     // where a later commit undid it (no net change, nothing re-read).
     let was_read: BTreeSet<&String> = read.iter().collect();
     let mut authors_grew = BTreeSet::new();
-    for (touched, emails) in &commits {
+    for (touched, by) in &commits {
         for id in view.roots.covering(touched) {
-            if let Some(known) = view.emails.get_mut(&id) {
+            if let Some(known) = emails.get_mut(&id) {
                 let before = known.len();
-                known.extend(emails.iter().cloned());
+                known.extend(by.iter().cloned());
                 if known.len() > before && !was_read.contains(&id) {
                     authors_grew.insert(id);
                 }
             }
         }
     }
-    view.authors = authors_of(config, &view.emails);
+    view.changes = Arc::new(changes);
+    view.emails = Arc::new(emails);
+    view.authors = Arc::new(authors_of(config, &view.emails));
     Ok(BranchRead {
         view,
         read,
@@ -256,8 +259,8 @@ pub fn stored_at_tip(
 ) -> Result<BranchRead, GitError> {
     let repo = ChangeRepo::open(path)?;
     let mut view = fresh_view(&repo.at(&stored.commit)?)?;
-    view.roots = std::sync::Arc::new(RootIndex::new(stored.changes.values().map(|(c, _, _)| c)));
-    view.authors = authors_of(config, &stored.emails);
+    view.roots = Arc::new(RootIndex::new(stored.changes.values().map(|(c, _, _)| c)));
+    view.authors = Arc::new(authors_of(config, &stored.emails));
     view.changes = stored.changes;
     view.emails = stored.emails;
     view.invalid = stored.invalid;
@@ -316,15 +319,17 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
     for d in &model.diagnostics {
         tracing::warn!(diagnostic = %d, "invalid on the default branch");
     }
+    let mut changes = BTreeMap::new();
     for (id, change) in model.changes {
         match covered_paths(&change, snapshot) {
             Ok(covered) => {
                 let digest = Digest::of(&covered);
-                view.changes.insert(id, (change, digest, covered));
+                changes.insert(id, (change, digest, covered));
             }
             Err(e) => tracing::warn!(change = %id, error = %e, "no digest"),
         }
     }
+    view.changes = Arc::new(changes);
     let paths: Vec<(String, Vec<String>)> = view
         .changes
         .iter()
@@ -337,9 +342,9 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
         .into_iter()
         .filter(|id| !view.changes.contains_key(id))
         .collect();
-    view.emails = snapshot.touching_emails(&paths)?;
-    view.authors = authors_of(config, &view.emails);
-    view.roots = std::sync::Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
+    view.emails = Arc::new(snapshot.touching_emails(&paths)?);
+    view.authors = Arc::new(authors_of(config, &view.emails));
+    view.roots = Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
     let read = view.changes.keys().cloned().collect();
     Ok(BranchRead {
         view,

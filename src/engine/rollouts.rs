@@ -208,7 +208,7 @@ impl Engine {
     pub async fn watch_rollouts(&self) -> Result<Vec<(String, String)>, EngineError> {
         let view = self.view();
         let mut unreachable = Vec::new();
-        for (id, (change, _, _)) in &view.changes {
+        for (id, (change, _, _)) in view.changes.iter() {
             if change.per_target_block().is_none() {
                 continue;
             }
@@ -228,7 +228,7 @@ impl Engine {
         let view = self.view();
         let mut targets: std::collections::BTreeMap<&'static str, i64> = Default::default();
         let (mut alert, mut failed, mut interrupted) = (0, 0, 0);
-        for (id, (change, digest, _)) in &view.changes {
+        for (id, (change, digest, _)) in view.changes.iter() {
             if change.per_target_block().is_none() {
                 continue;
             }

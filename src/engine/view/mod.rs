@@ -28,13 +28,19 @@ use crate::store::{
     Attempt, ChangeFacts, GoAheadRecord, OperatorAction, RevisionRecord, TargetLock,
 };
 
+/// Each valid change set on the default branch by id, with its digest and
+/// covered paths.
+pub type BranchChanges = BTreeMap<String, (ChangeSet, Digest, Vec<CoveredPath>)>;
+
 /// The default branch as last read.
 #[derive(Debug, Clone, Default)]
 pub struct RepoView {
     /// Its commit.
     pub commit: String,
-    /// Valid change sets with their digests and covered paths.
-    pub changes: BTreeMap<String, (ChangeSet, Digest, Vec<CoveredPath>)>,
+    /// Valid change sets with their digests and covered paths. Shared
+    /// (like `authors` and `emails`): a view is copied on every refresh,
+    /// and a copy of 100,000 change sets is not free.
+    pub changes: Arc<BranchChanges>,
     /// The policies in force.
     pub policies: Vec<Policy>,
     /// Errors in `policies/` files: while any, every claim is refused.
@@ -43,10 +49,10 @@ pub struct RepoView {
     /// default branch. Policies that matched those keep governing it.
     pub previous_labels: BTreeMap<String, Vec<(String, Vec<String>)>>,
     /// Per change: names and logins of its authors (from commit emails).
-    pub authors: BTreeMap<String, BTreeSet<String>>,
+    pub authors: Arc<BTreeMap<String, BTreeSet<String>>>,
     /// Per change: the emails of the commits that touched what it covers
     /// (authors are worked out from them and `[[tokens]]`).
-    pub emails: BTreeMap<String, BTreeSet<String>>,
+    pub emails: Arc<BTreeMap<String, BTreeSet<String>>>,
     /// Change sets on the default branch that do not validate.
     pub invalid: BTreeSet<String>,
     /// Its changes by covered root, for what a pull request touches.
@@ -109,10 +115,13 @@ impl RepoView {
             invalid: stored.invalid,
             ..RepoView::default()
         };
-        for (id, (change, digest, covered, emails)) in stored.changes {
-            view.emails.insert(id.clone(), emails);
-            view.changes.insert(id, (change, digest, covered));
+        let (mut changes, mut emails) = (BTreeMap::new(), BTreeMap::new());
+        for (id, (change, digest, covered, by)) in stored.changes {
+            emails.insert(id.clone(), by);
+            changes.insert(id, (change, digest, covered));
         }
+        view.changes = Arc::new(changes);
+        view.emails = Arc::new(emails);
         view
     }
 
