@@ -104,12 +104,17 @@ pub enum GitError {
 pub fn init_object_cache() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: a libgit2 global option, set once, before any git work
+        // SAFETY: libgit2 global options, set once, before any git work
         // and (from `main`) before any other thread exists. The cache is
-        // per open repository and bounded by libgit2's total (256 MiB);
-        // repositories here live for one operation.
+        // per open repository; its total is bounded across all of them
+        // (the mirror stays open: `Mirror::read`).
         unsafe {
-            let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 64 << 20);
+            let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 32 << 20);
+            // git2 has no wrapper for the total; libgit2's default is 256 MiB.
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_SET_CACHE_MAX_SIZE as libc::c_int,
+                (64 << 20) as libc::ssize_t,
+            );
         }
     });
 }

@@ -2,7 +2,6 @@
 //! policy files, read from the mirror) and the digest at each reviewed commit.
 
 use super::*;
-use crate::git::ChangeRepo;
 
 impl Github {
     /// Records a pull request's head, state, authors and touched changes
@@ -88,21 +87,20 @@ impl Github {
         let (touched, digests) = self
             .with_mirror(move |m| {
                 m.fetch_pull(&default, number)?;
-                // One repository for both reads, so each big tree is
-                // parsed once (libgit2's object cache; `git::init_object_cache`).
-                let repo = ChangeRepo::open(m.path())?;
-                let touched = touched(
-                    &repo,
-                    &head,
-                    &base,
-                    &default,
-                    &main.roots,
-                    &main.invalid,
-                    &main.commit,
-                )?;
-                let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
-                let digests = digests_at(&repo, &review_commits, &ids, &default)?;
-                Ok((touched, digests))
+                m.read(|repo| {
+                    let touched = touched(
+                        repo,
+                        &head,
+                        &base,
+                        &default,
+                        &main.roots,
+                        &main.invalid,
+                        &main.commit,
+                    )?;
+                    let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
+                    let digests = digests_at(repo, &review_commits, &ids, &default)?;
+                    Ok((touched, digests))
+                })
             })
             .await?;
         let mut w = store.write().await?;
@@ -176,12 +174,12 @@ impl Github {
         let digests = self
             .with_mirror(move |m| {
                 let commits = BTreeSet::from([commit.clone()]);
-                match digests_at(&ChangeRepo::open(m.path())?, &commits, &ids, &default) {
+                match m.read(|repo| digests_at(repo, &commits, &ids, &default)) {
                     Ok(d) => Ok(d),
                     // Not fetched yet (the review raced the push): fetch and read again.
                     Err(_) => {
                         m.fetch_pull(&default, number)?;
-                        digests_at(&ChangeRepo::open(m.path())?, &commits, &ids, &default)
+                        m.read(|repo| digests_at(repo, &commits, &ids, &default))
                     }
                 }
             })

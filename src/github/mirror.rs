@@ -20,7 +20,7 @@ use git2::{
 };
 use octocrab::secrecy::{ExposeSecret, SecretString};
 
-use crate::git::GitError;
+use crate::git::{ChangeRepo, GitError};
 use crate::metrics::Metrics;
 
 /// How long to wait for a remote to accept a connection, and for each read.
@@ -88,6 +88,9 @@ pub struct Mirror {
     /// Failed fetches in a row, shared by every copy.
     streak: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// The mirror opened for reading, kept between operations (see
+    /// [`Mirror::read`]); shared by every copy.
+    kept: Arc<std::sync::Mutex<Option<ChangeRepo>>>,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -153,6 +156,7 @@ impl Mirror {
             credential: None,
             streak: Arc::new(AtomicU64::new(0)),
             metrics,
+            kept: Arc::default(),
         })
     }
 
@@ -170,6 +174,30 @@ impl Mirror {
     pub fn with_credential(mut self, credential: Option<SecretString>) -> Mirror {
         self.credential = credential;
         self
+    }
+
+    /// Runs `work` on the mirror opened once and kept open. libgit2 keeps
+    /// parsed trees in each open repository's object cache
+    /// ([`crate::git::init_object_cache`]), so the default branch's
+    /// `changes/` folder is parsed once, not again for every pull request
+    /// event; only what the event's head changed is new. Objects a later
+    /// fetch adds are found (libgit2 rescans packs on a miss) and refs are
+    /// read from disk each time.
+    pub fn read<T>(
+        &self,
+        work: impl FnOnce(&ChangeRepo) -> Result<T, GitError>,
+    ) -> Result<T, GitError> {
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let repo = match kept.take() {
+            Some(repo) => repo,
+            None => ChangeRepo::open(&self.path)?,
+        };
+        let result = work(&repo);
+        *kept = Some(repo);
+        result
     }
 
     /// How long to wait before fetching again after the current streak of
