@@ -198,7 +198,7 @@ fn main() {
         return;
     }
     // As `main` does for `serve`.
-    changegate::git::init_object_cache();
+    changegate::git::init_object_reads();
     let sizes: Vec<usize> = std::env::var("CHANGEGATE_BENCH_SIZES")
         .unwrap_or_else(|_| "1000,10000".into())
         .split(',')

@@ -3,6 +3,6 @@ fn main() -> std::process::ExitCode {
     // certificate variables in the environment, which is only sound while
     // the process is single-threaded.
     changegate::github::init_git_transport();
-    changegate::git::init_object_cache();
+    changegate::git::init_object_reads();
     changegate::cli::run()
 }

@@ -275,11 +275,9 @@ pub(super) struct ExecOptions {
 pub(super) fn exec(id: &str, dir: &Path, options: &ExecOptions) -> u8 {
     let client = Client::from_env();
     keep_token_from_steps();
-    // libgit2 re-hashes every object it reads with collision-detecting
-    // SHA-1, which dominates materialising large files. The objects were
-    // checked when git fetched them, and every blob written for a step is
-    // checked against its id again (`Snapshot::materialize`).
-    git2::opts::strict_hash_verification(false);
+    // Objects are not re-hashed on every read (`git::init_object_reads`,
+    // from `main`); every blob written for a step is checked against its
+    // id instead (`Snapshot::materialize`).
     match client {
         Ok(client) => exec_with(&client, id, dir, options),
         Err(e) => {

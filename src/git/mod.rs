@@ -96,14 +96,23 @@ pub enum GitError {
     },
 }
 
-/// Lets libgit2 keep parsed trees of any size in a repository's object
-/// cache. By default it caches only trees under 4 KiB, so a `changes/`
-/// folder of 100,000 entries (several MiB) was parsed again on every
-/// lookup: twice for a diff and again for each snapshot reading it. Call
-/// once, before any git work, from one thread (it sets a global option).
-pub fn init_object_cache() {
+/// How this process reads git objects, set once before any git work, from
+/// one thread (these are libgit2's global options):
+/// - parsed trees of any size stay in each open repository's object cache
+///   (by default only trees under 4 KiB do, so a `changes/` folder of
+///   100,000 entries, several MiB, was parsed again on every lookup), with
+///   the cache's total capped at 64 MiB;
+/// - objects are not re-hashed on every read. libgit2 checks each one with
+///   collision-detecting SHA-1 each time it is read, which was a third of
+///   a pull request event's git work at 100,000 change sets. Objects were
+///   checked when they were fetched (the pack indexer hashes each one),
+///   digests are built from object ids, and `exec` checks every blob it
+///   writes for a step against its id (`Snapshot::materialize`), as git
+///   itself does not re-hash on read either.
+pub fn init_object_reads() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        git2::opts::strict_hash_verification(false);
         // SAFETY: libgit2 global options, set once, before any git work
         // and (from `main`) before any other thread exists. The cache is
         // per open repository; its total is bounded across all of them

@@ -178,7 +178,7 @@ impl Mirror {
 
     /// Runs `work` on the mirror opened once and kept open. libgit2 keeps
     /// parsed trees in each open repository's object cache
-    /// ([`crate::git::init_object_cache`]), so the default branch's
+    /// ([`crate::git::init_object_reads`]), so the default branch's
     /// `changes/` folder is parsed once, not again for every pull request
     /// event; only what the event's head changed is new. Objects a later
     /// fetch adds are found (libgit2 rescans packs on a miss) and refs are
