@@ -318,3 +318,33 @@ fn a_stored_definition_reads_back_as_the_same_change_set() {
         assert_eq!(&back, change, "{stored}");
     }
 }
+
+#[test]
+fn a_full_read_leaves_no_write_ahead_log_behind() {
+    // A full read writes every change in one transaction; on SQLite the
+    // WAL would stay that size, and a restart after a crash reads it back.
+    let database = db::fresh("sqlite");
+    let path = database.url.strip_prefix("sqlite://").unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::connect(&database.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let repo = TestRepo::new();
+        repo.write("run.sh", "");
+        for i in 0..400 {
+            repo.write(
+                &format!("changes/c{i}.yaml"),
+                simple_change(&format!("c{i}")),
+            );
+        }
+        repo.commit("400 changes");
+        let (commit, changes) = changes_at_head(&repo);
+        assert_eq!(sync(&store, &commit, &changes).await.added, 400);
+        let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
+        assert_eq!(wal, 0, "the WAL was checkpointed and truncated");
+        store.close().await;
+    });
+}

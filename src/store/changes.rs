@@ -254,6 +254,17 @@ impl Store {
         .execute(w.conn())
         .await?;
         w.commit().await?;
+        if delta.full && self.backend() == super::Backend::Sqlite {
+            // The WAL grew to the size of that one transaction (200 MB at
+            // 100,000 changes) and stays so; a restart after a crash would
+            // read all of it back. Best effort: a busy reader only delays it.
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await
+            {
+                tracing::debug!(error = %e, "cannot checkpoint the WAL after a full read");
+            }
+        }
         Ok(report)
     }
 
