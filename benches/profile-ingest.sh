@@ -12,7 +12,12 @@ set -euo pipefail
 
 seconds=${1:-10}
 compression=${2:-lz4}
-here=$(git rev-parse --show-toplevel)
+[[ $seconds =~ ^[0-9]+$ ]] || { echo "profile-ingest.sh: SECONDS must be a number" >&2; exit 2; }
+case $compression in
+    lz4 | deflate | none) ;;
+    *) echo "profile-ingest.sh: COMPRESSION is lz4, deflate or none" >&2; exit 2 ;;
+esac
+here=$(cd "$(dirname "$0")/.." && pwd)
 fixture=$here/../shared/fixtures/github-webhooks/pull_request_review.submitted.json
 for tool in perf wrk openssl curl; do
     command -v "$tool" >/dev/null || { echo "profile-ingest.sh: needs $tool" >&2; exit 1; }
@@ -23,7 +28,8 @@ bin=${CARGO_TARGET_DIR:-$here/target}/release/changegate
 
 work=$(mktemp -d /tmp/changegate-profile.XXXXXX)
 server=
-trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
+load=
+trap 'for p in $load $server; do kill "$p" 2>/dev/null; done; rm -rf "$work"' EXIT
 
 git init -q -b main "$work/repo"
 git -C "$work/repo" -c user.name=bench -c user.email=bench@example.com commit -q --allow-empty -m empty
@@ -57,8 +63,9 @@ CHANGEGATE_WRK_BODY=$work/body.json CHANGEGATE_WRK_SIGNATURE=$signature \
     wrk -t2 -c64 -d"$((seconds + 4))s" -s "$here/benches/webhook.lua" "http://127.0.0.1:$port" >"$work/wrk.out" 2>&1 &
 load=$!
 sleep 2
-perf record -q -F 999 -p "$server" -o "$work/perf.data" -- sleep "$seconds" 2>/dev/null
+perf record -q -F 999 -p "$server" -o "$work/perf.data" -- sleep "$seconds"
 wait "$load"
+load=
 grep -E "Requests/sec|webhook-lua" "$work/wrk.out"
 
 # Self time per symbol, summed by the part of the path it belongs to.

@@ -146,3 +146,41 @@ fn digest_command_prints_the_digest_alone() {
         format!("{}\n", digest(&repo, "HEAD"))
     );
 }
+
+#[test]
+fn a_change_set_whose_bytes_were_replaced_under_its_id_is_refused() {
+    // As `serve` runs: libgit2 does not re-hash what it reads, so the
+    // bytes parsed are checked against their id by changegate itself.
+    changegate::git::init_object_reads();
+    let repo = repo();
+    let id = ChangeRepo::open(repo.path())
+        .unwrap()
+        .git()
+        .revparse_single("HEAD:changes/c.yaml")
+        .unwrap()
+        .id()
+        .to_string();
+    // The loose object rewritten in place: another change set, same id.
+    let forged = CHANGE.replace("targets: [web]", "targets: [dev]");
+    let mut raw = format!("blob {}\0", forged.len()).into_bytes();
+    raw.extend_from_slice(forged.as_bytes());
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut z, &raw).unwrap();
+    let object = repo
+        .path()
+        .join(format!(".git/objects/{}/{}", &id[..2], &id[2..]));
+    let mut perms = std::fs::metadata(&object).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&object, perms).unwrap();
+    std::fs::write(&object, z.finish().unwrap()).unwrap();
+
+    let git = ChangeRepo::open(repo.path()).unwrap();
+    let snap = git.at("HEAD").unwrap();
+    let Err(err) = snap.change("c") else {
+        panic!("the forged change set was read");
+    };
+    assert!(err.to_string().contains("does not match its id"), "{err}");
+    // The full read refuses it too, rather than parsing the forged text.
+    assert!(snap.load_model().is_err());
+}

@@ -348,3 +348,41 @@ fn a_full_read_leaves_no_write_ahead_log_behind() {
         store.close().await;
     });
 }
+
+#[test]
+fn a_full_read_never_drops_an_author_the_store_knew() {
+    // Replica A stored carol as an author of `a` (an edit she undid);
+    // replica B's full read finds only alice. carol must stay an author,
+    // or she could approve her own change.
+    on_each_backend(|store| async move {
+        let repo = two_changes();
+        let (commit, changes) = changes_at_head(&repo);
+        let change = &changes[0].0;
+        // No covered paths: the stored row must agree with its digest.
+        let digest = &Digest::of(&[]);
+        let none = std::collections::BTreeSet::new();
+        let delta = |emails| BranchDelta {
+            branch: "main",
+            commit: &commit,
+            base: None,
+            read: vec![BranchChange {
+                change,
+                digest,
+                covered: &[],
+                emails,
+            }],
+            removed: Vec::new(),
+            full: true,
+            invalid: &none,
+        };
+        let both: std::collections::BTreeSet<String> = ["alice@example.com", "carol@example.com"]
+            .map(String::from)
+            .into();
+        let alice: std::collections::BTreeSet<String> = ["alice@example.com".to_string()].into();
+        store.sync_changes(&delta(&both)).await.unwrap();
+        let report = store.sync_changes(&delta(&alice)).await.unwrap();
+        assert_eq!(report.kept_emails.get(&change.id), Some(&both));
+        let stored = store.stored_branch("main").await.unwrap().unwrap();
+        assert_eq!(stored.changes[&change.id].3, both);
+    });
+}

@@ -265,6 +265,14 @@ impl Engine {
                 report = self.store_branch(&config, &found, None).await?;
             }
             let mut view = found.view;
+            if !report.kept_emails.is_empty() {
+                // Authors the store knew and this read did not find stay.
+                let emails = Arc::make_mut(&mut view.emails);
+                for (id, all) in std::mem::take(&mut report.kept_emails) {
+                    emails.insert(id, all);
+                }
+                view.authors = Arc::new(read::authors_of(&config, &view.emails));
+            }
             view.tokens_gen = tokens_gen;
             tracing::info!(
                 commit = %view.commit,
@@ -304,7 +312,8 @@ impl Engine {
         *self.view.write().expect("view lock") = Arc::new(view);
         drop(old);
         if branch_read {
-            release_freed_memory();
+            // Off the runtime's threads: trimming a large heap takes a while.
+            tokio::task::spawn_blocking(release_freed_memory);
         }
         Ok(report)
     }

@@ -106,9 +106,9 @@ pub enum GitError {
 ///   collision-detecting SHA-1 each time it is read, which was a third of
 ///   a pull request event's git work at 100,000 change sets. Objects were
 ///   checked when they were fetched (the pack indexer hashes each one),
-///   digests are built from object ids, and `exec` checks every blob it
-///   writes for a step against its id (`Snapshot::materialize`), as git
-///   itself does not re-hash on read either.
+///   digests are built from object ids, and every blob whose bytes are
+///   used (a change set, a policy, what a step runs) is checked against
+///   its id with plain SHA-1 (`Snapshot::checked_blob`, `materialize`).
 pub fn init_object_reads() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -258,16 +258,13 @@ impl<'r> Snapshot<'r> {
             .iter()
             .filter(|e| e.kind() == Some(ObjectType::Blob))
         {
-            let blob = self.repo.find_blob(entry.id())?;
+            let bytes = self.checked_blob(entry.id())?;
             let path = format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes()));
             known.insert(
                 path.clone(),
                 file_entry(ObjectType::Blob, entry.filemode(), entry.id()),
             );
-            files.push(SourceFile {
-                path,
-                bytes: blob.content().to_vec(),
-            });
+            files.push(SourceFile { path, bytes });
         }
         Ok(files)
     }
@@ -400,11 +397,7 @@ impl Snapshot<'_> {
         let Some(Entry::Blob(blob)) = self.entry(&path) else {
             return Err(missing());
         };
-        let bytes = self
-            .repo
-            .find_blob(git2::Oid::from_str(&blob)?)?
-            .content()
-            .to_vec();
+        let bytes = self.checked_blob(git2::Oid::from_str(&blob)?)?;
         count_reads(1);
         let invalid = |problems| GitError::InvalidChange {
             id: id.to_string(),
@@ -536,10 +529,27 @@ impl Snapshot<'_> {
         let Some(Entry::Blob(id)) = self.entry(path) else {
             return None;
         };
-        let blob = self.repo.find_blob(git2::Oid::from_str(&id).ok()?).ok()?;
-        (blob.size() < 1 << 20)
-            .then(|| String::from_utf8(blob.content().to_vec()).ok())
-            .flatten()
+        let oid = git2::Oid::from_str(&id).ok()?;
+        if self.repo.find_blob(oid).ok()?.size() >= 1 << 20 {
+            return None;
+        }
+        String::from_utf8(self.checked_blob(oid).ok()?).ok()
+    }
+
+    /// A blob's bytes, checked against its id. libgit2 does not re-hash
+    /// what it reads ([`init_object_reads`]), and what a change set or a
+    /// policy says must be exactly what its digest names: a blob whose
+    /// bytes were replaced on disk under the same id is refused, as
+    /// `materialize` refuses one for a step.
+    fn checked_blob(&self, id: git2::Oid) -> Result<Vec<u8>, GitError> {
+        let blob = self.repo.find_blob(id)?;
+        if blob_id(blob.content()) != id.to_string() {
+            tracing::error!(object = %id, "a git object does not match its id; refused");
+            return Err(GitError::Git(git2::Error::from_str(&format!(
+                "object {id} does not match its id"
+            ))));
+        }
+        Ok(blob.content().to_vec())
     }
 
     /// `validate`'s warnings (SPEC §11): where a covered script, or a step

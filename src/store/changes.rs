@@ -150,7 +150,25 @@ impl Store {
             let covered = serde_json::to_string(c.covered).unwrap_or_default();
             let emails = serde_json::to_string(c.emails).unwrap_or_default();
             if let Some(k) = before.filter(|k| k.digest == c.digest.as_str()) {
-                // Same revision: only what a newer version adds may be missing.
+                // Same revision: only what a newer version adds may be
+                // missing. Authors are only ever added: a full read (after
+                // a rewrite, or by another replica) finds fewer than the
+                // moves stored one by one did, and losing one would let
+                // them approve their own change.
+                let stored: BTreeSet<String> = k
+                    .emails
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok())
+                    .unwrap_or_default();
+                let emails = match stored.is_subset(c.emails) {
+                    true => emails,
+                    false => {
+                        let all: BTreeSet<String> = stored.union(c.emails).cloned().collect();
+                        let json = serde_json::to_string(&all).unwrap_or_default();
+                        report.kept_emails.insert(id.clone(), all);
+                        json
+                    }
+                };
                 if k.covered.as_deref() != Some(covered.as_str())
                     || k.emails.as_deref() != Some(emails.as_str())
                 {

@@ -41,6 +41,7 @@ pub use states::{
 };
 pub use statuses::PendingStatus;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -148,6 +149,11 @@ pub struct SyncReport {
     /// Nothing was written: the stored view is not at the commit the read
     /// was made against (another replica stored a later one).
     pub stale_base: bool,
+    /// Per change re-stored with the same digest: authors' emails the
+    /// store had and the read did not find (they are kept; see
+    /// `sync_changes`). The caller adds them to its view.
+    #[serde(skip)]
+    pub kept_emails: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The storage handle; cheap to clone.
