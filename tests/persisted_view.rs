@@ -231,3 +231,29 @@ fn a_view_stored_for_another_branch_is_not_reused() {
     server.restart();
     assert_eq!(digests(&server), on_main, "main's digests, not prod's");
 }
+
+#[test]
+fn a_file_added_and_removed_in_an_included_folder_makes_an_author_at_a_full_read() {
+    // The first start reads the branch in full; the rule for who touched
+    // a change must be the one a move uses: a covered folder counts, even
+    // for a file no longer there.
+    let repo = origin();
+    repo.write("lib/base.sh", "echo base\n").write(
+        "changes/inc.yaml",
+        "title: inc\nkind: config\ntargets: [web]\ninclude: [lib/]\nsteps:\n  - id: only\n    run: ./scripts/shared.sh\n    timeout: 5m\n",
+    );
+    repo.commit("a change that includes lib/");
+    repo.write("lib/tmp.sh", "echo carol\n");
+    repo.commit_as("add", "Carol", "carol@example.com");
+    std::fs::remove_file(repo.path().join("lib/tmp.sh")).unwrap();
+    repo.commit_as("remove", "Carol", "carol@example.com");
+    let database = db::fresh("sqlite");
+    let server = server::start_with(repo.path(), &database.url, &tokens(), "", "");
+    let digest = digests(&server)["inc"].clone();
+    client(&server, "carol")
+        .approve("inc", &digest, "")
+        .unwrap();
+    let status = client(&server, "alice").change("inc").unwrap();
+    assert_eq!(status["approvals"]["reviews"][0]["approver"], "carol");
+    assert_eq!(status["approvals"]["reviews"][0]["reason"], "author");
+}

@@ -213,15 +213,9 @@ pub fn read_branch(
             removed.push(id);
         }
     }
-    let paths: Vec<(String, Vec<String>)> = read
-        .iter()
-        .map(|id| {
-            let covered = &changes[id].2;
-            (id.clone(), covered.iter().map(|p| p.path.clone()).collect())
-        })
-        .collect();
-    emails.extend(snapshot.touching_emails(&paths)?);
     view.roots = Arc::new(RootIndex::new(changes.values().map(|(c, _, _)| c)));
+    let reread: BTreeSet<String> = read.iter().cloned().collect();
+    emails.extend(snapshot.touching_emails(&view.roots, &reread)?);
     // Each new commit makes its authors authors of what it touched, even
     // where a later commit undid it (no net change, nothing re-read).
     let was_read: BTreeSet<&String> = read.iter().collect();
@@ -330,11 +324,6 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
         }
     }
     view.changes = Arc::new(changes);
-    let paths: Vec<(String, Vec<String>)> = view
-        .changes
-        .iter()
-        .map(|(id, (_, _, c))| (id.clone(), c.iter().map(|p| p.path.clone()).collect()))
-        .collect();
     // Every change set file without a digest is re-checked on each move,
     // whatever its errors were reported against (a targets file, say).
     view.invalid = snapshot
@@ -342,10 +331,11 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
         .into_iter()
         .filter(|id| !view.changes.contains_key(id))
         .collect();
-    view.emails = Arc::new(snapshot.touching_emails(&paths)?);
-    view.authors = Arc::new(authors_of(config, &view.emails));
     view.roots = Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
-    let read = view.changes.keys().cloned().collect();
+    let all: BTreeSet<String> = view.changes.keys().cloned().collect();
+    view.emails = Arc::new(snapshot.touching_emails(&view.roots, &all)?);
+    view.authors = Arc::new(authors_of(config, &view.emails));
+    let read = all.into_iter().collect();
     Ok(BranchRead {
         view,
         read,

@@ -646,17 +646,19 @@ fn io_error(path: &Path, source: std::io::Error) -> GitError {
 pub const AUTHOR_HISTORY_LIMIT: usize = 5_000;
 
 impl Snapshot<'_> {
-    /// For each change (id, covered paths), the author and committer emails
-    /// of every commit reachable from this one that changed a covered path.
-    /// One walk of history serves all changes.
+    /// For each change in `ids`, the author and committer emails of every
+    /// commit reachable from this one that changed what it covers, by the
+    /// rule a move uses too ([`RootIndex::covering`]: its own file, or a
+    /// covered root that a path is or lies under, so a file added and
+    /// removed inside an included folder counts). One walk of history
+    /// serves all changes, and each commit costs the paths it touched.
     pub fn touching_emails(
         &self,
-        changes: &[(String, Vec<String>)],
+        roots: &crate::model::RootIndex,
+        ids: &BTreeSet<String>,
     ) -> Result<BTreeMap<String, BTreeSet<String>>, GitError> {
-        let mut out: BTreeMap<String, BTreeSet<String>> = changes
-            .iter()
-            .map(|(id, _)| (id.clone(), BTreeSet::new()))
-            .collect();
+        let mut out: BTreeMap<String, BTreeSet<String>> =
+            ids.iter().map(|id| (id.clone(), BTreeSet::new())).collect();
         let mut walk = self.repo.revwalk()?;
         walk.push(git2::Oid::from_str(&self.commit_id)?)?;
         for oid in walk.take(AUTHOR_HISTORY_LIMIT) {
@@ -678,11 +680,9 @@ impl Snapshot<'_> {
                 commit.author().email().map(str::to_string),
                 commit.committer().email().map(str::to_string),
             ];
-            for (id, paths) in changes {
-                if paths.iter().any(|p| touched.contains(p)) {
-                    out.get_mut(id)
-                        .expect("every change has an entry")
-                        .extend(emails.iter().flatten().cloned());
+            for id in roots.covering(&touched) {
+                if let Some(known) = out.get_mut(&id) {
+                    known.extend(emails.iter().flatten().cloned());
                 }
             }
         }
