@@ -24,19 +24,7 @@ where
     F: Fn(Store) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    for backend in db::BACKENDS {
-        let database = db::fresh(backend);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let store = Store::connect(&database.url).await.unwrap();
-            store.migrate().await.unwrap();
-            case(store.clone()).await;
-            store.close().await;
-        });
-    }
+    db::with_store(&db::BACKENDS, |store, _, _| case(store));
 }
 
 fn two_changes() -> TestRepo {
@@ -323,15 +311,8 @@ fn a_stored_definition_reads_back_as_the_same_change_set() {
 fn a_full_read_leaves_no_write_ahead_log_behind() {
     // A full read writes every change in one transaction; on SQLite the
     // WAL would stay that size, and a restart after a crash reads it back.
-    let database = db::fresh("sqlite");
-    let path = database.url.strip_prefix("sqlite://").unwrap().to_string();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = Store::connect(&database.url).await.unwrap();
-        store.migrate().await.unwrap();
+    db::with_store(&["sqlite"], |store, url, _| async move {
+        let path = url.strip_prefix("sqlite://").unwrap().to_string();
         let repo = TestRepo::new();
         repo.write("run.sh", "");
         for i in 0..400 {
@@ -345,7 +326,6 @@ fn a_full_read_leaves_no_write_ahead_log_behind() {
         assert_eq!(sync(&store, &commit, &changes).await.added, 400);
         let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
         assert_eq!(wal, 0, "the WAL was checkpointed and truncated");
-        store.close().await;
     });
 }
 

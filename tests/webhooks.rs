@@ -265,91 +265,73 @@ fn concurrent_deliveries_share_commits_and_each_is_stored_once() {
 #[test]
 fn one_batch_with_a_repeated_delivery_id_stores_it_once() {
     use changegate::store::{InboxCompression, PreparedDelivery};
-    for backend in db::BACKENDS {
-        let database = db::fresh(backend);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    db::with_store(&db::BACKENDS, |store, _, backend| async move {
+        let big = fixture("pull_request_review.submitted.json");
+        let d = |id: &str, c| PreparedDelivery::new(id, "pull_request_review", &big, c);
+        assert!(
+            d("x", InboxCompression::Lz4).stored_len() < big.len() / 3,
+            "large payloads are stored compressed"
+        );
+        // Rows written under each setting read back alike.
+        let stored = store
+            .store_deliveries(vec![
+                d("a", InboxCompression::Lz4),
+                d("b", InboxCompression::Deflate),
+                d("a", InboxCompression::None),
+            ])
+            .await
             .unwrap();
-        rt.block_on(async {
-            let store = Store::connect(&database.url).await.unwrap();
-            store.migrate().await.unwrap();
-            let big = fixture("pull_request_review.submitted.json");
-            let d = |id: &str, c| PreparedDelivery::new(id, "pull_request_review", &big, c);
-            assert!(
-                d("x", InboxCompression::Lz4).stored_len() < big.len() / 3,
-                "large payloads are stored compressed"
-            );
-            // Rows written under each setting read back alike.
-            let stored = store
-                .store_deliveries(vec![
-                    d("a", InboxCompression::Lz4),
-                    d("b", InboxCompression::Deflate),
-                    d("a", InboxCompression::None),
-                ])
-                .await
-                .unwrap();
-            assert_eq!(stored, [true, true, false], "{backend}");
-            assert_eq!(
-                store
-                    .store_deliveries(vec![d("b", InboxCompression::None)])
-                    .await
-                    .unwrap(),
-                [false]
-            );
+        assert_eq!(stored, [true, true, false], "{backend}");
+        assert_eq!(
             store
-                .store_deliveries(vec![d("c", InboxCompression::None)])
+                .store_deliveries(vec![d("b", InboxCompression::None)])
                 .await
-                .unwrap();
-            let inbox = store.inbox().await.unwrap();
-            assert_eq!(inbox.len(), 3);
-            for (id, _, body, _) in &inbox {
-                assert_eq!(body, &big, "{backend} {id}: decompressed byte for byte");
-            }
-            // One audit event per batch; none for the redelivery.
-            assert_eq!(store.verify_audit().await.unwrap(), Ok(2), "{backend}");
-        });
-    }
+                .unwrap(),
+            [false]
+        );
+        store
+            .store_deliveries(vec![d("c", InboxCompression::None)])
+            .await
+            .unwrap();
+        let inbox = store.inbox().await.unwrap();
+        assert_eq!(inbox.len(), 3);
+        for (id, _, body, _) in &inbox {
+            assert_eq!(body, &big, "{backend} {id}: decompressed byte for byte");
+        }
+        // One audit event per batch; none for the redelivery.
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(2), "{backend}");
+    });
 }
 
 #[test]
 fn an_inbox_row_that_cannot_be_read_is_failed_and_the_rest_go_on() {
     use changegate::store::{InboxCompression, PreparedDelivery};
-    for backend in db::BACKENDS {
-        let database = db::fresh(backend);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    db::with_store(&db::BACKENDS, |store, url, backend| async move {
+        let big = fixture("pull_request_review.submitted.json");
+        let d = |id: &str| {
+            PreparedDelivery::new(id, "pull_request_review", &big, InboxCompression::Lz4)
+        };
+        store
+            .store_deliveries(vec![d("bad"), d("good")])
+            .await
             .unwrap();
-        rt.block_on(async {
-            let store = Store::connect(&database.url).await.unwrap();
-            store.migrate().await.unwrap();
-            let big = fixture("pull_request_review.submitted.json");
-            let d = |id: &str| {
-                PreparedDelivery::new(id, "pull_request_review", &big, InboxCompression::Lz4)
-            };
-            store
-                .store_deliveries(vec![d("bad"), d("good")])
-                .await
-                .unwrap();
-            // A damaged row (or one in an encoding this version lacks).
-            sqlx::any::install_default_drivers();
-            let pool = sqlx::AnyPool::connect(&database.url).await.unwrap();
-            sqlx::query("UPDATE inbox SET encoding = 'zstd' WHERE delivery_id = 'bad'")
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            let due = store.due_deliveries(10).await.unwrap();
-            let ids: Vec<&str> = due.iter().map(|i| i.delivery_id.as_str()).collect();
-            assert_eq!(ids, ["good"], "{backend}");
-            assert_eq!(due[0].body, big);
-            let outcomes = store.delivery_outcomes().await.unwrap();
-            let bad = outcomes.iter().find(|o| o.0 == "bad").unwrap();
-            assert_eq!(bad.1.as_deref(), Some("failed"), "{backend}");
-            assert!(bad.3.as_deref().unwrap().contains("zstd"), "{bad:?}");
-            // Audited: the batch's receipt, then the failure.
-            assert_eq!(store.verify_audit().await.unwrap(), Ok(2), "{backend}");
-        });
-    }
+        // A damaged row (or one in an encoding this version lacks).
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query("UPDATE inbox SET encoding = 'zstd' WHERE delivery_id = 'bad'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let due = store.due_deliveries(10).await.unwrap();
+        let ids: Vec<&str> = due.iter().map(|i| i.delivery_id.as_str()).collect();
+        assert_eq!(ids, ["good"], "{backend}");
+        assert_eq!(due[0].body, big);
+        let outcomes = store.delivery_outcomes().await.unwrap();
+        let bad = outcomes.iter().find(|o| o.0 == "bad").unwrap();
+        assert_eq!(bad.1.as_deref(), Some("failed"), "{backend}");
+        assert!(bad.3.as_deref().unwrap().contains("zstd"), "{bad:?}");
+        // Audited: the batch's receipt, then the failure.
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(2), "{backend}");
+    });
 }

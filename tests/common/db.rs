@@ -71,3 +71,27 @@ pub fn fresh(backend: &str) -> TestDatabase {
         other => panic!("unknown backend {other}"),
     }
 }
+
+/// Runs `case` on a fresh, migrated store on each of `backends`, with the
+/// database's URL (to reach it directly) and the backend's name.
+pub fn with_store<F, Fut>(backends: &[&'static str], case: F)
+where
+    F: Fn(changegate::store::Store, String, &'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for &backend in backends {
+        let database = fresh(backend);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = changegate::store::Store::connect(&database.url)
+                .await
+                .unwrap();
+            store.migrate().await.unwrap();
+            case(store.clone(), database.url.clone(), backend).await;
+            store.close().await;
+        });
+    }
+}
