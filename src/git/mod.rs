@@ -529,11 +529,12 @@ impl Snapshot<'_> {
         let Some(Entry::Blob(id)) = self.entry(path) else {
             return None;
         };
-        let oid = git2::Oid::from_str(&id).ok()?;
-        if self.repo.find_blob(oid).ok()?.size() >= 1 << 20 {
+        let blob = self.repo.find_blob(git2::Oid::from_str(&id).ok()?).ok()?;
+        if blob.size() >= 1 << 20 {
             return None;
         }
-        String::from_utf8(self.checked_blob(oid).ok()?).ok()
+        checked(&blob).ok()?;
+        String::from_utf8(blob.content().to_vec()).ok()
     }
 
     /// A blob's bytes, checked against its id. libgit2 does not re-hash
@@ -543,12 +544,7 @@ impl Snapshot<'_> {
     /// `materialize` refuses one for a step.
     fn checked_blob(&self, id: git2::Oid) -> Result<Vec<u8>, GitError> {
         let blob = self.repo.find_blob(id)?;
-        if blob_id(blob.content()) != id.to_string() {
-            tracing::error!(object = %id, "a git object does not match its id; refused");
-            return Err(GitError::Git(git2::Error::from_str(&format!(
-                "object {id} does not match its id"
-            ))));
-        }
+        checked(&blob)?;
         Ok(blob.content().to_vec())
     }
 
@@ -624,6 +620,18 @@ fn position_of(text: &str, word: &str) -> (usize, usize) {
         .enumerate()
         .find_map(|(n, line)| line.find(word).map(|c| (n + 1, c + 1)))
         .unwrap_or((1, 1))
+}
+
+/// Refuses a blob whose bytes do not hash to its id (see `checked_blob`).
+fn checked(blob: &git2::Blob<'_>) -> Result<(), GitError> {
+    let id = blob.id();
+    if blob_id(blob.content()) != id.to_string() {
+        tracing::error!(object = %id, "a git object does not match its id; refused");
+        return Err(GitError::Git(git2::Error::from_str(&format!(
+            "object {id} does not match its id"
+        ))));
+    }
+    Ok(())
 }
 
 /// The git blob id of `content`: SHA-1 over `blob <len>\0` and the bytes.
