@@ -3,7 +3,7 @@
 mod common;
 
 use changegate::git::ChangeRepo;
-use changegate::model::{covered_paths, ChangeSet, Digest};
+use changegate::model::{covered_paths, ChangeSet, Digest, OnBranch, Roots};
 use changegate::store::{BranchChange, BranchDelta, ChainBreak, RecordOutcome, Store, SyncReport};
 use common::{db, simple_change, TestRepo};
 
@@ -165,12 +165,16 @@ fn an_api_approval_is_recorded_once_and_only_for_the_current_digest() {
 /// Records `changes` as every change on `main` at `commit`.
 async fn sync(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)]) -> SyncReport {
     let none = std::collections::BTreeSet::new();
+    let held: Vec<OnBranch> = changes
+        .iter()
+        .map(|(change, digest)| OnBranch::new(change, digest.clone(), &[], &mut Roots::default()))
+        .collect();
     let read = changes
         .iter()
-        .map(|(change, digest)| BranchChange {
-            change,
-            digest,
-            covered: &[],
+        .zip(&held)
+        .map(|((change, _), held)| BranchChange {
+            id: &change.id,
+            held,
             emails: &none,
         })
         .collect();
@@ -339,16 +343,15 @@ fn a_full_read_never_drops_an_author_the_store_knew() {
         let (commit, changes) = changes_at_head(&repo);
         let change = &changes[0].0;
         // No covered paths: the stored row must agree with its digest.
-        let digest = &Digest::of(&[]);
+        let held = OnBranch::new(change, Digest::of(&[]), &[], &mut Roots::default());
         let none = std::collections::BTreeSet::new();
         let delta = |emails| BranchDelta {
             branch: "main",
             commit: &commit,
             base: None,
             read: vec![BranchChange {
-                change,
-                digest,
-                covered: &[],
+                id: &change.id,
+                held: &held,
                 emails,
             }],
             removed: Vec::new(),
@@ -363,6 +366,6 @@ fn a_full_read_never_drops_an_author_the_store_knew() {
         let report = store.sync_changes(&delta(&alice)).await.unwrap();
         assert_eq!(report.kept_emails.get(&change.id), Some(&both));
         let stored = store.stored_branch("main").await.unwrap().unwrap();
-        assert_eq!(stored.changes[&change.id].3, both);
+        assert_eq!(*stored.emails[&change.id], both);
     });
 }

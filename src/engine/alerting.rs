@@ -22,8 +22,8 @@ impl Engine {
             .collect();
         let view = self.view();
         let named: Vec<String> = change
-            .and_then(|id| view.changes.get(id))
-            .map(|(c, _, covered)| match view.governing(c, covered) {
+            .and_then(|id| view.on_branch(id))
+            .map(|(c, _, covered)| match view.governing(&c, &covered) {
                 PoliciesInForce::Matched { policies } => policies
                     .iter()
                     .filter_map(|p| p.alerts.clone())
@@ -56,7 +56,7 @@ impl Engine {
             None => view
                 .changes
                 .get(&a.change_id)
-                .map(|(c, _, _)| c.targets.join(","))
+                .map(|held| held.change(&a.change_id).targets.join(","))
                 .unwrap_or_default(),
         };
         let on = a

@@ -269,7 +269,7 @@ impl Engine {
                 // Authors the store knew and this read did not find stay.
                 let emails = Arc::make_mut(&mut view.emails);
                 for (id, all) in std::mem::take(&mut report.kept_emails) {
-                    emails.insert(id, all);
+                    emails.insert(id, Arc::new(all));
                 }
                 view.authors = Arc::new(read::authors_of(&config, &view.emails));
             }
@@ -329,7 +329,7 @@ impl Engine {
         let dependencies: Vec<String> = view
             .changes
             .get(id)
-            .map(|(c, _, _)| c.depends_on.clone())
+            .map(|held| held.depends_on().map(String::from).collect())
             .unwrap_or_default();
         let world = match w {
             Some(w) => w.world(id, &dependencies).await?,
@@ -463,14 +463,10 @@ impl Engine {
             .read
             .iter()
             .chain(&found.authors_grew)
-            .map(|id| {
-                let (change, digest, covered) = &view.changes[id];
-                BranchChange {
-                    change,
-                    digest,
-                    covered,
-                    emails: view.emails.get(id).unwrap_or(&NO_EMAILS),
-                }
+            .map(|id| BranchChange {
+                id,
+                held: &view.changes[id],
+                emails: view.emails.get(id).map_or(&NO_EMAILS, |e| e),
             })
             .collect();
         Ok(self

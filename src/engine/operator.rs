@@ -17,9 +17,9 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let view = self.view();
         let (change, digest, _) = view
-            .changes
-            .get(id)
+            .on_branch(id)
             .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
+        let change = &change;
         if !change.steps.iter().any(|s| s.id == step) {
             return Err(EngineError::NotFound(format!(
                 "change `{id}` has no step `{step}`"
@@ -63,9 +63,9 @@ impl Engine {
     pub async fn retry(&self, id: &str, actor: &str, reason: &str) -> Result<String, EngineError> {
         let view = self.view();
         let (change, digest, covered) = view
-            .changes
-            .get(id)
+            .on_branch(id)
             .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
+        let (change, covered) = (&change, &covered[..]);
         let mut w = self.store.write().await?;
         self.expire_in(&mut w).await?;
         let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
@@ -183,9 +183,9 @@ impl Engine {
     pub async fn rollback(&self, id: &str, actor: &str, reason: &str) -> Result<bool, EngineError> {
         let view = self.view();
         let (change, digest, covered) = view
-            .changes
-            .get(id)
+            .on_branch(id)
             .ok_or_else(|| EngineError::NotFound(format!("no change `{id}`")))?;
+        let (change, covered) = (&change, &covered[..]);
         let mut w = self.store.write().await?;
         self.expire_in(&mut w).await?;
         let (read, breaker) = self.world_facts(Some(&mut w), &view, id).await?;
@@ -314,7 +314,7 @@ impl Engine {
         let view = self.view();
         let mut w = self.store.write().await?;
         let facts = w.change_facts(id).await?;
-        let main = view.changes.get(id).map(|(_, d, _)| d.as_str());
+        let main = view.changes.get(id).map(|h| h.digest.as_str());
         let digest = match view::revision_focus(main, &facts) {
             view::Focus::InFlight(r) => r.digest.clone(),
             view::Focus::Completed(r) => {

@@ -1,7 +1,7 @@
 //! What the server reads from git: the default branch, and what open pull
 //! requests propose.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,8 +10,8 @@ use crate::config::Config;
 use crate::git::touched::policy_deletion;
 use crate::git::{ChangeRepo, GitError, Snapshot};
 use crate::model::{
-    affected, covered_paths, is_policy_path, load_policies, Digest, Entry, RootIndex, TreeView,
-    ABSENT,
+    covered_paths, is_policy_path, load_policies, Digest, EmailSets, EmailsById, Entry, OnBranch,
+    RootIndex, Roots, TreeView, ABSENT,
 };
 
 /// Where change sets are read from: the bare mirror under `data_dir` when
@@ -149,7 +149,7 @@ pub struct BranchRead {
 /// (the view in memory, or the one stored by the last run):
 /// - `base` at `tip`: no change set is read, only `policies/`;
 /// - `base` at another commit: the trees are compared, and only the change
-///   sets a changed path can affect are read again ([`affected`]);
+///   sets a changed path can affect are read again ([`RootIndex::affected`]);
 /// - no `base`, or its commit is gone (a force-push, a GC): everything.
 pub fn read_branch(
     config: &Config,
@@ -182,24 +182,21 @@ pub fn read_branch(
             return read_default_branch(config, &snapshot);
         }
     };
-    let ids = affected(
-        &changed,
-        base.changes.values().map(|(c, _, _)| c),
-        &base.invalid,
-    );
+    let ids = RootIndex::of_branch(base.changes.iter()).affected(&changed, &base.invalid);
     let mut view = fresh_view(&snapshot)?;
     // One copy of the maps the delta edits (the base is shared with readers).
     let mut changes = (*base.changes).clone();
     let mut emails = (*base.emails).clone();
     view.invalid = base.invalid.clone();
-    let (mut read, mut removed) = (Vec::new(), Vec::new());
+    let (mut read, mut removed, mut roots) = (Vec::new(), Vec::new(), Roots::default());
     for (id, found) in snapshot.changes_by_id(&ids) {
         let was_valid = changes.remove(&id).is_some();
         emails.remove(&id);
         view.invalid.remove(&id);
         match found {
             Ok(at) => {
-                changes.insert(id.clone(), (at.change, at.digest, at.covered));
+                let held = OnBranch::new(&at.change, at.digest, &at.covered, &mut roots);
+                changes.insert(id.clone(), held);
                 read.push(id);
                 continue;
             }
@@ -213,9 +210,11 @@ pub fn read_branch(
             removed.push(id);
         }
     }
-    view.roots = Arc::new(RootIndex::new(changes.values().map(|(c, _, _)| c)));
+    view.roots = Arc::new(RootIndex::of_branch(changes.iter()));
     let reread: BTreeSet<String> = read.iter().cloned().collect();
-    emails.extend(snapshot.touching_emails(&view.roots, &reread)?);
+    emails.extend(EmailSets::share(
+        snapshot.touching_emails(&view.roots, &reread)?,
+    ));
     // Each new commit makes its authors authors of what it touched, even
     // where a later commit undid it (no net change, nothing re-read).
     let was_read: BTreeSet<&String> = read.iter().collect();
@@ -223,9 +222,11 @@ pub fn read_branch(
     for (touched, by) in &commits {
         for id in view.roots.covering(touched) {
             if let Some(known) = emails.get_mut(&id) {
-                let before = known.len();
-                known.extend(by.iter().cloned());
-                if known.len() > before && !was_read.contains(&id) {
+                if by.iter().all(|e| known.contains(e)) {
+                    continue;
+                }
+                Arc::make_mut(known).extend(by.iter().cloned());
+                if !was_read.contains(&id) {
                     authors_grew.insert(id);
                 }
             }
@@ -253,7 +254,7 @@ pub fn stored_at_tip(
 ) -> Result<BranchRead, GitError> {
     let repo = ChangeRepo::open(path)?;
     let mut view = fresh_view(&repo.at(&stored.commit)?)?;
-    view.roots = Arc::new(RootIndex::new(stored.changes.values().map(|(c, _, _)| c)));
+    view.roots = Arc::new(RootIndex::of_branch(stored.changes.iter()));
     view.authors = Arc::new(authors_of(config, &stored.emails));
     view.changes = stored.changes;
     view.emails = stored.emails;
@@ -279,23 +280,27 @@ fn fresh_view(snapshot: &Snapshot<'_>) -> Result<RepoView, GitError> {
 }
 
 /// Names and logins of each change's authors: the identities in
-/// `[[tokens]]` whose emails made the commits.
-pub fn authors_of(
-    config: &Config,
-    emails: &BTreeMap<String, BTreeSet<String>>,
-) -> BTreeMap<String, BTreeSet<String>> {
-    emails
-        .iter()
-        .map(|(id, emails)| {
+/// `[[tokens]]` whose emails made the commits. Changes without one are
+/// left out, and changes with the same emails share one set.
+pub fn authors_of(config: &Config, emails: &EmailsById) -> BTreeMap<String, Arc<BTreeSet<String>>> {
+    let mut by_emails: HashMap<*const BTreeSet<String>, Option<Arc<BTreeSet<String>>>> =
+        HashMap::new();
+    let mut out = BTreeMap::new();
+    for (id, emails) in emails {
+        let who = by_emails.entry(Arc::as_ptr(emails)).or_insert_with(|| {
             let who: BTreeSet<String> = config
                 .tokens
                 .iter()
                 .filter(|t| t.emails.iter().any(|e| emails.contains(e)))
                 .flat_map(|t| std::iter::once(t.name.clone()).chain(t.github.clone()))
                 .collect();
-            (id.clone(), who)
-        })
-        .collect()
+            (!who.is_empty()).then(|| Arc::new(who))
+        });
+        if let Some(who) = who {
+            out.insert(id.clone(), who.clone());
+        }
+    }
+    out
 }
 
 /// Reads every change set at `snapshot`, logging progress at least every
@@ -303,26 +308,29 @@ pub fn authors_of(
 fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<BranchRead, GitError> {
     let started = std::time::Instant::now();
     let mut logged = started;
-    let model = snapshot.load_model_with_progress(&mut |done, total| {
-        if logged.elapsed() >= std::time::Duration::from_secs(2) {
-            logged = std::time::Instant::now();
-            tracing::info!(done, total, "reading change sets");
-        }
-    })?;
-    let mut view = fresh_view(snapshot)?;
-    for d in &model.diagnostics {
-        tracing::warn!(diagnostic = %d, "invalid on the default branch");
-    }
-    let mut changes = BTreeMap::new();
-    for (id, change) in model.changes {
-        match covered_paths(&change, snapshot) {
+    let (mut changes, mut roots) = (BTreeMap::new(), Roots::default());
+    // Each change set is packed as soon as it is checked: the models of
+    // 100,000 change sets never exist at once.
+    let diagnostics = snapshot.check_changes(
+        &mut |done, total| {
+            if logged.elapsed() >= std::time::Duration::from_secs(2) {
+                logged = std::time::Instant::now();
+                tracing::info!(done, total, "reading change sets");
+            }
+        },
+        &mut |change| match covered_paths(&change, snapshot) {
             Ok(covered) => {
                 let digest = Digest::of(&covered);
-                changes.insert(id, (change, digest, covered));
+                let held = OnBranch::new(&change, digest, &covered, &mut roots);
+                changes.insert(change.id, held);
             }
-            Err(e) => tracing::warn!(change = %id, error = %e, "no digest"),
-        }
+            Err(e) => tracing::warn!(change = %change.id, error = %e, "no digest"),
+        },
+    )?;
+    for d in &diagnostics {
+        tracing::warn!(diagnostic = %d, "invalid on the default branch");
     }
+    let mut view = fresh_view(snapshot)?;
     view.changes = Arc::new(changes);
     // Every change set file without a digest is re-checked on each move,
     // whatever its errors were reported against (a targets file, say).
@@ -331,9 +339,11 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
         .into_iter()
         .filter(|id| !view.changes.contains_key(id))
         .collect();
-    view.roots = Arc::new(RootIndex::new(view.changes.values().map(|(c, _, _)| c)));
+    view.roots = Arc::new(RootIndex::of_branch(view.changes.iter()));
     let all: BTreeSet<String> = view.changes.keys().cloned().collect();
-    view.emails = Arc::new(snapshot.touching_emails(&view.roots, &all)?);
+    view.emails = Arc::new(EmailSets::share(
+        snapshot.touching_emails(&view.roots, &all)?,
+    ));
     view.authors = Arc::new(authors_of(config, &view.emails));
     let read = all.into_iter().collect();
     Ok(BranchRead {

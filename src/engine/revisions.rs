@@ -14,7 +14,7 @@ impl Engine {
     ) -> BTreeMap<String, Arc<view::RevisionSet>> {
         let mut out = BTreeMap::new();
         for (id, facts) in facts {
-            let main = view.changes.get(id).map(|(_, d, _)| d.as_str());
+            let main = view.changes.get(id).map(|h| h.digest.as_str());
             let revision = match view::revision_focus(main, facts) {
                 view::Focus::InFlight(r) | view::Focus::Completed(r) => r,
                 view::Focus::Main => continue,
@@ -36,8 +36,8 @@ impl Engine {
             .filter_map(|(id, d)| {
                 view.changes
                     .get(id)
-                    .filter(|(_, digest, _)| digest.as_str() == d)
-                    .map(|(change, digest, _)| (id, change, digest))
+                    .filter(|held| held.digest.as_str() == d)
+                    .map(|held| (id, held.change(id), &held.digest))
             })
             .collect();
         if candidates.is_empty() {
@@ -47,7 +47,7 @@ impl Engine {
         for (id, change, digest) in candidates {
             let of_it = w.change_facts(id).await?.for_revision(digest.as_str());
             if !of_it.attempts.is_empty()
-                && view::state_of(change, &of_it, true) == ChangeState::Completed
+                && view::state_of(&change, &of_it, true) == ChangeState::Completed
             {
                 w.complete_revision(id, digest.as_str(), now_ms()).await?;
             }

@@ -114,12 +114,13 @@ impl Engine {
     /// halt (with an alert of ours) when something fires on one of them.
     pub(super) async fn watch(&self, id: &str) -> Result<Watch, EngineError> {
         let view = self.view();
-        let Some((change, digest, _)) = view.changes.get(id) else {
+        let Some(held) = view.changes.get(id) else {
             return Ok(Watch::Quiet);
         };
-        if change.per_target_block().is_none() || self.monitors(id).is_empty() {
+        if !held.rolls_out() || self.monitors(id).is_empty() {
             return Ok(Watch::Quiet);
         }
+        let (change, digest) = (&held.change(id), &held.digest);
         let facts = self.store.change_facts(id).await?;
         let facts = facts.for_revision(digest.as_str());
         if let Some(h) = facts.halt() {
@@ -208,8 +209,8 @@ impl Engine {
     pub async fn watch_rollouts(&self) -> Result<Vec<(String, String)>, EngineError> {
         let view = self.view();
         let mut unreachable = Vec::new();
-        for (id, (change, _, _)) in view.changes.iter() {
-            if change.per_target_block().is_none() {
+        for (id, held) in view.changes.iter() {
+            if !held.rolls_out() {
                 continue;
             }
             if let Watch::Unreachable(e) = self.watch(id).await? {
@@ -228,10 +229,11 @@ impl Engine {
         let view = self.view();
         let mut targets: std::collections::BTreeMap<&'static str, i64> = Default::default();
         let (mut alert, mut failed, mut interrupted) = (0, 0, 0);
-        for (id, (change, digest, _)) in view.changes.iter() {
-            if change.per_target_block().is_none() {
+        for (id, held) in view.changes.iter() {
+            if !held.rolls_out() {
                 continue;
             }
+            let (change, digest) = (&held.change(id), &held.digest);
             let all = self.store.change_facts(id).await?;
             alert += all.halts.len() as u64;
             for a in all.attempts.iter().filter(|a| a.target.is_some()) {

@@ -61,7 +61,7 @@ impl Engine {
                 return Ok(Err(refusal));
             }
         };
-        let (change, _, _) = &view.changes[id];
+        let change = &view.changes[id].change(id);
         let (index, phase, number, total) = match next {
             Next::Step(n) | Next::Target { step: n, .. } => {
                 (n, Phase::Step, n + 1, change.steps.len())
@@ -292,9 +292,11 @@ impl Engine {
         // The attempt's own revision: main's, or the one in flight elsewhere.
         let revision = all.revisions.iter().find(|r| r.digest == a.digest).cloned();
         let change = match view.changes.get(&a.change_id) {
-            Some((c, d, _)) if d.as_str() == a.digest => {
-                Some(Arc::new((c.clone(), d.clone(), Vec::new())))
-            }
+            Some(held) if held.digest.as_str() == a.digest => Some(Arc::new((
+                held.change(&a.change_id),
+                held.digest.clone(),
+                Vec::new(),
+            ))),
             _ => revision
                 .as_ref()
                 .and_then(|r| self.revision_set(&a.change_id, r)),

@@ -10,8 +10,8 @@ use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
 use crate::model::references::{bare_words, references};
 use crate::model::{
-    covered_paths, load_change, load_repo_with_progress, ChangeIds, ChangeSet, CoveredPath,
-    Diagnostic, Digest, Entry, RepoModel, SourceFile, TreeView,
+    covered_paths, load_change, load_repo_with_progress, ChangeChecker, ChangeIds, ChangeSet,
+    CoveredPath, Diagnostic, Digest, Entry, RepoModel, SourceFile, TreeView,
 };
 
 /// Change set files read from git by this process: what the persisted view
@@ -337,6 +337,45 @@ impl<'r> Snapshot<'r> {
         count_reads(changes.len());
         let policies = self.files_in("policies")?;
         Ok(load_repo_with_progress(&changes, &policies, self, progress))
+    }
+
+    /// Checks every change set file at this commit one at a time, handing
+    /// each valid one to `keep` as soon as it is checked, so that neither
+    /// every file nor every model is held at once (the server keeps change
+    /// sets packed); returns every problem found, dependency cycles
+    /// included. Calls `progress(done, total)` as it goes.
+    pub fn check_changes(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+        keep: &mut dyn FnMut(ChangeSet),
+    ) -> Result<Vec<Diagnostic>, GitError> {
+        let dir = self.changes_dir();
+        let Some(subtree) = dir.0.clone() else {
+            return Ok(Vec::new());
+        };
+        let blobs = || {
+            subtree
+                .iter()
+                .filter(|e| e.kind() == Some(ObjectType::Blob))
+        };
+        let total = blobs().count();
+        let mut checker = ChangeChecker::new(&dir, self);
+        for entry in blobs() {
+            let bytes = self.checked_blob(entry.id())?;
+            count_reads(1);
+            let path = format!("changes/{}", String::from_utf8_lossy(entry.name_bytes()));
+            self.entries.borrow_mut().insert(
+                path.clone(),
+                file_entry(ObjectType::Blob, entry.filemode(), entry.id()),
+            );
+            if let Some(change) = checker.check(&SourceFile { path, bytes }) {
+                keep(change);
+            }
+            if checker.files % 1000 == 0 && checker.files > 0 {
+                progress(checker.files, total);
+            }
+        }
+        Ok(checker.finish())
     }
 }
 

@@ -3,8 +3,9 @@
 //! event costs what moved, not the size of the repository.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-use super::{covered_roots, ChangeSet};
+use super::{covered_roots, ChangeSet, OnBranch};
 
 /// The change ids whose digest or validity may differ after the files
 /// `changed` moved (added, removed or edited; both sides of a rename):
@@ -32,11 +33,12 @@ fn change_file(path: &str) -> Option<&str> {
 
 /// The changes by covered root and by the ids they depend on: built once
 /// per read of the default branch, so a pull request event looks up only
-/// the paths it changed.
+/// the paths it changed. A change's own file is not a key: `covering`
+/// finds it by name.
 #[derive(Debug, Default)]
 pub struct RootIndex {
-    by_root: HashMap<String, Vec<String>>,
-    dependents: HashMap<String, Vec<String>>,
+    by_root: HashMap<Arc<str>, Vec<Arc<str>>>,
+    dependents: HashMap<Box<str>, Vec<Arc<str>>>,
 }
 
 impl RootIndex {
@@ -44,22 +46,41 @@ impl RootIndex {
     pub fn new<'a>(changes: impl Iterator<Item = &'a ChangeSet>) -> RootIndex {
         let mut index = RootIndex::default();
         for change in changes {
-            for root in covered_roots(change) {
-                index
-                    .by_root
-                    .entry(root)
-                    .or_default()
-                    .push(change.id.clone());
-            }
-            for dep in &change.depends_on {
-                index
-                    .dependents
-                    .entry(dep.clone())
-                    .or_default()
-                    .push(change.id.clone());
-            }
+            let roots = covered_roots(change);
+            index.add(
+                &change.id,
+                roots.iter().map(|r| Arc::from(r.as_str())),
+                change.depends_on.iter().map(String::as_str),
+            );
         }
         index
+    }
+
+    /// The index of the default branch's changes as the view holds them.
+    pub fn of_branch<'a>(changes: impl Iterator<Item = (&'a String, &'a OnBranch)>) -> RootIndex {
+        let mut index = RootIndex::default();
+        for (id, held) in changes {
+            index.add(id, held.roots().cloned(), held.depends_on());
+        }
+        index
+    }
+
+    fn add<'a>(
+        &mut self,
+        id: &str,
+        roots: impl Iterator<Item = Arc<str>>,
+        depends_on: impl Iterator<Item = &'a str>,
+    ) {
+        let id: Arc<str> = Arc::from(id);
+        for root in roots {
+            self.by_root.entry(root).or_default().push(id.clone());
+        }
+        for dep in depends_on {
+            self.dependents
+                .entry(dep.into())
+                .or_default()
+                .push(id.clone());
+        }
     }
 
     /// [`affected`], with this index.
@@ -72,7 +93,13 @@ impl RootIndex {
         out.extend(invalid.iter().cloned());
         for path in changed {
             if let Some(id) = change_file(path) {
-                out.extend(self.dependents.get(id).into_iter().flatten().cloned());
+                out.extend(
+                    self.dependents
+                        .get(id)
+                        .into_iter()
+                        .flatten()
+                        .map(|d| d.to_string()),
+                );
             }
         }
         out
@@ -89,7 +116,13 @@ impl RootIndex {
             // The path itself and each folder above it.
             let mut at = path.as_str();
             loop {
-                out.extend(self.by_root.get(at).into_iter().flatten().cloned());
+                out.extend(
+                    self.by_root
+                        .get(at)
+                        .into_iter()
+                        .flatten()
+                        .map(|c| c.to_string()),
+                );
                 match at.rfind('/') {
                     Some(i) => at = &at[..i],
                     None => break,

@@ -7,6 +7,7 @@ mod affected;
 mod decode;
 pub mod digest;
 mod duration;
+mod packed;
 pub mod policy;
 pub mod references;
 pub mod repo;
@@ -28,9 +29,11 @@ pub use digest::{
     Digest, ABSENT,
 };
 pub use duration::Duration;
+pub use packed::{EmailSets, EmailsById, OnBranch, Roots};
 pub use policy::{policies_in_force, PoliciesInForce};
 pub use repo::{
-    load_change, load_policies, load_repo, load_repo_with_progress, RepoModel, SourceFile,
+    load_change, load_policies, load_repo, load_repo_with_progress, ChangeChecker, RepoModel,
+    SourceFile,
 };
 pub use window::Window;
 pub use yaml::Pos;

@@ -115,34 +115,23 @@ pub fn load_repo_with_progress(
     progress: &mut dyn FnMut(usize, usize),
 ) -> RepoModel {
     let mut model = RepoModel::default();
-    let diagnostics = &mut model.diagnostics;
-
-    let changes: Vec<(&SourceFile, &str)> = change_files
+    let mut ignored = Vec::new();
+    let change_ids: BTreeSet<String> = change_files
         .iter()
-        .filter_map(|f| yaml_stem(f, "changes", diagnostics).map(|s| (f, s)))
+        .filter_map(|f| yaml_stem(f, "changes", &mut ignored).map(str::to_string))
         .collect();
-    let change_ids: BTreeSet<String> = changes.iter().map(|(_, id)| id.to_string()).collect();
-    let ctx = RepoContext {
-        change_ids: &change_ids,
-        tree,
-    };
-    let mut dep_positions = BTreeMap::new();
-    for (file, id) in &changes {
-        model.change_files += 1;
-        if model.change_files % 1000 == 0 {
-            progress(model.change_files, changes.len());
-        }
-        let Some(root) = parse(file, diagnostics) else {
-            continue;
-        };
-        let (change, positions) =
-            decode_change_set(&file.path, id, root.as_ref(), &ctx, diagnostics);
-        if let Some(change) = change {
-            dep_positions.insert(change.id.clone(), positions);
+    let mut checker = ChangeChecker::new(&change_ids, tree);
+    for file in change_files {
+        if let Some(change) = checker.check(file) {
             model.changes.insert(change.id.clone(), change);
         }
+        if checker.files % 1000 == 0 && checker.files > 0 {
+            progress(checker.files, change_ids.len());
+        }
     }
-    report_cycles(&model.changes, &dep_positions, diagnostics);
+    model.change_files = checker.files;
+    model.diagnostics = checker.finish();
+    let diagnostics = &mut model.diagnostics;
 
     let mut budgets: BTreeMap<String, (String, Pos)> = BTreeMap::new();
     for file in policy_files {
@@ -170,6 +159,58 @@ pub fn load_repo_with_progress(
     model.policies.sort_by(|a, b| a.name.cmp(&b.name));
     model.diagnostics.sort();
     model
+}
+
+/// Checks the change set files of one commit one at a time, so a caller
+/// can keep each valid change set in its own form as it comes (the server
+/// packs them) instead of holding every model at once. What spans files
+/// (dependency cycles) is reported by [`ChangeChecker::finish`].
+pub struct ChangeChecker<'a> {
+    ctx: RepoContext<'a>,
+    depends_on: BTreeMap<String, Vec<String>>,
+    positions: BTreeMap<String, Vec<Pos>>,
+    diagnostics: Vec<Diagnostic>,
+    /// How many change set files were checked.
+    pub files: usize,
+}
+
+impl<'a> ChangeChecker<'a> {
+    /// A checker for a commit whose `changes/` holds `change_ids`.
+    pub fn new(change_ids: &'a dyn ChangeIds, tree: &'a dyn TreeView) -> ChangeChecker<'a> {
+        ChangeChecker {
+            ctx: RepoContext { change_ids, tree },
+            depends_on: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            diagnostics: Vec::new(),
+            files: 0,
+        }
+    }
+
+    /// The change set in `file` (a blob directly under `changes/`), if it
+    /// is valid on its own; other files are skipped.
+    pub fn check(&mut self, file: &SourceFile) -> Option<ChangeSet> {
+        let id = yaml_stem(file, "changes", &mut self.diagnostics)?;
+        self.files += 1;
+        let root = parse(file, &mut self.diagnostics)?;
+        let (change, positions) = decode_change_set(
+            &file.path,
+            id,
+            root.as_ref(),
+            &self.ctx,
+            &mut self.diagnostics,
+        );
+        let change = change?;
+        self.depends_on
+            .insert(change.id.clone(), change.depends_on.clone());
+        self.positions.insert(change.id.clone(), positions);
+        Some(change)
+    }
+
+    /// Every problem found, dependency cycles included.
+    pub fn finish(mut self) -> Vec<Diagnostic> {
+        report_cycles(&self.depends_on, &self.positions, &mut self.diagnostics);
+        self.diagnostics
+    }
 }
 
 /// One change set, checked on its own against `change_ids` (every id under
@@ -215,7 +256,7 @@ pub fn load_policies(files: &[SourceFile]) -> RepoModel {
 
 /// Reports each `depends_on` cycle once, at the edge that closes it.
 fn report_cycles(
-    changes: &BTreeMap<String, ChangeSet>,
+    changes: &BTreeMap<String, Vec<String>>,
     positions: &BTreeMap<String, Vec<Pos>>,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
@@ -233,7 +274,7 @@ fn report_cycles(
         let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
         marks.insert(start, Mark::Visiting);
         while let Some((node, next)) = stack.last_mut() {
-            let deps = changes.get(*node).map_or(&[][..], |c| &c.depends_on[..]);
+            let deps = changes.get(*node).map_or(&[][..], |d| &d[..]);
             let Some(dep) = deps.get(*next) else {
                 marks.insert(node, Mark::Done);
                 stack.pop();

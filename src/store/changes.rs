@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::{Store, StoreError, StoredChange, SyncReport};
 use crate::clock::now_ms;
-use crate::model::{ChangeSet, CoveredPath, Digest};
+use crate::model::{ChangeSet, CoveredPath, Digest, EmailSets, EmailsById, OnBranch, Roots};
 
 /// A change row as stored, compared with what a read found.
 struct Known {
@@ -40,12 +40,11 @@ fn earlier_labels(replaced: &str, so_far: Option<&str>) -> String {
 
 /// One change as the default branch holds it, to be stored.
 pub struct BranchChange<'a> {
-    /// The change set.
-    pub change: &'a ChangeSet,
-    /// Its digest.
-    pub digest: &'a Digest,
-    /// What the digest covers.
-    pub covered: &'a [CoveredPath],
+    /// Its id.
+    pub id: &'a str,
+    /// The change set, its digest and what the digest covers (unpacked
+    /// one row at a time as it is written).
+    pub held: &'a OnBranch,
     /// Emails of the commits that touched what it covers.
     pub emails: &'a BTreeSet<String>,
 }
@@ -76,8 +75,10 @@ pub struct BranchDelta<'a> {
 pub struct StoredBranch {
     /// The commit the rows were read at.
     pub commit: String,
-    /// Per change: the set, digest, covered paths and touching emails.
-    pub changes: BTreeMap<String, (ChangeSet, Digest, Vec<CoveredPath>, BTreeSet<String>)>,
+    /// Per change: the set, packed with its digest and covered paths.
+    pub changes: BTreeMap<String, OnBranch>,
+    /// Per change: the emails of the commits that touched what it covers.
+    pub emails: EmailsById,
     /// Change sets there that do not validate.
     pub invalid: BTreeSet<String>,
 }
@@ -112,7 +113,7 @@ impl Store {
             let ids: Vec<&str> = delta
                 .read
                 .iter()
-                .map(|c| c.change.id.as_str())
+                .map(|c| c.id)
                 .chain(delta.removed.iter().map(String::as_str))
                 .collect();
             let mut rows = Vec::new();
@@ -144,12 +145,13 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()?;
         let now = now_ms();
         for c in &delta.read {
-            let id = &c.change.id;
+            let (id, digest) = (c.id, &c.held.digest);
+            let (change, covered) = c.held.unpack(id);
             let before = known.get(id);
             let previous = before.map(|k| k.digest.as_str());
-            let covered = serde_json::to_string(c.covered).unwrap_or_default();
+            let covered = serde_json::to_string(&covered).unwrap_or_default();
             let emails = serde_json::to_string(c.emails).unwrap_or_default();
-            if let Some(k) = before.filter(|k| k.digest == c.digest.as_str()) {
+            if let Some(k) = before.filter(|k| k.digest == digest.as_str()) {
                 // Same revision: only what a newer version adds may be
                 // missing. Authors are only ever added: a full read (after
                 // a rewrite, or by another replica) finds fewer than the
@@ -165,7 +167,7 @@ impl Store {
                     false => {
                         let all: BTreeSet<String> = stored.union(c.emails).cloned().collect();
                         let json = serde_json::to_string(&all).unwrap_or_default();
-                        report.kept_emails.insert(id.clone(), all);
+                        report.kept_emails.insert(id.to_string(), all);
                         json
                     }
                 };
@@ -181,7 +183,7 @@ impl Store {
                 }
                 continue;
             }
-            let definition = serde_json::to_string(c.change).unwrap_or_default();
+            let definition = serde_json::to_string(&change).unwrap_or_default();
             // Every earlier revision's kind and targets, cumulatively: two
             // edits in a row must not shed a policy either.
             let labels = before.map(|k| earlier_labels(&k.definition, k.previous.as_deref()));
@@ -192,10 +194,10 @@ impl Store {
                    previous_definition = $8, covered = $9, emails = $10",
             )
             .bind(id)
-            .bind(&c.change.title)
-            .bind(&c.change.kind)
+            .bind(&change.title)
+            .bind(&change.kind)
             .bind(delta.commit)
-            .bind(c.digest.as_str())
+            .bind(digest.as_str())
             .bind(&definition)
             .bind(now)
             .bind(labels)
@@ -206,7 +208,7 @@ impl Store {
             sqlx::query("INSERT INTO change_digests (change_id, commit_sha, digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(id)
                 .bind(delta.commit)
-                .bind(c.digest.as_str())
+                .bind(digest.as_str())
                 .execute(w.conn())
                 .await?;
             let (kind, data) = match previous {
@@ -214,21 +216,21 @@ impl Store {
                     report.added += 1;
                     (
                         "change.seen",
-                        serde_json::json!({"commit": delta.commit, "digest": c.digest}),
+                        serde_json::json!({"commit": delta.commit, "digest": digest}),
                     )
                 }
                 Some(old) => {
                     report.redigested += 1;
                     (
                         "change.digest-changed",
-                        serde_json::json!({"commit": delta.commit, "digest": c.digest, "previous": old}),
+                        serde_json::json!({"commit": delta.commit, "digest": digest, "previous": old}),
                     )
                 }
             };
             w.audit("changegate", kind, Some(id), data).await?;
         }
         let gone: Vec<&String> = if delta.full {
-            let read: HashSet<&str> = delta.read.iter().map(|c| c.change.id.as_str()).collect();
+            let read: HashSet<&str> = delta.read.iter().map(|c| c.id).collect();
             known
                 .keys()
                 .filter(|id| !read.contains(id.as_str()))
@@ -309,7 +311,12 @@ impl Store {
         let mut rows =
             sqlx::query("SELECT id, default_digest, definition, covered, emails FROM changes")
                 .fetch(&self.pool);
-        let mut changes = BTreeMap::new();
+        let (mut changes, mut all_emails, mut roots, mut sets) = (
+            BTreeMap::new(),
+            BTreeMap::new(),
+            Roots::default(),
+            EmailSets::default(),
+        );
         while let Some(r) = futures_util::TryStreamExt::try_next(&mut rows).await? {
             let id: String = r.try_get("id")?;
             let definition: String = r.try_get("definition")?;
@@ -332,11 +339,16 @@ impl Store {
             if digest.as_str() != r.try_get::<String, _>("default_digest")? {
                 return Ok(None);
             }
-            changes.insert(id, (change, digest, covered, emails));
+            changes.insert(
+                id.clone(),
+                OnBranch::new(&change, digest, &covered, &mut roots),
+            );
+            all_emails.insert(id, sets.get(emails));
         }
         Ok(Some(StoredBranch {
             commit,
             changes,
+            emails: all_emails,
             invalid,
         }))
     }

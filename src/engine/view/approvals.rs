@@ -82,7 +82,7 @@ pub fn approval_of(
         .view
         .authors
         .get(&change.id)
-        .cloned()
+        .map(|a| (**a).clone())
         .unwrap_or_default();
     authors.extend(facts.github.authors.iter().cloned());
     let identities: BTreeSet<String> = world.config.tokens.iter().map(|t| t.name.clone()).collect();

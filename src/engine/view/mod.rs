@@ -10,6 +10,7 @@ pub use progress::{
     step_progress, step_progress_in, Focus,
 };
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -22,15 +23,16 @@ use crate::gate::{
     self, ApprovalStatus, Breaker, ChangeState, ClaimContext, Directory, Next, Refusal, StepState,
 };
 use crate::model::{
-    policies_in_force, ChangeSet, CoveredPath, Diagnostic, Digest, PoliciesInForce, Policy, Window,
+    policies_in_force, ChangeSet, CoveredPath, Diagnostic, Digest, EmailsById, OnBranch,
+    PoliciesInForce, Policy, Window,
 };
 use crate::store::{
     Attempt, ChangeFacts, GoAheadRecord, OperatorAction, RevisionRecord, TargetLock,
 };
 
-/// Each valid change set on the default branch by id, with its digest and
-/// covered paths.
-pub type BranchChanges = BTreeMap<String, (ChangeSet, Digest, Vec<CoveredPath>)>;
+/// Each valid change set on the default branch by id, packed
+/// ([`OnBranch`]: unpack the one a decision needs).
+pub type BranchChanges = BTreeMap<String, OnBranch>;
 
 /// The default branch as last read.
 #[derive(Debug, Clone, Default)]
@@ -49,10 +51,10 @@ pub struct RepoView {
     /// default branch. Policies that matched those keep governing it.
     pub previous_labels: BTreeMap<String, Vec<(String, Vec<String>)>>,
     /// Per change: names and logins of its authors (from commit emails).
-    pub authors: Arc<BTreeMap<String, BTreeSet<String>>>,
+    pub authors: Arc<BTreeMap<String, Arc<BTreeSet<String>>>>,
     /// Per change: the emails of the commits that touched what it covers
     /// (authors are worked out from them and `[[tokens]]`).
-    pub emails: Arc<BTreeMap<String, BTreeSet<String>>>,
+    pub emails: Arc<EmailsById>,
     /// Change sets on the default branch that do not validate.
     pub invalid: BTreeSet<String>,
     /// Its changes by covered root, for what a pull request touches.
@@ -110,19 +112,13 @@ impl RepoView {
     /// The view as the last run stored it: its commit, changes, emails and
     /// invalid ids (policies and the rest are read afresh).
     pub fn from_stored(stored: crate::store::StoredBranch) -> RepoView {
-        let mut view = RepoView {
+        RepoView {
             commit: stored.commit,
             invalid: stored.invalid,
+            changes: Arc::new(stored.changes),
+            emails: Arc::new(stored.emails),
             ..RepoView::default()
-        };
-        let (mut changes, mut emails) = (BTreeMap::new(), BTreeMap::new());
-        for (id, (change, digest, covered, by)) in stored.changes {
-            emails.insert(id.clone(), by);
-            changes.insert(id, (change, digest, covered));
         }
-        view.changes = Arc::new(changes);
-        view.emails = Arc::new(emails);
-        view
     }
 
     /// The policies governing `change` (with covered paths `covered`):
@@ -155,6 +151,15 @@ impl RepoView {
     }
 }
 
+/// A change as [`RepoView::lookup`] finds it: (change, digest, covered
+/// paths, the proposal when it is only proposed).
+type Found<'a> = (
+    Cow<'a, ChangeSet>,
+    &'a Digest,
+    Cow<'a, [CoveredPath]>,
+    Option<&'a Proposal>,
+);
+
 /// A change set as an open pull request would have it.
 #[derive(Debug, Clone)]
 pub struct Proposal {
@@ -172,16 +177,31 @@ pub struct Proposal {
 
 impl RepoView {
     /// The change on the default branch, else its latest proposal.
-    fn lookup(&self, id: &str) -> Option<(&ChangeSet, &Digest, &[CoveredPath], Option<&Proposal>)> {
+    fn lookup(&self, id: &str) -> Option<Found<'_>> {
         match self.changes.get(id) {
-            Some((c, d, covered)) => Some((c, d, covered, None)),
+            Some(held) => {
+                let (change, covered) = held.unpack(id);
+                Some((Cow::Owned(change), &held.digest, Cow::Owned(covered), None))
+            }
             None => self
                 .proposals
                 .iter()
                 .rev()
                 .find(|p| p.change.id == id)
-                .map(|p| (&p.change, &p.digest, &p.covered[..], Some(p))),
+                .map(|p| {
+                    let (change, covered) =
+                        (Cow::Borrowed(&p.change), Cow::Borrowed(&p.covered[..]));
+                    (change, &p.digest, covered, Some(p))
+                }),
         }
+    }
+
+    /// The change `id` on the default branch, unpacked: (change, digest,
+    /// covered paths).
+    pub fn on_branch(&self, id: &str) -> Option<(ChangeSet, &Digest, Vec<CoveredPath>)> {
+        let held = self.changes.get(id)?;
+        let (change, covered) = held.unpack(id);
+        Some((change, &held.digest, covered))
     }
 
     /// Ids of changes only proposed so far.
@@ -392,7 +412,10 @@ fn assess(
     facts: &ChangeFacts,
     executor_digest: Option<&str>,
 ) -> (ChangeStatus, Result<Next, Refusal>) {
-    let main = world.view.lookup(id);
+    let found = world.view.lookup(id);
+    let main = found
+        .as_ref()
+        .map(|(c, d, covered, p)| (&**c, *d, &**covered, *p));
     // A proposal has no revisions yet; a change on main may.
     let main_digest = main
         .filter(|m| m.3.is_none())
@@ -569,15 +592,21 @@ fn status_at(
         .depends_on
         .iter()
         .map(|dep| {
-            let dep_change = world.view.changes.get(dep);
+            let dep_change = world
+                .view
+                .changes
+                .get(dep)
+                .map(|h| (h.change(dep), &h.digest));
             let dep_facts = world.dependency_facts.get(dep).cloned().unwrap_or_default();
             // A completed revision satisfies dependents, whatever main holds now.
             let state = if dep_facts.completed().is_some() && dep_facts.in_flight().is_none() {
                 Some(ChangeState::Completed)
             } else {
-                dep_change.map(|(c, d, _)| state_of(c, &dep_facts.for_revision(d.as_str()), false))
+                dep_change
+                    .as_ref()
+                    .map(|(c, d)| state_of(c, &dep_facts.for_revision(d.as_str()), false))
             };
-            let failure = dep_change.and_then(|(c, _, _)| {
+            let failure = dep_change.as_ref().and_then(|(c, _)| {
                 step_progress(c, &dep_facts)
                     .iter()
                     .zip(&c.steps)
@@ -611,9 +640,9 @@ fn status_at(
                     .view
                     .changes
                     .get(&l.change_id)
-                    .map_or(ChangeState::Failed, |(c, _, _)| {
+                    .map_or(ChangeState::Failed, |held| {
                         state_of(
-                            c,
+                            &held.change(&l.change_id),
                             world
                                 .dependency_facts
                                 .get(&l.change_id)
