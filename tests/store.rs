@@ -3,17 +3,20 @@
 mod common;
 
 use changegate::git::ChangeRepo;
-use changegate::model::{covered_paths, ChangeSet, Digest, OnBranch, Roots};
+use changegate::model::{covered_paths, ChangeSet, CoveredPath, Digest, OnBranch, Shared};
 use changegate::store::{BranchChange, BranchDelta, ChainBreak, RecordOutcome, Store, SyncReport};
 use common::{db, simple_change, TestRepo};
 
-fn changes_at_head(repo: &TestRepo) -> (String, Vec<(ChangeSet, Digest)>) {
+/// Each change at the head with its digest and covered paths.
+type AtHead = Vec<(ChangeSet, Digest, Vec<CoveredPath>)>;
+
+fn changes_at_head(repo: &TestRepo) -> (String, AtHead) {
     let r = ChangeRepo::open(repo.path()).unwrap();
     let snap = r.at("HEAD").unwrap();
     let model = snap.load_model().unwrap();
     let changes = model.changes.into_values().map(|c| {
-        let d = Digest::of(&covered_paths(&c, &snap).unwrap());
-        (c, d)
+        let covered = covered_paths(&c, &snap).unwrap();
+        (c, Digest::of(&covered), covered)
     });
     (snap.commit_id().to_string(), changes.collect())
 }
@@ -163,16 +166,16 @@ fn an_api_approval_is_recorded_once_and_only_for_the_current_digest() {
 }
 
 /// Records `changes` as every change on `main` at `commit`.
-async fn sync(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)]) -> SyncReport {
+async fn sync(store: &Store, commit: &str, changes: &AtHead) -> SyncReport {
     let none = std::collections::BTreeSet::new();
     let held: Vec<OnBranch> = changes
         .iter()
-        .map(|(change, digest)| OnBranch::new(change, digest.clone(), &[], &mut Roots::default()))
+        .map(|(change, _, covered)| OnBranch::new(change, covered, &mut Shared::default()))
         .collect();
     let read = changes
         .iter()
         .zip(&held)
-        .map(|((change, _), held)| BranchChange {
+        .map(|((change, _, _), held)| BranchChange {
             id: &change.id,
             held,
             emails: &none,
@@ -193,7 +196,7 @@ async fn sync(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)]) -> S
 }
 
 /// A store with five audit events.
-async fn five_events(store: &Store, commit: &str, changes: &[(ChangeSet, Digest)]) {
+async fn five_events(store: &Store, commit: &str, changes: &AtHead) {
     sync(store, commit, changes).await;
     for who in ["alice", "bob", "carol"] {
         store
@@ -343,7 +346,7 @@ fn a_full_read_never_drops_an_author_the_store_knew() {
         let (commit, changes) = changes_at_head(&repo);
         let change = &changes[0].0;
         // No covered paths: the stored row must agree with its digest.
-        let held = OnBranch::new(change, Digest::of(&[]), &[], &mut Roots::default());
+        let held = OnBranch::new(change, &[], &mut Shared::default());
         let none = std::collections::BTreeSet::new();
         let delta = |emails| BranchDelta {
             branch: "main",

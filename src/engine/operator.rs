@@ -135,7 +135,7 @@ impl Engine {
             let world = self.world(id, &view, &read, &breaker, now_ms());
             fresh_approval(
                 &world,
-                (change, digest, covered),
+                (change, &digest, covered),
                 facts,
                 (failed_at, actor),
                 &format!("retrying `{id}`"),
@@ -238,7 +238,7 @@ impl Engine {
             let world = self.world(id, &view, &read, &breaker, now_ms());
             fresh_approval(
                 &world,
-                (change, digest, covered),
+                (change, &digest, covered),
                 facts,
                 (failed_at, actor),
                 &format!("rolling back `{id}`"),
@@ -314,8 +314,8 @@ impl Engine {
         let view = self.view();
         let mut w = self.store.write().await?;
         let facts = w.change_facts(id).await?;
-        let main = view.changes.get(id).map(|h| h.digest.as_str());
-        let digest = match view::revision_focus(main, &facts) {
+        let main = view.changes.get(id).map(|h| h.digest());
+        let digest = match view::revision_focus(main.as_ref().map(|d| d.as_str()), &facts) {
             view::Focus::InFlight(r) => r.digest.clone(),
             view::Focus::Completed(r) => {
                 return Err(refused(

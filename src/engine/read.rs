@@ -10,8 +10,8 @@ use crate::config::Config;
 use crate::git::touched::policy_deletion;
 use crate::git::{ChangeRepo, GitError, Snapshot};
 use crate::model::{
-    covered_paths, is_policy_path, load_policies, Digest, EmailSets, EmailsById, Entry, OnBranch,
-    RootIndex, Roots, TreeView, ABSENT,
+    covered_paths, is_policy_path, load_policies, EmailSets, EmailsById, Entry, OnBranch,
+    RootIndex, Shared, TreeView, ABSENT,
 };
 
 /// Where change sets are read from: the bare mirror under `data_dir` when
@@ -188,14 +188,14 @@ pub fn read_branch(
     let mut changes = (*base.changes).clone();
     let mut emails = (*base.emails).clone();
     view.invalid = base.invalid.clone();
-    let (mut read, mut removed, mut roots) = (Vec::new(), Vec::new(), Roots::default());
+    let (mut read, mut removed, mut shared) = (Vec::new(), Vec::new(), Shared::default());
     for (id, found) in snapshot.changes_by_id(&ids) {
         let was_valid = changes.remove(&id).is_some();
         emails.remove(&id);
         view.invalid.remove(&id);
         match found {
             Ok(at) => {
-                let held = OnBranch::new(&at.change, at.digest, &at.covered, &mut roots);
+                let held = OnBranch::new(&at.change, &at.covered, &mut shared);
                 changes.insert(id.clone(), held);
                 read.push(id);
                 continue;
@@ -285,22 +285,21 @@ fn fresh_view(snapshot: &Snapshot<'_>) -> Result<RepoView, GitError> {
 pub fn authors_of(config: &Config, emails: &EmailsById) -> BTreeMap<String, Arc<BTreeSet<String>>> {
     let mut by_emails: HashMap<*const BTreeSet<String>, Option<Arc<BTreeSet<String>>>> =
         HashMap::new();
-    let mut out = BTreeMap::new();
-    for (id, emails) in emails {
-        let who = by_emails.entry(Arc::as_ptr(emails)).or_insert_with(|| {
-            let who: BTreeSet<String> = config
-                .tokens
-                .iter()
-                .filter(|t| t.emails.iter().any(|e| emails.contains(e)))
-                .flat_map(|t| std::iter::once(t.name.clone()).chain(t.github.clone()))
-                .collect();
-            (!who.is_empty()).then(|| Arc::new(who))
-        });
-        if let Some(who) = who {
-            out.insert(id.clone(), who.clone());
-        }
-    }
-    out
+    emails
+        .iter()
+        .filter_map(|(id, emails)| {
+            let who = by_emails.entry(Arc::as_ptr(emails)).or_insert_with(|| {
+                let who: BTreeSet<String> = config
+                    .tokens
+                    .iter()
+                    .filter(|t| t.emails.iter().any(|e| emails.contains(e)))
+                    .flat_map(|t| std::iter::once(t.name.clone()).chain(t.github.clone()))
+                    .collect();
+                (!who.is_empty()).then(|| Arc::new(who))
+            });
+            Some((id.clone(), who.clone()?))
+        })
+        .collect()
 }
 
 /// Reads every change set at `snapshot`, logging progress at least every
@@ -308,7 +307,7 @@ pub fn authors_of(config: &Config, emails: &EmailsById) -> BTreeMap<String, Arc<
 fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<BranchRead, GitError> {
     let started = std::time::Instant::now();
     let mut logged = started;
-    let (mut changes, mut roots) = (BTreeMap::new(), Roots::default());
+    let (mut changes, mut shared) = (Vec::new(), Shared::default());
     // Each change set is packed as soon as it is checked: the models of
     // 100,000 change sets never exist at once.
     let diagnostics = snapshot.check_changes(
@@ -320,9 +319,8 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
         },
         &mut |change| match covered_paths(&change, snapshot) {
             Ok(covered) => {
-                let digest = Digest::of(&covered);
-                let held = OnBranch::new(&change, digest, &covered, &mut roots);
-                changes.insert(change.id, held);
+                let held = OnBranch::new(&change, &covered, &mut shared);
+                changes.push((change.id, held));
             }
             Err(e) => tracing::warn!(change = %change.id, error = %e, "no digest"),
         },
@@ -331,7 +329,7 @@ fn read_default_branch(config: &Config, snapshot: &Snapshot<'_>) -> Result<Branc
         tracing::warn!(diagnostic = %d, "invalid on the default branch");
     }
     let mut view = fresh_view(snapshot)?;
-    view.changes = Arc::new(changes);
+    view.changes = Arc::new(changes.into_iter().collect());
     // Every change set file without a digest is re-checked on each move,
     // whatever its errors were reported against (a targets file, say).
     view.invalid = snapshot

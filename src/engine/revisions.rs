@@ -14,8 +14,8 @@ impl Engine {
     ) -> BTreeMap<String, Arc<view::RevisionSet>> {
         let mut out = BTreeMap::new();
         for (id, facts) in facts {
-            let main = view.changes.get(id).map(|h| h.digest.as_str());
-            let revision = match view::revision_focus(main, facts) {
+            let main = view.changes.get(id).map(|h| h.digest());
+            let revision = match view::revision_focus(main.as_ref().map(|d| d.as_str()), facts) {
                 view::Focus::InFlight(r) | view::Focus::Completed(r) => r,
                 view::Focus::Main => continue,
             };
@@ -36,8 +36,8 @@ impl Engine {
             .filter_map(|(id, d)| {
                 view.changes
                     .get(id)
-                    .filter(|held| held.digest.as_str() == d)
-                    .map(|held| (id, held.change(id), &held.digest))
+                    .filter(|held| held.digest().as_str() == d)
+                    .map(|held| (id, held.change(id), held.digest()))
             })
             .collect();
         if candidates.is_empty() {

@@ -120,7 +120,7 @@ impl Engine {
         if !held.rolls_out() || self.monitors(id).is_empty() {
             return Ok(Watch::Quiet);
         }
-        let (change, digest) = (&held.change(id), &held.digest);
+        let (change, digest) = (&held.change(id), &held.digest());
         let facts = self.store.change_facts(id).await?;
         let facts = facts.for_revision(digest.as_str());
         if let Some(h) = facts.halt() {
@@ -233,7 +233,7 @@ impl Engine {
             if !held.rolls_out() {
                 continue;
             }
-            let (change, digest) = (&held.change(id), &held.digest);
+            let (change, digest) = (&held.change(id), &held.digest());
             let all = self.store.change_facts(id).await?;
             alert += all.halts.len() as u64;
             for a in all.attempts.iter().filter(|a| a.target.is_some()) {

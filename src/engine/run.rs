@@ -292,9 +292,9 @@ impl Engine {
         // The attempt's own revision: main's, or the one in flight elsewhere.
         let revision = all.revisions.iter().find(|r| r.digest == a.digest).cloned();
         let change = match view.changes.get(&a.change_id) {
-            Some(held) if held.digest.as_str() == a.digest => Some(Arc::new((
+            Some(held) if held.digest().as_str() == a.digest => Some(Arc::new((
                 held.change(&a.change_id),
-                held.digest.clone(),
+                held.digest(),
                 Vec::new(),
             ))),
             _ => revision

@@ -34,53 +34,105 @@ fn change_file(path: &str) -> Option<&str> {
 /// The changes by covered root and by the ids they depend on: built once
 /// per read of the default branch, so a pull request event looks up only
 /// the paths it changed. A change's own file is not a key: `covering`
-/// finds it by name.
+/// finds it by name. Changes are held by position in `ids` (4 bytes per
+/// mention, where 100,000 changes running the same five scripts make
+/// 500,000 mentions).
 #[derive(Debug, Default)]
 pub struct RootIndex {
-    by_root: HashMap<Arc<str>, Vec<Arc<str>>>,
-    dependents: HashMap<Box<str>, Vec<Arc<str>>>,
+    /// Every indexed change's id, sorted.
+    ids: Vec<Box<str>>,
+    by_root: HashMap<Arc<str>, Vec<u32>>,
+    /// (position of the id depended on, position of the dependent), sorted.
+    dependents: Vec<(u32, u32)>,
+    /// The same for ids that are not indexed (a change set that does not
+    /// validate), by name.
+    dependents_by_name: Vec<(Box<str>, u32)>,
 }
 
 impl RootIndex {
     /// The index of `changes`.
     pub fn new<'a>(changes: impl Iterator<Item = &'a ChangeSet>) -> RootIndex {
-        let mut index = RootIndex::default();
-        for change in changes {
-            let roots = covered_roots(change);
-            index.add(
-                &change.id,
-                roots.iter().map(|r| Arc::from(r.as_str())),
-                change.depends_on.iter().map(String::as_str),
-            );
-        }
-        index
+        RootIndex::build(
+            changes
+                .map(|c| {
+                    let roots: Vec<Arc<str>> = covered_roots(c)
+                        .iter()
+                        .map(|r| Arc::from(r.as_str()))
+                        .collect();
+                    (
+                        c.id.as_str(),
+                        roots,
+                        c.depends_on.iter().map(String::as_str),
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// The index of the default branch's changes as the view holds them.
     pub fn of_branch<'a>(changes: impl Iterator<Item = (&'a String, &'a OnBranch)>) -> RootIndex {
+        RootIndex::build(
+            changes
+                .map(|(id, held)| {
+                    (
+                        id.as_str(),
+                        held.roots().cloned().collect(),
+                        held.depends_on(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn build<'a>(
+        mut changes: Vec<(&'a str, Vec<Arc<str>>, impl Iterator<Item = &'a str>)>,
+    ) -> RootIndex {
+        changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut index = RootIndex::default();
-        for (id, held) in changes {
-            index.add(id, held.roots().cloned(), held.depends_on());
+        let mut edges = Vec::new();
+        for (at, (id, roots, depends_on)) in changes.into_iter().enumerate() {
+            let at = at as u32;
+            index.ids.push(id.into());
+            for root in roots {
+                index.by_root.entry(root).or_default().push(at);
+            }
+            edges.extend(depends_on.map(|dep| (dep, at)));
         }
+        for list in index.by_root.values_mut() {
+            list.shrink_to_fit();
+        }
+        for (dep, at) in edges {
+            match index.position(dep) {
+                Some(of) => index.dependents.push((of, at)),
+                None => index.dependents_by_name.push((dep.into(), at)),
+            }
+        }
+        index.dependents.sort_unstable();
+        index.dependents_by_name.sort_unstable();
         index
     }
 
-    fn add<'a>(
-        &mut self,
-        id: &str,
-        roots: impl Iterator<Item = Arc<str>>,
-        depends_on: impl Iterator<Item = &'a str>,
-    ) {
-        let id: Arc<str> = Arc::from(id);
-        for root in roots {
-            self.by_root.entry(root).or_default().push(id.clone());
-        }
-        for dep in depends_on {
-            self.dependents
-                .entry(dep.into())
-                .or_default()
-                .push(id.clone());
-        }
+    fn position(&self, id: &str) -> Option<u32> {
+        self.ids
+            .binary_search_by(|i| (**i).cmp(id))
+            .ok()
+            .map(|p| p as u32)
+    }
+
+    /// The changes that depend on `id`.
+    fn dependents_of(&self, id: &str) -> impl Iterator<Item = &str> {
+        let known = self.position(id).map_or(&[][..], |of| {
+            let from = self.dependents.partition_point(|(d, _)| *d < of);
+            let to = self.dependents.partition_point(|(d, _)| *d <= of);
+            &self.dependents[from..to]
+        });
+        let from = self.dependents_by_name.partition_point(|(d, _)| &**d < id);
+        let to = self.dependents_by_name.partition_point(|(d, _)| &**d <= id);
+        known
+            .iter()
+            .map(|(_, at)| *at)
+            .chain(self.dependents_by_name[from..to].iter().map(|(_, at)| *at))
+            .map(|at| &*self.ids[at as usize])
     }
 
     /// [`affected`], with this index.
@@ -93,13 +145,7 @@ impl RootIndex {
         out.extend(invalid.iter().cloned());
         for path in changed {
             if let Some(id) = change_file(path) {
-                out.extend(
-                    self.dependents
-                        .get(id)
-                        .into_iter()
-                        .flatten()
-                        .map(|d| d.to_string()),
-                );
+                out.extend(self.dependents_of(id).map(str::to_string));
             }
         }
         out
@@ -121,7 +167,7 @@ impl RootIndex {
                         .get(at)
                         .into_iter()
                         .flatten()
-                        .map(|c| c.to_string()),
+                        .map(|c| self.ids[*c as usize].to_string()),
                 );
                 match at.rfind('/') {
                     Some(i) => at = &at[..i],

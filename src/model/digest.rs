@@ -65,7 +65,7 @@ fn symlink(path: &str) -> String {
 }
 
 /// A covered path and the id of its blob at the commit.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub struct CoveredPath {
     /// Slash-separated path from the repository root.
     pub path: String,
@@ -143,6 +143,11 @@ pub struct Digest(String);
 impl Digest {
     /// The digest over covered paths, which must be sorted and unique.
     pub fn of(covered: &[CoveredPath]) -> Digest {
+        Digest::from_sha256(Digest::sha256_of(covered))
+    }
+
+    /// The SHA-256 behind [`Digest::of`], as bytes.
+    pub fn sha256_of(covered: &[CoveredPath]) -> [u8; 32] {
         let mut hasher = Sha256::new();
         for c in covered {
             hasher.update(c.path.as_bytes());
@@ -150,7 +155,12 @@ impl Digest {
             hasher.update(c.blob.as_bytes());
             hasher.update(b"\n");
         }
-        Digest(format!("sha256:{}", hex::encode(hasher.finalize())))
+        hasher.finalize().into()
+    }
+
+    /// The digest whose SHA-256 is `sha256`.
+    pub fn from_sha256(sha256: [u8; 32]) -> Digest {
+        Digest(format!("sha256:{}", hex::encode(sha256)))
     }
 
     /// The `sha256:<hex>` text.

@@ -12,58 +12,86 @@ use super::{covered_roots, ChangeSet, CoveredPath, Digest};
 
 /// Text most packed change sets share (keys, the usual values), given to
 /// LZ4 as a dictionary so that even a short change set compresses.
-const DICTIONARY: &[u8] = br#"[{"path":"changes/scripts/","blob":""},{"path":"changes/","blob":""}]
-[{"title":"","description":"","kind":"config","targets":[],"targets_from":"","rollout":{},"depends_on":[],"env":{},"include":[],"timeout":"10m","steps":[{"id":"","run":"./changes/scripts/","check":"./changes/scripts/","verify":"./changes/scripts/","rollback":"./changes/scripts/","timeout":"5m","confirm":false,"targets":[]},{"id":"release","run":"./changes/scripts/","confirm":true}]}"#;
+const DICTIONARY: &[u8] = br#"{"title":"","description":"","kind":"config","targets":[],"targets_from":"","rollout":{},"depends_on":[],"env":{},"include":[],"timeout":"10m","steps":[{"id":"","run":"./changes/scripts/","check":"./changes/scripts/","verify":"./changes/scripts/","rollback":"./changes/scripts/","timeout":"5m","confirm":false,"targets":[]},{"id":"release","run":"./changes/scripts/","confirm":true}]}"#;
 
 /// One change set on the default branch.
 #[derive(Debug, Clone)]
 pub struct OnBranch {
-    /// Its digest.
-    pub digest: Digest,
-    /// Its covered roots other than its own file ([`covered_roots`]).
-    roots: Box<[Arc<str>]>,
+    /// The SHA-256 of its digest ([`Digest::of`] its covered paths).
+    digest: [u8; 32],
+    /// The blob id of `changes/<id>.yaml`, when it is taken out of
+    /// `covered` (its path follows from the id).
+    own_blob: Option<[u8; 20]>,
+    /// Its other covered paths: most change sets run the same scripts, so
+    /// equal lists are held once ([`Shared`]).
+    covered: Arc<[CoveredPath]>,
+    /// Its covered roots other than its own file ([`covered_roots`]),
+    /// shared the same way.
+    roots: Arc<[Arc<str>]>,
     /// The ids it depends on.
     depends_on: Box<[Box<str>]>,
     /// Whether it rolls out target by target (it has a per-target block).
     rolls_out: bool,
-    /// `[change, covered]` as JSON, LZ4-compressed with [`DICTIONARY`].
+    /// The change set as JSON, LZ4-compressed with [`DICTIONARY`].
     packed: Box<[u8]>,
 }
 
-/// One copy of each covered root shared by many change sets (a script
-/// every change runs is held once, not 100,000 times).
+/// One copy of each covered root, root list and covered list that many
+/// change sets share (a script every change runs is held once, not
+/// 100,000 times).
 #[derive(Debug, Default)]
-pub struct Roots(HashSet<Arc<str>>);
+pub struct Shared {
+    roots: HashSet<Arc<str>>,
+    root_lists: HashSet<Arc<[Arc<str>]>>,
+    covered_lists: HashSet<Arc<[CoveredPath]>>,
+}
 
-impl Roots {
-    fn get(&mut self, root: &str) -> Arc<str> {
-        if let Some(known) = self.0.get(root) {
+impl Shared {
+    fn root(&mut self, root: &str) -> Arc<str> {
+        if let Some(known) = self.roots.get(root) {
             return known.clone();
         }
         let root: Arc<str> = Arc::from(root);
-        self.0.insert(root.clone());
+        self.roots.insert(root.clone());
         root
+    }
+
+    fn list<T: Eq + std::hash::Hash>(set: &mut HashSet<Arc<[T]>>, list: Vec<T>) -> Arc<[T]> {
+        if let Some(known) = set.get(&list[..]) {
+            return known.clone();
+        }
+        let list: Arc<[T]> = list.into();
+        set.insert(list.clone());
+        list
     }
 }
 
 impl OnBranch {
-    /// Packs `change` with its digest and covered paths.
-    pub fn new(
-        change: &ChangeSet,
-        digest: Digest,
-        covered: &[CoveredPath],
-        roots: &mut Roots,
-    ) -> OnBranch {
-        let json = serde_json::to_vec(&(change, covered))
-            .expect("a change set and its covered paths always serialize");
+    /// Packs `change` with its covered paths (sorted by path, each once, as
+    /// [`covered_paths`](super::covered_paths) gives them); the digest is
+    /// worked out from them.
+    pub fn new(change: &ChangeSet, covered: &[CoveredPath], shared: &mut Shared) -> OnBranch {
+        let json = serde_json::to_vec(change).expect("a change set always serializes");
         let own = format!("changes/{}.yaml", change.id);
+        let own_blob = covered
+            .iter()
+            .find(|c| c.path == own)
+            .and_then(|c| <[u8; 20]>::try_from(hex::decode(&c.blob).ok()?).ok());
+        let others: Vec<CoveredPath> = covered
+            .iter()
+            .filter(|c| own_blob.is_none() || c.path != own)
+            .cloned()
+            .collect();
+        let roots: Vec<Arc<str>> = covered_roots(change)
+            .iter()
+            .filter(|r| **r != own)
+            .map(|r| shared.root(r))
+            .collect();
         OnBranch {
-            digest,
-            roots: covered_roots(change)
-                .iter()
-                .filter(|r| **r != own)
-                .map(|r| roots.get(r))
-                .collect(),
+            digest: Digest::sha256_of(covered),
+            own_blob,
+            covered: Shared::list(&mut shared.covered_lists, others),
+            roots: Shared::list(&mut shared.root_lists, roots),
             depends_on: change
                 .depends_on
                 .iter()
@@ -74,21 +102,39 @@ impl OnBranch {
         }
     }
 
-    /// The change set `id` and its covered paths.
-    pub fn unpack(&self, id: &str) -> (ChangeSet, Vec<CoveredPath>) {
-        // Only `new` wrote these bytes, from values that serialize and
-        // parse back: a failure here is a bug, not bad input.
-        let json = lz4_flex::block::decompress_size_prepended_with_dict(&self.packed, DICTIONARY)
-            .expect("packed by OnBranch::new");
-        let (mut change, covered): (ChangeSet, Vec<CoveredPath>) =
-            serde_json::from_slice(&json).expect("packed by OnBranch::new");
-        change.id = id.to_string();
-        (change, covered)
+    /// Its digest.
+    pub fn digest(&self) -> Digest {
+        Digest::from_sha256(self.digest)
     }
 
     /// The change set `id`.
     pub fn change(&self, id: &str) -> ChangeSet {
-        self.unpack(id).0
+        // Only `new` wrote these bytes, from a value that serializes and
+        // parses back: a failure here is a bug, not bad input.
+        let json = lz4_flex::block::decompress_size_prepended_with_dict(&self.packed, DICTIONARY)
+            .expect("packed by OnBranch::new");
+        let mut change: ChangeSet = serde_json::from_slice(&json).expect("packed by OnBranch::new");
+        change.id = id.to_string();
+        change
+    }
+
+    /// The covered paths of change `id`, sorted by path.
+    pub fn covered(&self, id: &str) -> Vec<CoveredPath> {
+        let mut covered = self.covered.to_vec();
+        if let Some(blob) = self.own_blob {
+            let own = CoveredPath {
+                path: format!("changes/{id}.yaml"),
+                blob: hex::encode(blob),
+            };
+            let at = covered.partition_point(|c| c.path < own.path);
+            covered.insert(at, own);
+        }
+        covered
+    }
+
+    /// The change set `id` and its covered paths.
+    pub fn unpack(&self, id: &str) -> (ChangeSet, Vec<CoveredPath>) {
+        (self.change(id), self.covered(id))
     }
 
     /// Its covered roots other than `changes/<id>.yaml`.
@@ -167,13 +213,12 @@ mod tests {
         )
         .unwrap();
         let covered = crate::model::covered_paths(&change, &Tree).unwrap();
-        let digest = Digest::of(&covered);
-        let mut roots = Roots::default();
-        let held = OnBranch::new(&change, digest.clone(), &covered, &mut roots);
+        let mut shared = Shared::default();
+        let held = OnBranch::new(&change, &covered, &mut shared);
         let (back, back_covered) = held.unpack("rotate");
         assert_eq!(back, change);
         assert_eq!(back_covered, covered);
-        assert_eq!(held.digest, digest);
+        assert_eq!(held.digest(), Digest::of(&covered));
         assert_eq!(held.depends_on().collect::<Vec<_>>(), ["base"]);
         let roots_held: Vec<&str> = held.roots().map(|r| &**r).collect();
         assert!(
@@ -186,7 +231,7 @@ mod tests {
         );
         assert!(!held.rolls_out());
         // The dictionary earns its place: well under the JSON's size.
-        let json = serde_json::to_vec(&(&change, &covered)).unwrap();
+        let json = serde_json::to_vec(&change).unwrap();
         assert!(
             held.packed_len() * 2 < json.len(),
             "{} of {}",
@@ -196,10 +241,30 @@ mod tests {
     }
 
     #[test]
-    fn a_root_shared_by_many_change_sets_is_held_once() {
-        let mut roots = Roots::default();
-        let a = roots.get("changes/scripts/apply.sh");
-        let b = roots.get("changes/scripts/apply.sh");
-        assert!(Arc::ptr_eq(&a, &b));
+    fn change_sets_running_the_same_scripts_share_their_lists() {
+        let ids: BTreeSet<String> = BTreeSet::new();
+        let mut shared = Shared::default();
+        let held: Vec<OnBranch> = ["a", "b"]
+            .iter()
+            .map(|id| {
+                let text = "title: t\nkind: k\ntargets: [x]\nsteps:\n  - id: s\n    run: ./changes/scripts/apply.sh\n";
+                let file = SourceFile {
+                    path: format!("changes/{id}.yaml"),
+                    bytes: text.as_bytes().to_vec(),
+                };
+                let change = load_change(&file, &ids, &Tree).unwrap();
+                let covered = crate::model::covered_paths(&change, &Tree).unwrap();
+                let held = OnBranch::new(&change, &covered, &mut shared);
+                assert_eq!(held.covered(id), covered, "{id}");
+                held
+            })
+            .collect();
+        assert!(Arc::ptr_eq(&held[0].covered, &held[1].covered));
+        assert!(Arc::ptr_eq(&held[0].roots, &held[1].roots));
+        assert_eq!(
+            held[0].covered.len(),
+            1,
+            "the own file is not in the shared list"
+        );
     }
 }

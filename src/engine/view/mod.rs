@@ -155,7 +155,7 @@ impl RepoView {
 /// paths, the proposal when it is only proposed).
 type Found<'a> = (
     Cow<'a, ChangeSet>,
-    &'a Digest,
+    Cow<'a, Digest>,
     Cow<'a, [CoveredPath]>,
     Option<&'a Proposal>,
 );
@@ -181,7 +181,8 @@ impl RepoView {
         match self.changes.get(id) {
             Some(held) => {
                 let (change, covered) = held.unpack(id);
-                Some((Cow::Owned(change), &held.digest, Cow::Owned(covered), None))
+                let digest = Cow::Owned(held.digest());
+                Some((Cow::Owned(change), digest, Cow::Owned(covered), None))
             }
             None => self
                 .proposals
@@ -191,17 +192,17 @@ impl RepoView {
                 .map(|p| {
                     let (change, covered) =
                         (Cow::Borrowed(&p.change), Cow::Borrowed(&p.covered[..]));
-                    (change, &p.digest, covered, Some(p))
+                    (change, Cow::Borrowed(&p.digest), covered, Some(p))
                 }),
         }
     }
 
     /// The change `id` on the default branch, unpacked: (change, digest,
     /// covered paths).
-    pub fn on_branch(&self, id: &str) -> Option<(ChangeSet, &Digest, Vec<CoveredPath>)> {
+    pub fn on_branch(&self, id: &str) -> Option<(ChangeSet, Digest, Vec<CoveredPath>)> {
         let held = self.changes.get(id)?;
         let (change, covered) = held.unpack(id);
-        Some((change, &held.digest, covered))
+        Some((change, held.digest(), covered))
     }
 
     /// Ids of changes only proposed so far.
@@ -415,7 +416,7 @@ fn assess(
     let found = world.view.lookup(id);
     let main = found
         .as_ref()
-        .map(|(c, d, covered, p)| (&**c, *d, &**covered, *p));
+        .map(|(c, d, covered, p)| (&**c, &**d, &**covered, *p));
     // A proposal has no revisions yet; a change on main may.
     let main_digest = main
         .filter(|m| m.3.is_none())
@@ -596,7 +597,7 @@ fn status_at(
                 .view
                 .changes
                 .get(dep)
-                .map(|h| (h.change(dep), &h.digest));
+                .map(|h| (h.change(dep), h.digest()));
             let dep_facts = world.dependency_facts.get(dep).cloned().unwrap_or_default();
             // A completed revision satisfies dependents, whatever main holds now.
             let state = if dep_facts.completed().is_some() && dep_facts.in_flight().is_none() {
