@@ -372,3 +372,39 @@ fn a_full_read_never_drops_an_author_the_store_knew() {
         assert_eq!(*stored.emails[&change.id], both);
     });
 }
+
+#[test]
+fn a_restart_takes_change_sets_from_their_packed_rows_and_rereads_when_they_are_unusable() {
+    on_each_backend(|store| async move {
+        let repo = two_changes();
+        let (commit, changes) = changes_at_head(&repo);
+        sync(&store, &commit, &changes).await;
+        // As stored: each change set unpacks to what was read, digest and
+        // covered paths included.
+        let stored = store.stored_branch("main").await.unwrap().unwrap();
+        for (change, digest, covered) in &changes {
+            let held = &stored.changes[&change.id];
+            assert_eq!(held.unpack(&change.id), (change.clone(), covered.clone()));
+            assert_eq!(&held.digest(), digest);
+        }
+        // A row without them (written before they were stored), in another
+        // format, or damaged: the branch is read again, not trusted.
+        for damage in [
+            "UPDATE changes SET packed = NULL WHERE id = 'a'",
+            "UPDATE changes SET outline = NULL WHERE id = 'a'",
+            "UPDATE changes SET outline = '{\"format\":0,\"roots\":[],\"depends_on\":[],\"rolls_out\":false}' WHERE id = 'a'",
+            "UPDATE changes SET outline = 'not json' WHERE id = 'a'",
+        ] {
+            sync(&store, &commit, &changes).await;
+            assert!(store.stored_branch("main").await.unwrap().is_some());
+            store.execute_raw(damage).await.unwrap();
+            assert!(
+                store.stored_branch("main").await.unwrap().is_none(),
+                "{damage}"
+            );
+            // A full read writes the row again.
+            sync(&store, &commit, &changes).await;
+            assert!(store.stored_branch("main").await.unwrap().is_some(), "{damage}");
+        }
+    });
+}

@@ -8,11 +8,30 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::{covered_roots, ChangeSet, CoveredPath, Digest};
 
 /// Text most packed change sets share (keys, the usual values), given to
 /// LZ4 as a dictionary so that even a short change set compresses.
 const DICTIONARY: &[u8] = br#"{"title":"","description":"","kind":"config","targets":[],"targets_from":"","rollout":{},"depends_on":[],"env":{},"include":[],"timeout":"10m","steps":[{"id":"","run":"./changes/scripts/","check":"./changes/scripts/","verify":"./changes/scripts/","rollback":"./changes/scripts/","timeout":"5m","confirm":false,"targets":[]},{"id":"release","run":"./changes/scripts/","confirm":true}]}"#;
+
+/// The first byte of packed bytes: which dictionary and encoding wrote
+/// them. Stored rows in another format are not used (the branch is read
+/// again).
+const PACK_FORMAT: u8 = 1;
+
+/// What the store keeps beside the packed bytes, so that a restart needs
+/// neither to parse nor to compress a change set.
+/// It names the format of the packed bytes, so that a row packed in
+/// another one differs and is written again.
+#[derive(Serialize, Deserialize)]
+struct Outline {
+    format: u8,
+    roots: Vec<String>,
+    depends_on: Vec<String>,
+    rolls_out: bool,
+}
 
 /// One change set on the default branch.
 #[derive(Debug, Clone)]
@@ -32,7 +51,8 @@ pub struct OnBranch {
     depends_on: Box<[Box<str>]>,
     /// Whether it rolls out target by target (it has a per-target block).
     rolls_out: bool,
-    /// The change set as JSON, LZ4-compressed with [`DICTIONARY`].
+    /// [`PACK_FORMAT`], then the change set as JSON, LZ4-compressed with
+    /// [`DICTIONARY`].
     packed: Box<[u8]>,
 }
 
@@ -73,6 +93,66 @@ impl OnBranch {
     pub fn new(change: &ChangeSet, covered: &[CoveredPath], shared: &mut Shared) -> OnBranch {
         let json = serde_json::to_vec(change).expect("a change set always serializes");
         let own = format!("changes/{}.yaml", change.id);
+        let roots: Vec<String> = covered_roots(change)
+            .into_iter()
+            .filter(|r| *r != own)
+            .collect();
+        let mut packed = vec![PACK_FORMAT];
+        packed.extend(lz4_flex::block::compress_prepend_size_with_dict(
+            &json, DICTIONARY,
+        ));
+        let outline = Outline {
+            format: PACK_FORMAT,
+            roots,
+            depends_on: change.depends_on.clone(),
+            rolls_out: change.per_target_block().is_some(),
+        };
+        OnBranch::assemble(&change.id, packed, outline, covered, shared)
+    }
+
+    /// Change `id` as [`OnBranch::stored`] left it, with its covered paths
+    /// (sorted by path), or `None` when the bytes are in another format or
+    /// do not decode, or the outline does not parse: then it must be read
+    /// again.
+    pub fn from_stored(
+        id: &str,
+        packed: Vec<u8>,
+        outline: &str,
+        covered: &[CoveredPath],
+        shared: &mut Shared,
+    ) -> Option<OnBranch> {
+        if packed.first() != Some(&PACK_FORMAT) {
+            return None;
+        }
+        lz4_flex::block::decompress_size_prepended_with_dict(&packed[1..], DICTIONARY).ok()?;
+        let outline: Outline = serde_json::from_str(outline).ok()?;
+        if outline.format != PACK_FORMAT {
+            return None;
+        }
+        Some(OnBranch::assemble(id, packed, outline, covered, shared))
+    }
+
+    /// What the store keeps of it beside its covered paths: (`packed`,
+    /// `outline`) for [`OnBranch::from_stored`].
+    pub fn stored(&self) -> (Vec<u8>, String) {
+        let outline = Outline {
+            format: PACK_FORMAT,
+            roots: self.roots.iter().map(|r| r.to_string()).collect(),
+            depends_on: self.depends_on().map(str::to_string).collect(),
+            rolls_out: self.rolls_out,
+        };
+        let outline = serde_json::to_string(&outline).expect("an outline always serializes");
+        (self.packed.to_vec(), outline)
+    }
+
+    fn assemble(
+        id: &str,
+        packed: Vec<u8>,
+        outline: Outline,
+        covered: &[CoveredPath],
+        shared: &mut Shared,
+    ) -> OnBranch {
+        let own = format!("changes/{id}.yaml");
         let own_blob = covered
             .iter()
             .find(|c| c.path == own)
@@ -82,23 +162,19 @@ impl OnBranch {
             .filter(|c| own_blob.is_none() || c.path != own)
             .cloned()
             .collect();
-        let roots: Vec<Arc<str>> = covered_roots(change)
-            .iter()
-            .filter(|r| **r != own)
-            .map(|r| shared.root(r))
-            .collect();
+        let roots: Vec<Arc<str>> = outline.roots.iter().map(|r| shared.root(r)).collect();
         OnBranch {
             digest: Digest::sha256_of(covered),
             own_blob,
             covered: Shared::list(&mut shared.covered_lists, others),
             roots: Shared::list(&mut shared.root_lists, roots),
-            depends_on: change
+            depends_on: outline
                 .depends_on
-                .iter()
-                .map(|d| d.as_str().into())
+                .into_iter()
+                .map(String::into_boxed_str)
                 .collect(),
-            rolls_out: change.per_target_block().is_some(),
-            packed: lz4_flex::block::compress_prepend_size_with_dict(&json, DICTIONARY).into(),
+            rolls_out: outline.rolls_out,
+            packed: packed.into(),
         }
     }
 
@@ -109,10 +185,12 @@ impl OnBranch {
 
     /// The change set `id`.
     pub fn change(&self, id: &str) -> ChangeSet {
-        // Only `new` wrote these bytes, from a value that serializes and
-        // parses back: a failure here is a bug, not bad input.
-        let json = lz4_flex::block::decompress_size_prepended_with_dict(&self.packed, DICTIONARY)
-            .expect("packed by OnBranch::new");
+        // `new` wrote these bytes from a value that serializes and parses
+        // back, or `from_stored` checked that they decode (a row written by
+        // `new` through `stored`): a failure here is a bug, not bad input.
+        let json =
+            lz4_flex::block::decompress_size_prepended_with_dict(&self.packed[1..], DICTIONARY)
+                .expect("packed by OnBranch::new, or checked by from_stored");
         let mut change: ChangeSet = serde_json::from_slice(&json).expect("packed by OnBranch::new");
         change.id = id.to_string();
         change
@@ -238,6 +316,49 @@ mod tests {
             held.packed_len(),
             json.len()
         );
+    }
+
+    #[test]
+    fn the_stored_form_reads_back_and_damage_is_refused() {
+        let ids: BTreeSet<String> = ["base"].map(String::from).into();
+        let text = "title: t\nkind: k\ntargets: [x]\ndepends_on: [base]\ninclude: [lib/]\nsteps:\n  - id: s\n    run: ./changes/scripts/apply.sh\n";
+        let file = SourceFile {
+            path: "changes/a.yaml".into(),
+            bytes: text.as_bytes().to_vec(),
+        };
+        let change = load_change(&file, &ids, &Tree).unwrap();
+        let covered = crate::model::covered_paths(&change, &Tree).unwrap();
+        let mut shared = Shared::default();
+        let held = OnBranch::new(&change, &covered, &mut shared);
+        let (packed, outline) = held.stored();
+        let back = OnBranch::from_stored("a", packed.clone(), &outline, &covered, &mut shared)
+            .expect("reads back");
+        assert_eq!(back.unpack("a"), (change, covered.clone()));
+        assert_eq!(back.digest(), held.digest());
+        assert_eq!(back.depends_on().collect::<Vec<_>>(), ["base"]);
+        let roots = |h: &OnBranch| h.roots().map(|r| r.to_string()).collect::<Vec<_>>();
+        assert_eq!(roots(&back), roots(&held));
+        assert!(
+            roots(&back).contains(&"lib".to_string()),
+            "{:?}",
+            roots(&back)
+        );
+        // Another format, cut short, or a damaged outline: not used.
+        let mut other = packed.clone();
+        other[0] = PACK_FORMAT + 1;
+        let cut = packed[..packed.len() - 3].to_vec();
+        for (bytes, outline) in [
+            (other, outline.clone()),
+            (cut, outline.clone()),
+            (Vec::new(), outline.clone()),
+            (
+                packed.clone(),
+                outline.replace("\"format\":1", "\"format\":2"),
+            ),
+            (packed, "{}".to_string()),
+        ] {
+            assert!(OnBranch::from_stored("a", bytes, &outline, &covered, &mut shared).is_none());
+        }
     }
 
     #[test]
