@@ -388,8 +388,15 @@ fn a_restart_takes_change_sets_from_their_packed_rows_and_rereads_when_they_are_
             assert_eq!(&held.digest(), digest);
         }
         // A row without them (written before they were stored), in another
-        // format, or damaged: the branch is read again, not trusted.
+        // format, damaged, or whose digest moved on without them (as a
+        // version that knows no `packed` writes an edit): the branch is
+        // read again, not trusted.
+        let edited_by_an_older_version = format!(
+            "UPDATE changes SET covered = '[]', default_digest = '{}' WHERE id = 'a'",
+            Digest::of(&[])
+        );
         for damage in [
+            edited_by_an_older_version.as_str(),
             "UPDATE changes SET packed = NULL WHERE id = 'a'",
             "UPDATE changes SET outline = NULL WHERE id = 'a'",
             "UPDATE changes SET outline = '{\"format\":0,\"roots\":[],\"depends_on\":[],\"rolls_out\":false}' WHERE id = 'a'",

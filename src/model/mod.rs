@@ -29,7 +29,7 @@ pub use digest::{
     Digest, ABSENT,
 };
 pub use duration::Duration;
-pub use packed::{EmailSets, EmailsById, OnBranch, Shared};
+pub use packed::{EmailSets, EmailsById, OnBranch, Shared, Stored};
 pub use policy::{policies_in_force, PoliciesInForce};
 pub use repo::{
     load_change, load_policies, load_repo, load_repo_with_progress, ChangeChecker, RepoModel,

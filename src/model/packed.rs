@@ -18,16 +18,23 @@ const DICTIONARY: &[u8] = br#"{"title":"","description":"","kind":"config","targ
 
 /// The first byte of packed bytes: which dictionary and encoding wrote
 /// them. Stored rows in another format are not used (the branch is read
-/// again).
+/// again). Change it with the dictionary, and whenever `ChangeSet`'s
+/// serialized form changes: a stored row is unpacked without another
+/// check of its shape.
 const PACK_FORMAT: u8 = 1;
 
 /// What the store keeps beside the packed bytes, so that a restart needs
-/// neither to parse nor to compress a change set.
-/// It names the format of the packed bytes, so that a row packed in
-/// another one differs and is written again.
+/// neither to parse nor to compress a change set. It binds the packed
+/// bytes to a digest and a checksum of their JSON: a row whose digest
+/// moved without them (written by a version that knew no `packed`) or
+/// whose bytes were damaged is read again, never unpacked into something
+/// other than what was approved. Its format changes with the packed
+/// bytes', so that a row in another format differs and is written again.
 #[derive(Serialize, Deserialize)]
 struct Outline {
     format: u8,
+    digest: String,
+    check: u32,
     roots: Vec<String>,
     depends_on: Vec<String>,
     rolls_out: bool,
@@ -52,8 +59,11 @@ pub struct OnBranch {
     /// Whether it rolls out target by target (it has a per-target block).
     rolls_out: bool,
     /// [`PACK_FORMAT`], then the change set as JSON, LZ4-compressed with
-    /// [`DICTIONARY`].
-    packed: Box<[u8]>,
+    /// [`DICTIONARY`]. Shared, so that copying a view to edit it does not
+    /// copy every change set.
+    packed: Arc<[u8]>,
+    /// The CRC-32 of that JSON, stored with it.
+    check: u32,
 }
 
 /// One copy of each covered root, root list and covered list that many
@@ -86,6 +96,18 @@ impl Shared {
     }
 }
 
+/// A change row as the store holds it, for [`OnBranch::from_stored`].
+pub struct Stored<'a> {
+    /// Its `packed` bytes.
+    pub packed: Vec<u8>,
+    /// Its `outline`.
+    pub outline: &'a str,
+    /// Its covered paths, sorted by path.
+    pub covered: &'a [CoveredPath],
+    /// The digest it was stored with (`sha256:<hex>`).
+    pub digest: &'a str,
+}
+
 impl OnBranch {
     /// Packs `change` with its covered paths (sorted by path, each once, as
     /// [`covered_paths`](super::covered_paths) gives them); the digest is
@@ -101,35 +123,47 @@ impl OnBranch {
         packed.extend(lz4_flex::block::compress_prepend_size_with_dict(
             &json, DICTIONARY,
         ));
+        let digest = Digest::sha256_of(covered);
         let outline = Outline {
             format: PACK_FORMAT,
+            digest: Digest::from_sha256(digest).as_str().to_string(),
+            check: crc32fast::hash(&json),
             roots,
             depends_on: change.depends_on.clone(),
             rolls_out: change.per_target_block().is_some(),
         };
-        OnBranch::assemble(&change.id, packed, outline, covered, shared)
+        OnBranch::assemble(&change.id, packed, outline, digest, covered, shared)
     }
 
-    /// Change `id` as [`OnBranch::stored`] left it, with its covered paths
-    /// (sorted by path), or `None` when the bytes are in another format or
-    /// do not decode, or the outline does not parse: then it must be read
-    /// again.
-    pub fn from_stored(
-        id: &str,
-        packed: Vec<u8>,
-        outline: &str,
-        covered: &[CoveredPath],
-        shared: &mut Shared,
-    ) -> Option<OnBranch> {
-        if packed.first() != Some(&PACK_FORMAT) {
+    /// Change `id` as [`OnBranch::stored`] left it, or `None`, and then it
+    /// must be read again, when: the outline does not parse or is of
+    /// another format; the bytes are of another format, do not decode, or
+    /// do not match the outline's checksum; or the outline, the covered
+    /// paths and the row disagree on the digest.
+    pub fn from_stored(id: &str, stored: Stored<'_>, shared: &mut Shared) -> Option<OnBranch> {
+        let outline: Outline = serde_json::from_str(stored.outline).ok()?;
+        let packed = stored.packed;
+        let digest = Digest::sha256_of(stored.covered);
+        let fits = outline.format == PACK_FORMAT
+            && packed.first() == Some(&PACK_FORMAT)
+            && outline.digest == stored.digest
+            && Digest::from_sha256(digest).as_str() == stored.digest;
+        if !fits {
             return None;
         }
-        lz4_flex::block::decompress_size_prepended_with_dict(&packed[1..], DICTIONARY).ok()?;
-        let outline: Outline = serde_json::from_str(outline).ok()?;
-        if outline.format != PACK_FORMAT {
+        let json =
+            lz4_flex::block::decompress_size_prepended_with_dict(&packed[1..], DICTIONARY).ok()?;
+        if crc32fast::hash(&json) != outline.check {
             return None;
         }
-        Some(OnBranch::assemble(id, packed, outline, covered, shared))
+        Some(OnBranch::assemble(
+            id,
+            packed,
+            outline,
+            digest,
+            stored.covered,
+            shared,
+        ))
     }
 
     /// What the store keeps of it beside its covered paths: (`packed`,
@@ -137,6 +171,8 @@ impl OnBranch {
     pub fn stored(&self) -> (Vec<u8>, String) {
         let outline = Outline {
             format: PACK_FORMAT,
+            digest: self.digest().as_str().to_string(),
+            check: self.check,
             roots: self.roots.iter().map(|r| r.to_string()).collect(),
             depends_on: self.depends_on().map(str::to_string).collect(),
             rolls_out: self.rolls_out,
@@ -149,14 +185,16 @@ impl OnBranch {
         id: &str,
         packed: Vec<u8>,
         outline: Outline,
+        digest: [u8; 32],
         covered: &[CoveredPath],
         shared: &mut Shared,
     ) -> OnBranch {
         let own = format!("changes/{id}.yaml");
-        let own_blob = covered
-            .iter()
-            .find(|c| c.path == own)
-            .and_then(|c| <[u8; 20]>::try_from(hex::decode(&c.blob).ok()?).ok());
+        // Taken out only when it reads back as it was (lowercase hex).
+        let own_blob = covered.iter().find(|c| c.path == own).and_then(|c| {
+            let bytes = <[u8; 20]>::try_from(hex::decode(&c.blob).ok()?).ok()?;
+            (hex::encode(bytes) == c.blob).then_some(bytes)
+        });
         let others: Vec<CoveredPath> = covered
             .iter()
             .filter(|c| own_blob.is_none() || c.path != own)
@@ -164,7 +202,7 @@ impl OnBranch {
             .collect();
         let roots: Vec<Arc<str>> = outline.roots.iter().map(|r| shared.root(r)).collect();
         OnBranch {
-            digest: Digest::sha256_of(covered),
+            digest,
             own_blob,
             covered: Shared::list(&mut shared.covered_lists, others),
             roots: Shared::list(&mut shared.root_lists, roots),
@@ -175,6 +213,7 @@ impl OnBranch {
                 .collect(),
             rolls_out: outline.rolls_out,
             packed: packed.into(),
+            check: outline.check,
         }
     }
 
@@ -331,10 +370,19 @@ mod tests {
         let mut shared = Shared::default();
         let held = OnBranch::new(&change, &covered, &mut shared);
         let (packed, outline) = held.stored();
-        let back = OnBranch::from_stored("a", packed.clone(), &outline, &covered, &mut shared)
-            .expect("reads back");
+        let digest = held.digest();
+        let stored = |packed: Vec<u8>, outline: &str| {
+            let row = Stored {
+                packed,
+                outline,
+                covered: &covered,
+                digest: digest.as_str(),
+            };
+            OnBranch::from_stored("a", row, &mut Shared::default())
+        };
+        let back = stored(packed.clone(), &outline).expect("reads back");
         assert_eq!(back.unpack("a"), (change, covered.clone()));
-        assert_eq!(back.digest(), held.digest());
+        assert_eq!(back.digest(), digest);
         assert_eq!(back.depends_on().collect::<Vec<_>>(), ["base"]);
         let roots = |h: &OnBranch| h.roots().map(|r| r.to_string()).collect::<Vec<_>>();
         assert_eq!(roots(&back), roots(&held));
@@ -343,22 +391,40 @@ mod tests {
             "{:?}",
             roots(&back)
         );
-        // Another format, cut short, or a damaged outline: not used.
+        // Another format, cut short, a byte changed that still decodes, a
+        // damaged outline: not used.
         let mut other = packed.clone();
         other[0] = PACK_FORMAT + 1;
         let cut = packed[..packed.len() - 3].to_vec();
+        let mut flipped = packed.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert!(
+            lz4_flex::block::decompress_size_prepended_with_dict(&flipped[1..], DICTIONARY).is_ok()
+        );
         for (bytes, outline) in [
             (other, outline.clone()),
             (cut, outline.clone()),
+            (flipped, outline.clone()),
             (Vec::new(), outline.clone()),
             (
                 packed.clone(),
                 outline.replace("\"format\":1", "\"format\":2"),
             ),
-            (packed, "{}".to_string()),
+            (packed.clone(), "{}".to_string()),
         ] {
-            assert!(OnBranch::from_stored("a", bytes, &outline, &covered, &mut shared).is_none());
+            assert!(stored(bytes, &outline).is_none(), "{outline}");
         }
+        // A row whose digest moved on without its packed change set (as a
+        // version that knew no `packed` writes it): not used.
+        let moved_digest = Digest::of(&covered[1..]);
+        let moved = Stored {
+            packed,
+            outline: &outline,
+            covered: &covered[1..],
+            digest: moved_digest.as_str(),
+        };
+        assert!(OnBranch::from_stored("a", moved, &mut Shared::default()).is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::{Store, StoreError, StoredChange, SyncReport};
 use crate::clock::now_ms;
-use crate::model::{CoveredPath, EmailSets, EmailsById, OnBranch, Shared};
+use crate::model::{CoveredPath, EmailSets, EmailsById, OnBranch, Shared, Stored};
 
 /// A change row as stored, compared with what a read found.
 struct Known {
@@ -348,14 +348,18 @@ impl Store {
             let (Ok(covered), Ok(emails)) = parsed else {
                 return Ok(None);
             };
-            let Some(held) = OnBranch::from_stored(&id, packed, &outline, &covered, &mut shared)
-            else {
+            // The covered paths must still give the digest approvals bind
+            // to, and the packed change set must be the one stored with it.
+            let digest: String = r.try_get("default_digest")?;
+            let stored = Stored {
+                packed,
+                outline: &outline,
+                covered: &covered,
+                digest: &digest,
+            };
+            let Some(held) = OnBranch::from_stored(&id, stored, &mut shared) else {
                 return Ok(None);
             };
-            // The covered paths must still give the digest approvals bind to.
-            if held.digest().as_str() != r.try_get::<String, _>("default_digest")? {
-                return Ok(None);
-            }
             changes.push((id.clone(), held));
             all_emails.push((id, sets.get(emails)));
         }
