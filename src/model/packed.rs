@@ -222,15 +222,25 @@ impl OnBranch {
         Digest::from_sha256(self.digest)
     }
 
+    /// The change set as JSON, as `serde_json` writes a `ChangeSet`.
+    pub fn definition(&self) -> String {
+        let json = self.json();
+        String::from_utf8(json).expect("packed from serde_json's output, which is UTF-8")
+    }
+
+    fn json(&self) -> Vec<u8> {
+        // `new` wrote these bytes, or `from_stored` checked them against
+        // the checksum `new` took: a failure here is a bug, not bad input.
+        lz4_flex::block::decompress_size_prepended_with_dict(&self.packed[1..], DICTIONARY)
+            .expect("packed by OnBranch::new")
+    }
+
     /// The change set `id`.
     pub fn change(&self, id: &str) -> ChangeSet {
-        // `new` wrote these bytes from a value that serializes and parses
-        // back, or `from_stored` checked that they decode (a row written by
-        // `new` through `stored`): a failure here is a bug, not bad input.
-        let json =
-            lz4_flex::block::decompress_size_prepended_with_dict(&self.packed[1..], DICTIONARY)
-                .expect("packed by OnBranch::new, or checked by from_stored");
-        let mut change: ChangeSet = serde_json::from_slice(&json).expect("packed by OnBranch::new");
+        // The JSON of a `ChangeSet` as `new` serialized it (a stored row
+        // keeps `PACK_FORMAT` in step with the serialized form).
+        let mut change: ChangeSet =
+            serde_json::from_slice(&self.json()).expect("packed by OnBranch::new");
         change.id = id.to_string();
         change
     }

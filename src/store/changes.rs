@@ -10,6 +10,13 @@ use super::{Store, StoreError, StoredChange, SyncReport};
 use crate::clock::now_ms;
 use crate::model::{CoveredPath, EmailSets, EmailsById, OnBranch, Shared, Stored};
 
+/// The labels of a definition, for its row's columns.
+#[derive(serde::Deserialize)]
+struct Labels {
+    title: String,
+    kind: String,
+}
+
 /// A change row as stored, compared with what a read found.
 struct Known {
     digest: String,
@@ -150,7 +157,7 @@ impl Store {
         let now = now_ms();
         for c in &delta.read {
             let (id, digest) = (c.id, c.held.digest());
-            let (change, covered) = c.held.unpack(id);
+            let covered = c.held.covered(id);
             let (packed, outline) = c.held.stored();
             let before = known.get(id);
             let previous = before.map(|k| k.digest.as_str());
@@ -192,7 +199,11 @@ impl Store {
                 }
                 continue;
             }
-            let definition = serde_json::to_string(&change).unwrap_or_default();
+            // The packed JSON is the definition as stored: only the labels
+            // are parsed out of it.
+            let definition = c.held.definition();
+            let now_labels: Labels = serde_json::from_str(&definition)
+                .map_err(|e| StoreError::Corrupt(format!("change `{id}`: {e}")))?;
             // Every earlier revision's kind and targets, cumulatively: two
             // edits in a row must not shed a policy either.
             let labels = before.map(|k| earlier_labels(&k.definition, k.previous.as_deref()));
@@ -203,8 +214,8 @@ impl Store {
                    previous_definition = $8, covered = $9, emails = $10, packed = $11, outline = $12",
             )
             .bind(id)
-            .bind(&change.title)
-            .bind(&change.kind)
+            .bind(&now_labels.title)
+            .bind(&now_labels.kind)
             .bind(delta.commit)
             .bind(digest.as_str())
             .bind(&definition)
