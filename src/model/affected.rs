@@ -7,23 +7,6 @@ use std::sync::Arc;
 
 use super::{covered_roots, ChangeSet, OnBranch};
 
-/// The change ids whose digest or validity may differ after the files
-/// `changed` moved (added, removed or edited; both sides of a rename):
-/// - every `changes/<id>.yaml` among them (new, edited or gone);
-/// - every change with a covered root (a file, or a folder's subtree)
-///   that a changed path is, or lies under;
-/// - every change that depends on a change set that came or went (its
-///   `depends_on` may now name nothing);
-/// - every change set that did not validate before (a fix elsewhere, such
-///   as a script added, can make it valid).
-pub fn affected<'a>(
-    changed: &BTreeSet<String>,
-    changes: impl Iterator<Item = &'a ChangeSet>,
-    invalid: &BTreeSet<String>,
-) -> BTreeSet<String> {
-    RootIndex::new(changes).affected(changed, invalid)
-}
-
 /// The id of `changes/<id>.yaml`.
 fn change_file(path: &str) -> Option<&str> {
     path.strip_prefix("changes/")
@@ -135,7 +118,15 @@ impl RootIndex {
             .map(|at| &*self.ids[at as usize])
     }
 
-    /// [`affected`], with this index.
+    /// The change ids whose digest or validity may differ after the files
+    /// `changed` moved (added, removed or edited; both sides of a rename):
+    /// - every `changes/<id>.yaml` among them (new, edited or gone);
+    /// - every change with a covered root (a file, or a folder's subtree)
+    ///   that a changed path is, or lies under;
+    /// - every change that depends on a change set that came or went (its
+    ///   `depends_on` may now name nothing);
+    /// - every change set that did not validate before (a fix elsewhere, such
+    ///   as a script added, can make it valid).
     pub fn affected(
         &self,
         changed: &BTreeSet<String>,
@@ -228,7 +219,7 @@ mod tests {
         let d = change("d", &step("./tools"));
         let all = [a, b, c, d];
         let none = BTreeSet::new();
-        let hit = |paths: &[&str]| affected(&set(paths), all.iter(), &none);
+        let hit = |paths: &[&str]| RootIndex::new(all.iter()).affected(&set(paths), &none);
 
         assert_eq!(hit(&["scripts/shared.sh"]), set(&["a"]));
         assert_eq!(
@@ -256,6 +247,9 @@ mod tests {
         );
         assert_eq!(hit(&["changes/fleet/list.txt"]), set(&[]));
         let invalid = set(&["broken"]);
-        assert_eq!(affected(&set(&[]), all.iter(), &invalid), set(&["broken"]));
+        assert_eq!(
+            RootIndex::new(all.iter()).affected(&set(&[]), &invalid),
+            set(&["broken"])
+        );
     }
 }

@@ -22,7 +22,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use affected::{affected, RootIndex};
+pub use affected::RootIndex;
 pub use decode::{decode_change_set, decode_policy, ChangeIds, RepoContext};
 pub use digest::{
     covered_paths, covered_roots, deletion_of, has_parent_component, is_policy_path, CoveredPath,
