@@ -791,7 +791,7 @@ fn concurrent_large_forged_bodies_stay_within_the_memory_budget() {
     let before = server.peak_rss_kib();
     let body = std::sync::Arc::new(vec![b'x'; 20 << 20]);
     let codes = forged_at_once(&server.url, 16, &body);
-    let grown_mib = (server.peak_rss_kib() - before) / 1024;
+    let grown_mib = server.peak_rss_kib().saturating_sub(before) / 1024;
     eprintln!("16 concurrent 20 MB forgeries: peak RSS grew {grown_mib} MiB; answers {codes:?}");
     assert!(grown_mib < 150, "peak RSS grew {grown_mib} MiB: {codes:?}");
     assert!(
@@ -813,7 +813,7 @@ fn a_server_without_github_reads_no_webhook_body() {
     let before = server.peak_rss_kib();
     let body = std::sync::Arc::new(vec![b'x'; 20 << 20]);
     let codes = forged_at_once(&server.url, 16, &body);
-    let grown_mib = (server.peak_rss_kib() - before) / 1024;
+    let grown_mib = server.peak_rss_kib().saturating_sub(before) / 1024;
     assert!(grown_mib < 40, "peak RSS grew {grown_mib} MiB: {codes:?}");
     assert!(
         codes.iter().all(|c| matches!(c, Some(404) | None)),

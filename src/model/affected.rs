@@ -173,29 +173,10 @@ impl RootIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{load_change, Entry, SourceFile, TreeView};
-
-    struct Tree;
-    impl TreeView for Tree {
-        fn entry(&self, _: &str) -> Option<Entry> {
-            Some(Entry::Blob("0".repeat(40)))
-        }
-        fn blobs_under(&self, _: &str) -> Vec<(String, Entry)> {
-            Vec::new()
-        }
-    }
+    use crate::model::testing;
 
     fn change(id: &str, yaml: &str) -> ChangeSet {
-        let ids: BTreeSet<String> = ["a", "b", "c", "d", "gone"].map(String::from).into();
-        load_change(
-            &SourceFile {
-                path: format!("changes/{id}.yaml"),
-                bytes: yaml.as_bytes().to_vec(),
-            },
-            &ids,
-            &Tree,
-        )
-        .unwrap()
+        testing::change(id, yaml, &["a", "b", "c", "d", "gone"])
     }
 
     fn set(paths: &[&str]) -> BTreeSet<String> {

@@ -13,6 +13,8 @@ pub mod references;
 pub mod repo;
 pub mod rollout;
 pub mod schema;
+#[cfg(test)]
+pub(crate) mod testing;
 mod window;
 pub mod yaml;
 

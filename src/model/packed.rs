@@ -313,33 +313,13 @@ impl EmailSets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{load_change, Entry, SourceFile, TreeView};
-    use std::collections::BTreeSet;
-
-    struct Tree;
-    impl TreeView for Tree {
-        fn entry(&self, _: &str) -> Option<Entry> {
-            Some(Entry::Blob("0".repeat(40)))
-        }
-        fn blobs_under(&self, _: &str) -> Vec<(String, Entry)> {
-            Vec::new()
-        }
-    }
+    use crate::model::testing;
 
     #[test]
     fn a_change_set_unpacks_as_it_was_packed() {
-        let ids: BTreeSet<String> = ["base"].map(String::from).into();
         let text = "title: Rotate\nkind: config\ntargets: [db-1]\ndepends_on: [base]\nenv:\n  HOST: db-1\nsteps:\n  - id: apply\n    run: ./changes/scripts/apply.sh \"$HOST\"\n    check: ./changes/scripts/check.sh\n    timeout: 5m\n  - id: release\n    confirm: true\n    run: ./changes/scripts/release.sh\n";
-        let change = load_change(
-            &SourceFile {
-                path: "changes/rotate.yaml".into(),
-                bytes: text.as_bytes().to_vec(),
-            },
-            &ids,
-            &Tree,
-        )
-        .unwrap();
-        let covered = crate::model::covered_paths(&change, &Tree).unwrap();
+        let change = testing::change("rotate", text, &["base"]);
+        let covered = testing::covered(&change);
         let mut shared = Shared::default();
         let held = OnBranch::new(&change, &covered, &mut shared);
         let (back, back_covered) = held.unpack("rotate");
@@ -369,14 +349,9 @@ mod tests {
 
     #[test]
     fn the_stored_form_reads_back_and_damage_is_refused() {
-        let ids: BTreeSet<String> = ["base"].map(String::from).into();
         let text = "title: t\nkind: k\ntargets: [x]\ndepends_on: [base]\ninclude: [lib/]\nsteps:\n  - id: s\n    run: ./changes/scripts/apply.sh\n";
-        let file = SourceFile {
-            path: "changes/a.yaml".into(),
-            bytes: text.as_bytes().to_vec(),
-        };
-        let change = load_change(&file, &ids, &Tree).unwrap();
-        let covered = crate::model::covered_paths(&change, &Tree).unwrap();
+        let change = testing::change("a", text, &["base"]);
+        let covered = testing::covered(&change);
         let mut shared = Shared::default();
         let held = OnBranch::new(&change, &covered, &mut shared);
         let (packed, outline) = held.stored();
@@ -439,18 +414,13 @@ mod tests {
 
     #[test]
     fn change_sets_running_the_same_scripts_share_their_lists() {
-        let ids: BTreeSet<String> = BTreeSet::new();
         let mut shared = Shared::default();
         let held: Vec<OnBranch> = ["a", "b"]
             .iter()
             .map(|id| {
                 let text = "title: t\nkind: k\ntargets: [x]\nsteps:\n  - id: s\n    run: ./changes/scripts/apply.sh\n";
-                let file = SourceFile {
-                    path: format!("changes/{id}.yaml"),
-                    bytes: text.as_bytes().to_vec(),
-                };
-                let change = load_change(&file, &ids, &Tree).unwrap();
-                let covered = crate::model::covered_paths(&change, &Tree).unwrap();
+                let change = testing::change(id, text, &[]);
+                let covered = testing::covered(&change);
                 let held = OnBranch::new(&change, &covered, &mut shared);
                 assert_eq!(held.covered(id), covered, "{id}");
                 held

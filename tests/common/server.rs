@@ -161,7 +161,11 @@ impl Server {
         self.child.as_ref().expect("the server is running").id()
     }
 
-    /// The server's peak resident set so far (`VmHWM`), in KiB.
+    /// The server's peak resident set so far (`VmHWM`), in KiB. Not
+    /// monotonic: the kernel reads it as the larger of a recorded peak and
+    /// an approximate current RSS, and pages handed back with
+    /// `madvise` (as `malloc_trim` does) leave the recorded peak behind, so
+    /// a later reading can be lower. Compare with `saturating_sub`.
     pub fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .unwrap()
