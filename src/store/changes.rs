@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use std::str::FromStr;
+
 use serde_json::Value;
 use sqlx::Row;
 
@@ -90,6 +92,62 @@ pub struct StoredBranch {
     pub emails: EmailsById,
     /// Change sets there that do not validate.
     pub invalid: BTreeSet<String>,
+}
+
+/// One change row of the stored view, as read.
+struct ViewRow<'r> {
+    id: &'r str,
+    digest: &'r str,
+    covered: Option<&'r str>,
+    emails: Option<&'r str>,
+    packed: Option<&'r [u8]>,
+    outline: Option<&'r str>,
+}
+
+/// The stored view's rows taken in so far. Collected, then built in one
+/// go: a map built from sorted entries has full nodes, where one inserted
+/// into key by key has half-full ones (at 100,000 changes, megabytes).
+#[derive(Default)]
+struct ViewRows {
+    changes: Vec<(String, OnBranch)>,
+    emails: Vec<(String, std::sync::Arc<BTreeSet<String>>)>,
+    shared: Shared,
+    sets: EmailSets,
+}
+
+impl ViewRows {
+    /// Takes `row` in; `false` when it cannot be used as it is (written
+    /// before the view was stored this way, in another format, damaged, or
+    /// not bound to its digest): then the branch must be read again.
+    fn take(&mut self, row: ViewRow<'_>) -> bool {
+        let (Some(covered), Some(emails), Some(packed), Some(outline)) =
+            (row.covered, row.emails, row.packed, row.outline)
+        else {
+            return false;
+        };
+        let parsed = (
+            serde_json::from_str::<Vec<CoveredPath>>(covered),
+            serde_json::from_str::<BTreeSet<String>>(emails),
+        );
+        let (Ok(covered), Ok(emails)) = parsed else {
+            return false;
+        };
+        // The covered paths must still give the digest approvals bind to,
+        // and the packed change set must be the one stored with it.
+        let stored = Stored {
+            packed: packed.to_vec(),
+            outline,
+            covered: &covered,
+            digest: row.digest,
+        };
+        let Some(held) = OnBranch::from_stored(row.id, stored, &mut self.shared) else {
+            return false;
+        };
+        self.changes.push((row.id.to_string(), held));
+        self.emails
+            .push((row.id.to_string(), self.sets.get(emails)));
+        true
+    }
 }
 
 impl Store {
@@ -330,54 +388,65 @@ impl Store {
         // Streamed: SQLite's worker reads the next rows while these are
         // taken in, so the two overlap. No change set is parsed: each row
         // holds it packed, as the view keeps it.
-        let mut rows =
-            sqlx::query("SELECT id, default_digest, covered, emails, packed, outline FROM changes")
-                .fetch(&self.pool);
-        // Collected, then built in one go: a map built from sorted entries
-        // has full nodes, where one inserted into key by key has half-full
-        // ones (at 100,000 changes, megabytes).
-        let (mut changes, mut all_emails, mut shared, mut sets) = (
-            Vec::new(),
-            Vec::new(),
-            Shared::default(),
-            EmailSets::default(),
-        );
-        while let Some(r) = futures_util::TryStreamExt::try_next(&mut rows).await? {
-            let id: String = r.try_get("id")?;
-            let (Some(covered), Some(emails), Some(packed), Some(outline)) = (
-                r.try_get::<Option<String>, _>("covered")?,
-                r.try_get::<Option<String>, _>("emails")?,
-                r.try_get::<Option<Vec<u8>>, _>("packed")?,
-                r.try_get::<Option<String>, _>("outline")?,
-            ) else {
-                return Ok(None);
-            };
-            let parsed = (
-                serde_json::from_str::<Vec<CoveredPath>>(&covered),
-                serde_json::from_str::<BTreeSet<String>>(&emails),
-            );
-            let (Ok(covered), Ok(emails)) = parsed else {
-                return Ok(None);
-            };
-            // The covered paths must still give the digest approvals bind
-            // to, and the packed change set must be the one stored with it.
-            let digest: String = r.try_get("default_digest")?;
-            let stored = Stored {
-                packed,
-                outline: &outline,
-                covered: &covered,
-                digest: &digest,
-            };
-            let Some(held) = OnBranch::from_stored(&id, stored, &mut shared) else {
-                return Ok(None);
-            };
-            changes.push((id.clone(), held));
-            all_emails.push((id, sets.get(emails)));
+        const VIEW: &str =
+            "SELECT id, default_digest, covered, emails, packed, outline FROM changes";
+        let mut view = ViewRows::default();
+        let usable = match &self.sqlite_url {
+            // SQLite's own driver for this one query: it hands rows over
+            // without the `Any` driver's copy of every value (a restart
+            // reads every change row).
+            Some(url) => {
+                use sqlx::{ConnectOptions, Connection};
+                let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+                    .connect()
+                    .await?;
+                let mut rows = sqlx::query(VIEW).fetch(&mut conn);
+                let mut usable = true;
+                while let Some(r) = futures_util::TryStreamExt::try_next(&mut rows).await? {
+                    let row = ViewRow {
+                        id: r.try_get("id")?,
+                        digest: r.try_get("default_digest")?,
+                        covered: r.try_get("covered")?,
+                        emails: r.try_get("emails")?,
+                        packed: r.try_get("packed")?,
+                        outline: r.try_get("outline")?,
+                    };
+                    if !view.take(row) {
+                        usable = false;
+                        break;
+                    }
+                }
+                drop(rows);
+                conn.close().await?;
+                usable
+            }
+            None => {
+                let mut rows = sqlx::query(VIEW).fetch(&self.pool);
+                let mut usable = true;
+                while let Some(r) = futures_util::TryStreamExt::try_next(&mut rows).await? {
+                    let row = ViewRow {
+                        id: r.try_get("id")?,
+                        digest: r.try_get("default_digest")?,
+                        covered: r.try_get("covered")?,
+                        emails: r.try_get("emails")?,
+                        packed: r.try_get("packed")?,
+                        outline: r.try_get("outline")?,
+                    };
+                    if !view.take(row) {
+                        usable = false;
+                        break;
+                    }
+                }
+                usable
+            }
+        };
+        if !usable {
+            return Ok(None);
         }
         Ok(Some(StoredBranch {
             commit,
-            changes: changes.into_iter().collect(),
-            emails: all_emails.into_iter().collect(),
+            changes: view.changes.into_iter().collect(),
+            emails: view.emails.into_iter().collect(),
             invalid,
         }))
     }

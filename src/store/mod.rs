@@ -161,6 +161,9 @@ pub struct SyncReport {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// With SQLite, its URL: the view's rows are read with SQLite's own
+    /// driver ([`Store::stored_branch`]).
+    sqlite_url: Option<String>,
     /// Attempts already read, by change ([`attempt_cache`]).
     attempts: attempt_cache::AttemptCache,
 }
@@ -203,6 +206,7 @@ impl Store {
         Ok(Store {
             pool,
             backend,
+            sqlite_url: (backend == Backend::Sqlite).then_some(url),
             attempts: Default::default(),
         })
     }
