@@ -391,6 +391,29 @@ impl Store {
         const VIEW: &str =
             "SELECT id, default_digest, covered, emails, packed, outline FROM changes";
         let mut view = ViewRows::default();
+        // The same for either driver's rows: `false` at the first row that
+        // cannot be used as it is.
+        macro_rules! take_all {
+            ($rows:expr) => {{
+                let mut rows = $rows;
+                let mut usable = true;
+                while let Some(r) = futures_util::TryStreamExt::try_next(&mut rows).await? {
+                    let row = ViewRow {
+                        id: r.try_get("id")?,
+                        digest: r.try_get("default_digest")?,
+                        covered: r.try_get("covered")?,
+                        emails: r.try_get("emails")?,
+                        packed: r.try_get("packed")?,
+                        outline: r.try_get("outline")?,
+                    };
+                    if !view.take(row) {
+                        usable = false;
+                        break;
+                    }
+                }
+                usable
+            }};
+        }
         let usable = match &self.sqlite_url {
             // SQLite's own driver for this one query: it hands rows over
             // without the `Any` driver's copy of every value (a restart
@@ -400,45 +423,11 @@ impl Store {
                 let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
                     .connect()
                     .await?;
-                let mut rows = sqlx::query(VIEW).fetch(&mut conn);
-                let mut usable = true;
-                while let Some(r) = futures_util::TryStreamExt::try_next(&mut rows).await? {
-                    let row = ViewRow {
-                        id: r.try_get("id")?,
-                        digest: r.try_get("default_digest")?,
-                        covered: r.try_get("covered")?,
-                        emails: r.try_get("emails")?,
-                        packed: r.try_get("packed")?,
-                        outline: r.try_get("outline")?,
-                    };
-                    if !view.take(row) {
-                        usable = false;
-                        break;
-                    }
-                }
-                drop(rows);
+                let usable = take_all!(sqlx::query(VIEW).fetch(&mut conn));
                 conn.close().await?;
                 usable
             }
-            None => {
-                let mut rows = sqlx::query(VIEW).fetch(&self.pool);
-                let mut usable = true;
-                while let Some(r) = futures_util::TryStreamExt::try_next(&mut rows).await? {
-                    let row = ViewRow {
-                        id: r.try_get("id")?,
-                        digest: r.try_get("default_digest")?,
-                        covered: r.try_get("covered")?,
-                        emails: r.try_get("emails")?,
-                        packed: r.try_get("packed")?,
-                        outline: r.try_get("outline")?,
-                    };
-                    if !view.take(row) {
-                        usable = false;
-                        break;
-                    }
-                }
-                usable
-            }
+            None => take_all!(sqlx::query(VIEW).fetch(&self.pool)),
         };
         if !usable {
             return Ok(None);
