@@ -167,6 +167,18 @@ fn an_api_approval_is_recorded_once_and_only_for_the_current_digest() {
 
 /// Records `changes` as every change on `main` at `commit`.
 async fn sync(store: &Store, commit: &str, changes: &AtHead) -> SyncReport {
+    sync_move(store, commit, None, changes, &[]).await
+}
+
+/// Records a read of `main` at `commit`: every change, or with `base`, the
+/// move from it (`changes` read again, `removed` gone).
+async fn sync_move(
+    store: &Store,
+    commit: &str,
+    base: Option<&str>,
+    changes: &AtHead,
+    removed: &[&str],
+) -> SyncReport {
     let none = std::collections::BTreeSet::new();
     let held: Vec<OnBranch> = changes
         .iter()
@@ -185,10 +197,10 @@ async fn sync(store: &Store, commit: &str, changes: &AtHead) -> SyncReport {
         .sync_changes(&BranchDelta {
             branch: "main",
             commit,
-            base: None,
+            base,
             read,
-            removed: Vec::new(),
-            full: true,
+            removed: removed.iter().map(|id| id.to_string()).collect(),
+            full: base.is_none(),
             invalid: &none,
         })
         .await
@@ -373,20 +385,49 @@ fn a_full_read_never_drops_an_author_the_store_knew() {
     });
 }
 
+/// Asserts that the stored view holds exactly `changes`, each as read.
+async fn assert_stored(store: &Store, changes: &AtHead) {
+    let stored = store
+        .stored_branch("main")
+        .await
+        .unwrap()
+        .expect("a stored view");
+    assert_eq!(
+        stored.changes.keys().collect::<Vec<_>>(),
+        changes.iter().map(|(c, _, _)| &c.id).collect::<Vec<_>>()
+    );
+    for (change, digest, covered) in changes {
+        let held = &stored.changes[&change.id];
+        assert_eq!(held.unpack(&change.id), (change.clone(), covered.clone()));
+        assert_eq!(&held.digest(), digest);
+    }
+}
+
+/// Whether the stored view's pages are marked current.
+async fn pages_current(store: &Store) -> bool {
+    let marked = "UPDATE branch_views SET pages_at = pages_at WHERE pages_at = updated_at";
+    store.execute_raw(marked).await.unwrap() == 1
+}
+
 #[test]
 fn a_restart_takes_change_sets_from_their_packed_rows_and_rereads_when_they_are_unusable() {
     on_each_backend(|store| async move {
         let repo = two_changes();
         let (commit, changes) = changes_at_head(&repo);
         sync(&store, &commit, &changes).await;
-        // As stored: each change set unpacks to what was read, digest and
-        // covered paths included.
-        let stored = store.stored_branch("main").await.unwrap().unwrap();
-        for (change, digest, covered) in &changes {
-            let held = &stored.changes[&change.id];
-            assert_eq!(held.unpack(&change.id), (change.clone(), covered.clone()));
-            assert_eq!(&held.digest(), digest);
-        }
+        // Without pages (as after an upgrade to them), the rows are read,
+        // each change set unpacks to what was read, and the pages are
+        // written again.
+        store.execute_raw("DELETE FROM view_pages").await.unwrap();
+        assert_stored(&store, &changes).await;
+        assert!(pages_current(&store).await);
+        assert_eq!(
+            store
+                .execute_raw("UPDATE view_pages SET page = page")
+                .await
+                .unwrap(),
+            2
+        );
         // A row without them (written before they were stored), in another
         // format, damaged, or whose digest moved on without them (as a
         // version that knows no `packed` writes an edit): the branch is
@@ -405,6 +446,7 @@ fn a_restart_takes_change_sets_from_their_packed_rows_and_rereads_when_they_are_
             sync(&store, &commit, &changes).await;
             assert!(store.stored_branch("main").await.unwrap().is_some());
             store.execute_raw(damage).await.unwrap();
+            store.execute_raw("DELETE FROM view_pages").await.unwrap();
             assert!(
                 store.stored_branch("main").await.unwrap().is_none(),
                 "{damage}"
@@ -412,6 +454,105 @@ fn a_restart_takes_change_sets_from_their_packed_rows_and_rereads_when_they_are_
             // A full read writes the row again.
             sync(&store, &commit, &changes).await;
             assert!(store.stored_branch("main").await.unwrap().is_some(), "{damage}");
+        }
+    });
+}
+
+#[test]
+fn a_restart_takes_the_view_from_its_pages_while_they_are_current() {
+    on_each_backend(|store| async move {
+        let repo = two_changes();
+        let (commit, changes) = changes_at_head(&repo);
+        sync(&store, &commit, &changes).await;
+        assert!(pages_current(&store).await);
+        // The pages are what a restart reads: a row damaged after they
+        // were written is not read at all.
+        store
+            .execute_raw("UPDATE changes SET packed = NULL WHERE id = 'a'")
+            .await
+            .unwrap();
+        assert_stored(&store, &changes).await;
+        sync(&store, &commit, &changes).await;
+
+        // A version that knows no pages writes the view: its rows are
+        // read, and checked, instead of the pages it left behind.
+        let edited_by_an_older_version = format!(
+            "UPDATE changes SET covered = '[]', default_digest = '{}' WHERE id = 'a'",
+            Digest::of(&[])
+        );
+        store
+            .execute_raw(&edited_by_an_older_version)
+            .await
+            .unwrap();
+        store
+            .execute_raw("UPDATE branch_views SET updated_at = updated_at + 1")
+            .await
+            .unwrap();
+        assert!(!pages_current(&store).await);
+        assert!(store.stored_branch("main").await.unwrap().is_none());
+        sync(&store, &commit, &changes).await;
+
+        // A page cut short, or lost: the rows are read, and the pages
+        // written again, whole.
+        for damage in [
+            "UPDATE view_pages SET body = substr(body, 1, 3) WHERE page = (SELECT MIN(page) FROM view_pages)",
+            "DELETE FROM view_pages WHERE page = (SELECT MIN(page) FROM view_pages)",
+        ] {
+            assert_eq!(store.execute_raw(damage).await.unwrap(), 1, "{damage}");
+            assert_stored(&store, &changes).await;
+            assert!(pages_current(&store).await, "{damage}");
+            store
+                .execute_raw("UPDATE changes SET packed = NULL WHERE id = 'a'")
+                .await
+                .unwrap();
+            assert_stored(&store, &changes).await;
+            sync(&store, &commit, &changes).await;
+        }
+    });
+}
+
+#[test]
+fn a_move_rewrites_the_pages_it_touches_and_they_match_the_rows() {
+    let repo = two_changes();
+    let (c1, first) = changes_at_head(&repo);
+    repo.write(
+        "changes/a.yaml",
+        simple_change("a").replace("run.sh", "run.sh --again"),
+    )
+    .write("changes/c.yaml", simple_change("c"))
+    .remove("changes/b.yaml");
+    repo.commit("edit a, add c, drop b");
+    let (c2, second) = changes_at_head(&repo);
+    on_each_backend(|store| {
+        let (first, second, c1, c2) = (first.clone(), second.clone(), c1.clone(), c2.clone());
+        async move {
+            sync(&store, &c1, &first).await;
+            let moved = sync_move(&store, &c2, Some(&c1), &second, &["b"]).await;
+            assert_eq!((moved.added, moved.redigested, moved.removed), (1, 1, 1));
+            assert!(pages_current(&store).await);
+            // From the pages, then from the rows alone: the same view.
+            assert_stored(&store, &second).await;
+            store.execute_raw("DELETE FROM view_pages").await.unwrap();
+            assert_stored(&store, &second).await;
+
+            // A move while the pages are not current drops them; the next
+            // start reads the rows and writes the pages again.
+            sync(&store, &c1, &first).await;
+            store
+                .execute_raw("UPDATE branch_views SET pages_at = NULL")
+                .await
+                .unwrap();
+            sync_move(&store, &c2, Some(&c1), &second, &["b"]).await;
+            assert!(!pages_current(&store).await);
+            assert_eq!(
+                store
+                    .execute_raw("UPDATE view_pages SET page = page")
+                    .await
+                    .unwrap(),
+                0
+            );
+            assert_stored(&store, &second).await;
+            assert!(pages_current(&store).await);
         }
     });
 }

@@ -8,7 +8,8 @@ use std::str::FromStr;
 use serde_json::Value;
 use sqlx::Row;
 
-use super::{Store, StoreError, StoredChange, SyncReport};
+use super::view_pages::{self, Columns, Entry};
+use super::{Store, StoreError, StoredChange, SyncReport, WriteTx};
 use crate::clock::now_ms;
 use crate::model::{CoveredPath, EmailSets, EmailsById, OnBranch, Shared, Stored};
 
@@ -148,6 +149,134 @@ impl ViewRows {
             .push((row.id.to_string(), self.sets.get(emails)));
         true
     }
+
+    /// The changes and their emails, by id.
+    fn finish(self) -> (BTreeMap<String, OnBranch>, EmailsById) {
+        (
+            self.changes.into_iter().collect(),
+            self.emails.into_iter().collect(),
+        )
+    }
+}
+
+/// The rows held by `pages`, or `None` when one cannot be used.
+fn take_pages(pages: &[Vec<u8>]) -> Option<ViewRows> {
+    let mut view = ViewRows::default();
+    for body in pages {
+        let raw = view_pages::open(body)?;
+        for e in view_pages::entries(&raw)? {
+            let row = ViewRow {
+                id: e.id,
+                digest: e.digest,
+                covered: Some(e.covered),
+                emails: Some(e.emails),
+                packed: Some(e.packed),
+                outline: Some(e.outline),
+            };
+            if !view.take(row) {
+                return None;
+            }
+        }
+    }
+    Some(view)
+}
+
+/// Writes every page of `branch` from `columns`, every change on it.
+/// Pages of any other branch go: the rows describe one branch.
+async fn write_all_pages(
+    w: &mut WriteTx,
+    branch: &str,
+    columns: &[Columns],
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM view_pages")
+        .execute(w.conn())
+        .await?;
+    let mut pages: BTreeMap<i64, Vec<Entry<'_>>> = BTreeMap::new();
+    for c in columns {
+        pages
+            .entry(view_pages::page_of(&c.id))
+            .or_default()
+            .push(c.entry());
+    }
+    for (page, entries) in pages {
+        put_page(w, branch, page, &view_pages::encode(&entries)).await?;
+    }
+    Ok(())
+}
+
+/// Rewrites only the pages that hold a change read or removed by a move;
+/// `false` when one of them cannot be read (then no page can be trusted).
+async fn write_touched_pages(
+    w: &mut WriteTx,
+    branch: &str,
+    columns: &[Columns],
+    removed: &[String],
+) -> Result<bool, StoreError> {
+    let mut touched: BTreeMap<i64, (Vec<&Columns>, Vec<&str>)> = BTreeMap::new();
+    for c in columns {
+        touched
+            .entry(view_pages::page_of(&c.id))
+            .or_default()
+            .0
+            .push(c);
+    }
+    for id in removed {
+        touched
+            .entry(view_pages::page_of(id))
+            .or_default()
+            .1
+            .push(id);
+    }
+    for (page, (read, gone)) in touched {
+        let body: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT body FROM view_pages WHERE branch = $1 AND page = $2")
+                .bind(branch)
+                .bind(page)
+                .fetch_optional(w.conn())
+                .await?;
+        let raw = match body.as_deref().map(view_pages::open) {
+            None => Vec::new(),
+            Some(Some(raw)) => raw,
+            Some(None) => return Ok(false),
+        };
+        let mut entries: BTreeMap<&str, Entry<'_>> = match body {
+            None => BTreeMap::new(),
+            Some(_) => match view_pages::entries(&raw) {
+                Some(entries) => entries.into_iter().map(|e| (e.id, e)).collect(),
+                None => return Ok(false),
+            },
+        };
+        for id in gone {
+            entries.remove(id);
+        }
+        for c in read {
+            entries.insert(&c.id, c.entry());
+        }
+        if entries.is_empty() {
+            sqlx::query("DELETE FROM view_pages WHERE branch = $1 AND page = $2")
+                .bind(branch)
+                .bind(page)
+                .execute(w.conn())
+                .await?;
+        } else {
+            let entries: Vec<Entry<'_>> = entries.into_values().collect();
+            put_page(w, branch, page, &view_pages::encode(&entries)).await?;
+        }
+    }
+    Ok(true)
+}
+
+async fn put_page(w: &mut WriteTx, branch: &str, page: i64, body: &[u8]) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO view_pages (branch, page, body) VALUES ($1, $2, $3)
+         ON CONFLICT (branch, page) DO UPDATE SET body = $3",
+    )
+    .bind(branch)
+    .bind(page)
+    .bind(body)
+    .execute(w.conn())
+    .await?;
+    Ok(())
 }
 
 impl Store {
@@ -158,18 +287,24 @@ impl Store {
     pub async fn sync_changes(&self, delta: &BranchDelta<'_>) -> Result<SyncReport, StoreError> {
         let mut w = self.write().await?;
         let mut report = SyncReport::default();
-        if !delta.full {
-            // Another replica may have stored a later read: then this delta
-            // is against the wrong rows, and the caller reads in full.
-            let stored: Option<String> =
-                sqlx::query_scalar("SELECT commit_sha FROM branch_views WHERE branch = $1")
-                    .bind(delta.branch)
-                    .fetch_optional(w.conn())
-                    .await?;
-            if stored.as_deref() != delta.base {
-                report.stale_base = true;
-                return Ok(report);
-            }
+        let stored = sqlx::query(
+            "SELECT commit_sha, updated_at, pages_at FROM branch_views WHERE branch = $1",
+        )
+        .bind(delta.branch)
+        .fetch_optional(w.conn())
+        .await?;
+        let (stored, paged) = match stored {
+            Some(r) => (
+                Some(r.try_get::<String, _>("commit_sha")?),
+                r.try_get::<Option<i64>, _>("pages_at")? == Some(r.try_get("updated_at")?),
+            ),
+            None => (None, false),
+        };
+        // Another replica may have stored a later read: then this delta
+        // is against the wrong rows, and the caller reads in full.
+        if !delta.full && stored.as_deref() != delta.base {
+            report.stale_base = true;
+            return Ok(report);
         }
         // A full read compares with every row; a delta only with its own.
         const COLUMNS: &str =
@@ -213,14 +348,29 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()?;
         let now = now_ms();
-        for c in &delta.read {
+        // Each change's view columns as written, for the pages.
+        let mut written = Vec::with_capacity(delta.read.len());
+        // A first start at 100,000 changes spends seconds here.
+        let mut logged = std::time::Instant::now();
+        for (done, c) in delta.read.iter().enumerate() {
+            if logged.elapsed() >= std::time::Duration::from_secs(2) {
+                logged = std::time::Instant::now();
+                tracing::info!(done, total = delta.read.len(), "storing change sets");
+            }
             let (id, digest) = (c.id, c.held.digest());
-            let covered = c.held.covered(id);
-            let (packed, outline) = c.held.stored();
+            written.push(Columns::of(id, c.held, c.emails));
+            let Some(Columns {
+                covered,
+                emails,
+                outline,
+                packed,
+                ..
+            }) = written.last_mut()
+            else {
+                unreachable!("just pushed")
+            };
             let before = known.get(id);
             let previous = before.map(|k| k.digest.as_str());
-            let covered = serde_json::to_string(&covered).unwrap_or_default();
-            let emails = serde_json::to_string(c.emails).unwrap_or_default();
             if let Some(k) = before.filter(|k| k.digest == digest.as_str()) {
                 // Same revision: only what a newer version adds may be
                 // missing. Authors are only ever added: a full read (after
@@ -232,15 +382,11 @@ impl Store {
                     .as_deref()
                     .and_then(|e| serde_json::from_str(e).ok())
                     .unwrap_or_default();
-                let emails = match stored.is_subset(c.emails) {
-                    true => emails,
-                    false => {
-                        let all: BTreeSet<String> = stored.union(c.emails).cloned().collect();
-                        let json = serde_json::to_string(&all).unwrap_or_default();
-                        report.kept_emails.insert(id.to_string(), all);
-                        json
-                    }
-                };
+                if !stored.is_subset(c.emails) {
+                    let all: BTreeSet<String> = stored.union(c.emails).cloned().collect();
+                    *emails = serde_json::to_string(&all).unwrap_or_default();
+                    report.kept_emails.insert(id.to_string(), all);
+                }
                 if k.covered.as_deref() != Some(covered.as_str())
                     || k.emails.as_deref() != Some(emails.as_str())
                     || k.packed.as_deref() != Some(&packed[..])
@@ -248,10 +394,10 @@ impl Store {
                 {
                     sqlx::query("UPDATE changes SET covered = $2, emails = $3, packed = $4, outline = $5 WHERE id = $1")
                         .bind(id)
-                        .bind(&covered)
-                        .bind(&emails)
-                        .bind(&packed)
-                        .bind(&outline)
+                        .bind(&*covered)
+                        .bind(&*emails)
+                        .bind(&*packed)
+                        .bind(&*outline)
                         .execute(w.conn())
                         .await?;
                 }
@@ -279,10 +425,10 @@ impl Store {
             .bind(&definition)
             .bind(now)
             .bind(labels)
-            .bind(&covered)
-            .bind(&emails)
-            .bind(&packed)
-            .bind(&outline)
+            .bind(&*covered)
+            .bind(&*emails)
+            .bind(&*packed)
+            .bind(&*outline)
             .execute(w.conn())
             .await?;
             sqlx::query("INSERT INTO change_digests (change_id, commit_sha, digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
@@ -342,15 +488,31 @@ impl Store {
             .bind(delta.branch)
             .execute(w.conn())
             .await?;
+        let pages_at = if delta.full {
+            write_all_pages(&mut w, delta.branch, &written).await?;
+            Some(now)
+        } else if paged
+            && write_touched_pages(&mut w, delta.branch, &written, &delta.removed).await?
+        {
+            Some(now)
+        } else {
+            // Pages already unused, or one that cannot be read: the next
+            // start writes them all again from the rows.
+            sqlx::query("DELETE FROM view_pages")
+                .execute(w.conn())
+                .await?;
+            None
+        };
         let invalid = serde_json::to_string(delta.invalid).unwrap_or_default();
         sqlx::query(
-            "INSERT INTO branch_views (branch, commit_sha, invalid, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (branch) DO UPDATE SET commit_sha = $2, invalid = $3, updated_at = $4",
+            "INSERT INTO branch_views (branch, commit_sha, invalid, updated_at, pages_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (branch) DO UPDATE SET commit_sha = $2, invalid = $3, updated_at = $4, pages_at = $5",
         )
         .bind(delta.branch)
         .bind(delta.commit)
         .bind(&invalid)
         .bind(now)
+        .bind(pages_at)
         .execute(w.conn())
         .await?;
         w.commit().await?;
@@ -370,21 +532,102 @@ impl Store {
 
     /// The default branch's view as last stored, or `None` when there is
     /// none or a row predates the persisted view (then the branch is read
-    /// in full).
+    /// in full). Read from its pages when they are current; else from its
+    /// rows, and then the pages are written again for the next start.
     pub async fn stored_branch(&self, branch: &str) -> Result<Option<StoredBranch>, StoreError> {
-        let Some(row) =
-            sqlx::query("SELECT commit_sha, invalid FROM branch_views WHERE branch = $1")
-                .bind(branch)
-                .fetch_optional(&self.pool)
-                .await?
+        let Some(row) = sqlx::query(
+            "SELECT commit_sha, invalid, updated_at, pages_at FROM branch_views WHERE branch = $1",
+        )
+        .bind(branch)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };
         let commit: String = row.try_get("commit_sha")?;
         let invalid: String = row.try_get("invalid")?;
-        let Ok(invalid) = serde_json::from_str(&invalid) else {
+        let updated_at: i64 = row.try_get("updated_at")?;
+        let paged = row.try_get::<Option<i64>, _>("pages_at")? == Some(updated_at);
+        let Ok(invalid) = serde_json::from_str::<BTreeSet<String>>(&invalid) else {
             return Ok(None);
         };
+        if paged {
+            match self.view_from_pages(branch).await? {
+                Some((changes, emails)) => {
+                    return Ok(Some(StoredBranch {
+                        commit,
+                        changes,
+                        emails,
+                        invalid,
+                    }))
+                }
+                None => tracing::warn!("the stored view's pages cannot be used; reading its rows"),
+            }
+        }
+        let Some((changes, emails)) = self.view_from_rows().await? else {
+            return Ok(None);
+        };
+        let stored = StoredBranch {
+            commit,
+            changes,
+            emails,
+            invalid,
+        };
+        // The first start after an upgrade, or after a page was damaged.
+        if let Err(e) = self.write_pages(branch, &stored, updated_at).await {
+            tracing::warn!(error = %e, "cannot write the stored view's pages; the next start reads its rows again");
+        }
+        Ok(Some(stored))
+    }
+
+    /// The view from its pages, or `None` when one cannot be used or they
+    /// do not hold every change row exactly once.
+    async fn view_from_pages(
+        &self,
+        branch: &str,
+    ) -> Result<Option<(BTreeMap<String, OnBranch>, EmailsById)>, StoreError> {
+        let pages: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT body FROM view_pages WHERE branch = $1")
+                .bind(branch)
+                .fetch_all(&self.pool)
+                .await?;
+        // Taken in on every core: each part builds its own rows, and the
+        // parts are put together once all of them could be used.
+        let Some(view) = tokio::task::spawn_blocking(move || {
+            let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let per_part = pages.len().div_ceil(parts).max(1);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = pages
+                    .chunks(per_part)
+                    .map(|part| scope.spawn(|| take_pages(part)))
+                    .collect();
+                let mut all = ViewRows::default();
+                for part in parts {
+                    let part = part.join().expect("taking pages in does not panic")?;
+                    all.changes.extend(part.changes);
+                    all.emails.extend(part.emails);
+                }
+                Some(all)
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("reading the view's pages: {e}")))?
+        else {
+            return Ok(None);
+        };
+        let (changes, emails) = view.finish();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        let whole = usize::try_from(rows).is_ok_and(|n| n == changes.len() && n == emails.len());
+        Ok(whole.then_some((changes, emails)))
+    }
+
+    /// The view from the change rows, or `None` at the first row that
+    /// cannot be used as it is.
+    async fn view_from_rows(
+        &self,
+    ) -> Result<Option<(BTreeMap<String, OnBranch>, EmailsById)>, StoreError> {
         // Streamed: SQLite's worker reads the next rows while these are
         // taken in, so the two overlap. No change set is parsed: each row
         // holds it packed, as the view keeps it.
@@ -429,15 +672,38 @@ impl Store {
             }
             None => take_all!(sqlx::query(VIEW).fetch(&self.pool)),
         };
-        if !usable {
-            return Ok(None);
+        Ok(usable.then(|| view.finish()))
+    }
+
+    /// Writes the pages of `stored` and marks them current, unless the view
+    /// was written again since it was read at `updated_at`.
+    async fn write_pages(
+        &self,
+        branch: &str,
+        stored: &StoredBranch,
+        updated_at: i64,
+    ) -> Result<(), StoreError> {
+        let none = BTreeSet::new();
+        let columns: Vec<Columns> = stored
+            .changes
+            .iter()
+            .map(|(id, held)| Columns::of(id, held, stored.emails.get(id).map_or(&none, |e| e)))
+            .collect();
+        let mut w = self.write().await?;
+        write_all_pages(&mut w, branch, &columns).await?;
+        let current = sqlx::query(
+            "UPDATE branch_views SET pages_at = updated_at WHERE branch = $1 AND updated_at = $2",
+        )
+        .bind(branch)
+        .bind(updated_at)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+        // Otherwise the transaction is dropped, and rolls back.
+        if current == 1 {
+            w.commit().await?;
         }
-        Ok(Some(StoredBranch {
-            commit,
-            changes: view.changes.into_iter().collect(),
-            emails: view.emails.into_iter().collect(),
-            invalid,
-        }))
+        Ok(())
     }
 
     /// Revisions neither completed nor rolled back: (change, digest).

@@ -27,6 +27,7 @@ mod inbox;
 mod policies;
 mod states;
 mod statuses;
+mod view_pages;
 
 pub use alerts::{Alert, AlertLabels, Delivery, Firing, Severity};
 pub use changes::{BranchChange, BranchDelta, StoredBranch};
