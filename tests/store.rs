@@ -39,6 +39,15 @@ fn two_changes() -> TestRepo {
     repo
 }
 
+/// The changes of `two_changes`, and of the commit `edit` makes on top.
+fn moved_from_two_changes(edit: impl FnOnce(&TestRepo)) -> ((String, AtHead), (String, AtHead)) {
+    let repo = two_changes();
+    let before = changes_at_head(&repo);
+    edit(&repo);
+    repo.commit("move");
+    (before, changes_at_head(&repo))
+}
+
 #[test]
 fn migrations_are_idempotent() {
     on_each_backend(|store| async move {
@@ -76,12 +85,10 @@ fn syncing_records_each_change_once_with_its_digest() {
 
 #[test]
 fn a_new_digest_and_a_removed_change_are_recorded() {
-    let repo = two_changes();
-    let (c1, first) = changes_at_head(&repo);
-    repo.write("run.sh", "echo changed\n")
-        .remove("changes/b.yaml");
-    repo.commit("edit the script, drop b");
-    let (c2, second) = changes_at_head(&repo);
+    let ((c1, first), (c2, second)) = moved_from_two_changes(|repo| {
+        repo.write("run.sh", "echo changed\n")
+            .remove("changes/b.yaml");
+    });
     on_each_backend(|store| {
         let (first, second, c1, c2) = (first.clone(), second.clone(), c1.clone(), c2.clone());
         async move {
@@ -403,6 +410,15 @@ async fn assert_stored(store: &Store, changes: &AtHead) {
     }
 }
 
+/// An edit of change `a`'s row as a version that knows no `packed` or
+/// `outline` writes it: a new digest, and the rest left as it was.
+fn edited_by_an_older_version() -> String {
+    format!(
+        "UPDATE changes SET covered = '[]', default_digest = '{}' WHERE id = 'a'",
+        Digest::of(&[])
+    )
+}
+
 /// Whether the stored view's pages are marked current.
 async fn pages_current(store: &Store) -> bool {
     let marked = "UPDATE branch_views SET pages_at = pages_at WHERE pages_at = updated_at";
@@ -432,10 +448,7 @@ fn a_restart_takes_change_sets_from_their_packed_rows_and_rereads_when_they_are_
         // format, damaged, or whose digest moved on without them (as a
         // version that knows no `packed` writes an edit): the branch is
         // read again, not trusted.
-        let edited_by_an_older_version = format!(
-            "UPDATE changes SET covered = '[]', default_digest = '{}' WHERE id = 'a'",
-            Digest::of(&[])
-        );
+        let edited_by_an_older_version = edited_by_an_older_version();
         for damage in [
             edited_by_an_older_version.as_str(),
             "UPDATE changes SET packed = NULL WHERE id = 'a'",
@@ -476,10 +489,7 @@ fn a_restart_takes_the_view_from_its_pages_while_they_are_current() {
 
         // A version that knows no pages writes the view: its rows are
         // read, and checked, instead of the pages it left behind.
-        let edited_by_an_older_version = format!(
-            "UPDATE changes SET covered = '[]', default_digest = '{}' WHERE id = 'a'",
-            Digest::of(&[])
-        );
+        let edited_by_an_older_version = edited_by_an_older_version();
         store
             .execute_raw(&edited_by_an_older_version)
             .await
@@ -513,16 +523,14 @@ fn a_restart_takes_the_view_from_its_pages_while_they_are_current() {
 
 #[test]
 fn a_move_rewrites_the_pages_it_touches_and_they_match_the_rows() {
-    let repo = two_changes();
-    let (c1, first) = changes_at_head(&repo);
-    repo.write(
-        "changes/a.yaml",
-        simple_change("a").replace("run.sh", "run.sh --again"),
-    )
-    .write("changes/c.yaml", simple_change("c"))
-    .remove("changes/b.yaml");
-    repo.commit("edit a, add c, drop b");
-    let (c2, second) = changes_at_head(&repo);
+    let ((c1, first), (c2, second)) = moved_from_two_changes(|repo| {
+        repo.write(
+            "changes/a.yaml",
+            simple_change("a").replace("run.sh", "run.sh --again"),
+        )
+        .write("changes/c.yaml", simple_change("c"))
+        .remove("changes/b.yaml");
+    });
     on_each_backend(|store| {
         let (first, second, c1, c2) = (first.clone(), second.clone(), c1.clone(), c2.clone());
         async move {
