@@ -501,16 +501,32 @@ fn a_restart_takes_the_view_from_its_pages_while_they_are_current() {
         assert!(!pages_current(&store).await);
         assert!(store.stored_branch("main").await.unwrap().is_none());
         sync(&store, &commit, &changes).await;
+        // The same write within the millisecond of the pages' stamp: the
+        // stamp still says current, but the pages no longer match the rows
+        // (ids, digests, emails), so the rows are read, and checked.
+        store
+            .execute_raw(&edited_by_an_older_version)
+            .await
+            .unwrap();
+        assert!(pages_current(&store).await);
+        assert!(store.stored_branch("main").await.unwrap().is_none());
+        sync(&store, &commit, &changes).await;
+        store
+            .execute_raw(r#"UPDATE changes SET emails = '["dev@example.com"]' WHERE id = 'a'"#)
+            .await
+            .unwrap();
+        let stored = store.stored_branch("main").await.unwrap().unwrap();
+        assert!(stored.emails["a"].contains("dev@example.com"));
+        sync(&store, &commit, &changes).await;
 
         // A page cut short, or lost: the rows are read, and the pages
-        // written again, whole.
+        // written again, whole (a damaged row is then not read).
         for damage in [
             "UPDATE view_pages SET body = substr(body, 1, 3) WHERE page = (SELECT MIN(page) FROM view_pages)",
             "DELETE FROM view_pages WHERE page = (SELECT MIN(page) FROM view_pages)",
         ] {
             assert_eq!(store.execute_raw(damage).await.unwrap(), 1, "{damage}");
             assert_stored(&store, &changes).await;
-            assert!(pages_current(&store).await, "{damage}");
             store
                 .execute_raw("UPDATE changes SET packed = NULL WHERE id = 'a'")
                 .await
@@ -538,9 +554,23 @@ fn a_move_rewrites_the_pages_it_touches_and_they_match_the_rows() {
             let moved = sync_move(&store, &c2, Some(&c1), &second, &["b"]).await;
             assert_eq!((moved.added, moved.redigested, moved.removed), (1, 1, 1));
             assert!(pages_current(&store).await);
-            // From the pages, then from the rows alone: the same view.
+            // From the pages (a damaged row is not read), then from the
+            // rows alone: the same view.
+            store
+                .execute_raw("UPDATE changes SET packed = NULL WHERE id = 'c'")
+                .await
+                .unwrap();
             assert_stored(&store, &second).await;
+            sync(&store, &c2, &second).await;
             store.execute_raw("DELETE FROM view_pages").await.unwrap();
+            assert_stored(&store, &second).await;
+
+            // A move over a damaged page drops the pages.
+            sync(&store, &c1, &first).await;
+            let cut = "UPDATE view_pages SET body = substr(body, 1, 3) WHERE page = (SELECT MIN(page) FROM view_pages)";
+            assert_eq!(store.execute_raw(cut).await.unwrap(), 1);
+            sync_move(&store, &c2, Some(&c1), &second, &["b"]).await;
+            assert!(!pages_current(&store).await);
             assert_stored(&store, &second).await;
 
             // A move while the pages are not current drops them; the next

@@ -23,6 +23,10 @@ const DICTIONARY: &[u8] = br#"{"title":"","description":"","kind":"config","targ
 /// check of its shape.
 const PACK_FORMAT: u8 = 1;
 
+/// No stored change set unpacks to more JSON than this (its file is at
+/// most 1 MiB of YAML), so a damaged length prefix cannot ask for 4 GiB.
+const LARGEST_CHANGE: usize = 16 << 20;
+
 /// What the store keeps beside the packed bytes, so that a restart needs
 /// neither to parse nor to compress a change set. It binds the packed
 /// bytes to a digest and a checksum of their JSON: a row whose digest
@@ -148,7 +152,10 @@ impl OnBranch {
             && packed.first() == Some(&PACK_FORMAT)
             && outline.digest == stored.digest
             && Digest::from_sha256(digest).as_str() == stored.digest;
-        if !fits {
+        // The length prefix is stored bytes too: it is checked before
+        // anything that size is allocated.
+        let size = u32::from_le_bytes(packed.get(1..5)?.try_into().ok()?) as usize;
+        if !fits || size > LARGEST_CHANGE {
             return None;
         }
         let json =
@@ -387,8 +394,11 @@ mod tests {
         assert!(
             lz4_flex::block::decompress_size_prepended_with_dict(&flipped[1..], DICTIONARY).is_ok()
         );
+        let mut huge = packed.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
         for (bytes, outline) in [
             (other, outline.clone()),
+            (huge, outline.clone()),
             (cut, outline.clone()),
             (flipped, outline.clone()),
             (Vec::new(), outline.clone()),

@@ -159,12 +159,17 @@ impl ViewRows {
     }
 }
 
-/// The rows held by `pages`, or `None` when one cannot be used.
-fn take_pages(pages: &[Vec<u8>]) -> Option<ViewRows> {
+/// The rows held by `pages`, or `None` when one cannot be used: damaged,
+/// or an entry that is not on its own page or does not match its row in
+/// `rows` (id → digest, emails).
+fn take_pages(pages: &[(i64, Vec<u8>)], rows: &HashMap<&str, (&str, &str)>) -> Option<ViewRows> {
     let mut view = ViewRows::default();
-    for body in pages {
+    for (page, body) in pages {
         let raw = view_pages::open(body)?;
         for e in view_pages::entries(&raw)? {
+            if view_pages::page_of(e.id) != *page || rows.get(e.id) != Some(&(e.digest, e.emails)) {
+                return None;
+            }
             let row = ViewRow {
                 id: e.id,
                 digest: e.digest,
@@ -581,46 +586,60 @@ impl Store {
     }
 
     /// The view from its pages, or `None` when one cannot be used or they
-    /// do not hold every change row exactly once.
+    /// do not hold exactly the change rows: the same ids, each with its
+    /// row's digest and emails. That check is what binds the pages to the
+    /// rows; the stamp only says whether reading them is worth trying.
     async fn view_from_pages(
         &self,
         branch: &str,
     ) -> Result<Option<(BTreeMap<String, OnBranch>, EmailsById)>, StoreError> {
-        let pages: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT body FROM view_pages WHERE branch = $1")
+        let pages: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT page, body FROM view_pages WHERE branch = $1")
                 .bind(branch)
                 .fetch_all(&self.pool)
                 .await?;
+        // Every row's (id, digest, emails) in one value, so the check does
+        // not pay the per-row cost the pages avoid. Ids are `[a-z0-9._-]`
+        // and emails are JSON, so neither holds the separators.
+        let listing = match self.backend() {
+            super::Backend::Sqlite => "SELECT group_concat(id || char(31) || default_digest || char(31) || COALESCE(emails, ''), char(30)) FROM changes",
+            super::Backend::Postgres => "SELECT string_agg(id || chr(31) || default_digest || chr(31) || COALESCE(emails, ''), chr(30)) FROM changes",
+        };
+        let listing: Option<String> = sqlx::query_scalar(listing).fetch_one(&self.pool).await?;
         // Taken in on every core: each part builds its own rows, and the
         // parts are put together once all of them could be used.
-        let Some(view) = tokio::task::spawn_blocking(move || {
+        let taken = tokio::task::spawn_blocking(move || {
+            let listing = listing.unwrap_or_default();
+            let rows: HashMap<&str, (&str, &str)> = listing
+                .split('\u{1e}')
+                .filter(|row| !row.is_empty())
+                .filter_map(|row| {
+                    let mut fields = row.splitn(3, '\u{1f}');
+                    Some((fields.next()?, (fields.next()?, fields.next()?)))
+                })
+                .collect();
             let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
             let per_part = pages.len().div_ceil(parts).max(1);
             std::thread::scope(|scope| {
                 let parts: Vec<_> = pages
                     .chunks(per_part)
-                    .map(|part| scope.spawn(|| take_pages(part)))
+                    .map(|part| scope.spawn(|| take_pages(part, &rows)))
                     .collect();
                 let mut all = ViewRows::default();
                 for part in parts {
-                    let part = part.join().expect("taking pages in does not panic")?;
+                    // A part that panicked is a part that cannot be used.
+                    let part = part.join().ok().flatten()?;
                     all.changes.extend(part.changes);
                     all.emails.extend(part.emails);
                 }
-                Some(all)
+                let (changes, emails) = all.finish();
+                // Each row once: no id missing, none held twice.
+                (changes.len() == rows.len() && emails.len() == rows.len())
+                    .then_some((changes, emails))
             })
         })
-        .await
-        .map_err(|e| StoreError::Corrupt(format!("reading the view's pages: {e}")))?
-        else {
-            return Ok(None);
-        };
-        let (changes, emails) = view.finish();
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM changes")
-            .fetch_one(&self.pool)
-            .await?;
-        let whole = usize::try_from(rows).is_ok_and(|n| n == changes.len() && n == emails.len());
-        Ok(whole.then_some((changes, emails)))
+        .await;
+        Ok(taken.ok().flatten())
     }
 
     /// The view from the change rows, or `None` at the first row that

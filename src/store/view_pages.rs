@@ -101,9 +101,12 @@ pub(super) fn open(page: &[u8]) -> Option<Vec<u8>> {
     lz4_flex::block::decompress_size_prepended(block).ok()
 }
 
-/// The entries in an opened page.
+/// The entries in an opened page; `None` if anything follows them.
 pub(super) fn entries(raw: &[u8]) -> Option<Vec<Entry<'_>>> {
-    postcard::from_bytes(raw).ok()
+    match postcard::take_from_bytes(raw).ok()? {
+        (entries, []) => Some(entries),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -136,8 +139,11 @@ mod tests {
         let mut huge = page.clone();
         huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(open(&huge).is_none());
-        // Entries cut short do not read.
+        // Entries cut short, or followed by anything, do not read.
         assert!(entries(&raw[..raw.len() - 1]).is_none());
+        let mut longer = raw.clone();
+        longer.push(0);
+        assert!(entries(&longer).is_none());
     }
 
     #[test]
