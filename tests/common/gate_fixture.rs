@@ -161,7 +161,14 @@ pub fn exec_command(
 
 /// (approver, counts, reason) of each review of change `id`.
 pub fn reviews(server: &Server, id: &str) -> Vec<(String, bool, String)> {
-    client(server, "alice").change(id).unwrap()["approvals"]["reviews"]
+    reviews_if_known(server, id).unwrap_or_else(|| panic!("no change `{id}`"))
+}
+
+/// [`reviews`], or `None` while the server does not know change `id` (a
+/// pull request being retargeted away and back, for one).
+pub fn reviews_if_known(server: &Server, id: &str) -> Option<Vec<(String, bool, String)>> {
+    let change = client(server, "alice").change(id).ok()?;
+    let reviews = change["approvals"]["reviews"]
         .as_array()
         .unwrap()
         .iter()
@@ -172,7 +179,8 @@ pub fn reviews(server: &Server, id: &str) -> Vec<(String, bool, String)> {
                 r["reason"].as_str().unwrap_or("").to_string(),
             )
         })
-        .collect()
+        .collect();
+    Some(reviews)
 }
 
 /// Writes an executable shell script at `path` in `repo`.
