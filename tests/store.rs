@@ -419,6 +419,14 @@ fn edited_by_an_older_version() -> String {
     )
 }
 
+/// Asserts that the stored view holds exactly `changes` with the row of
+/// `damaged` unusable: so it came from the pages, not the rows.
+async fn assert_stored_from_pages(store: &Store, changes: &AtHead, damaged: &str) {
+    let damage = format!("UPDATE changes SET packed = NULL WHERE id = '{damaged}'");
+    assert_eq!(store.execute_raw(&damage).await.unwrap(), 1);
+    assert_stored(store, changes).await;
+}
+
 /// Whether the stored view's pages are marked current.
 async fn pages_current(store: &Store) -> bool {
     let marked = "UPDATE branch_views SET pages_at = pages_at WHERE pages_at = updated_at";
@@ -480,11 +488,7 @@ fn a_restart_takes_the_view_from_its_pages_while_they_are_current() {
         assert!(pages_current(&store).await);
         // The pages are what a restart reads: a row damaged after they
         // were written is not read at all.
-        store
-            .execute_raw("UPDATE changes SET packed = NULL WHERE id = 'a'")
-            .await
-            .unwrap();
-        assert_stored(&store, &changes).await;
+        assert_stored_from_pages(&store, &changes, "a").await;
         sync(&store, &commit, &changes).await;
 
         // A version that knows no pages writes the view: its rows are
@@ -527,11 +531,7 @@ fn a_restart_takes_the_view_from_its_pages_while_they_are_current() {
         ] {
             assert_eq!(store.execute_raw(damage).await.unwrap(), 1, "{damage}");
             assert_stored(&store, &changes).await;
-            store
-                .execute_raw("UPDATE changes SET packed = NULL WHERE id = 'a'")
-                .await
-                .unwrap();
-            assert_stored(&store, &changes).await;
+            assert_stored_from_pages(&store, &changes, "a").await;
             sync(&store, &commit, &changes).await;
         }
     });
@@ -556,11 +556,7 @@ fn a_move_rewrites_the_pages_it_touches_and_they_match_the_rows() {
             assert!(pages_current(&store).await);
             // From the pages (a damaged row is not read), then from the
             // rows alone: the same view.
-            store
-                .execute_raw("UPDATE changes SET packed = NULL WHERE id = 'c'")
-                .await
-                .unwrap();
-            assert_stored(&store, &second).await;
+            assert_stored_from_pages(&store, &second, "c").await;
             sync(&store, &c2, &second).await;
             store.execute_raw("DELETE FROM view_pages").await.unwrap();
             assert_stored(&store, &second).await;
