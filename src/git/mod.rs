@@ -1,5 +1,6 @@
 //! Reading change sets and policies from git objects (never a working tree).
 
+mod diff;
 pub mod touched;
 
 use std::cell::RefCell;
@@ -164,14 +165,30 @@ impl ChangeRepo {
 
     /// Every path that differs between the trees of commits `from` and
     /// `to` (added, removed or changed; both sides of a rename). Subtrees
-    /// with the same id are skipped, so this costs what moved.
+    /// with the same id are skipped, so this costs what moved ([`diff`]).
     pub fn changed_paths(&self, from: &str, to: &str) -> Result<BTreeSet<String>, GitError> {
-        let tree = |rev: &str| -> Result<Tree<'_>, GitError> {
-            Ok(self.repo.revparse_single(rev)?.peel_to_commit()?.tree()?)
-        };
-        let diff = self
-            .repo
-            .diff_tree_to_tree(Some(&tree(from)?), Some(&tree(to)?), None)?;
+        self.changed_paths_to(from, self, to)
+    }
+
+    /// [`ChangeRepo::changed_paths`] with commit `to` read through another
+    /// handle on the same repository (see [`ChangeRepo::reopen`]).
+    pub fn changed_paths_to(
+        &self,
+        from: &str,
+        other: &ChangeRepo,
+        to: &str,
+    ) -> Result<BTreeSet<String>, GitError> {
+        fn tree<'r>(repo: &'r Repository, rev: &str) -> Result<Tree<'r>, GitError> {
+            Ok(repo.revparse_single(rev)?.peel_to_commit()?.tree()?)
+        }
+        let (old, new) = (tree(&self.repo, from)?, tree(&other.repo, to)?);
+        if let Some(paths) = diff::changed_paths((&self.repo, &old), (&other.repo, &new))? {
+            return Ok(paths);
+        }
+        // A tree out of git's order: libgit2's diff, entry by entry, both
+        // sides through one handle.
+        let old = tree(&other.repo, from)?;
+        let diff = other.repo.diff_tree_to_tree(Some(&old), Some(&new), None)?;
         let mut out = BTreeSet::new();
         for delta in diff.deltas() {
             for file in [delta.old_file(), delta.new_file()] {
@@ -183,6 +200,16 @@ impl ChangeRepo {
             }
         }
         Ok(out)
+    }
+
+    /// Another handle on this repository, with an object cache of its own:
+    /// for reading commits whose trees will not be read again (a pull
+    /// request's head), so that they do not push the default branch's
+    /// parsed trees out of this handle's cache. Dropping it frees them.
+    pub fn reopen(&self) -> Result<ChangeRepo, GitError> {
+        Ok(ChangeRepo {
+            repo: Repository::open(self.repo.path())?,
+        })
     }
 
     /// The commits after `base` up to `tip` (at most

@@ -17,6 +17,18 @@ impl Snapshot<'_> {
     }
 }
 
+/// The default branch's changes as last read: what [`touched`] rules
+/// paths in or out by.
+#[derive(Clone, Copy)]
+pub struct Known<'a> {
+    /// The covered roots of its change sets.
+    pub roots: &'a RootIndex,
+    /// Its change sets that do not validate.
+    pub invalid: &'a BTreeSet<String>,
+    /// The commit they were read at (empty: not read yet).
+    pub at: &'a str,
+}
+
 /// What a pull request touches, with its digest (or blob) at `head`: each
 /// change whose digest differs from the merge base with the default
 /// branch, and each policy file it adds, edits or deletes ([`deletion_of`]
@@ -25,27 +37,39 @@ impl Snapshot<'_> {
 /// Costs what the pull request changed, not the repository's size: only
 /// the paths that differ between the merge base and the head are looked
 /// at, and only the change sets they can affect are read, using the
-/// covered roots of the default branch's changes (`known`, indexed once per
-/// read of the branch) and the change
-/// sets there that do not validate (`invalid`), both read at `known_at`,
-/// plus the change sets that differ between `known_at` and the merge base,
+/// covered roots of the default branch's changes (`known.roots`, indexed
+/// once per read of the branch) and the change sets there that do not
+/// validate (`known.invalid`), both read at `known.at`,
+/// plus the change sets that differ between `known.at` and the merge base,
 /// plus any change set file in the diff itself.
+///
+/// The default branch's side is read through `repo`, the handle kept open
+/// for the process's life, whose cache keeps its parsed trees; the head's
+/// through `event`, a handle of its own for this event
+/// ([`ChangeRepo::reopen`]), dropped after it. One cache for both filled up
+/// with heads' trees, never read again, until libgit2 evicted the default
+/// branch's `changes/` tree, which then had to be read again: after about
+/// 30 events at 100,000 change sets, events took twice as long.
 pub fn touched(
     repo: &ChangeRepo,
+    event: &ChangeRepo,
     head: &str,
     base: &str,
     default_branch: &str,
-    known: &RootIndex,
-    invalid: &BTreeSet<String>,
-    known_at: &str,
+    known: Known<'_>,
 ) -> Result<Vec<(String, String)>, GitError> {
+    let Known {
+        roots: known,
+        invalid,
+        at: known_at,
+    } = known;
     if known_at.is_empty() {
         // Without the branch's changes nothing can be ruled out: retry.
         return Err(GitError::Git(git2::Error::from_str(
             "the default branch has not been read yet",
         )));
     }
-    let head_id = repo.at(head)?.commit_id().to_string();
+    let head_id = event.at(head)?.commit_id().to_string();
     let base_id = repo
         .at(base)
         .or_else(|_| repo.at(&format!("refs/heads/{default_branch}")))?
@@ -58,9 +82,9 @@ pub fn touched(
             git2::Oid::from_str(&base_id)?,
         )?
         .to_string();
-    let changed = repo.changed_paths(&merge_base, &head_id)?;
+    let changed = repo.changed_paths_to(&merge_base, event, &head_id)?;
     let mut candidates = known.affected(&changed, invalid);
-    let (at_head, at_base) = (repo.at(&head_id)?, repo.at(&merge_base)?);
+    let (at_head, at_base) = (event.at(&head_id)?, repo.at(&merge_base)?);
     // `known` was read at `known_at`; change sets that differ at the merge
     // base (added or edited since, or not yet read) cover what they cover
     // there.

@@ -88,17 +88,16 @@ impl Github {
             .with_mirror(move |m| {
                 m.fetch_pull(&default, number)?;
                 m.read(|repo| {
-                    let touched = touched(
-                        repo,
-                        &head,
-                        &base,
-                        &default,
-                        &main.roots,
-                        &main.invalid,
-                        &main.commit,
-                    )?;
+                    // The head's trees through a handle of their own.
+                    let event = repo.reopen()?;
+                    let known = Known {
+                        roots: &main.roots,
+                        invalid: &main.invalid,
+                        at: &main.commit,
+                    };
+                    let touched = touched(repo, &event, &head, &base, &default, known)?;
                     let ids: Vec<String> = touched.iter().map(|(id, _)| id.clone()).collect();
-                    let digests = digests_at(repo, &review_commits, &ids, &default)?;
+                    let digests = digests_at(&event, &review_commits, &ids, &default)?;
                     Ok((touched, digests))
                 })
             })
@@ -174,12 +173,16 @@ impl Github {
         let digests = self
             .with_mirror(move |m| {
                 let commits = BTreeSet::from([commit.clone()]);
-                match m.read(|repo| digests_at(repo, &commits, &ids, &default)) {
+                // The reviewed commit's trees through a handle of their own.
+                let at = |repo: &crate::git::ChangeRepo| {
+                    digests_at(&repo.reopen()?, &commits, &ids, &default)
+                };
+                match m.read(at) {
                     Ok(d) => Ok(d),
                     // Not fetched yet (the review raced the push): fetch and read again.
                     Err(_) => {
                         m.fetch_pull(&default, number)?;
-                        m.read(|repo| digests_at(repo, &commits, &ids, &default))
+                        m.read(at)
                     }
                 }
             })

@@ -32,7 +32,7 @@ pub use origin::{Foreign, Home};
 use crate::clock::now_ms;
 use crate::config::GithubConfig;
 use crate::engine::{Engine, EngineError};
-use crate::git::touched::{digests_at, touched};
+use crate::git::touched::{digests_at, touched, Known};
 use crate::git::GitError;
 use crate::model::Approver;
 use crate::store::{PullRequestRecord, StoreError};
