@@ -16,6 +16,12 @@ use git2::{Oid, Repository, Tree};
 /// File mode of a tree entry that is itself a tree.
 const TREE_MODE: i32 = 0o040000;
 
+/// How many folders deep the walk goes before leaving the diff to libgit2,
+/// whose iterator keeps its stack on the heap: the walk recurses once per
+/// folder, on a thread with a 2 MiB stack, and a pusher can hand-write a
+/// tree nested as deep as they like. Real repositories stay far shallower.
+const MAX_DEPTH: usize = 256;
+
 /// One entry, read once over FFI into a buffer the walk reuses: at 100,000
 /// entries per folder, calls into libgit2 are most of the walk's cost.
 #[derive(Default)]
@@ -100,15 +106,22 @@ impl<'a, 'r> Cursor<'a, 'r> {
 /// be two opened on the same repository, so that each side's trees stay in
 /// the cache of the handle that keeps them ([`super::touched::touched`]).
 /// `None` when a tree on the way is not in git's order (git refuses such a
-/// tree; a hand-made one must not make the walk step past a difference):
-/// the caller asks libgit2 instead.
+/// tree; a hand-made one must not make the walk step past a difference) or
+/// lies deeper than [`MAX_DEPTH`] folders: the caller asks libgit2 instead.
 pub(super) fn changed_paths(
     from: (&Repository, &Tree<'_>),
     to: (&Repository, &Tree<'_>),
 ) -> Result<Option<BTreeSet<String>>, git2::Error> {
     let mut out = BTreeSet::new();
     let repos = (from.0, to.0);
-    let sorted = walk(repos, Some(from.1), Some(to.1), &mut Vec::new(), &mut out)?;
+    let sorted = walk(
+        repos,
+        Some(from.1),
+        Some(to.1),
+        &mut Vec::new(),
+        0,
+        &mut out,
+    )?;
     Ok(sorted.then_some(out))
 }
 
@@ -120,14 +133,19 @@ enum Step {
 }
 
 /// Adds to `out` what differs below `prefix` between `from` and `to` (a
-/// missing side is an empty tree); false when a tree is out of order.
+/// missing side is an empty tree), `depth` folders down; false when a tree
+/// is out of order or too deep.
 fn walk(
     repos: (&Repository, &Repository),
     from: Option<&Tree<'_>>,
     to: Option<&Tree<'_>>,
     prefix: &mut Vec<u8>,
+    depth: usize,
     out: &mut BTreeSet<String>,
 ) -> Result<bool, git2::Error> {
+    if depth > MAX_DEPTH {
+        return Ok(false);
+    }
     let (mut old, mut new) = (Cursor::new(from), Cursor::new(to));
     loop {
         let step = match (old.peek(), new.peek()) {
@@ -169,7 +187,7 @@ fn walk(
         let sorted = if entry.is_tree() {
             prefix.push(b'/');
             let (a, b) = (subtree(repos.0, before)?, subtree(repos.1, after)?);
-            walk(repos, a.as_ref(), b.as_ref(), prefix, out)?
+            walk(repos, a.as_ref(), b.as_ref(), prefix, depth + 1, out)?
         } else {
             out.insert(String::from_utf8_lossy(prefix).into_owned());
             true
@@ -328,6 +346,33 @@ mod tests {
         );
         assert_eq!(
             changed_paths((&repo, &unsorted), (&repo, &base)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_tree_nested_deeper_than_the_walk_goes_is_left_to_libgit2() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let nested = |levels: usize| {
+            let mut id = tree(&repo, &[("leaf", "x")]);
+            for _ in 0..levels {
+                let mut builder = repo.treebuilder(None).unwrap();
+                builder.insert("d", id, FileMode::Tree.into()).unwrap();
+                id = builder.write().unwrap();
+            }
+            repo.find_tree(id).unwrap()
+        };
+        let empty = repo.find_tree(tree(&repo, &[])).unwrap();
+        let within = changed_paths((&repo, &empty), (&repo, &nested(MAX_DEPTH))).unwrap();
+        assert_eq!(within.map(|paths| paths.len()), Some(1));
+        let deeper = nested(MAX_DEPTH + 1);
+        assert_eq!(
+            changed_paths((&repo, &empty), (&repo, &deeper)).unwrap(),
+            None
+        );
+        assert_eq!(
+            changed_paths((&repo, &deeper), (&repo, &empty)).unwrap(),
             None
         );
     }
