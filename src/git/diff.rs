@@ -59,6 +59,9 @@ struct Cursor<'a, 'r> {
     next: usize,
     current: Item,
     previous: Item,
+    /// Whether a name read so far holds a `/`: `a/` would compare equal to
+    /// a folder `a`, so the walk could skip what lies below it.
+    slash: bool,
 }
 
 impl<'a, 'r> Cursor<'a, 'r> {
@@ -68,6 +71,7 @@ impl<'a, 'r> Cursor<'a, 'r> {
             next: 0,
             current: Item::default(),
             previous: Item::default(),
+            slash: false,
         };
         cursor.read();
         cursor
@@ -80,6 +84,7 @@ impl<'a, 'r> Cursor<'a, 'r> {
         if let Some(entry) = entry {
             self.current.name.clear();
             self.current.name.extend_from_slice(entry.name_bytes());
+            self.slash |= self.current.name.contains(&b'/');
             self.current.mode = entry.filemode();
         }
     }
@@ -148,6 +153,9 @@ fn walk(
     }
     let (mut old, mut new) = (Cursor::new(from), Cursor::new(to));
     loop {
+        if old.slash || new.slash {
+            return Ok(false);
+        }
         let step = match (old.peek(), new.peek()) {
             (None, None) => return Ok(true),
             (Some(a), Some(b)) => match a.git_order(b) {
@@ -346,6 +354,35 @@ mod tests {
         );
         assert_eq!(
             changed_paths((&repo, &unsorted), (&repo, &base)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_name_holding_a_slash_is_left_to_libgit2() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let policies = tree(&repo, &[("a.yaml", "policy")]);
+        // `policies/` naming the same folder as `policies`: compared as
+        // equal, it would hide that `policies` is gone.
+        let mut raw = b"40000 policies/\0".to_vec();
+        raw.extend_from_slice(policies.as_bytes());
+        let slashed = repo
+            .odb()
+            .unwrap()
+            .write(git2::ObjectType::Tree, &raw)
+            .unwrap();
+        let base = tree(&repo, &[("policies/a.yaml", "policy")]);
+        let (base, slashed) = (
+            repo.find_tree(base).unwrap(),
+            repo.find_tree(slashed).unwrap(),
+        );
+        assert_eq!(
+            changed_paths((&repo, &base), (&repo, &slashed)).unwrap(),
+            None
+        );
+        assert_eq!(
+            changed_paths((&repo, &slashed), (&repo, &base)).unwrap(),
             None
         );
     }
