@@ -261,6 +261,25 @@ mod tests {
             .collect()
     }
 
+    /// A tree object written byte by byte, as git would never write it:
+    /// `(mode, name, id)` in the order given.
+    fn hand_written(repo: &Repository, entries: &[(&str, &str, Oid)]) -> Oid {
+        let mut raw = Vec::new();
+        for (mode, name, id) in entries {
+            raw.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+            raw.extend_from_slice(id.as_bytes());
+        }
+        let odb = repo.odb().unwrap();
+        odb.write(git2::ObjectType::Tree, &raw).unwrap()
+    }
+
+    /// The walk leaves trees `a` and `b` to libgit2, in both directions.
+    fn assert_left_to_libgit2(repo: &Repository, a: Oid, b: Oid) {
+        let (a, b) = (repo.find_tree(a).unwrap(), repo.find_tree(b).unwrap());
+        assert_eq!(changed_paths((repo, &a), (repo, &b)).unwrap(), None);
+        assert_eq!(changed_paths((repo, &b), (repo, &a)).unwrap(), None);
+    }
+
     #[test]
     fn lists_what_libgit2_lists_through_one_handle_or_two() {
         let dir = tempfile::tempdir().unwrap();
@@ -331,31 +350,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path()).unwrap();
         let blob = |s: &str| repo.blob(s.as_bytes()).unwrap();
-        // A hand-written tree object with `b` before `a`: git would refuse
-        // it, and a walk trusting the order could step past `a`.
-        let mut raw = Vec::new();
-        for (name, id) in [("b", blob("b")), ("a", blob("a edited"))] {
-            raw.extend_from_slice(format!("100644 {name}\0").as_bytes());
-            raw.extend_from_slice(id.as_bytes());
-        }
-        let unsorted = repo
-            .odb()
-            .unwrap()
-            .write(git2::ObjectType::Tree, &raw)
-            .unwrap();
+        // `b` before `a`: git would refuse it, and a walk trusting the
+        // order could step past `a`.
+        let unsorted = hand_written(
+            &repo,
+            &[
+                ("100644", "b", blob("b")),
+                ("100644", "a", blob("a edited")),
+            ],
+        );
         let base = tree(&repo, &[("a", "a"), ("b", "b")]);
-        let (base, unsorted) = (
-            repo.find_tree(base).unwrap(),
-            repo.find_tree(unsorted).unwrap(),
-        );
-        assert_eq!(
-            changed_paths((&repo, &base), (&repo, &unsorted)).unwrap(),
-            None
-        );
-        assert_eq!(
-            changed_paths((&repo, &unsorted), (&repo, &base)).unwrap(),
-            None
-        );
+        assert_left_to_libgit2(&repo, base, unsorted);
     }
 
     #[test]
@@ -365,26 +370,9 @@ mod tests {
         let policies = tree(&repo, &[("a.yaml", "policy")]);
         // `policies/` naming the same folder as `policies`: compared as
         // equal, it would hide that `policies` is gone.
-        let mut raw = b"40000 policies/\0".to_vec();
-        raw.extend_from_slice(policies.as_bytes());
-        let slashed = repo
-            .odb()
-            .unwrap()
-            .write(git2::ObjectType::Tree, &raw)
-            .unwrap();
+        let slashed = hand_written(&repo, &[("40000", "policies/", policies)]);
         let base = tree(&repo, &[("policies/a.yaml", "policy")]);
-        let (base, slashed) = (
-            repo.find_tree(base).unwrap(),
-            repo.find_tree(slashed).unwrap(),
-        );
-        assert_eq!(
-            changed_paths((&repo, &base), (&repo, &slashed)).unwrap(),
-            None
-        );
-        assert_eq!(
-            changed_paths((&repo, &slashed), (&repo, &base)).unwrap(),
-            None
-        );
+        assert_left_to_libgit2(&repo, base, slashed);
     }
 
     #[test]
