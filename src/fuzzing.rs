@@ -25,13 +25,14 @@ impl TreeView for Tree {
         self.0.get(path).cloned()
     }
 
-    fn blobs_under(&self, dir: &str) -> Vec<(String, Entry)> {
-        self.0
+    fn blobs_under(&self, dir: &str) -> Result<Vec<(String, Entry)>, String> {
+        Ok(self
+            .0
             .iter()
             .filter(|(p, _)| p.starts_with(&format!("{dir}/")))
             .filter(|(_, e)| !matches!(e, Entry::Tree))
             .map(|(p, e)| (p.to_string(), e.clone()))
-            .collect()
+            .collect())
     }
 }
 

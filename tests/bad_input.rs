@@ -155,13 +155,14 @@ impl changegate::model::TreeView for MapTree {
             .then_some(changegate::model::Entry::Tree)
     }
 
-    fn blobs_under(&self, dir: &str) -> Vec<(String, changegate::model::Entry)> {
+    fn blobs_under(&self, dir: &str) -> Result<Vec<(String, changegate::model::Entry)>, String> {
         let prefix = format!("{dir}/");
-        self.0
+        Ok(self
+            .0
             .iter()
             .filter(|(k, _)| k.starts_with(&prefix))
             .map(|(k, v)| (k.clone(), changegate::model::Entry::Blob(v.clone())))
-            .collect()
+            .collect())
     }
 }
 

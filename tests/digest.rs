@@ -184,3 +184,57 @@ fn a_change_set_whose_bytes_were_replaced_under_its_id_is_refused() {
     // The full read refuses it too, rather than parsing the forged text.
     assert!(snap.load_model().is_err());
 }
+
+#[test]
+fn a_path_nested_past_the_depth_limit_is_an_error_not_a_crash() {
+    // 300,000 folders deep: each would be a frame of a recursive lookup.
+    let deep = "a/".repeat(300_000);
+    let repo = TestRepo::new();
+    repo.write(
+        "changes/c.yaml",
+        format!("title: t\nkind: k\ntargets: [web]\ninclude: [{deep}]\nsteps:\n  - id: a\n    run: ./run.sh\n"),
+    )
+    .write("run.sh", "true\n");
+    repo.commit("deep");
+    common::assert_error(
+        &repo.errors(),
+        &["changes/c.yaml", "more than 256 folders deep"],
+    );
+}
+
+#[test]
+fn a_tree_bomb_under_an_included_folder_is_an_error_not_an_outage() {
+    let repo = TestRepo::new();
+    repo.write(
+        "changes/c.yaml",
+        "title: t\nkind: k\ntargets: [web]\ninclude: [lib/]\nsteps:\n  - id: a\n    run: ./run.sh\n",
+    )
+    .write("run.sh", "true\n")
+    .write("lib/x", "x\n");
+    repo.commit("initial");
+    // `lib/` rewritten by hand as 1,000 names for one subtree on each of
+    // three levels: a push of under 100 KiB whose files number 10^9.
+    let bomb = repo.tree_bomb(1000, 3);
+    let git = git2::Repository::open(repo.path()).unwrap();
+    let head = git.head().unwrap().peel_to_commit().unwrap();
+    let mut root = git.treebuilder(Some(&head.tree().unwrap())).unwrap();
+    root.insert("lib", bomb, 0o040000).unwrap();
+    let tree = git.find_tree(root.write().unwrap()).unwrap();
+    let sig = git2::Signature::now("mallory", "mallory@example.com").unwrap();
+    git.commit(Some("HEAD"), &sig, &sig, "bomb", &tree, &[&head])
+        .unwrap();
+
+    common::assert_error(
+        &repo.errors(),
+        &[
+            "changes/c.yaml",
+            "`lib` holds more than 100000 files and folders",
+        ],
+    );
+    let change_repo = ChangeRepo::open(repo.path()).unwrap();
+    let at_head = change_repo.at("HEAD").unwrap();
+    match at_head.change("c") {
+        Err(e) => assert!(e.to_string().contains("more than 100000"), "{e}"),
+        Ok(_) => panic!("a change over a tree bomb was read"),
+    }
+}

@@ -984,3 +984,75 @@ fn reviews_given_while_a_pull_request_aimed_elsewhere_do_not_count_after_a_retar
         wait_state(&server, "d", "approved", 1);
     }
 }
+
+#[test]
+fn a_head_carrying_a_tree_bomb_touches_nothing_and_its_pusher_is_still_an_author() {
+    for backend in db::BACKENDS {
+        let github = FakeGithub::start();
+        let repo = origin(POLICY_ONE);
+        let (server, database) = start_server(&repo, backend, &github);
+        let (_, pr) = tracked_pr(&repo, &server, &github);
+
+        // Mallory pushes onto Carol's pull request a head whose `junk/`
+        // names one subtree 1,000 times on each of three levels: 10^9
+        // paths for the server to list, from a push of under 100 KiB.
+        let bomb = repo.tree_bomb(1000, 3);
+        let head = repo.push_folder_to_pr(7, "junk", Some(bomb), "mallory");
+        let mut bombed = pr.clone();
+        bombed["head"]["sha"] = json!(head.to_string());
+        deliver_pr(
+            &server,
+            "fleet-pr7-bomb",
+            "synchronize",
+            &bombed,
+            "mallory-gh",
+        );
+        wait_for(
+            || delivery_outcome(&database, "fleet-pr7-bomb").is_some(),
+            "the bomb's delivery processed",
+        );
+        assert_eq!(
+            delivery_outcome(&database, "fleet-pr7-bomb").map(|o| o.0),
+            Some("applied".to_string()),
+            "{backend}"
+        );
+        // Recorded: the new head touches nothing, says why, and Mallory is
+        // an author of the pull request all the same.
+        let audit = server.get("/api/v1/audit", Some("alice-token")).1;
+        let event = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["data"]["delivery"] == "fleet-pr7-bomb")
+            .unwrap_or_else(|| panic!("{backend}: no audit event for the bomb"))
+            .clone();
+        assert_eq!(event["data"]["changes"], json!([]), "{backend}: {event}");
+        let authors = event["data"]["authors"].as_array().unwrap();
+        assert!(authors.contains(&json!("mallory-gh")), "{backend}: {event}");
+        let refused = event["data"]["refused"].as_str().unwrap_or_default();
+        assert!(
+            refused.contains("more than 2000000 tree entries"),
+            "{backend}: {event}"
+        );
+        // `d` is no longer proposed by this pull request, and the server
+        // still answers.
+        wait_for(
+            || server.get("/api/v1/changes/d", Some("alice-token")).0 == 404,
+            "`d` gone with the head that proposed it",
+        );
+        assert_eq!(server.get("/readyz", None).0, 200, "{backend}");
+
+        // Carol takes the bomb out: `d` is proposed again.
+        let clean = repo.push_folder_to_pr(7, "junk", None, "carol");
+        let mut cleaned = pr.clone();
+        cleaned["head"]["sha"] = json!(clean.to_string());
+        deliver_pr(
+            &server,
+            "fleet-pr7-clean",
+            "synchronize",
+            &cleaned,
+            "carol-gh",
+        );
+        wait_state(&server, "d", "proposed", 0);
+    }
+}

@@ -7,20 +7,45 @@
 //! request event's git work (README, "Growth"). Here an entry that is the
 //! same on both sides costs a comparison and nothing is allocated for it;
 //! the trees are libgit2's own parsed, cached objects.
+//!
+//! What a pusher writes is bounded: trees git refuses, trees nested too
+//! deep and diffs past a [`Budget`] are refused, never read to the end.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use git2::{Oid, Repository, Tree};
 
+use super::GitError;
+
 /// File mode of a tree entry that is itself a tree.
 const TREE_MODE: i32 = 0o040000;
 
-/// How many folders deep the walk goes before leaving the diff to libgit2,
-/// whose iterator keeps its stack on the heap: the walk recurses once per
-/// folder, on a thread with a 2 MiB stack, and a pusher can hand-write a
-/// tree nested as deep as they like. Real repositories stay far shallower.
-const MAX_DEPTH: usize = 256;
+/// How many folders deep a diff goes before it is refused: the walk
+/// recurses once per folder, on a thread with a 2 MiB stack, and a pusher
+/// can hand-write a tree nested as deep as they like.
+use crate::model::MAX_PATH_DEPTH as MAX_DEPTH;
+
+/// What one diff may read and list before it is refused. A pusher can write
+/// a tree of a few KiB that names one subtree many times on each level (a
+/// tree bomb): its paths grow as a power of its depth, and listing them all
+/// would take the server's memory. Real diffs stay far below: a pull
+/// request event at 100,000 change sets reads about 200,000 entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Tree entries read, on both sides.
+    pub entries: usize,
+    /// Bytes of the paths listed.
+    pub bytes: usize,
+}
+
+impl Budget {
+    /// The budget of every diff the server makes.
+    pub const DEFAULT: Budget = Budget {
+        entries: 2_000_000,
+        bytes: 64 << 20,
+    };
+}
 
 /// One entry, read once over FFI into a buffer the walk reuses: at 100,000
 /// entries per folder, calls into libgit2 are most of the walk's cost.
@@ -52,6 +77,16 @@ impl Item {
     }
 }
 
+/// Why a tree is refused.
+enum Malformed {
+    /// Entries out of git's order: the walk trusts the order, so it could
+    /// step past a difference.
+    Order,
+    /// A name holding `/`: `a/` would compare equal to a folder `a`, so the
+    /// walk could skip what lies below it.
+    Slash,
+}
+
 /// One side of the walk: a tree (or none: empty), the entry under the
 /// cursor and the one before it.
 struct Cursor<'a, 'r> {
@@ -59,75 +94,106 @@ struct Cursor<'a, 'r> {
     next: usize,
     current: Item,
     previous: Item,
-    /// Whether a name read so far holds a `/`: `a/` would compare equal to
-    /// a folder `a`, so the walk could skip what lies below it.
-    slash: bool,
 }
 
 impl<'a, 'r> Cursor<'a, 'r> {
-    fn new(tree: Option<&'a Tree<'r>>) -> Self {
+    fn new(tree: Option<&'a Tree<'r>>) -> Result<Self, Malformed> {
         let mut cursor = Cursor {
             tree,
             next: 0,
             current: Item::default(),
             previous: Item::default(),
-            slash: false,
         };
-        cursor.read();
-        cursor
+        cursor.read()?;
+        Ok(cursor)
     }
 
     /// Reads entry `next` into `current` (`id` none past the end).
-    fn read(&mut self) {
+    fn read(&mut self) -> Result<(), Malformed> {
         let entry = self.tree.and_then(|t| t.get(self.next));
         self.current.id = entry.as_ref().map(|e| e.id());
         if let Some(entry) = entry {
             self.current.name.clear();
             self.current.name.extend_from_slice(entry.name_bytes());
-            self.slash |= self.current.name.contains(&b'/');
             self.current.mode = entry.filemode();
+            if self.current.name.contains(&b'/') {
+                return Err(Malformed::Slash);
+            }
         }
+        Ok(())
     }
 
     fn peek(&self) -> Option<&Item> {
         self.current.id.is_some().then_some(&self.current)
     }
 
-    /// Moves past the current entry; false when the next one does not come
-    /// after it.
-    fn advance(&mut self) -> bool {
+    /// Moves past the current entry, which the next one must follow.
+    fn advance(&mut self) -> Result<(), Malformed> {
         std::mem::swap(&mut self.current, &mut self.previous);
         self.next += 1;
-        self.read();
-        self.peek()
-            .is_none_or(|now| self.previous.git_order(now) == Ordering::Less)
+        self.read()?;
+        match self.peek() {
+            Some(now) if self.previous.git_order(now) != Ordering::Less => Err(Malformed::Order),
+            _ => Ok(()),
+        }
     }
 }
 
 /// The paths that differ between tree `from`, read through repository
-/// handle `from.0`, and tree `to`, read through `to.0` (added, removed or
-/// changed in content or mode; a folder's files when the folder is added
-/// or removed), as libgit2's tree-to-tree diff lists them. The handles may
+/// handle `from.0`, and tree `to`, read through `to.0` (a missing tree is
+/// empty): added, removed or changed in content or mode, and a folder's
+/// files when the folder is added or removed, as libgit2's tree-to-tree
+/// diff lists them. The handles may
 /// be two opened on the same repository, so that each side's trees stay in
 /// the cache of the handle that keeps them ([`super::touched::touched`]).
-/// `None` when a tree on the way is not in git's order (git refuses such a
-/// tree; a hand-made one must not make the walk step past a difference) or
-/// lies deeper than [`MAX_DEPTH`] folders: the caller asks libgit2 instead.
-pub(super) fn changed_paths(
-    from: (&Repository, &Tree<'_>),
-    to: (&Repository, &Tree<'_>),
-) -> Result<Option<BTreeSet<String>>, git2::Error> {
-    let mut out = BTreeSet::new();
+///
+/// [`GitError::Refused`] when a tree on the way is one git itself refuses
+/// (entries out of order, a name holding `/`), lies deeper than
+/// [`MAX_DEPTH`] folders, or the diff overruns `budget`.
+pub fn changed_paths(
+    from: (&Repository, Option<&Tree<'_>>),
+    to: (&Repository, Option<&Tree<'_>>),
+    budget: Budget,
+) -> Result<BTreeSet<String>, GitError> {
+    let mut listing = Listing {
+        paths: BTreeSet::new(),
+        left: budget,
+        budget,
+    };
     let repos = (from.0, to.0);
-    let sorted = walk(
-        repos,
-        Some(from.1),
-        Some(to.1),
-        &mut Vec::new(),
-        0,
-        &mut out,
-    )?;
-    Ok(sorted.then_some(out))
+    walk(repos, from.1, to.1, &mut Vec::new(), 0, &mut listing)?;
+    Ok(listing.paths)
+}
+
+/// The paths listed so far and what is left of the budget.
+struct Listing {
+    paths: BTreeSet<String>,
+    left: Budget,
+    budget: Budget,
+}
+
+/// A refusal naming the folder it happened in (shortened: a bomb's paths
+/// are long).
+fn refused(at: &[u8], why: String) -> GitError {
+    let at = String::from_utf8_lossy(at);
+    let at = match at.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &at[..i]),
+        None => at.into_owned(),
+    };
+    let at = if at.is_empty() { "/".to_string() } else { at };
+    GitError::Refused {
+        reason: format!("{why} (at `{at}`)"),
+    }
+}
+
+fn malformed(at: &[u8], why: Malformed) -> GitError {
+    refused(
+        at,
+        match why {
+            Malformed::Order => "a tree's entries are not in git's order, which git refuses".into(),
+            Malformed::Slash => "a tree entry's name holds `/`, which git refuses".into(),
+        },
+    )
 }
 
 /// Which sides hold the entry the walk is at.
@@ -138,33 +204,43 @@ enum Step {
 }
 
 /// Adds to `out` what differs below `prefix` between `from` and `to` (a
-/// missing side is an empty tree), `depth` folders down; false when a tree
-/// is out of order or too deep.
+/// missing side is an empty tree), `depth` folders down.
 fn walk(
     repos: (&Repository, &Repository),
     from: Option<&Tree<'_>>,
     to: Option<&Tree<'_>>,
     prefix: &mut Vec<u8>,
     depth: usize,
-    out: &mut BTreeSet<String>,
-) -> Result<bool, git2::Error> {
+    out: &mut Listing,
+) -> Result<(), GitError> {
     if depth > MAX_DEPTH {
-        return Ok(false);
+        return Err(refused(
+            prefix,
+            format!("folders are nested more than {MAX_DEPTH} deep"),
+        ));
     }
-    let (mut old, mut new) = (Cursor::new(from), Cursor::new(to));
+    let open = |tree| Cursor::new(tree).map_err(|why| malformed(prefix, why));
+    let (mut old, mut new) = (open(from)?, open(to)?);
     loop {
-        if old.slash || new.slash {
-            return Ok(false);
-        }
+        // Each turn reads one entry on a side, or one on each.
+        out.left.entries = out.left.entries.checked_sub(2).ok_or_else(|| {
+            refused(
+                prefix,
+                format!(
+                    "the diff reads more than {} tree entries",
+                    out.budget.entries
+                ),
+            )
+        })?;
         let step = match (old.peek(), new.peek()) {
-            (None, None) => return Ok(true),
+            (None, None) => return Ok(()),
             (Some(a), Some(b)) => match a.git_order(b) {
                 Ordering::Less => Step::Old,
                 Ordering::Greater => Step::New,
                 Ordering::Equal if a.id == b.id && a.mode == b.mode => {
-                    if !(old.advance() && new.advance()) {
-                        return Ok(false);
-                    }
+                    old.advance()
+                        .and_then(|()| new.advance())
+                        .map_err(|why| malformed(prefix, why))?;
                     continue;
                 }
                 Ordering::Equal => Step::Both,
@@ -192,23 +268,30 @@ fn walk(
         };
         let len = prefix.len();
         prefix.extend_from_slice(&entry.name);
-        let sorted = if entry.is_tree() {
+        if entry.is_tree() {
             prefix.push(b'/');
             let (a, b) = (subtree(repos.0, before)?, subtree(repos.1, after)?);
-            walk(repos, a.as_ref(), b.as_ref(), prefix, depth + 1, out)?
+            walk(repos, a.as_ref(), b.as_ref(), prefix, depth + 1, out)?;
         } else {
-            out.insert(String::from_utf8_lossy(prefix).into_owned());
-            true
-        };
+            out.left.bytes = out.left.bytes.checked_sub(prefix.len()).ok_or_else(|| {
+                refused(
+                    prefix,
+                    format!(
+                        "the diff lists more than {} MiB of paths",
+                        out.budget.bytes >> 20
+                    ),
+                )
+            })?;
+            out.paths
+                .insert(String::from_utf8_lossy(prefix).into_owned());
+        }
         prefix.truncate(len);
-        let advanced = match step {
+        match step {
             Step::Old => old.advance(),
             Step::New => new.advance(),
-            Step::Both => old.advance() && new.advance(),
-        };
-        if !(sorted && advanced) {
-            return Ok(false);
+            Step::Both => old.advance().and_then(|()| new.advance()),
         }
+        .map_err(|why| malformed(prefix, why))?;
     }
 }
 
@@ -273,11 +356,21 @@ mod tests {
         odb.write(git2::ObjectType::Tree, &raw).unwrap()
     }
 
-    /// The walk leaves trees `a` and `b` to libgit2, in both directions.
-    fn assert_left_to_libgit2(repo: &Repository, a: Oid, b: Oid) {
+    /// The diff of `a` and `b` with the default budget.
+    fn diff(repo: &Repository, a: &Tree<'_>, b: &Tree<'_>) -> Result<BTreeSet<String>, GitError> {
+        changed_paths((repo, Some(a)), (repo, Some(b)), Budget::DEFAULT)
+    }
+
+    /// Comparing trees `a` and `b` is refused in both directions, saying
+    /// `why`.
+    fn assert_refused(repo: &Repository, a: Oid, b: Oid, why: &str) {
         let (a, b) = (repo.find_tree(a).unwrap(), repo.find_tree(b).unwrap());
-        assert_eq!(changed_paths((repo, &a), (repo, &b)).unwrap(), None);
-        assert_eq!(changed_paths((repo, &b), (repo, &a)).unwrap(), None);
+        for (x, y) in [(&a, &b), (&b, &a)] {
+            match diff(repo, x, y) {
+                Err(GitError::Refused { reason }) => assert!(reason.contains(why), "{reason}"),
+                other => panic!("not refused: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -335,18 +428,23 @@ mod tests {
             let expected = libgit2(&repo, &base, &head);
             for (from, to) in [(&base, &head), (&head, &base)] {
                 let expected = libgit2(&repo, from, to);
-                let ours = changed_paths((&repo, from), (&repo, to)).unwrap();
-                assert_eq!(ours, Some(expected), "{files:?}");
+                let ours = diff(&repo, from, to).unwrap();
+                assert_eq!(ours, expected, "{files:?}");
             }
             // The head read through a second handle, as pull request events do.
             let head_there = other.find_tree(head_id).unwrap();
-            let ours = changed_paths((&repo, &base), (&other, &head_there)).unwrap();
-            assert_eq!(ours, Some(expected), "{files:?}");
+            let ours = changed_paths(
+                (&repo, Some(&base)),
+                (&other, Some(&head_there)),
+                Budget::DEFAULT,
+            )
+            .unwrap();
+            assert_eq!(ours, expected, "{files:?}");
         }
     }
 
     #[test]
-    fn a_tree_out_of_git_order_is_left_to_libgit2() {
+    fn a_tree_out_of_git_order_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path()).unwrap();
         let blob = |s: &str| repo.blob(s.as_bytes()).unwrap();
@@ -360,11 +458,11 @@ mod tests {
             ],
         );
         let base = tree(&repo, &[("a", "a"), ("b", "b")]);
-        assert_left_to_libgit2(&repo, base, unsorted);
+        assert_refused(&repo, base, unsorted, "not in git's order");
     }
 
     #[test]
-    fn a_name_holding_a_slash_is_left_to_libgit2() {
+    fn a_name_holding_a_slash_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path()).unwrap();
         let policies = tree(&repo, &[("a.yaml", "policy")]);
@@ -372,11 +470,11 @@ mod tests {
         // equal, it would hide that `policies` is gone.
         let slashed = hand_written(&repo, &[("40000", "policies/", policies)]);
         let base = tree(&repo, &[("policies/a.yaml", "policy")]);
-        assert_left_to_libgit2(&repo, base, slashed);
+        assert_refused(&repo, base, slashed, "holds `/`");
     }
 
     #[test]
-    fn a_tree_nested_deeper_than_the_walk_goes_is_left_to_libgit2() {
+    fn a_tree_nested_deeper_than_the_walk_goes_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path()).unwrap();
         let nested = |levels: usize| {
@@ -386,19 +484,75 @@ mod tests {
                 builder.insert("d", id, FileMode::Tree.into()).unwrap();
                 id = builder.write().unwrap();
             }
-            repo.find_tree(id).unwrap()
+            id
         };
+        let empty = tree(&repo, &[]);
+        let (empty_tree, within) = (
+            repo.find_tree(empty).unwrap(),
+            repo.find_tree(nested(MAX_DEPTH)).unwrap(),
+        );
+        assert_eq!(diff(&repo, &empty_tree, &within).unwrap().len(), 1);
+        assert_refused(
+            &repo,
+            empty,
+            nested(MAX_DEPTH + 1),
+            "nested more than 256 deep",
+        );
+    }
+
+    /// A tree of a few KiB whose paths are a power of its depth: one subtree
+    /// named `width` times on each level.
+    fn bomb(repo: &Repository, width: usize, depth: usize) -> Oid {
+        let mut id = tree(repo, &[("x", "x")]);
+        for _ in 0..depth {
+            let mut builder = repo.treebuilder(None).unwrap();
+            for i in 0..width {
+                builder
+                    .insert(format!("{i}"), id, FileMode::Tree.into())
+                    .unwrap();
+            }
+            id = builder.write().unwrap();
+        }
+        id
+    }
+
+    #[test]
+    fn a_tree_bomb_is_refused_once_it_overruns_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
         let empty = repo.find_tree(tree(&repo, &[])).unwrap();
-        let within = changed_paths((&repo, &empty), (&repo, &nested(MAX_DEPTH))).unwrap();
-        assert_eq!(within.map(|paths| paths.len()), Some(1));
-        let deeper = nested(MAX_DEPTH + 1);
-        assert_eq!(
-            changed_paths((&repo, &empty), (&repo, &deeper)).unwrap(),
-            None
-        );
-        assert_eq!(
-            changed_paths((&repo, &deeper), (&repo, &empty)).unwrap(),
-            None
-        );
+        let budget = Budget {
+            entries: 60_000,
+            bytes: 1 << 20,
+        };
+        let diff =
+            |b: &Tree<'_>, budget| changed_paths((&repo, Some(&empty)), (&repo, Some(b)), budget);
+        // 16^3 = 4,096 paths fit; 16^4 = 65,536 do not.
+        let small = repo.find_tree(bomb(&repo, 16, 3)).unwrap();
+        assert_eq!(diff(&small, budget).unwrap().len(), 4096);
+        let large = repo.find_tree(bomb(&repo, 16, 4)).unwrap();
+        match diff(&large, budget) {
+            Err(GitError::Refused { reason }) => {
+                assert!(reason.contains("more than 60000 tree entries"), "{reason}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        // Short paths use the entries, long ones the bytes.
+        let tight = Budget {
+            entries: 100_000,
+            bytes: 4096 * 8,
+        };
+        match diff(&small, tight) {
+            Err(GitError::Refused { reason }) => {
+                assert!(reason.contains("more than 0 MiB of paths"), "{reason}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        // The server's own budget stops 1000^3 paths from a 60 KiB push.
+        let huge = repo.find_tree(bomb(&repo, 1000, 3)).unwrap();
+        assert!(matches!(
+            changed_paths((&repo, Some(&empty)), (&repo, Some(&huge)), Budget::DEFAULT),
+            Err(GitError::Refused { .. })
+        ));
     }
 }

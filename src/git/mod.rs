@@ -9,10 +9,13 @@ use std::path::Path;
 
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
+use diff::Budget;
+
 use crate::model::references::{bare_words, references};
 use crate::model::{
-    covered_paths, load_change, load_repo_with_progress, ChangeChecker, ChangeIds, ChangeSet,
-    CoveredPath, Diagnostic, Digest, Entry, RepoModel, SourceFile, TreeView,
+    covered_paths, is_too_deep, load_change, load_repo_with_progress, too_deep, ChangeChecker,
+    ChangeIds, ChangeSet, CoveredPath, Diagnostic, Digest, Entry, RepoModel, SourceFile, TreeView,
+    MAX_FOLDER_ENTRIES,
 };
 
 /// Change set files read from git by this process: what the persisted view
@@ -84,6 +87,13 @@ pub enum GitError {
         id: String,
         /// The commit read.
         commit: String,
+    },
+    /// A tree that git itself refuses, or one that would cost too much to
+    /// read (a tree bomb): nothing is read from it. Retrying cannot help.
+    #[error("tree refused: {reason}")]
+    Refused {
+        /// What is wrong, and where.
+        reason: String,
     },
     /// The change set does not pass `validate`.
     #[error("change `{id}` at {commit} is not valid:\n{}", .problems.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
@@ -182,24 +192,11 @@ impl ChangeRepo {
             Ok(repo.revparse_single(rev)?.peel_to_commit()?.tree()?)
         }
         let (old, new) = (tree(&self.repo, from)?, tree(&other.repo, to)?);
-        if let Some(paths) = diff::changed_paths((&self.repo, &old), (&other.repo, &new))? {
-            return Ok(paths);
-        }
-        // A tree out of git's order: libgit2's diff, entry by entry, both
-        // sides through one handle.
-        let old = tree(&other.repo, from)?;
-        let diff = other.repo.diff_tree_to_tree(Some(&old), Some(&new), None)?;
-        let mut out = BTreeSet::new();
-        for delta in diff.deltas() {
-            for file in [delta.old_file(), delta.new_file()] {
-                // Lossy, as `blobs_under` names them: a non-UTF-8 path must
-                // still match the folder it lies under.
-                if let Some(p) = file.path_bytes() {
-                    out.insert(String::from_utf8_lossy(p).into_owned());
-                }
-            }
-        }
-        Ok(out)
+        diff::changed_paths(
+            (&self.repo, Some(&old)),
+            (&other.repo, Some(&new)),
+            Budget::DEFAULT,
+        )
     }
 
     /// Another handle on this repository, with an object cache of its own:
@@ -324,6 +321,9 @@ impl<'r> Snapshot<'r> {
     fn dir(&self, dir: &str) -> Option<Tree<'r>> {
         if dir.is_empty() {
             return Some(self.tree.clone());
+        }
+        if is_too_deep(dir) {
+            return None;
         }
         if let Some(known) = self.dirs.borrow().get(dir) {
             return known.clone();
@@ -505,6 +505,10 @@ impl TreeView for Snapshot<'_> {
     }
 
     fn entry(&self, path: &str) -> Option<Entry> {
+        // Each folder on the way is a frame of `dir`.
+        if is_too_deep(path) {
+            return None;
+        }
         if let Some(known) = self.entries.borrow().get(path) {
             return known.clone();
         }
@@ -520,21 +524,35 @@ impl TreeView for Snapshot<'_> {
         entry
     }
 
-    fn blobs_under(&self, dir: &str) -> Vec<(String, Entry)> {
-        let subtree = self.dir(dir.trim_end_matches('/'));
-        let mut out = Vec::new();
-        if let Some(subtree) = subtree {
-            let _ = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
-                if entry.kind() == Some(ObjectType::Blob) {
-                    let name = String::from_utf8_lossy(entry.name_bytes());
-                    if let Some(e) = file_entry(ObjectType::Blob, entry.filemode(), entry.id()) {
-                        out.push((format!("{dir}/{root}{name}"), e));
-                    }
+    fn blobs_under(&self, dir: &str) -> Result<Vec<(String, Entry)>, String> {
+        let Some(subtree) = self.dir(dir.trim_end_matches('/')) else {
+            return Ok(Vec::new());
+        };
+        let (mut out, mut seen, mut refused) = (Vec::new(), 0usize, None);
+        // Pre-order: a folder is seen, and can be refused, before libgit2
+        // descends into it (its walk recurses once per folder).
+        let _ = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
+            seen += 1;
+            let name = String::from_utf8_lossy(entry.name_bytes());
+            if seen > MAX_FOLDER_ENTRIES {
+                refused = Some(format!(
+                    "`{dir}` holds more than {MAX_FOLDER_ENTRIES} files and folders"
+                ));
+                return TreeWalkResult::Abort;
+            }
+            let path = format!("{dir}/{root}{name}");
+            if is_too_deep(&path) {
+                refused = Some(too_deep(&path));
+                return TreeWalkResult::Abort;
+            }
+            if entry.kind() == Some(ObjectType::Blob) {
+                if let Some(e) = file_entry(ObjectType::Blob, entry.filemode(), entry.id()) {
+                    out.push((path, e));
                 }
-                TreeWalkResult::Ok
-            });
-        }
-        out
+            }
+            TreeWalkResult::Ok
+        });
+        refused.map_or(Ok(out), Err)
     }
 }
 
@@ -739,22 +757,25 @@ impl Snapshot<'_> {
             let commit = self.repo.find_commit(oid?)?;
             let tree = commit.tree()?;
             let parent_tree = commit.parents().next().map(|p| p.tree()).transpose()?;
-            let diff = self
-                .repo
-                .diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)?;
-            let mut touched: BTreeSet<String> = BTreeSet::new();
-            for delta in diff.deltas() {
-                for file in [delta.old_file(), delta.new_file()] {
-                    if let Some(p) = file.path().and_then(|p| p.to_str()) {
-                        touched.insert(p.to_string());
-                    }
-                }
-            }
             let emails = [
                 commit.author().email().map(str::to_string),
                 commit.committer().email().map(str::to_string),
             ];
-            for id in roots.covering(&touched) {
+            let touched = match diff::changed_paths(
+                (self.repo, parent_tree.as_ref()),
+                (self.repo, Some(&tree)),
+                Budget::DEFAULT,
+            ) {
+                Ok(paths) => roots.covering(&paths),
+                // A commit too large or malformed to compare is counted as
+                // touching every change: its author approves none of them.
+                Err(GitError::Refused { reason }) => {
+                    tracing::warn!(commit = %commit.id(), %reason, "a commit on the branch is counted as touching every change");
+                    ids.clone()
+                }
+                Err(e) => return Err(e),
+            };
+            for id in touched {
                 if let Some(known) = out.get_mut(&id) {
                     known.extend(emails.iter().flatten().cloned());
                 }

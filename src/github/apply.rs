@@ -84,7 +84,7 @@ impl Github {
         );
         // The default branch's changes say which paths matter.
         let main = self.engine.view();
-        let (touched, digests) = self
+        let read = self
             .with_mirror(move |m| {
                 m.fetch_pull(&default, number)?;
                 m.read(|repo| {
@@ -101,7 +101,19 @@ impl Github {
                     Ok((touched, digests))
                 })
             })
-            .await?;
+            .await;
+        // A head whose trees are refused (git would refuse them, or they
+        // are too large to compare: a tree bomb) touches nothing that can
+        // be approved. Its head and pushers are still recorded, so nothing
+        // approved at an earlier head carries over and no pusher approves.
+        let (touched, digests, refused) = match read {
+            Ok((touched, digests)) => (touched, digests, None),
+            Err(SyncError::Git(GitError::Refused { reason })) => {
+                tracing::warn!(pr = number, head = %pr.head.sha, %reason, "pull request head refused; it touches nothing that can be approved");
+                (Vec::new(), Default::default(), Some(reason))
+            }
+            Err(e) => return Err(e),
+        };
         let mut w = store.write().await?;
         if !w.applying(delivery.map(|(d, _)| d)).await? {
             return Ok(());
@@ -141,6 +153,7 @@ impl Github {
                 "authors": authors,
                 "changes": changes,
                 "stale": !current,
+                "refused": refused,
             }),
         )
         .await?;

@@ -60,6 +60,32 @@ pub fn has_parent_component(path: &str) -> bool {
     path.split('/').any(|part| part == "..")
 }
 
+/// How many folders deep a path, or a tree read from git, may go. Lookups
+/// go one folder at a time, and a change set or a pushed tree can name a
+/// path as deep as its author likes: 300,000 folders once overflowed the
+/// stack and took the process down. Real repositories stay far shallower.
+pub const MAX_PATH_DEPTH: usize = 256;
+
+/// Does the path go more than [`MAX_PATH_DEPTH`] folders deep?
+pub fn is_too_deep(path: &str) -> bool {
+    path.trim_matches('/')
+        .split('/')
+        .nth(MAX_PATH_DEPTH + 1)
+        .is_some()
+}
+
+/// Why a path is refused for its depth, for diagnostics.
+pub fn too_deep(path: &str) -> String {
+    let shown: String = path.chars().take(60).collect();
+    format!("`{shown}…` is more than {MAX_PATH_DEPTH} folders deep")
+}
+
+/// At most this many entries (files and folders) are read below one
+/// covered folder: a pusher can write a small tree that names one subtree
+/// many times on each level (a tree bomb), whose files grow as a power of
+/// its depth.
+pub const MAX_FOLDER_ENTRIES: usize = 100_000;
+
 fn symlink(path: &str) -> String {
     format!("`{path}` is a symbolic link: the digest would cover the link's text, not what it runs; commit the file itself")
 }
@@ -113,12 +139,15 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
         if has_parent_component(path) {
             return Err(format!("`{path}` contains `..`"));
         }
+        if is_too_deep(path) {
+            return Err(too_deep(path));
+        }
         match tree.entry(path) {
             Some(Entry::Blob(oid)) => {
                 covered.insert(path.to_string(), oid);
             }
             Some(Entry::Tree) => {
-                for (below, entry) in tree.blobs_under(path) {
+                for (below, entry) in tree.blobs_under(path)? {
                     match entry {
                         Entry::Blob(oid) => covered.insert(below, oid),
                         _ => return Err(symlink(&below)),

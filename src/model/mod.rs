@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 pub use affected::RootIndex;
 pub use decode::{decode_change_set, decode_policy, ChangeIds, RepoContext};
 pub use digest::{
-    covered_paths, covered_roots, deletion_of, has_parent_component, is_policy_path, CoveredPath,
-    Digest, ABSENT,
+    covered_paths, covered_roots, deletion_of, has_parent_component, is_policy_path, is_too_deep,
+    too_deep, CoveredPath, Digest, ABSENT, MAX_FOLDER_ENTRIES, MAX_PATH_DEPTH,
 };
 pub use duration::Duration;
 pub use packed::{EmailSets, EmailsById, OnBranch, Shared, Stored};
@@ -434,8 +434,11 @@ pub enum Entry {
 pub trait TreeView {
     /// What `path` (slash-separated, relative to the root) names, if anything.
     fn entry(&self, path: &str) -> Option<Entry>;
-    /// Every file below the folder `dir`: (path, [`Entry::Blob`] or [`Entry::Link`]).
-    fn blobs_under(&self, dir: &str) -> Vec<(String, Entry)>;
+    /// Every file below the folder `dir`: (path, [`Entry::Blob`] or
+    /// [`Entry::Link`]). An error says why they are not all listed: more
+    /// than [`MAX_FOLDER_ENTRIES`] entries, or folders nested past
+    /// [`MAX_PATH_DEPTH`].
+    fn blobs_under(&self, dir: &str) -> Result<Vec<(String, Entry)>, String>;
     /// The text of the file at `path`, if it is UTF-8 and under 1 MiB
     /// (a rollout's `targets_from`); a tree without contents has none.
     fn file_text(&self, _path: &str) -> Option<String> {

@@ -247,8 +247,8 @@ pub fn load_policies(files: &[SourceFile]) -> RepoModel {
         fn entry(&self, _: &str) -> Option<super::Entry> {
             None
         }
-        fn blobs_under(&self, _: &str) -> Vec<(String, super::Entry)> {
-            Vec::new()
+        fn blobs_under(&self, _: &str) -> Result<Vec<(String, super::Entry)>, String> {
+            Ok(Vec::new())
         }
     }
     load_repo(&[], files, &NoTree)

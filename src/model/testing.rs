@@ -13,8 +13,8 @@ impl TreeView for EveryPathABlob {
     fn entry(&self, _: &str) -> Option<Entry> {
         Some(Entry::Blob("0".repeat(40)))
     }
-    fn blobs_under(&self, _: &str) -> Vec<(String, Entry)> {
-        Vec::new()
+    fn blobs_under(&self, _: &str) -> Result<Vec<(String, Entry)>, String> {
+        Ok(Vec::new())
     }
 }
 

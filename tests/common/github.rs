@@ -819,6 +819,56 @@ impl TestRepo {
         head
     }
 
+    /// Commits onto pull request `number`'s head a root tree with folder
+    /// `name` set to tree `folder` (or removed), written object by object,
+    /// without a work tree (a tree bomb cannot be checked out); returns the
+    /// new head.
+    pub fn push_folder_to_pr(
+        &self,
+        number: u64,
+        name: &str,
+        folder: Option<Oid>,
+        author: &str,
+    ) -> Oid {
+        let parent = self
+            .repo
+            .find_reference(&format!("refs/pull/{number}/head"))
+            .unwrap()
+            .peel_to_commit()
+            .unwrap();
+        let mut root = self
+            .repo
+            .treebuilder(Some(&parent.tree().unwrap()))
+            .unwrap();
+        match folder {
+            Some(folder) => root.insert(name, folder, 0o040000).map(drop),
+            None => root.remove(name),
+        }
+        .unwrap();
+        let tree = self.repo.find_tree(root.write().unwrap()).unwrap();
+        let sig = git2::Signature::now(author, &format!("{author}@example.com")).unwrap();
+        let head = self
+            .repo
+            .commit(
+                None,
+                &sig,
+                &sig,
+                &format!("PR #{number}"),
+                &tree,
+                &[&parent],
+            )
+            .unwrap();
+        for name in [
+            format!("refs/pull/{number}/head"),
+            format!("refs/heads/pr-{number}"),
+        ] {
+            self.repo
+                .reference(&name, head, true, "pull request head")
+                .unwrap();
+        }
+        head
+    }
+
     /// Fast-forwards `main` to pull request `number`'s head (a merge).
     pub fn merge_pr(&self, number: u64) -> Oid {
         let head = self

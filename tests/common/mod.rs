@@ -63,6 +63,23 @@ impl TestRepo {
             .unwrap()
     }
 
+    /// A small tree that names one subtree `width` times on each of
+    /// `depth` levels: `width^depth` files.
+    pub fn tree_bomb(&self, width: usize, depth: usize) -> Oid {
+        let blob = self.repo.blob(b"x").unwrap();
+        let mut leaf = self.repo.treebuilder(None).unwrap();
+        leaf.insert("x", blob, 0o100644).unwrap();
+        let mut id = leaf.write().unwrap();
+        for _ in 0..depth {
+            let mut level = self.repo.treebuilder(None).unwrap();
+            for i in 0..width {
+                level.insert(format!("{i}"), id, 0o040000).unwrap();
+            }
+            id = level.write().unwrap();
+        }
+        id
+    }
+
     /// Creates branch `name` at `at` and checks it out, so later commits land there.
     pub fn branch(&self, name: &str, at: Oid) {
         let commit = self.repo.find_commit(at).unwrap();

@@ -10,7 +10,7 @@ pub use policy::decode_policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::digest::{command_paths, has_parent_component};
+use super::digest::{command_paths, has_parent_component, is_too_deep, too_deep};
 use super::yaml::{Key, Node, Pos, Value};
 use super::{
     is_valid_change_id, is_valid_step_id, ActionBudget, Approvals, Approver, ChangeSet, Diagnostic,
@@ -274,6 +274,10 @@ impl<'p> Decoder<'p> {
             self.error(pos, format!("{subject} `{path}`, which contains `..`; paths must stay inside the repository"));
             return;
         }
+        if is_too_deep(lookup) {
+            self.error(pos, format!("{subject} {}", too_deep(lookup)));
+            return;
+        }
         // A covered symbolic link would bind the approval to the link's
         // text, not to what it runs.
         let link = match (!lookup.is_empty())
@@ -290,12 +294,16 @@ impl<'p> Decoder<'p> {
                 return;
             }
             Some(Entry::Link(_)) => Some(lookup.to_string()),
-            Some(Entry::Tree) => ctx
-                .tree
-                .blobs_under(lookup)
-                .into_iter()
-                .find(|(_, e)| matches!(e, Entry::Link(_)))
-                .map(|(p, _)| p),
+            Some(Entry::Tree) => match ctx.tree.blobs_under(lookup) {
+                Ok(below) => below
+                    .into_iter()
+                    .find(|(_, e)| matches!(e, Entry::Link(_)))
+                    .map(|(p, _)| p),
+                Err(why) => {
+                    self.error(pos, format!("{subject} `{path}`, but {why}"));
+                    return;
+                }
+            },
             Some(Entry::Blob(_)) => None,
         };
         if let Some(link) = link {
