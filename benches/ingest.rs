@@ -285,13 +285,6 @@ fn stages(body: &[u8], signature: &str) {
         }),
         String::new(),
     );
-    line(
-        "where it comes from (JSON envelope)",
-        stage_cost(RUNS, || {
-            changegate::github::events::envelope("pull_request_review", body).unwrap();
-        }),
-        String::new(),
-    );
     for (label, compression) in [
         ("inbox compression lz4", InboxCompression::Lz4),
         (

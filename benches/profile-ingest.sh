@@ -75,7 +75,7 @@ perf report -i "$work/perf.data" --no-children --sort dso,sym --stdio 2>/dev/nul
         pct = $1; sub(/%/, "", pct); dso = $2; sym = $0
         if (dso ~ /kernel/)                                   part = "kernel: TCP, fsync, scheduling"
         else if (sym ~ /sha2|hmac|Hmac|Sha256/)               part = "signature (HMAC-SHA256)"
-        else if (sym ~ /serde_json/)                          part = "where it comes from (JSON envelope)"
+        else if (sym ~ /serde_json/)                          part = "JSON (the reply)"
         else if (sym ~ /lz4_flex|zlib_rs|miniz|flate2/)       part = "inbox compression"
         else if (sym ~ /sqlite3|wal[A-Z]|[Pp]ager|[Bb]tree|Vdbe|sqlx/) part = "SQLite and sqlx"
         else if (sym ~ /memset|memmove|memcpy|memcmp/)        part = "memory copies and zeroing"

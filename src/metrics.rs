@@ -13,11 +13,10 @@ use prometheus_client::registry::Registry;
 /// Labels of a webhook delivery.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
-    /// `accepted`, `duplicate`, `ignored` or `rejected`.
+    /// `accepted`, `duplicate` or `rejected`.
     pub outcome: &'static str,
     /// Why, from a fixed set: `bad-signature`, `missing-headers`,
-    /// `too-large`, `busy`, `too-slow`, `broken-body`, `foreign-repository`,
-    /// `foreign-installation`; empty otherwise.
+    /// `too-large`, `busy`, `too-slow`, `broken-body`; empty otherwise.
     pub reason: &'static str,
 }
 
@@ -49,6 +48,13 @@ pub struct RolloutLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HaltLabels {
     /// `failed`, `interrupted` (a target) or `alert` (a firing alert).
+    pub reason: &'static str,
+}
+
+/// Labels of a delivery from elsewhere.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForeignLabels {
+    /// `foreign-repository` or `foreign-installation`.
     pub reason: &'static str,
 }
 
@@ -96,6 +102,8 @@ pub struct Metrics {
     pub http_seconds: Family<HttpLabels, Histogram>,
     /// GitHub webhook deliveries by outcome.
     pub webhooks: Family<WebhookLabels, Counter>,
+    /// Stored deliveries the worker ignored as another repository's.
+    pub webhooks_foreign: Family<ForeignLabels, Counter>,
     breaker_open: Gauge,
     alerts_firing: Gauge,
     outbox_pending: Gauge,
@@ -160,6 +168,12 @@ impl Default for Metrics {
             "webhooks",
             "GitHub webhook deliveries: accepted, duplicate or rejected",
             webhooks.clone(),
+        );
+        let webhooks_foreign = Family::<ForeignLabels, Counter>::default();
+        registry.register(
+            "webhooks_foreign",
+            "Stored deliveries the worker ignored: another repository's or installation's",
+            webhooks_foreign.clone(),
         );
         registry.register(
             "breaker_open",
@@ -227,6 +241,7 @@ impl Default for Metrics {
             deliveries,
             http_seconds,
             webhooks,
+            webhooks_foreign,
             breaker_open,
             alerts_firing,
             outbox_pending,

@@ -662,9 +662,7 @@ fn a_foreign_review_on_the_same_number_and_commit_does_not_count() {
             .text()
             .unwrap();
         assert!(
-            metrics.contains(
-                "changegate_webhooks_total{outcome=\"ignored\",reason=\"foreign-repository\"} 1"
-            ),
+            metrics.contains("changegate_webhooks_foreign_total{reason=\"foreign-repository\"} 1"),
             "{backend}: {metrics}"
         );
 
@@ -836,6 +834,15 @@ fn an_app_delivery_from_another_installation_is_ignored() {
             server.get("/api/v1/changes/d", Some("alice-token")).0,
             404,
             "{backend}"
+        );
+        let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            metrics
+                .contains("changegate_webhooks_foreign_total{reason=\"foreign-installation\"} 1"),
+            "{backend}: {metrics}"
         );
 
         deliver_pr(&server, "our-install", "opened", &pr, "carol-gh");

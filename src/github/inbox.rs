@@ -83,6 +83,12 @@ impl Github {
         // organisation secret, changes nothing: not even a fetch.
         if let Some(foreign) = self.home.foreign(&events::envelope(event, body)?) {
             tracing::info!(%delivery, %event, outcome = "ignored", reason = foreign.label(), "delivery from another repository");
+            self.metrics
+                .webhooks_foreign
+                .get_or_create(&crate::metrics::ForeignLabels {
+                    reason: foreign.label(),
+                })
+                .inc();
             return self.ignore(delivery, &foreign.reason()).await;
         }
         match events::parse(event, body)? {

@@ -85,6 +85,8 @@ pub struct Github {
     mirror: Mirror,
     /// The repository deliveries must come from.
     home: Arc<Home>,
+    /// Where foreign deliveries are counted.
+    metrics: Arc<crate::metrics::Metrics>,
     default_branch: String,
     /// One git operation at a time: fetches into one repository must not race.
     git: tokio::sync::Mutex<()>,
@@ -96,7 +98,8 @@ pub struct Github {
 
 impl Github {
     /// The GitHub side of `engine`, or `None` without a `[github]` section.
-    /// Mirror fetch failures are counted in `metrics`.
+    /// Mirror fetch failures, and deliveries from elsewhere, are counted in
+    /// `metrics`.
     pub fn new(
         engine: Arc<Engine>,
         metrics: Arc<crate::metrics::Metrics>,
@@ -105,7 +108,11 @@ impl Github {
             return Ok(None);
         };
         let client = GithubClient::new(&config)?;
-        let mirror = Mirror::open(&engine.repo_path(), &engine.config().repo.url, metrics)?;
+        let mirror = Mirror::open(
+            &engine.repo_path(),
+            &engine.config().repo.url,
+            metrics.clone(),
+        )?;
         let default_branch = engine.config().repo.default_branch.clone();
         // The installation is compared only under App authentication.
         let installation = config.app_id.and(config.installation_id);
@@ -116,17 +123,12 @@ impl Github {
             client,
             mirror,
             home,
+            metrics,
             default_branch,
             git: tokio::sync::Mutex::new(()),
             statuses_at: std::sync::atomic::AtomicI64::new(-1),
             directory_at: std::sync::atomic::AtomicI64::new(0),
         }))
-    }
-
-    /// The repository deliveries must come from, shared with the webhook
-    /// handler so its log line and metrics can name foreign traffic.
-    pub fn home(&self) -> Arc<Home> {
-        self.home.clone()
     }
 
     /// Pins the configured repository's numeric id: from the store, else

@@ -38,8 +38,6 @@ pub struct AppState {
     pub inbox_wake: Arc<tokio::sync::Notify>,
     /// The inbox's group-commit writer.
     pub ingest: ingest::Ingest,
-    /// The repository deliveries must come from (with `[github]`).
-    pub home: Option<Arc<crate::github::Home>>,
     /// Memory that webhook bodies being received may hold at once.
     pub webhook_budget: webhooks::BodyBudget,
 }
@@ -159,7 +157,6 @@ async fn run_reloading(
     let reloader = reload::start(source, engine.clone())?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let github = Github::new(engine.clone(), metrics.clone())?.map(Arc::new);
-    let home = github.as_ref().map(|g| g.home());
     match refresh_all(&engine, github.as_deref()).await {
         Ok(r) => tracing::info!(
             added = r.added,
@@ -198,7 +195,6 @@ async fn run_reloading(
         metrics,
         inbox_wake,
         ingest,
-        home,
         webhook_budget,
     });
     let timeouts = listen::Timeouts {
