@@ -187,19 +187,71 @@ fn a_change_set_whose_bytes_were_replaced_under_its_id_is_refused() {
 
 #[test]
 fn a_path_nested_past_the_depth_limit_is_an_error_not_a_crash() {
-    // 300,000 folders deep: each would be a frame of a recursive lookup.
-    let deep = "a/".repeat(300_000);
+    // 300,000 folders deep, or 300,000 slashes in a row: each would be a
+    // frame of a recursive lookup.
+    for deep in ["a/".repeat(300_000), format!("{}x", "/".repeat(300_000))] {
+        for field in ["include", "run"] {
+            let (include, run) = match field {
+                "include" => (format!("[\"{deep}\"]"), "./run.sh".to_string()),
+                // `./` then the path: `.////…/x` when it starts with `/`.
+                _ => (
+                    "[]".to_string(),
+                    format!("./{}", &deep[deep.starts_with('/') as usize..]),
+                ),
+            };
+            let repo = TestRepo::new();
+            repo.write(
+                "changes/c.yaml",
+                format!("title: t\nkind: k\ntargets: [web]\ninclude: {include}\nsteps:\n  - id: a\n    run: \"{run}\"\n"),
+            )
+            .write("run.sh", "true\n");
+            repo.commit("deep");
+            common::assert_error(
+                &repo.errors(),
+                &["changes/c.yaml", "more than 256 folders deep"],
+            );
+        }
+    }
+}
+
+#[test]
+fn a_change_naming_one_large_folder_many_times_is_refused_past_the_limit() {
     let repo = TestRepo::new();
-    repo.write(
-        "changes/c.yaml",
-        format!("title: t\nkind: k\ntargets: [web]\ninclude: [{deep}]\nsteps:\n  - id: a\n    run: ./run.sh\n"),
-    )
-    .write("run.sh", "true\n");
-    repo.commit("deep");
+    repo.write("run.sh", "true\n").write("big/0", "0\n");
+    repo.commit("initial");
+    // `big/` holds 60,000 files (one blob, written without a work tree),
+    // and the change names it three times.
+    let git = git2::Repository::open(repo.path()).unwrap();
+    let blob = git.blob(b"x").unwrap();
+    let mut big = git.treebuilder(None).unwrap();
+    for i in 0..60_000 {
+        big.insert(format!("{i}"), blob, 0o100644).unwrap();
+    }
+    let big = big.write().unwrap();
+    let change = "title: t\nkind: k\ntargets: [web]\ninclude: [big/, ./big, big]\nsteps:\n  - id: a\n    run: ./run.sh\n";
+    let mut changes = git.treebuilder(None).unwrap();
+    changes
+        .insert("c.yaml", git.blob(change.as_bytes()).unwrap(), 0o100644)
+        .unwrap();
+    let changes = changes.write().unwrap();
+    let head = git.head().unwrap().peel_to_commit().unwrap();
+    let mut root = git.treebuilder(Some(&head.tree().unwrap())).unwrap();
+    root.insert("big", big, 0o040000).unwrap();
+    root.insert("changes", changes, 0o040000).unwrap();
+    let tree = git.find_tree(root.write().unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@example.com").unwrap();
+    git.commit(Some("HEAD"), &sig, &sig, "big", &tree, &[&head])
+        .unwrap();
     common::assert_error(
         &repo.errors(),
-        &["changes/c.yaml", "more than 256 folders deep"],
+        &["changes/c.yaml", "already covers more than 100000 files"],
     );
+    let change_repo = ChangeRepo::open(repo.path()).unwrap();
+    let at_head = change_repo.at("HEAD").unwrap();
+    match at_head.change("c") {
+        Err(e) => assert!(e.to_string().contains("more than 100000"), "{e}"),
+        Ok(_) => panic!("a change covering 180,000 listed files was read"),
+    };
 }
 
 #[test]

@@ -993,7 +993,7 @@ fn reviews_given_while_a_pull_request_aimed_elsewhere_do_not_count_after_a_retar
 }
 
 #[test]
-fn a_head_carrying_a_tree_bomb_touches_nothing_and_its_pusher_is_still_an_author() {
+fn a_head_carrying_a_tree_bomb_touches_nothing_fails_its_status_and_records_its_pusher() {
     for backend in db::BACKENDS {
         let github = FakeGithub::start();
         let repo = origin(POLICY_ONE);
@@ -1041,6 +1041,22 @@ fn a_head_carrying_a_tree_bomb_touches_nothing_and_its_pusher_is_still_an_author
             refused.contains("more than 2000000 tree entries"),
             "{backend}: {event}"
         );
+        // Its head fails the aggregate status: "touches nothing" must not
+        // read as green.
+        wait_for(
+            || {
+                github
+                    .statuses(&head.to_string(), "changegate")
+                    .last()
+                    .is_some_and(|(state, text)| {
+                        state == "failure"
+                            && text.starts_with(
+                                "head refused: the diff reads more than 2000000 tree entries",
+                            )
+                    })
+            },
+            "a failing status on the refused head",
+        );
         // `d` is no longer proposed by this pull request, and the server
         // still answers.
         wait_for(
@@ -1061,5 +1077,14 @@ fn a_head_carrying_a_tree_bomb_touches_nothing_and_its_pusher_is_still_an_author
             "carol-gh",
         );
         wait_state(&server, "d", "proposed", 0);
+        wait_for(
+            || {
+                github
+                    .statuses(&clean.to_string(), "changegate")
+                    .last()
+                    .is_some_and(|(state, _)| state != "failure")
+            },
+            "the clean head's status no longer refused",
+        );
     }
 }

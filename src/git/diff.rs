@@ -85,7 +85,12 @@ enum Malformed {
     /// A name holding `/`: `a/` would compare equal to a folder `a`, so the
     /// walk could skip what lies below it.
     Slash,
+    /// A name longer than [`MAX_NAME_BYTES`]: each level keeps its own.
+    Long,
 }
+
+/// The longest entry name read; file systems allow 255 bytes.
+const MAX_NAME_BYTES: usize = 4096;
 
 /// One side of the walk: a tree (or none: empty), the entry under the
 /// cursor and the one before it.
@@ -118,6 +123,9 @@ impl<'a, 'r> Cursor<'a, 'r> {
             self.current.mode = entry.filemode();
             if self.current.name.contains(&b'/') {
                 return Err(Malformed::Slash);
+            }
+            if self.current.name.len() > MAX_NAME_BYTES {
+                return Err(Malformed::Long);
             }
         }
         Ok(())
@@ -192,6 +200,7 @@ fn malformed(at: &[u8], why: Malformed) -> GitError {
         match why {
             Malformed::Order => "a tree's entries are not in git's order, which git refuses".into(),
             Malformed::Slash => "a tree entry's name holds `/`, which git refuses".into(),
+            Malformed::Long => format!("a tree entry's name is longer than {MAX_NAME_BYTES} bytes"),
         },
     )
 }
@@ -270,18 +279,13 @@ fn walk(
         prefix.extend_from_slice(&entry.name);
         if entry.is_tree() {
             prefix.push(b'/');
+            // A folder's path is charged too: long names nested deep must
+            // not grow the walk's own buffers unbounded.
+            charge(out, prefix)?;
             let (a, b) = (subtree(repos.0, before)?, subtree(repos.1, after)?);
             walk(repos, a.as_ref(), b.as_ref(), prefix, depth + 1, out)?;
         } else {
-            out.left.bytes = out.left.bytes.checked_sub(prefix.len()).ok_or_else(|| {
-                refused(
-                    prefix,
-                    format!(
-                        "the diff lists more than {} MiB of paths",
-                        out.budget.bytes >> 20
-                    ),
-                )
-            })?;
+            charge(out, prefix)?;
             out.paths
                 .insert(String::from_utf8_lossy(prefix).into_owned());
         }
@@ -293,6 +297,20 @@ fn walk(
         }
         .map_err(|why| malformed(prefix, why))?;
     }
+}
+
+/// Takes `path`'s bytes from what is left of the budget.
+fn charge(out: &mut Listing, path: &[u8]) -> Result<(), GitError> {
+    out.left.bytes = out.left.bytes.checked_sub(path.len()).ok_or_else(|| {
+        refused(
+            path,
+            format!(
+                "the diff lists more than {} MiB of paths",
+                out.budget.bytes >> 20
+            ),
+        )
+    })?;
+    Ok(())
 }
 
 /// The tree an entry names, read through `repo`; none for a missing side.
@@ -459,6 +477,17 @@ mod tests {
         );
         let base = tree(&repo, &[("a", "a"), ("b", "b")]);
         assert_refused(&repo, base, unsorted, "not in git's order");
+    }
+
+    #[test]
+    fn a_name_longer_than_a_file_system_allows_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let blob = repo.blob(b"x").unwrap();
+        let name = "n".repeat(MAX_NAME_BYTES + 1);
+        let long = hand_written(&repo, &[("100644", &name, blob)]);
+        let base = tree(&repo, &[("a", "a")]);
+        assert_refused(&repo, base, long, "longer than 4096 bytes");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::model::references::{bare_words, references};
 use crate::model::{
     covered_paths, is_too_deep, load_change, load_repo_with_progress, too_deep, ChangeChecker,
     ChangeIds, ChangeSet, CoveredPath, Diagnostic, Digest, Entry, RepoModel, SourceFile, TreeView,
-    MAX_FOLDER_ENTRIES,
+    MAX_FOLDER_ENTRIES, MAX_FOLDER_PATH_BYTES,
 };
 
 /// Change set files read from git by this process: what the persisted view
@@ -528,10 +528,10 @@ impl TreeView for Snapshot<'_> {
         let Some(subtree) = self.dir(dir.trim_end_matches('/')) else {
             return Ok(Vec::new());
         };
-        let (mut out, mut seen, mut refused) = (Vec::new(), 0usize, None);
+        let (mut out, mut seen, mut bytes, mut refused) = (Vec::new(), 0usize, 0usize, None);
         // Pre-order: a folder is seen, and can be refused, before libgit2
         // descends into it (its walk recurses once per folder).
-        let _ = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
+        let walked = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
             seen += 1;
             let name = String::from_utf8_lossy(entry.name_bytes());
             if seen > MAX_FOLDER_ENTRIES {
@@ -541,6 +541,14 @@ impl TreeView for Snapshot<'_> {
                 return TreeWalkResult::Abort;
             }
             let path = format!("{dir}/{root}{name}");
+            bytes += path.len();
+            if bytes > MAX_FOLDER_PATH_BYTES {
+                refused = Some(format!(
+                    "the paths below `{dir}` run past {} MiB",
+                    MAX_FOLDER_PATH_BYTES >> 20
+                ));
+                return TreeWalkResult::Abort;
+            }
             if is_too_deep(&path) {
                 refused = Some(too_deep(&path));
                 return TreeWalkResult::Abort;
@@ -552,7 +560,12 @@ impl TreeView for Snapshot<'_> {
             }
             TreeWalkResult::Ok
         });
-        refused.map_or(Ok(out), Err)
+        match (refused, walked) {
+            (Some(why), _) => Err(why),
+            // A tree that cannot be read must not list as fewer files.
+            (None, Err(e)) => Err(format!("`{dir}` cannot be read: {}", e.message())),
+            (None, Ok(())) => Ok(out),
+        }
     }
 }
 

@@ -89,8 +89,16 @@ pub fn touched(
     // base (added or edited since, or not yet read) cover what they cover
     // there.
     if known_at != merge_base {
+        // The default branch's own history, not the head: a refusal here
+        // is not the pull request's, so it is an error to retry.
         let drift: BTreeSet<String> = repo
-            .changed_paths(known_at, &merge_base)?
+            .changed_paths(known_at, &merge_base)
+            .map_err(|e| match e {
+                GitError::Refused { reason } => GitError::Git(git2::Error::from_str(&format!(
+                    "cannot compare the default branch since the pull request's base: {reason}"
+                ))),
+                e => e,
+            })?
             .iter()
             .filter_map(|p| p.strip_prefix("changes/")?.strip_suffix(".yaml"))
             .filter(|id| !id.contains('/'))

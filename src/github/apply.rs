@@ -23,6 +23,7 @@ impl Github {
             merged: pr.is_merged(),
             opener: pr.user.login.clone(),
             updated_at: pr.updated_ms(),
+            refused: None,
         };
         if pr.base.name != self.default_branch {
             // Retargeted away from the default branch, a tracked pull
@@ -104,8 +105,9 @@ impl Github {
             .await;
         // A head whose trees are refused (git would refuse them, or they
         // are too large to compare: a tree bomb) touches nothing that can
-        // be approved. Its head and pushers are still recorded, so nothing
-        // approved at an earlier head carries over and no pusher approves.
+        // be approved, and its aggregate status fails. Its head and pushers
+        // are still recorded, so nothing approved at an earlier head
+        // carries over.
         let (touched, digests, refused) = match read {
             Ok((touched, digests)) => (touched, digests, None),
             Err(SyncError::Git(GitError::Refused { reason })) => {
@@ -113,6 +115,10 @@ impl Github {
                 (Vec::new(), Default::default(), Some(reason))
             }
             Err(e) => return Err(e),
+        };
+        let record = PullRequestRecord {
+            refused: refused.clone(),
+            ..record
         };
         let mut w = store.write().await?;
         if !w.applying(delivery.map(|(d, _)| d)).await? {

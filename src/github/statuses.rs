@@ -276,11 +276,13 @@ impl Github {
                 .iter()
                 .map(|(c, w, _)| (c.clone(), w.clone()))
                 .collect();
-            parts.push((
-                AGGREGATE.to_string(),
-                aggregate(&summary),
-                format!("{public}/"),
-            ));
+            // A head that could not be read touches nothing that is known,
+            // which must not read as "touches no change set".
+            let overall = match &pr.refused {
+                Some(why) => wanted("failure", format!("head refused: {why}")),
+                None => aggregate(&summary),
+            };
+            parts.push((AGGREGATE.to_string(), overall, format!("{public}/")));
             for (context, w, url) in parts {
                 if store
                     .want_status(&pr.head_sha, &context, w.state, &w.description, &url)

@@ -66,12 +66,10 @@ pub fn has_parent_component(path: &str) -> bool {
 /// stack and took the process down. Real repositories stay far shallower.
 pub const MAX_PATH_DEPTH: usize = 256;
 
-/// Does the path go more than [`MAX_PATH_DEPTH`] folders deep?
+/// Does the path go more than [`MAX_PATH_DEPTH`] folders deep? Every `/`
+/// counts, leading and repeated ones too: each is a step of a lookup.
 pub fn is_too_deep(path: &str) -> bool {
-    path.trim_matches('/')
-        .split('/')
-        .nth(MAX_PATH_DEPTH + 1)
-        .is_some()
+    path.bytes().filter(|&b| b == b'/').count() > MAX_PATH_DEPTH
 }
 
 /// Why a path is refused for its depth, for diagnostics.
@@ -80,11 +78,15 @@ pub fn too_deep(path: &str) -> String {
     format!("`{shown}…` is more than {MAX_PATH_DEPTH} folders deep")
 }
 
-/// At most this many entries (files and folders) are read below one
-/// covered folder: a pusher can write a small tree that names one subtree
-/// many times on each level (a tree bomb), whose files grow as a power of
-/// its depth.
+/// At most this many entries (files and folders) are read below the
+/// folders one change covers: a pusher can write a small tree that names
+/// one subtree many times on each level (a tree bomb), whose files grow as
+/// a power of its depth.
 pub const MAX_FOLDER_ENTRIES: usize = 100_000;
+
+/// At most this many bytes of paths are listed below one covered folder:
+/// deep folders with long names make long paths.
+pub const MAX_FOLDER_PATH_BYTES: usize = 16 << 20;
 
 fn symlink(path: &str) -> String {
     format!("`{path}` is a symbolic link: the digest would cover the link's text, not what it runs; commit the file itself")
@@ -134,6 +136,8 @@ pub fn covered_roots(change: &ChangeSet) -> Vec<String> {
 /// reports that case with its position.
 pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<CoveredPath>, String> {
     let mut covered = BTreeMap::new();
+    // Counted across roots: a change may name one large folder many times.
+    let mut listed = 0usize;
     for path in covered_roots(change) {
         let path = path.as_str();
         if has_parent_component(path) {
@@ -147,7 +151,14 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
                 covered.insert(path.to_string(), oid);
             }
             Some(Entry::Tree) => {
-                for (below, entry) in tree.blobs_under(path)? {
+                if listed > MAX_FOLDER_ENTRIES {
+                    return Err(format!(
+                        "the change covers more than {MAX_FOLDER_ENTRIES} files"
+                    ));
+                }
+                let below = tree.blobs_under(path)?;
+                listed += below.len();
+                for (below, entry) in below {
                     match entry {
                         Entry::Blob(oid) => covered.insert(below, oid),
                         _ => return Err(symlink(&below)),

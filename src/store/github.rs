@@ -29,6 +29,8 @@ pub struct PullRequestRecord {
     /// When GitHub last changed it (unix ms): an older delivery never
     /// replaces what a newer one recorded.
     pub updated_at: i64,
+    /// Why its head could not be read, if it could not.
+    pub refused: Option<String>,
 }
 
 /// A recorded review, with the digest of one change at its commit.
@@ -91,10 +93,11 @@ fn pull_request(r: &AnyRow) -> Result<PullRequestRecord, StoreError> {
         merged: r.try_get::<i64, _>("merged")? != 0,
         opener: r.try_get("opener")?,
         updated_at: r.try_get("updated_at")?,
+        refused: r.try_get("refused")?,
     })
 }
 
-const PR_COLUMNS: &str = "number, head_sha, base_ref, base_sha, state, CAST(CASE WHEN merged THEN 1 ELSE 0 END AS BIGINT) AS merged, opener, updated_at";
+const PR_COLUMNS: &str = "number, head_sha, base_ref, base_sha, state, CAST(CASE WHEN merged THEN 1 ELSE 0 END AS BIGINT) AS merged, opener, updated_at, refused";
 
 /// GitHub facts of change `id`, or of every change when `id` is `None`.
 pub(crate) async fn github_facts(
@@ -275,9 +278,9 @@ impl WriteTx {
         pr: &PullRequestRecord,
     ) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "INSERT INTO pull_requests (number, head_sha, base_ref, base_sha, state, merged, opener, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (number) DO UPDATE SET head_sha = $2, base_ref = $3, base_sha = $4, state = $5, merged = $6, updated_at = $8
+            "INSERT INTO pull_requests (number, head_sha, base_ref, base_sha, state, merged, opener, updated_at, refused)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (number) DO UPDATE SET head_sha = $2, base_ref = $3, base_sha = $4, state = $5, merged = $6, updated_at = $8, refused = $9
              WHERE pull_requests.updated_at <= $8",
         )
         .bind(pr.number)
@@ -288,6 +291,7 @@ impl WriteTx {
         .bind(pr.merged)
         .bind(&pr.opener)
         .bind(pr.updated_at)
+        .bind(&pr.refused)
         .execute(self.conn())
         .await?
         .rows_affected();

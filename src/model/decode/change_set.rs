@@ -15,6 +15,7 @@ pub fn decode_change_set(
         path,
         diagnostics,
         failed: false,
+        listed: 0,
     };
     if !is_valid_change_id(id) {
         d.error(

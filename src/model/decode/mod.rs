@@ -10,7 +10,9 @@ pub use policy::decode_policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::digest::{command_paths, has_parent_component, is_too_deep, too_deep};
+use super::digest::{
+    command_paths, has_parent_component, is_too_deep, too_deep, MAX_FOLDER_ENTRIES,
+};
 use super::yaml::{Key, Node, Pos, Value};
 use super::{
     is_valid_change_id, is_valid_step_id, ActionBudget, Approvals, Approver, ChangeSet, Diagnostic,
@@ -126,6 +128,9 @@ struct Decoder<'p> {
     path: &'p str,
     diagnostics: &'p mut Vec<Diagnostic>,
     failed: bool,
+    /// Files and folders listed below covered folders so far: one change
+    /// may name the same large folder many times.
+    listed: usize,
 }
 
 impl<'p> Decoder<'p> {
@@ -294,11 +299,18 @@ impl<'p> Decoder<'p> {
                 return;
             }
             Some(Entry::Link(_)) => Some(lookup.to_string()),
+            Some(Entry::Tree) if self.listed > MAX_FOLDER_ENTRIES => {
+                self.error(pos, format!("{subject} `{path}`, but the change already covers more than {MAX_FOLDER_ENTRIES} files"));
+                return;
+            }
             Some(Entry::Tree) => match ctx.tree.blobs_under(lookup) {
-                Ok(below) => below
-                    .into_iter()
-                    .find(|(_, e)| matches!(e, Entry::Link(_)))
-                    .map(|(p, _)| p),
+                Ok(below) => {
+                    self.listed += below.len();
+                    below
+                        .into_iter()
+                        .find(|(_, e)| matches!(e, Entry::Link(_)))
+                        .map(|(p, _)| p)
+                }
                 Err(why) => {
                     self.error(pos, format!("{subject} `{path}`, but {why}"));
                     return;

@@ -15,6 +15,7 @@ pub fn decode_policy(
         path,
         diagnostics,
         failed: false,
+        listed: 0,
     };
     let mut action_pos = BTreeMap::new();
     let Some(root) = root else {
