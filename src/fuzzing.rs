@@ -41,16 +41,12 @@ impl TreeView for Tree {
 /// has a digest.
 pub fn change_set(data: &[u8]) {
     let files = [
-        SourceFile {
-            path: "changes/fuzz.yaml".into(),
-            bytes: data.to_vec(),
-        },
-        SourceFile {
-            path: "changes/base.yaml".into(),
-            bytes:
-                b"title: base\nkind: config\ntargets: [a]\nsteps:\n  - id: s\n    run: ./check.sh\n"
-                    .to_vec(),
-        },
+        SourceFile::new("changes/fuzz.yaml", data.to_vec()),
+        SourceFile::new(
+            "changes/base.yaml",
+            b"title: base\nkind: config\ntargets: [a]\nsteps:\n  - id: s\n    run: ./check.sh\n"
+                .to_vec(),
+        ),
     ];
     let tree = Tree::new();
     let model = load_repo(&files, &[], &tree);
@@ -69,10 +65,7 @@ pub fn change_set(data: &[u8]) {
 
 /// `data` as `policies/fuzz.yaml`: every problem is a located diagnostic.
 pub fn policy(data: &[u8]) {
-    let files = [SourceFile {
-        path: "policies/fuzz.yaml".into(),
-        bytes: data.to_vec(),
-    }];
+    let files = [SourceFile::new("policies/fuzz.yaml", data.to_vec())];
     let model = load_repo(&[], &files, &Tree::new());
     for d in &model.diagnostics {
         assert!(

@@ -207,10 +207,7 @@ fn thousands_of_mutated_examples_never_panic() {
     let load = |files: &[(String, Vec<u8>)]| {
         let (changes, policies): (Vec<SourceFile>, Vec<SourceFile>) = files
             .iter()
-            .map(|(path, bytes)| SourceFile {
-                path: path.clone(),
-                bytes: bytes.clone(),
-            })
+            .map(|(path, bytes)| SourceFile::new(path.clone(), bytes.clone()))
             .partition(|f| f.path.starts_with("changes/"));
         load_repo(&changes, &policies, &tree)
     };

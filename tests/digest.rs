@@ -290,3 +290,37 @@ fn a_tree_bomb_under_an_included_folder_is_an_error_not_an_outage() {
         Ok(_) => panic!("a change over a tree bomb was read"),
     }
 }
+
+#[test]
+fn a_folder_naming_one_huge_blob_many_times_is_not_read() {
+    let repo = TestRepo::new();
+    repo.write("run.sh", "true\n");
+    repo.commit("initial");
+    // 64 MiB of zeros compress to about 64 KiB; `policies/` names that
+    // blob 200 times (12.5 GiB if each were read).
+    let git = git2::Repository::open(repo.path()).unwrap();
+    let zeros = git.blob(&vec![0u8; 64 << 20]).unwrap();
+    let mut policies = git.treebuilder(None).unwrap();
+    for i in 0..200 {
+        policies
+            .insert(format!("p{i}.yaml"), zeros, 0o100644)
+            .unwrap();
+    }
+    let policies = policies.write().unwrap();
+    let head = git.head().unwrap().peel_to_commit().unwrap();
+    let mut root = git.treebuilder(Some(&head.tree().unwrap())).unwrap();
+    root.insert("policies", policies, 0o040000).unwrap();
+    let tree = git.find_tree(root.write().unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@example.com").unwrap();
+    git.commit(Some("HEAD"), &sig, &sig, "zeros", &tree, &[&head])
+        .unwrap();
+    let errors = repo.errors();
+    common::assert_error(
+        &errors,
+        &["policies/p199.yaml", "the file is 67108864 bytes"],
+    );
+    assert_eq!(
+        errors.iter().filter(|e| e.contains("67108864")).count(),
+        200
+    );
+}

@@ -31,13 +31,10 @@ fn in_force_since(a: &ApprovedPolicy) -> i64 {
 }
 
 fn parse(path: &str, text: &[u8]) -> Option<Policy> {
-    load_policies(&[SourceFile {
-        path: path.to_string(),
-        bytes: text.to_vec(),
-    }])
-    .policies
-    .into_iter()
-    .next()
+    load_policies(&[SourceFile::new(path.to_string(), text.to_vec())])
+        .policies
+        .into_iter()
+        .next()
 }
 
 impl Engine {
@@ -186,10 +183,7 @@ impl Engine {
             .collect();
         let files: Vec<SourceFile> = approved
             .into_values()
-            .map(|a| SourceFile {
-                path: a.path,
-                bytes: a.text.into_bytes(),
-            })
+            .map(|a| SourceFile::new(a.path, a.text.into_bytes()))
             .collect();
         let model = load_policies(&files);
         view.policies = model.policies;

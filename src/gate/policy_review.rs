@@ -70,10 +70,7 @@ mod tests {
             "approvals:\n  required: {required}\n  from: [{}]\n",
             from.join(", ")
         );
-        let model = load_policies(&[SourceFile {
-            path: "policies/p.yaml".into(),
-            bytes: text.into_bytes(),
-        }]);
+        let model = load_policies(&[SourceFile::new("policies/p.yaml", text.into_bytes())]);
         assert!(model.diagnostics.is_empty(), "{:?}", model.diagnostics);
         model.policies.into_iter().next().unwrap()
     }

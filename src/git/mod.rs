@@ -15,7 +15,7 @@ use crate::model::references::{bare_words, references};
 use crate::model::{
     covered_paths, is_too_deep, load_change, load_repo_with_progress, too_deep, ChangeChecker,
     ChangeIds, ChangeSet, CoveredPath, Diagnostic, Digest, Entry, RepoModel, SourceFile, TreeView,
-    MAX_FOLDER_ENTRIES, MAX_FOLDER_PATH_BYTES,
+    MAX_FILE_BYTES, MAX_FOLDER_ENTRIES, MAX_FOLDER_PATH_BYTES,
 };
 
 /// Change set files read from git by this process: what the persisted view
@@ -119,7 +119,7 @@ pub enum GitError {
 ///   checked when they were fetched (the pack indexer hashes each one),
 ///   digests are built from object ids, and every blob whose bytes are
 ///   used (a change set, a policy, what a step runs) is checked against
-///   its id with plain SHA-1 (`Snapshot::checked_blob`, `materialize`).
+///   its id with plain SHA-1 (`Snapshot::source_file`, `materialize`).
 pub fn init_object_reads() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -282,13 +282,12 @@ impl<'r> Snapshot<'r> {
             .iter()
             .filter(|e| e.kind() == Some(ObjectType::Blob))
         {
-            let bytes = self.checked_blob(entry.id())?;
             let path = format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes()));
             known.insert(
                 path.clone(),
                 file_entry(ObjectType::Blob, entry.filemode(), entry.id()),
             );
-            files.push(SourceFile { path, bytes });
+            files.push(self.source_file(path, entry.id())?);
         }
         Ok(files)
     }
@@ -388,14 +387,13 @@ impl<'r> Snapshot<'r> {
         let total = blobs().count();
         let mut checker = ChangeChecker::new(&dir, self);
         for entry in blobs() {
-            let bytes = self.checked_blob(entry.id())?;
             count_reads(1);
             let path = format!("changes/{}", String::from_utf8_lossy(entry.name_bytes()));
             self.entries.borrow_mut().insert(
                 path.clone(),
                 file_entry(ObjectType::Blob, entry.filemode(), entry.id()),
             );
-            if let Some(change) = checker.check(&SourceFile { path, bytes }) {
+            if let Some(change) = checker.check(&self.source_file(path, entry.id())?) {
                 keep(change);
             }
             if checker.files % 1000 == 0 && checker.files > 0 {
@@ -463,14 +461,14 @@ impl Snapshot<'_> {
         let Some(Entry::Blob(blob)) = self.entry(&path) else {
             return Err(missing());
         };
-        let bytes = self.checked_blob(git2::Oid::from_str(&blob)?)?;
+        let file = self.source_file(path, git2::Oid::from_str(&blob)?)?;
         count_reads(1);
         let invalid = |problems| GitError::InvalidChange {
             id: id.to_string(),
             commit: self.commit_id.clone(),
             problems,
         };
-        let change = load_change(&SourceFile { path, bytes }, change_ids, self).map_err(invalid)?;
+        let change = load_change(&file, change_ids, self).map_err(invalid)?;
         let covered = covered_paths(&change, self).map_err(|message| {
             invalid(vec![Diagnostic {
                 path: format!("changes/{id}.yaml"),
@@ -639,10 +637,18 @@ impl Snapshot<'_> {
     /// policy says must be exactly what its digest names: a blob whose
     /// bytes were replaced on disk under the same id is refused, as
     /// `materialize` refuses one for a step.
-    fn checked_blob(&self, id: git2::Oid) -> Result<Vec<u8>, GitError> {
+    /// The file `path` holding blob `id`, its bytes checked against the id;
+    /// a blob over [`MAX_FILE_BYTES`] is not read at all (its size comes
+    /// from the object's header): a few KiB of compressed zeros can hold
+    /// gigabytes, and a folder can name one blob a thousand times.
+    fn source_file(&self, path: String, id: git2::Oid) -> Result<SourceFile, GitError> {
+        let (size, _) = self.repo.odb()?.read_header(id)?;
+        if size > MAX_FILE_BYTES {
+            return Ok(SourceFile::oversize(path, size));
+        }
         let blob = self.repo.find_blob(id)?;
         checked(&blob)?;
-        Ok(blob.content().to_vec())
+        Ok(SourceFile::new(path, blob.content()))
     }
 
     /// `validate`'s warnings (SPEC §11): where a covered script, or a step
@@ -719,7 +725,7 @@ fn position_of(text: &str, word: &str) -> (usize, usize) {
         .unwrap_or((1, 1))
 }
 
-/// Refuses a blob whose bytes do not hash to its id (see `checked_blob`).
+/// Refuses a blob whose bytes do not hash to its id (see `source_file`).
 fn checked(blob: &git2::Blob<'_>) -> Result<(), GitError> {
     let id = blob.id();
     if blob_id(blob.content()) != id.to_string() {

@@ -36,7 +36,7 @@ pub use packed::{EmailSets, EmailsById, OnBranch, Shared, Stored};
 pub use policy::{policies_in_force, PoliciesInForce};
 pub use repo::{
     load_change, load_policies, load_repo, load_repo_with_progress, ChangeChecker, RepoModel,
-    SourceFile,
+    SourceFile, MAX_FILE_BYTES,
 };
 pub use window::Window;
 pub use yaml::Pos;

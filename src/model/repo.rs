@@ -14,8 +14,32 @@ pub const MAX_FILE_BYTES: usize = 1 << 20;
 pub struct SourceFile {
     /// Path from the repository root, e.g. `changes/x.yaml`.
     pub path: String,
-    /// The blob's content.
+    /// The blob's content (empty when it was too large to read).
     pub bytes: Vec<u8>,
+    /// The blob's size when it is over [`MAX_FILE_BYTES`]: such a blob is
+    /// not read at all. A few KiB of compressed zeros can hold a blob of
+    /// gigabytes, and a folder can name it a thousand times.
+    pub oversize: Option<usize>,
+}
+
+impl SourceFile {
+    /// A file and its content.
+    pub fn new(path: impl Into<String>, bytes: impl Into<Vec<u8>>) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            bytes: bytes.into(),
+            oversize: None,
+        }
+    }
+
+    /// A file of `size` bytes, over [`MAX_FILE_BYTES`], left unread.
+    pub fn oversize(path: impl Into<String>, size: usize) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            bytes: Vec::new(),
+            oversize: Some(size),
+        }
+    }
 }
 
 /// The change repository at one commit, with everything wrong in it.
@@ -61,11 +85,12 @@ fn yaml_stem<'a>(
 
 /// The file's text, or a diagnostic for oversize or non-UTF-8 content.
 fn text_of<'a>(file: &'a SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option<&'a str> {
-    if file.bytes.len() > MAX_FILE_BYTES {
+    let size = file.oversize.unwrap_or(file.bytes.len());
+    if size > MAX_FILE_BYTES {
         diagnostics.push(Diagnostic::new(
             &file.path,
             Pos { line: 1, col: 1 },
-            format!("the file is {} bytes; change sets and policies are limited to {MAX_FILE_BYTES} bytes", file.bytes.len()),
+            format!("the file is {size} bytes; change sets and policies are limited to {MAX_FILE_BYTES} bytes"),
         ));
         return None;
     }

@@ -22,10 +22,7 @@ impl TreeView for EveryPathABlob {
 /// change ids; panics when it does not validate.
 pub fn change(id: &str, yaml: &str, known: &[&str]) -> ChangeSet {
     let ids: BTreeSet<String> = known.iter().map(|k| k.to_string()).collect();
-    let file = SourceFile {
-        path: format!("changes/{id}.yaml"),
-        bytes: yaml.as_bytes().to_vec(),
-    };
+    let file = SourceFile::new(format!("changes/{id}.yaml"), yaml.as_bytes().to_vec());
     load_change(&file, &ids, &EveryPathABlob).unwrap()
 }
 
