@@ -214,44 +214,34 @@ fn a_path_nested_past_the_depth_limit_is_an_error_not_a_crash() {
     }
 }
 
+/// Change `id` at HEAD is refused, saying `why`.
+fn assert_change_refused(repo: &TestRepo, id: &str, why: &str) {
+    let change_repo = ChangeRepo::open(repo.path()).unwrap();
+    let at_head = change_repo.at("HEAD").unwrap();
+    match at_head.change(id) {
+        Err(e) => assert!(e.to_string().contains(why), "{e}"),
+        Ok(_) => panic!("change `{id}` was read"),
+    };
+}
+
 #[test]
 fn a_change_naming_one_large_folder_many_times_is_refused_past_the_limit() {
     let repo = TestRepo::new();
     repo.write("run.sh", "true\n").write("big/0", "0\n");
     repo.commit("initial");
-    // `big/` holds 60,000 files (one blob, written without a work tree),
-    // and the change names it three times.
-    let git = git2::Repository::open(repo.path()).unwrap();
-    let blob = git.blob(b"x").unwrap();
-    let mut big = git.treebuilder(None).unwrap();
-    for i in 0..60_000 {
-        big.insert(format!("{i}"), blob, 0o100644).unwrap();
-    }
-    let big = big.write().unwrap();
+    // `big/` holds 60,000 files (one blob), and the change names it three
+    // times.
+    let blob = repo.repo.blob(b"x").unwrap();
+    let big = repo.folder((0..60_000).map(|i| (format!("{i}"), blob, 0o100644)));
     let change = "title: t\nkind: k\ntargets: [web]\ninclude: [big/, ./big, big]\nsteps:\n  - id: a\n    run: ./run.sh\n";
-    let mut changes = git.treebuilder(None).unwrap();
-    changes
-        .insert("c.yaml", git.blob(change.as_bytes()).unwrap(), 0o100644)
-        .unwrap();
-    let changes = changes.write().unwrap();
-    let head = git.head().unwrap().peel_to_commit().unwrap();
-    let mut root = git.treebuilder(Some(&head.tree().unwrap())).unwrap();
-    root.insert("big", big, 0o040000).unwrap();
-    root.insert("changes", changes, 0o040000).unwrap();
-    let tree = git.find_tree(root.write().unwrap()).unwrap();
-    let sig = git2::Signature::now("t", "t@example.com").unwrap();
-    git.commit(Some("HEAD"), &sig, &sig, "big", &tree, &[&head])
-        .unwrap();
+    let change = repo.repo.blob(change.as_bytes()).unwrap();
+    let changes = repo.folder([("c.yaml".to_string(), change, 0o100644)]);
+    repo.commit_folders(&[("big", big), ("changes", changes)]);
     common::assert_error(
         &repo.errors(),
         &["changes/c.yaml", "already covers more than 100000 files"],
     );
-    let change_repo = ChangeRepo::open(repo.path()).unwrap();
-    let at_head = change_repo.at("HEAD").unwrap();
-    match at_head.change("c") {
-        Err(e) => assert!(e.to_string().contains("more than 100000"), "{e}"),
-        Ok(_) => panic!("a change covering 180,000 listed files was read"),
-    };
+    assert_change_refused(&repo, "c", "more than 100000");
 }
 
 #[test]
@@ -266,16 +256,7 @@ fn a_tree_bomb_under_an_included_folder_is_an_error_not_an_outage() {
     repo.commit("initial");
     // `lib/` rewritten by hand as 1,000 names for one subtree on each of
     // three levels: a push of under 100 KiB whose files number 10^9.
-    let bomb = repo.tree_bomb(1000, 3);
-    let git = git2::Repository::open(repo.path()).unwrap();
-    let head = git.head().unwrap().peel_to_commit().unwrap();
-    let mut root = git.treebuilder(Some(&head.tree().unwrap())).unwrap();
-    root.insert("lib", bomb, 0o040000).unwrap();
-    let tree = git.find_tree(root.write().unwrap()).unwrap();
-    let sig = git2::Signature::now("mallory", "mallory@example.com").unwrap();
-    git.commit(Some("HEAD"), &sig, &sig, "bomb", &tree, &[&head])
-        .unwrap();
-
+    repo.commit_folders(&[("lib", repo.tree_bomb(1000, 3))]);
     common::assert_error(
         &repo.errors(),
         &[
@@ -283,12 +264,7 @@ fn a_tree_bomb_under_an_included_folder_is_an_error_not_an_outage() {
             "`lib` holds more than 100000 files and folders",
         ],
     );
-    let change_repo = ChangeRepo::open(repo.path()).unwrap();
-    let at_head = change_repo.at("HEAD").unwrap();
-    match at_head.change("c") {
-        Err(e) => assert!(e.to_string().contains("more than 100000"), "{e}"),
-        Ok(_) => panic!("a change over a tree bomb was read"),
-    }
+    assert_change_refused(&repo, "c", "more than 100000");
 }
 
 #[test]
@@ -298,22 +274,9 @@ fn a_folder_naming_one_huge_blob_many_times_is_not_read() {
     repo.commit("initial");
     // 64 MiB of zeros compress to about 64 KiB; `policies/` names that
     // blob 200 times (12.5 GiB if each were read).
-    let git = git2::Repository::open(repo.path()).unwrap();
-    let zeros = git.blob(&vec![0u8; 64 << 20]).unwrap();
-    let mut policies = git.treebuilder(None).unwrap();
-    for i in 0..200 {
-        policies
-            .insert(format!("p{i}.yaml"), zeros, 0o100644)
-            .unwrap();
-    }
-    let policies = policies.write().unwrap();
-    let head = git.head().unwrap().peel_to_commit().unwrap();
-    let mut root = git.treebuilder(Some(&head.tree().unwrap())).unwrap();
-    root.insert("policies", policies, 0o040000).unwrap();
-    let tree = git.find_tree(root.write().unwrap()).unwrap();
-    let sig = git2::Signature::now("t", "t@example.com").unwrap();
-    git.commit(Some("HEAD"), &sig, &sig, "zeros", &tree, &[&head])
-        .unwrap();
+    let zeros = repo.repo.blob(&vec![0u8; 64 << 20]).unwrap();
+    let policies = repo.folder((0..200).map(|i| (format!("p{i}.yaml"), zeros, 0o100644)));
+    repo.commit_folders(&[("policies", policies)]);
     let errors = repo.errors();
     common::assert_error(
         &errors,

@@ -657,10 +657,7 @@ fn a_foreign_review_on_the_same_number_and_commit_does_not_count() {
             "{backend}: nothing recorded"
         );
         assert_eq!(summary(&server, "d"), ("proposed".into(), 0), "{backend}");
-        let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
-            .unwrap()
-            .text()
-            .unwrap();
+        let metrics = server.metrics();
         assert!(
             metrics.contains("changegate_webhooks_foreign_total{reason=\"foreign-repository\"} 1"),
             "{backend}: {metrics}"
@@ -835,10 +832,7 @@ fn an_app_delivery_from_another_installation_is_ignored() {
             404,
             "{backend}"
         );
-        let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
-            .unwrap()
-            .text()
-            .unwrap();
+        let metrics = server.metrics();
         assert!(
             metrics
                 .contains("changegate_webhooks_foreign_total{reason=\"foreign-installation\"} 1"),

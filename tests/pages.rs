@@ -201,10 +201,7 @@ fn the_feed_is_atom_that_a_real_parser_reads() {
 }
 
 fn scrape(server: &Server) -> prometheus_parse::Scrape {
-    let text = reqwest::blocking::get(format!("{}/metrics", server.url))
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = server.metrics();
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .expect("Prometheus text format")
 }

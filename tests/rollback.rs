@@ -197,10 +197,7 @@ fn a_failed_change_is_undone_in_reverse_and_ends_rolled_back() {
             .filter(|e| e["kind"] == "change.rolled-back")
             .count();
         assert_eq!(rolled_back, 1, "{backend}: finished once");
-        let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
-            .unwrap()
-            .text()
-            .unwrap();
+        let metrics = server.metrics();
         assert!(
             metrics.contains("changegate_rollbacks_total{outcome=\"rolled-back\"} 1"),
             "{backend}: {metrics}"

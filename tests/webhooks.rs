@@ -128,10 +128,7 @@ fn forged_or_unsigned_deliveries_get_401_and_nothing_is_stored() {
         "a truncated signature"
     );
     assert!(inbox(&database).is_empty());
-    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics
             .contains("changegate_webhooks_total{outcome=\"rejected\",reason=\"bad-signature\"} 4"),
@@ -185,10 +182,7 @@ fn unknown_events_are_acknowledged_and_recorded() {
     assert_eq!(outcome.as_deref(), Some("rejected"));
     assert_eq!(*attempts, 0, "a payload that cannot parse is not retried");
     assert!(why.as_deref().unwrap().contains("line 1"), "{why:?}");
-    let metrics = reqwest::blocking::get(format!("{}/metrics", server.url))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains("changegate_inbox_pending 0"),
         "the inbox depth is exported: {metrics}"

@@ -63,21 +63,41 @@ impl TestRepo {
             .unwrap()
     }
 
+    /// A tree object of `entries` (name, id, mode), written without a work
+    /// tree.
+    pub fn folder(&self, entries: impl IntoIterator<Item = (String, Oid, i32)>) -> Oid {
+        let mut builder = self.repo.treebuilder(None).unwrap();
+        for (name, id, mode) in entries {
+            builder.insert(name, id, mode).unwrap();
+        }
+        builder.write().unwrap()
+    }
+
     /// A small tree that names one subtree `width` times on each of
     /// `depth` levels: `width^depth` files.
     pub fn tree_bomb(&self, width: usize, depth: usize) -> Oid {
         let blob = self.repo.blob(b"x").unwrap();
-        let mut leaf = self.repo.treebuilder(None).unwrap();
-        leaf.insert("x", blob, 0o100644).unwrap();
-        let mut id = leaf.write().unwrap();
+        let mut id = self.folder([("x".to_string(), blob, 0o100644)]);
         for _ in 0..depth {
-            let mut level = self.repo.treebuilder(None).unwrap();
-            for i in 0..width {
-                level.insert(format!("{i}"), id, 0o040000).unwrap();
-            }
-            id = level.write().unwrap();
+            id = self.folder((0..width).map(|i| (format!("{i}"), id, 0o040000)));
         }
         id
+    }
+
+    /// Commits onto HEAD its tree with the top-level `folders` (name, tree)
+    /// set, without a work tree: trees written by hand, such as a tree
+    /// bomb, cannot be checked out.
+    pub fn commit_folders(&self, folders: &[(&str, Oid)]) -> Oid {
+        let head = self.repo.head().unwrap().peel_to_commit().unwrap();
+        let mut root = self.repo.treebuilder(Some(&head.tree().unwrap())).unwrap();
+        for (name, id) in folders {
+            root.insert(name, *id, 0o040000).unwrap();
+        }
+        let tree = self.repo.find_tree(root.write().unwrap()).unwrap();
+        let sig = Signature::now("mallory", "mallory@example.com").unwrap();
+        self.repo
+            .commit(Some("HEAD"), &sig, &sig, "by hand", &tree, &[&head])
+            .unwrap()
     }
 
     /// Creates branch `name` at `at` and checks it out, so later commits land there.

@@ -332,6 +332,14 @@ impl Server {
             .sum()
     }
 
+    /// The `/metrics` page, as text.
+    pub fn metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/metrics", self.url))
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// GET with an optional bearer token: (status, JSON body or Null).
     pub fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let mut req = reqwest::blocking::Client::new().get(format!("{}{path}", self.url));
