@@ -25,7 +25,7 @@ impl TreeView for Tree {
         self.0.get(path).cloned()
     }
 
-    fn blobs_under(&self, dir: &str) -> Result<Vec<(String, Entry)>, String> {
+    fn blobs_under(&self, dir: &str, _: &mut usize) -> Result<Vec<(String, Entry)>, String> {
         Ok(self
             .0
             .iter()

@@ -155,7 +155,11 @@ impl changegate::model::TreeView for MapTree {
             .then_some(changegate::model::Entry::Tree)
     }
 
-    fn blobs_under(&self, dir: &str) -> Result<Vec<(String, changegate::model::Entry)>, String> {
+    fn blobs_under(
+        &self,
+        dir: &str,
+        _: &mut usize,
+    ) -> Result<Vec<(String, changegate::model::Entry)>, String> {
         let prefix = format!("{dir}/");
         Ok(self
             .0

@@ -229,17 +229,20 @@ fn a_change_naming_one_large_folder_many_times_is_refused_past_the_limit() {
     let repo = TestRepo::new();
     repo.write("run.sh", "true\n").write("big/0", "0\n");
     repo.commit("initial");
-    // `big/` holds 60,000 files (one blob), and the change names it three
-    // times.
-    let blob = repo.repo.blob(b"x").unwrap();
-    let big = repo.folder((0..60_000).map(|i| (format!("{i}"), blob, 0o100644)));
+    // `big/` holds 60,000 empty folders: no file to list, but each is
+    // walked. The change names it three times.
+    let empty = repo.folder([]);
+    let big = repo.folder((0..60_000).map(|i| (format!("{i}"), empty, 0o040000)));
     let change = "title: t\nkind: k\ntargets: [web]\ninclude: [big/, ./big, big]\nsteps:\n  - id: a\n    run: ./run.sh\n";
     let change = repo.repo.blob(change.as_bytes()).unwrap();
     let changes = repo.folder([("c.yaml".to_string(), change, 0o100644)]);
     repo.commit_folders(&[("big", big), ("changes", changes)]);
     common::assert_error(
         &repo.errors(),
-        &["changes/c.yaml", "already covers more than 100000 files"],
+        &[
+            "changes/c.yaml",
+            "the folders the change covers, up to `big`, hold more than 100000 files and folders",
+        ],
     );
     assert_change_refused(&repo, "c", "more than 100000");
 }
@@ -261,7 +264,7 @@ fn a_tree_bomb_under_an_included_folder_is_an_error_not_an_outage() {
         &repo.errors(),
         &[
             "changes/c.yaml",
-            "`lib` holds more than 100000 files and folders",
+            "the folders the change covers, up to `lib`, hold more than 100000 files and folders",
         ],
     );
     assert_change_refused(&repo, "c", "more than 100000");
@@ -286,4 +289,26 @@ fn a_folder_naming_one_huge_blob_many_times_is_not_read() {
         errors.iter().filter(|e| e.contains("67108864")).count(),
         200
     );
+}
+
+#[test]
+fn a_folder_naming_one_large_blob_past_the_total_is_refused() {
+    let repo = TestRepo::new();
+    repo.write("run.sh", "true\n");
+    repo.commit("initial");
+    // 1 MiB of zeros, just within one file's limit, named 300 times in
+    // `policies/`: 300 MiB held at once.
+    let zeros = repo.repo.blob(&vec![0u8; 1 << 20]).unwrap();
+    let policies = repo.folder((0..300).map(|i| (format!("p{i:03}.yaml"), zeros, 0o100644)));
+    repo.commit_folders(&[("policies", policies)]);
+    let change_repo = ChangeRepo::open(repo.path()).unwrap();
+    let at_head = change_repo.at("HEAD").unwrap();
+    match at_head.load_model() {
+        Err(e) => assert!(
+            e.to_string()
+                .contains("the files in `policies` hold more than 256 MiB"),
+            "{e}"
+        ),
+        Ok(_) => panic!("300 MiB of policies were read"),
+    }
 }

@@ -262,13 +262,19 @@ pub struct Snapshot<'r> {
     dirs: RefCell<HashMap<String, Option<Tree<'r>>>>,
 }
 
+/// At most this many bytes of files are read from one folder at once
+/// ([`Snapshot::files_in`]): `changes/` at 100,000 change sets holds about
+/// 50 MiB.
+pub const MAX_FOLDER_FILE_BYTES: usize = 256 << 20;
+
 impl<'r> Snapshot<'r> {
     /// The full commit id, hex.
     pub fn commit_id(&self) -> &str {
         &self.commit_id
     }
 
-    /// The blobs directly in folder `dir` (not below it), sorted by name.
+    /// The blobs directly in folder `dir` (not below it), sorted by name;
+    /// refused past [`MAX_FOLDER_FILE_BYTES`] in all.
     pub fn files_in(&self, dir: &str) -> Result<Vec<SourceFile>, GitError> {
         let Ok(entry) = self.tree.get_path(Path::new(dir)) else {
             return Ok(Vec::new());
@@ -276,18 +282,30 @@ impl<'r> Snapshot<'r> {
         let Ok(subtree) = entry.to_object(self.repo)?.peel_to_tree() else {
             return Ok(Vec::new());
         };
-        let mut files = Vec::new();
+        let (mut files, mut held) = (Vec::new(), 0usize);
         let mut known = self.entries.borrow_mut();
         for entry in subtree
             .iter()
             .filter(|e| e.kind() == Some(ObjectType::Blob))
         {
+            // Each file is at most 1 MiB, but a folder can name one blob
+            // as often as it likes, and these are all held at once.
+            if held > MAX_FOLDER_FILE_BYTES {
+                return Err(GitError::Refused {
+                    reason: format!(
+                        "the files in `{dir}` hold more than {} MiB",
+                        MAX_FOLDER_FILE_BYTES >> 20
+                    ),
+                });
+            }
             let path = format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes()));
             known.insert(
                 path.clone(),
                 file_entry(ObjectType::Blob, entry.filemode(), entry.id()),
             );
-            files.push(self.source_file(path, entry.id())?);
+            let file = self.source_file(path, entry.id())?;
+            held += file.bytes.len();
+            files.push(file);
         }
         Ok(files)
     }
@@ -522,22 +540,22 @@ impl TreeView for Snapshot<'_> {
         entry
     }
 
-    fn blobs_under(&self, dir: &str) -> Result<Vec<(String, Entry)>, String> {
+    fn blobs_under(&self, dir: &str, budget: &mut usize) -> Result<Vec<(String, Entry)>, String> {
         let Some(subtree) = self.dir(dir.trim_end_matches('/')) else {
             return Ok(Vec::new());
         };
-        let (mut out, mut seen, mut bytes, mut refused) = (Vec::new(), 0usize, 0usize, None);
+        let (mut out, mut bytes, mut refused) = (Vec::new(), 0usize, None);
         // Pre-order: a folder is seen, and can be refused, before libgit2
         // descends into it (its walk recurses once per folder).
         let walked = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
-            seen += 1;
             let name = String::from_utf8_lossy(entry.name_bytes());
-            if seen > MAX_FOLDER_ENTRIES {
+            let Some(left) = budget.checked_sub(1) else {
                 refused = Some(format!(
-                    "`{dir}` holds more than {MAX_FOLDER_ENTRIES} files and folders"
+                    "the folders the change covers, up to `{dir}`, hold more than {MAX_FOLDER_ENTRIES} files and folders"
                 ));
                 return TreeWalkResult::Abort;
-            }
+            };
+            *budget = left;
             let path = format!("{dir}/{root}{name}");
             bytes += path.len();
             if bytes > MAX_FOLDER_PATH_BYTES {
@@ -624,12 +642,13 @@ impl Snapshot<'_> {
         let Some(Entry::Blob(id)) = self.entry(path) else {
             return None;
         };
-        let blob = self.repo.find_blob(git2::Oid::from_str(&id).ok()?).ok()?;
-        if blob.size() >= 1 << 20 {
+        let file = self
+            .source_file(path.to_string(), git2::Oid::from_str(&id).ok()?)
+            .ok()?;
+        if file.oversize.is_some() {
             return None;
         }
-        checked(&blob).ok()?;
-        String::from_utf8(blob.content().to_vec()).ok()
+        String::from_utf8(file.bytes).ok()
     }
 
     /// A blob's bytes, checked against its id. libgit2 does not re-hash

@@ -136,8 +136,8 @@ pub fn covered_roots(change: &ChangeSet) -> Vec<String> {
 /// reports that case with its position.
 pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<CoveredPath>, String> {
     let mut covered = BTreeMap::new();
-    // Counted across roots: a change may name one large folder many times.
-    let mut listed = 0usize;
+    // Shared by every folder: a change may name one large folder many times.
+    let mut budget = MAX_FOLDER_ENTRIES;
     for path in covered_roots(change) {
         let path = path.as_str();
         if has_parent_component(path) {
@@ -151,14 +151,7 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
                 covered.insert(path.to_string(), oid);
             }
             Some(Entry::Tree) => {
-                if listed > MAX_FOLDER_ENTRIES {
-                    return Err(format!(
-                        "the change covers more than {MAX_FOLDER_ENTRIES} files"
-                    ));
-                }
-                let below = tree.blobs_under(path)?;
-                listed += below.len();
-                for (below, entry) in below {
+                for (below, entry) in tree.blobs_under(path, &mut budget)? {
                     match entry {
                         Entry::Blob(oid) => covered.insert(below, oid),
                         _ => return Err(symlink(&below)),

@@ -436,10 +436,12 @@ pub trait TreeView {
     /// What `path` (slash-separated, relative to the root) names, if anything.
     fn entry(&self, path: &str) -> Option<Entry>;
     /// Every file below the folder `dir`: (path, [`Entry::Blob`] or
-    /// [`Entry::Link`]). An error says why they are not all listed: more
-    /// than [`MAX_FOLDER_ENTRIES`] entries, or folders nested past
+    /// [`Entry::Link`]). Each entry walked (file or folder) is taken from
+    /// `budget`, shared by every folder one change covers. An error says
+    /// why they are not all listed: the budget ran out, more than
+    /// [`MAX_FOLDER_PATH_BYTES`] of paths, or folders nested past
     /// [`MAX_PATH_DEPTH`].
-    fn blobs_under(&self, dir: &str) -> Result<Vec<(String, Entry)>, String>;
+    fn blobs_under(&self, dir: &str, budget: &mut usize) -> Result<Vec<(String, Entry)>, String>;
     /// The text of the file at `path`, if it is UTF-8 and under 1 MiB
     /// (a rollout's `targets_from`); a tree without contents has none.
     fn file_text(&self, _path: &str) -> Option<String> {

@@ -272,7 +272,11 @@ pub fn load_policies(files: &[SourceFile]) -> RepoModel {
         fn entry(&self, _: &str) -> Option<super::Entry> {
             None
         }
-        fn blobs_under(&self, _: &str) -> Result<Vec<(String, super::Entry)>, String> {
+        fn blobs_under(
+            &self,
+            _: &str,
+            _: &mut usize,
+        ) -> Result<Vec<(String, super::Entry)>, String> {
             Ok(Vec::new())
         }
     }

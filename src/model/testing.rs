@@ -13,7 +13,7 @@ impl TreeView for EveryPathABlob {
     fn entry(&self, _: &str) -> Option<Entry> {
         Some(Entry::Blob("0".repeat(40)))
     }
-    fn blobs_under(&self, _: &str) -> Result<Vec<(String, Entry)>, String> {
+    fn blobs_under(&self, _: &str, _: &mut usize) -> Result<Vec<(String, Entry)>, String> {
         Ok(Vec::new())
     }
 }

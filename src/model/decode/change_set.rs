@@ -15,7 +15,7 @@ pub fn decode_change_set(
         path,
         diagnostics,
         failed: false,
-        listed: 0,
+        folder_budget: MAX_FOLDER_ENTRIES,
     };
     if !is_valid_change_id(id) {
         d.error(

@@ -128,9 +128,9 @@ struct Decoder<'p> {
     path: &'p str,
     diagnostics: &'p mut Vec<Diagnostic>,
     failed: bool,
-    /// Files and folders listed below covered folders so far: one change
-    /// may name the same large folder many times.
-    listed: usize,
+    /// Files and folders that may still be walked below the folders the
+    /// change covers: it may name the same large folder many times.
+    folder_budget: usize,
 }
 
 impl<'p> Decoder<'p> {
@@ -299,18 +299,11 @@ impl<'p> Decoder<'p> {
                 return;
             }
             Some(Entry::Link(_)) => Some(lookup.to_string()),
-            Some(Entry::Tree) if self.listed > MAX_FOLDER_ENTRIES => {
-                self.error(pos, format!("{subject} `{path}`, but the change already covers more than {MAX_FOLDER_ENTRIES} files"));
-                return;
-            }
-            Some(Entry::Tree) => match ctx.tree.blobs_under(lookup) {
-                Ok(below) => {
-                    self.listed += below.len();
-                    below
-                        .into_iter()
-                        .find(|(_, e)| matches!(e, Entry::Link(_)))
-                        .map(|(p, _)| p)
-                }
+            Some(Entry::Tree) => match ctx.tree.blobs_under(lookup, &mut self.folder_budget) {
+                Ok(below) => below
+                    .into_iter()
+                    .find(|(_, e)| matches!(e, Entry::Link(_)))
+                    .map(|(p, _)| p),
                 Err(why) => {
                     self.error(pos, format!("{subject} `{path}`, but {why}"));
                     return;

@@ -15,7 +15,7 @@ pub fn decode_policy(
         path,
         diagnostics,
         failed: false,
-        listed: 0,
+        folder_budget: MAX_FOLDER_ENTRIES,
     };
     let mut action_pos = BTreeMap::new();
     let Some(root) = root else {
