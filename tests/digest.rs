@@ -289,6 +289,15 @@ fn a_folder_naming_one_huge_blob_many_times_is_not_read() {
         errors.iter().filter(|e| e.contains("67108864")).count(),
         200
     );
+    // Unread, each still names its blob: two oversize versions of one
+    // policy differ, and neither reads as the empty file.
+    let change_repo = ChangeRepo::open(repo.path()).unwrap();
+    let files = change_repo.at("HEAD").unwrap().policy_files().unwrap();
+    assert_eq!(files.len(), 200);
+    for file in files {
+        assert!(file.bytes.is_empty());
+        assert_eq!(file.oversize, Some((64 << 20, zeros.to_string())));
+    }
 }
 
 #[test]

@@ -19,6 +19,15 @@ use crate::model::{deletion_of, ABSENT};
 use crate::model::{load_policies, Policy, SourceFile};
 use crate::store::{Alert, AlertKind, AlertLabels, ApprovedPolicy, Firing, Severity};
 
+/// A policy file's git blob id: of its bytes, or, for one too large to
+/// read, the id of the unread blob (so two oversize versions differ).
+fn blob_of(file: &SourceFile) -> String {
+    match &file.oversize {
+        Some((_, blob)) => blob.clone(),
+        None => blob_id(&file.bytes),
+    }
+}
+
 /// Since when a text has been in force, for judging the next edit: when it
 /// was approved, or forever for the baseline (reviews from before review
 /// began still speak for the edits they saw).
@@ -58,7 +67,7 @@ impl Engine {
         };
         let approved_as = |f: &SourceFile, how: &str| ApprovedPolicy {
             path: f.path.clone(),
-            blob: blob_id(&f.bytes),
+            blob: blob_of(f),
             text: String::from_utf8_lossy(&f.bytes).into_owned(),
             commit: view.commit.clone(),
             how: how.to_string(),
@@ -85,10 +94,7 @@ impl Engine {
                 self.store.approved_policies().await?.unwrap_or_default()
             }
         };
-        let main_blobs = main
-            .iter()
-            .map(|(p, f)| (p.clone(), blob_id(&f.bytes)))
-            .collect();
+        let main_blobs = main.iter().map(|(p, f)| (p.clone(), blob_of(f))).collect();
         let in_force = approved
             .iter()
             .map(|(p, a)| (p.clone(), a.blob.clone()))

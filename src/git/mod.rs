@@ -663,7 +663,7 @@ impl Snapshot<'_> {
     fn source_file(&self, path: String, id: git2::Oid) -> Result<SourceFile, GitError> {
         let (size, _) = self.repo.odb()?.read_header(id)?;
         if size > MAX_FILE_BYTES {
-            return Ok(SourceFile::oversize(path, size));
+            return Ok(SourceFile::oversize(path, size, id.to_string()));
         }
         let blob = self.repo.find_blob(id)?;
         checked(&blob)?;

@@ -16,10 +16,10 @@ pub struct SourceFile {
     pub path: String,
     /// The blob's content (empty when it was too large to read).
     pub bytes: Vec<u8>,
-    /// The blob's size when it is over [`MAX_FILE_BYTES`]: such a blob is
-    /// not read at all. A few KiB of compressed zeros can hold a blob of
-    /// gigabytes, and a folder can name it a thousand times.
-    pub oversize: Option<usize>,
+    /// The blob's size and git id when it is over [`MAX_FILE_BYTES`]: such
+    /// a blob is not read at all. A few KiB of compressed zeros can hold a
+    /// blob of gigabytes, and a folder can name it a thousand times.
+    pub oversize: Option<(usize, String)>,
 }
 
 impl SourceFile {
@@ -32,12 +32,13 @@ impl SourceFile {
         }
     }
 
-    /// A file of `size` bytes, over [`MAX_FILE_BYTES`], left unread.
-    pub fn oversize(path: impl Into<String>, size: usize) -> SourceFile {
+    /// A file of `size` bytes, over [`MAX_FILE_BYTES`], left unread; `blob`
+    /// is its git id.
+    pub fn oversize(path: impl Into<String>, size: usize, blob: String) -> SourceFile {
         SourceFile {
             path: path.into(),
             bytes: Vec::new(),
-            oversize: Some(size),
+            oversize: Some((size, blob)),
         }
     }
 }
@@ -85,7 +86,10 @@ fn yaml_stem<'a>(
 
 /// The file's text, or a diagnostic for oversize or non-UTF-8 content.
 fn text_of<'a>(file: &'a SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option<&'a str> {
-    let size = file.oversize.unwrap_or(file.bytes.len());
+    let size = file
+        .oversize
+        .as_ref()
+        .map_or(file.bytes.len(), |(size, _)| *size);
     if size > MAX_FILE_BYTES {
         diagnostics.push(Diagnostic::new(
             &file.path,
