@@ -384,10 +384,16 @@ mod tests {
     fn assert_refused(repo: &Repository, a: Oid, b: Oid, why: &str) {
         let (a, b) = (repo.find_tree(a).unwrap(), repo.find_tree(b).unwrap());
         for (x, y) in [(&a, &b), (&b, &a)] {
-            match diff(repo, x, y) {
-                Err(GitError::Refused { reason }) => assert!(reason.contains(why), "{reason}"),
-                other => panic!("not refused: {other:?}"),
-            }
+            assert_refusal(diff(repo, x, y), why);
+        }
+    }
+
+    /// `result` is a refusal saying `why`.
+    #[track_caller]
+    fn assert_refusal(result: Result<BTreeSet<String>, GitError>, why: &str) {
+        match result {
+            Err(GitError::Refused { reason }) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("not refused: {other:?}"),
         }
     }
 
@@ -560,23 +566,13 @@ mod tests {
         let small = repo.find_tree(bomb(&repo, 16, 3)).unwrap();
         assert_eq!(diff(&small, budget).unwrap().len(), 4096);
         let large = repo.find_tree(bomb(&repo, 16, 4)).unwrap();
-        match diff(&large, budget) {
-            Err(GitError::Refused { reason }) => {
-                assert!(reason.contains("more than 60000 tree entries"), "{reason}")
-            }
-            other => panic!("not refused: {other:?}"),
-        }
+        assert_refusal(diff(&large, budget), "more than 60000 tree entries");
         // Short paths use the entries, long ones the bytes.
         let tight = Budget {
             entries: 100_000,
             bytes: 4096 * 8,
         };
-        match diff(&small, tight) {
-            Err(GitError::Refused { reason }) => {
-                assert!(reason.contains("more than 0 MiB of paths"), "{reason}")
-            }
-            other => panic!("not refused: {other:?}"),
-        }
+        assert_refusal(diff(&small, tight), "more than 0 MiB of paths");
         // The server's own budget stops 1000^3 paths from a 60 KiB push.
         let huge = repo.find_tree(bomb(&repo, 1000, 3)).unwrap();
         assert!(matches!(
