@@ -194,6 +194,10 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
             .acquire_timeout(std::time::Duration::from_secs(5))
+            // An embedded database cannot drop a connection: a ping before
+            // every use would only add a round trip to sqlx's SQLite thread
+            // (one of the four that open each ingest batch's write).
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
