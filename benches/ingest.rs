@@ -411,7 +411,7 @@ fn main() {
         .unwrap();
     let data = tempfile::tempdir().unwrap();
     let pg_admin = std::env::var("CHANGEGATE_BENCH_POSTGRES_URL").ok();
-    const COMPRESSIONS: [&str; 3] = ["deflate", "lz4", "none"];
+    const COMPRESSIONS: [&str; 3] = ["lz4", "deflate", "none"];
     let mut noop = Vec::new();
     let mut sqlite: Vec<Vec<Outcome>> = COMPRESSIONS.iter().map(|_| Vec::new()).collect();
     let mut postgres = Vec::new();
@@ -431,7 +431,7 @@ fn main() {
             let pg_dir = data.path().join(format!("pg-{round}"));
             std::fs::create_dir_all(&pg_dir).unwrap();
             postgres.push(drive(
-                &changegate_server(&server_rt, &pg_dir, &url, "deflate"),
+                &changegate_server(&server_rt, &pg_dir, &url, "lz4"),
                 &load,
             ));
         }
@@ -441,11 +441,7 @@ fn main() {
     report("no-op axum handler", &noop, None);
     let mut sqlite = sqlite.into_iter().map(median);
     let default = sqlite.next().unwrap();
-    report(
-        "changegate, SQLite, deflate (default)",
-        &default,
-        Some(&noop),
-    );
+    report("changegate, SQLite, lz4 (default)", &default, Some(&noop));
     for (compression, outcome) in COMPRESSIONS[1..].iter().zip(sqlite) {
         report(
             &format!("changegate, SQLite, {compression}"),
@@ -454,11 +450,7 @@ fn main() {
         );
     }
     if !postgres.is_empty() {
-        report(
-            "changegate, Postgres, deflate",
-            &median(postgres),
-            Some(&noop),
-        );
+        report("changegate, Postgres, lz4", &median(postgres), Some(&noop));
     }
     let tx = sqlite_transactions(data.path(), &load.bodies[0].1);
     println!(
@@ -475,7 +467,7 @@ fn main() {
 }
 
 /// `wrk -t2 -c64` with `benches/webhook.lua`, 10 s per round, against the
-/// no-op handler and changegate (SQLite) with lz4 and deflate.
+/// no-op handler and changegate (SQLite) with lz4 (the default) and deflate.
 fn wrk_rounds(rt: &tokio::runtime::Runtime, data: &std::path::Path, load: &Load) {
     let installed = std::process::Command::new("wrk")
         .arg("--version")
@@ -495,7 +487,7 @@ fn wrk_rounds(rt: &tokio::runtime::Runtime, data: &std::path::Path, load: &Load)
         let w = wrk(&noop_server(rt), &body_path, signature, SECONDS);
         assert_eq!(w.other, 0, "the no-op handler answers 202");
         noop.push(w.outcome);
-        for (c, compression) in ["deflate", "lz4"].iter().enumerate() {
+        for (c, compression) in ["lz4", "deflate"].iter().enumerate() {
             let dir = data.join(format!("wrk-{round}-{compression}"));
             std::fs::create_dir_all(&dir).unwrap();
             let w = wrk(
@@ -520,13 +512,13 @@ fn wrk_rounds(rt: &tokio::runtime::Runtime, data: &std::path::Path, load: &Load)
     println!("  wrk -t2 -c64 -d{SECONDS}s, benches/webhook.lua ({ROUNDS_WRK} rounds, median; every 202 checked stored):");
     let noop = median(noop);
     report("no-op axum handler", &noop, None);
-    let [deflate, lz4] = runs;
+    let [lz4, deflate] = runs;
     report(
-        "changegate, SQLite, deflate (default)",
-        &median(deflate),
+        "changegate, SQLite, lz4 (default)",
+        &median(lz4),
         Some(&noop),
     );
-    report("changegate, SQLite, lz4", &median(lz4), Some(&noop));
+    report("changegate, SQLite, deflate", &median(deflate), Some(&noop));
 }
 
 const ROUNDS_WRK: usize = 3;

@@ -246,7 +246,7 @@ impl Default for ServerConfig {
             lease: Duration::from_secs(300),
             public_pages: false,
             webhook_memory_mib: 64,
-            inbox_compression: crate::store::InboxCompression::Deflate,
+            inbox_compression: crate::store::InboxCompression::Lz4,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             reload_on_change: true,

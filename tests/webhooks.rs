@@ -251,9 +251,46 @@ fn concurrent_deliveries_share_commits_and_each_is_stored_once() {
             "{backend}: one 202 per delivery id"
         );
         assert_eq!(inbox(&database).len(), 32);
+        if backend == "sqlite" {
+            // The background checkpointer copies the WAL into the database
+            // file: 32 small deliveries are far below the 1,000 pages at
+            // which a commit would have run SQLite's own checkpoint.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                match rows_in_database_file(&database) {
+                    Some(32) => break,
+                    seen => assert!(
+                        std::time::Instant::now() < deadline,
+                        "the database file alone holds {seen:?} inbox rows, not 32"
+                    ),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         let out = server.audit_verify();
         assert!(out.status.success(), "{backend}: {}", text(&out));
     }
+}
+
+/// Inbox rows in a copy of the SQLite database file taken without its WAL:
+/// the rows a checkpoint has copied there. None while a copy is torn.
+fn rows_in_database_file(database: &db::TestDatabase) -> Option<usize> {
+    let file = database.url.strip_prefix("sqlite://").unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let path = copy.path().join("copy.db");
+    std::fs::copy(file, &path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .ok()?;
+        let rows = store.inbox().await.ok().map(|rows| rows.len());
+        store.close().await;
+        rows
+    })
 }
 
 #[test]

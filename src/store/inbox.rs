@@ -31,15 +31,14 @@ const COMPRESS_OVER_BYTES: usize = 4 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InboxCompression {
-    /// LZ4 (block format): 0.6 of deflate's CPU per 30 KB delivery, with
-    /// rows 3% larger (see README, "Webhook ingest"). Versions before
-    /// this one cannot read these rows: turn it on once every replica
-    /// (and any version you might roll back to) reads them.
-    Lz4,
-    /// Deflate at its fastest level: the smallest rows, the most CPU. The
-    /// default for now, so that a rollback to an earlier version can still
-    /// read every row.
+    /// LZ4 (block format), the default: 0.4 of deflate's CPU per 30 KB
+    /// delivery, with rows 3% larger (see README, "Webhook ingest").
+    /// Versions before b76bd33 (2026-11-28) cannot read these rows: to roll
+    /// back past it, set `deflate` first.
     #[default]
+    Lz4,
+    /// Deflate at its fastest level: the smallest rows, the most CPU, and
+    /// readable by every version.
     Deflate,
     /// Stored as received: no CPU, the largest writes.
     None,

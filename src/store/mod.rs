@@ -240,6 +240,18 @@ impl Store {
         Ok(())
     }
 
+    /// Copies what SQLite's WAL holds into the database file without
+    /// blocking writers or readers (a PASSIVE checkpoint), on a connection
+    /// of the pool; nothing to do on Postgres.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_all(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Begins a write: locks the audit head so this transaction is the only writer.
     pub async fn write(&self) -> Result<WriteTx, StoreError> {
         let mut tx = self.pool.begin().await?;
