@@ -214,6 +214,70 @@ fn a_path_nested_past_the_depth_limit_is_an_error_not_a_crash() {
     }
 }
 
+#[test]
+fn a_path_or_dependency_no_git_tree_can_hold_is_an_error_not_a_crash() {
+    // A NUL byte (YAML's "\0") made libgit2's lookup by name panic; a name
+    // of megabytes under 255 more folders cached every prefix of it.
+    let long_name = "n".repeat(500_000);
+    let cases: Vec<(String, String, &str)> = vec![
+        ("[\"a\\0b\"]".into(), "./run.sh".into(), "holds a NUL byte"),
+        // A command's words end at a NUL, so `./run` is the path looked up.
+        (
+            "[]".into(),
+            "./run\\0.sh".into(),
+            "`./run`, but that path is not in the tree",
+        ),
+        (
+            format!("[\"{long_name}{}\"]", "/x".repeat(255)),
+            "./run.sh".into(),
+            "is longer than 4096 bytes",
+        ),
+        (
+            format!("[\"{}\"]", "n".repeat(300)),
+            "./run.sh".into(),
+            "holds a name longer than 255 bytes",
+        ),
+    ];
+    for (include, run, why) in cases {
+        let repo = TestRepo::new();
+        repo.write(
+            "changes/c.yaml",
+            format!("title: t\nkind: k\ntargets: [web]\ninclude: {include}\nsteps:\n  - id: a\n    run: \"{run}\"\n"),
+        )
+        .write("run.sh", "true\n");
+        repo.commit("unreadable path");
+        common::assert_error(&repo.errors(), &["changes/c.yaml", why]);
+    }
+    // `depends_on`: a NUL, a megabyte of id, and 20,000 unknown ids (each
+    // once compared with every id under `changes/` for a hint).
+    let unknown: Vec<String> = (0..20_000).map(|i| format!("\"gone-{i}\"")).collect();
+    for (deps, why) in [
+        ("[\"a\\0\"]".to_string(), "which is not a change id"),
+        (format!("[\"{long_name}\"]"), "which is not a change id"),
+        (
+            format!("[{}]", unknown.join(", ")),
+            "there is no changes/gone-19999.yaml",
+        ),
+    ] {
+        let repo = TestRepo::new();
+        repo.write(
+            "changes/c.yaml",
+            format!("title: t\nkind: k\ntargets: [web]\ndepends_on: {deps}\nsteps:\n  - id: a\n    run: ./run.sh\n"),
+        )
+        .write("run.sh", "true\n");
+        for i in 0..2_000 {
+            repo.write(&format!("changes/gone-x{i}.yaml"), "title: t\n");
+        }
+        repo.commit("unreadable dependency");
+        let errors = repo.errors();
+        common::assert_error(&errors, &["changes/c.yaml", why]);
+        assert!(
+            errors.iter().filter(|e| e.contains("did you mean")).count() <= 5,
+            "hints for the first few unknown ids only"
+        );
+    }
+}
+
 /// Change `id` at HEAD is refused, saying `why`.
 fn assert_change_refused(repo: &TestRepo, id: &str, why: &str) {
     let change_repo = ChangeRepo::open(repo.path()).unwrap();

@@ -13,9 +13,9 @@ use diff::Budget;
 
 use crate::model::references::{bare_words, references};
 use crate::model::{
-    covered_paths, is_too_deep, load_change, load_repo_with_progress, too_deep, ChangeChecker,
-    ChangeIds, ChangeSet, CoveredPath, Diagnostic, Digest, Entry, RepoModel, SourceFile, TreeView,
-    MAX_FILE_BYTES, MAX_FOLDER_ENTRIES, MAX_FOLDER_PATH_BYTES,
+    covered_paths, is_too_deep, load_change, load_repo_with_progress, too_deep, unreadable_path,
+    ChangeChecker, ChangeIds, ChangeSet, CoveredPath, Diagnostic, Digest, Entry, RepoModel,
+    SourceFile, TreeView, MAX_FILE_BYTES, MAX_FOLDER_ENTRIES, MAX_FOLDER_PATH_BYTES,
 };
 
 /// Change set files read from git by this process: what the persisted view
@@ -339,7 +339,7 @@ impl<'r> Snapshot<'r> {
         if dir.is_empty() {
             return Some(self.tree.clone());
         }
-        if is_too_deep(dir) {
+        if unreadable_path(dir).is_some() {
             return None;
         }
         if let Some(known) = self.dirs.borrow().get(dir) {
@@ -347,7 +347,7 @@ impl<'r> Snapshot<'r> {
         }
         let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
         let tree = self.dir(parent).and_then(|p| {
-            let entry = p.get_name(name)?;
+            let entry = named(&p, name)?;
             (entry.kind() == Some(ObjectType::Tree)).then_some(())?;
             entry.to_object(self.repo).ok()?.into_tree().ok()
         });
@@ -425,6 +425,15 @@ impl<'r> Snapshot<'r> {
 /// One commit's changed paths and its author's and committer's emails.
 pub type CommitTouch = (BTreeSet<String>, Vec<String>);
 
+/// The entry `name` in `tree`. A name no git tree can hold (one with a NUL
+/// byte, which makes libgit2's lookup panic) is simply not there.
+fn named<'t>(tree: &'t Tree<'_>, name: &str) -> Option<git2::TreeEntry<'t>> {
+    if name.contains('\0') {
+        return None;
+    }
+    tree.get_name(name)
+}
+
 /// `changes/` at one commit: ids are looked up by name (a binary search in
 /// the tree), so checking one change set's `depends_on` does not list
 /// 100,000 others.
@@ -433,8 +442,7 @@ struct ChangesDir<'r>(Option<Tree<'r>>);
 impl ChangeIds for ChangesDir<'_> {
     fn contains(&self, id: &str) -> bool {
         self.0.as_ref().is_some_and(|t| {
-            t.get_name(&format!("{id}.yaml"))
-                .is_some_and(|e| e.kind() == Some(ObjectType::Blob))
+            named(t, &format!("{id}.yaml")).is_some_and(|e| e.kind() == Some(ObjectType::Blob))
         })
     }
 
@@ -522,7 +530,7 @@ impl TreeView for Snapshot<'_> {
 
     fn entry(&self, path: &str) -> Option<Entry> {
         // Each folder on the way is a frame of `dir`.
-        if is_too_deep(path) {
+        if unreadable_path(path).is_some() {
             return None;
         }
         if let Some(known) = self.entries.borrow().get(path) {
@@ -532,7 +540,7 @@ impl TreeView for Snapshot<'_> {
         let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
         let entry = self
             .dir(parent)
-            .and_then(|t| t.get_name(name).map(|e| (e.kind(), e.filemode(), e.id())))
+            .and_then(|t| named(&t, name).map(|e| (e.kind(), e.filemode(), e.id())))
             .and_then(|(kind, mode, id)| file_entry(kind?, mode, id));
         self.entries
             .borrow_mut()

@@ -78,6 +78,37 @@ pub fn too_deep(path: &str) -> String {
     format!("`{shown}…` is more than {MAX_PATH_DEPTH} folders deep")
 }
 
+/// The longest path, and the longest name in one, that a change set may
+/// name: Linux's `PATH_MAX` and `NAME_MAX`, so every path that passes can
+/// be checked out. Lookups cache each prefix of a path, so one path of
+/// megabytes would otherwise hold hundreds of megabytes of keys.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// See [`MAX_PATH_BYTES`].
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Why a path a change set names cannot be looked up in a tree, if it
+/// cannot: too deep, too long, a name too long, or a NUL byte (no git name
+/// holds one, and libgit2's lookup by name panics on it).
+pub fn unreadable_path(path: &str) -> Option<String> {
+    let shown: String = path.chars().take(60).collect();
+    let more = if shown.len() < path.len() { "…" } else { "" };
+    if is_too_deep(path) {
+        Some(too_deep(path))
+    } else if path.contains('\0') {
+        Some(format!("`{}` holds a NUL byte", shown.escape_debug()))
+    } else if path.len() > MAX_PATH_BYTES {
+        Some(format!(
+            "`{shown}{more}` is longer than {MAX_PATH_BYTES} bytes"
+        ))
+    } else if path.split('/').any(|name| name.len() > MAX_NAME_BYTES) {
+        Some(format!(
+            "`{shown}{more}` holds a name longer than {MAX_NAME_BYTES} bytes"
+        ))
+    } else {
+        None
+    }
+}
+
 /// At most this many entries (files and folders) are read below the
 /// folders one change covers: a pusher can write a small tree that names
 /// one subtree many times on each level (a tree bomb), whose files grow as

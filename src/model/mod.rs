@@ -28,8 +28,8 @@ pub use affected::RootIndex;
 pub use decode::{decode_change_set, decode_policy, ChangeIds, RepoContext};
 pub use digest::{
     covered_paths, covered_roots, deletion_of, has_parent_component, is_policy_path, is_too_deep,
-    too_deep, CoveredPath, Digest, ABSENT, MAX_FOLDER_ENTRIES, MAX_FOLDER_PATH_BYTES,
-    MAX_PATH_DEPTH,
+    too_deep, unreadable_path, CoveredPath, Digest, ABSENT, MAX_FOLDER_ENTRIES,
+    MAX_FOLDER_PATH_BYTES, MAX_PATH_DEPTH,
 };
 pub use duration::Duration;
 pub use packed::{EmailSets, EmailsById, OnBranch, Shared, Stored};

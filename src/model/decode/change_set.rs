@@ -1,6 +1,10 @@
 //! Change sets (SPEC §1): every field checked, every problem reported.
 
 use super::*;
+use crate::model::CHANGE_ID_PATTERN;
+
+/// Unknown `depends_on` ids past this many get no "did you mean" hint.
+const MAX_DEPENDS_ON_HINTS: usize = 5;
 
 /// Decodes `changes/<id>.yaml`. Returns the change set when the file has no
 /// errors, and the position of each `depends_on` entry for cross-file reports.
@@ -65,17 +69,37 @@ pub fn decode_change_set(
     let depends_on = d
         .optional(&f, "depends_on", |d, n| d.string_list(n, "depends_on"))
         .unwrap_or_default();
+    // Hints compare one unknown id with every id under `changes/`: listed
+    // once, and only for the first few, so a file of many (or very long)
+    // unknown ids cannot turn into billions of comparisons.
+    let mut all: Option<Vec<String>> = None;
+    let mut hinted = 0;
     for (dep, pos) in &depends_on {
         if dep == id {
             d.error(
                 *pos,
                 format!("`depends_on` names `{dep}`, the change itself"),
             );
+        } else if !is_valid_change_id(dep) {
+            let shown: String = dep.chars().take(60).collect();
+            d.error(
+                *pos,
+                format!(
+                    "`depends_on` names `{}`, which is not a change id ({CHANGE_ID_PATTERN})",
+                    shown.escape_debug()
+                ),
+            );
         } else if !ctx.change_ids.contains(dep) {
-            let all = ctx.change_ids.all();
-            let hint = nearest_key(dep, &all.iter().map(String::as_str).collect::<Vec<_>>())
-                .map(|n| format!(": did you mean `{n}`?"))
-                .unwrap_or_default();
+            let mut hint = String::new();
+            if hinted < MAX_DEPENDS_ON_HINTS {
+                hinted += 1;
+                let all = all.get_or_insert_with(|| ctx.change_ids.all());
+                if let Some(n) =
+                    nearest_key(dep, &all.iter().map(String::as_str).collect::<Vec<_>>())
+                {
+                    hint = format!(": did you mean `{n}`?");
+                }
+            }
             d.error(
                 *pos,
                 format!("`depends_on` names `{dep}`, but there is no changes/{dep}.yaml{hint}"),

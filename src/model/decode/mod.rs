@@ -10,9 +10,7 @@ pub use policy::decode_policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::digest::{
-    command_paths, has_parent_component, is_too_deep, too_deep, MAX_FOLDER_ENTRIES,
-};
+use super::digest::{command_paths, has_parent_component, unreadable_path, MAX_FOLDER_ENTRIES};
 use super::yaml::{Key, Node, Pos, Value};
 use super::{
     is_valid_change_id, is_valid_step_id, ActionBudget, Approvals, Approver, ChangeSet, Diagnostic,
@@ -279,8 +277,8 @@ impl<'p> Decoder<'p> {
             self.error(pos, format!("{subject} `{path}`, which contains `..`; paths must stay inside the repository"));
             return;
         }
-        if is_too_deep(lookup) {
-            self.error(pos, format!("{subject} {}", too_deep(lookup)));
+        if let Some(why) = unreadable_path(lookup) {
+            self.error(pos, format!("{subject} {why}"));
             return;
         }
         // A covered symbolic link would bind the approval to the link's
