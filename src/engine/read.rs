@@ -11,7 +11,7 @@ use crate::git::touched::policy_deletion;
 use crate::git::{ChangeRepo, GitError, Snapshot};
 use crate::model::{
     covered_paths, is_policy_path, load_policies, EmailSets, EmailsById, Entry, OnBranch,
-    RootIndex, Shared, TreeView, ABSENT,
+    RootIndex, Shared, SourceFile, TreeView, ABSENT,
 };
 
 /// Where change sets are read from: the bare mirror under `data_dir` when
@@ -46,11 +46,17 @@ pub fn read_proposals(
                 continue;
             }
         };
-        policies.extend(
-            ids.iter()
-                .filter(|key| is_policy_path(key))
-                .map(|key| policy_at(&repo, &snapshot, *pr, key, default_branch)),
-        );
+        // `policies/` is read once per head, not once per policy file it
+        // touches: a head adding P files read P² blobs.
+        let touched: Vec<&String> = ids.iter().filter(|key| is_policy_path(key)).collect();
+        if !touched.is_empty() {
+            let files = snapshot.policy_files().unwrap_or_default();
+            policies.extend(
+                touched
+                    .into_iter()
+                    .map(|key| policy_at(&repo, &snapshot, &files, *pr, key, default_branch)),
+            );
+        }
         // A head that touches no valid change may still add or edit one
         // that does not validate: its errors belong in the plan comment.
         let edited: BTreeSet<String> = match repo
@@ -100,11 +106,13 @@ pub type ReadProposals = (
     Vec<(i64, String, Vec<String>)>,
 );
 
-/// Policy file `path` as pull request `pr` has it at `snapshot`: its
-/// blob, or the deletion of the blob at the merge base.
+/// Policy file `path` as pull request `pr` has it at `snapshot` (whose
+/// policy `files` are given): its blob, or the deletion of the blob at the
+/// merge base.
 fn policy_at(
     repo: &ChangeRepo,
     snapshot: &Snapshot<'_>,
+    files: &[SourceFile],
     pr: i64,
     path: &str,
     default_branch: &str,
@@ -114,11 +122,12 @@ fn policy_at(
         _ => policy_deletion(repo, snapshot.commit_id(), path, default_branch)
             .unwrap_or_else(|_| ABSENT.to_string()),
     };
-    let policy = snapshot
-        .policy_files()
-        .ok()
-        .and_then(|files| files.into_iter().find(|f| f.path == path))
-        .and_then(|file| load_policies(&[file]).policies.into_iter().next());
+    let policy = files.iter().find(|f| f.path == path).and_then(|file| {
+        load_policies(std::slice::from_ref(file))
+            .policies
+            .into_iter()
+            .next()
+    });
     PolicyProposal {
         pr,
         head_sha: snapshot.commit_id().to_string(),
