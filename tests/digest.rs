@@ -3,7 +3,7 @@
 mod common;
 
 use changegate::git::ChangeRepo;
-use changegate::model::{covered_paths, Digest};
+use changegate::model::{covered_paths, CoveredPath, Digest};
 use common::TestRepo;
 use sha2::{Digest as _, Sha256};
 
@@ -276,6 +276,87 @@ fn a_path_or_dependency_no_git_tree_can_hold_is_an_error_not_a_crash() {
             "hints for the first few unknown ids only"
         );
     }
+}
+
+/// A tree object written byte by byte: `(mode, name, id)` in the order
+/// given, names git's own tools would refuse included.
+fn hand_written_tree(repo: &git2::Repository, entries: &[(&str, &str, git2::Oid)]) -> git2::Oid {
+    let mut raw = Vec::new();
+    for (mode, name, id) in entries {
+        raw.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+        raw.extend_from_slice(id.as_bytes());
+    }
+    repo.odb()
+        .unwrap()
+        .write(git2::ObjectType::Tree, &raw)
+        .unwrap()
+}
+
+#[test]
+fn an_entry_named_dot_dot_neither_validates_nor_leaves_the_checkout() {
+    // `inc/..` and `inc/../..` are folders, the second holding `x`: libgit2
+    // finds `inc/../../x` like any other path, and joined to the checkout
+    // it names a file outside it.
+    let repo = TestRepo::new();
+    repo.write("run.sh", "true\n");
+    repo.commit("initial");
+    let g = &repo.repo;
+    let x = g.blob(b"echo escaped\n").unwrap();
+    let run = g.blob(b"true\n").unwrap();
+    let change = g
+        .blob(b"title: t\nkind: k\ntargets: [web]\ninclude: [inc/]\nsteps:\n  - id: a\n    run: ./run.sh\n")
+        .unwrap();
+    let up2 = hand_written_tree(g, &[("100644", "x", x)]);
+    let up1 = hand_written_tree(g, &[("40000", "..", up2)]);
+    let inc = hand_written_tree(g, &[("40000", "..", up1)]);
+    let changes = hand_written_tree(g, &[("100644", "c.yaml", change)]);
+    let root = hand_written_tree(
+        g,
+        &[
+            ("40000", "changes", changes),
+            ("40000", "inc", inc),
+            ("100644", "run.sh", run),
+        ],
+    );
+    let sig = git2::Signature::now("t", "t@example.com").unwrap();
+    let parent = g.head().unwrap().peel_to_commit().unwrap();
+    let commit = g
+        .commit(
+            Some("HEAD"),
+            &sig,
+            &sig,
+            "dot dot",
+            &g.find_tree(root).unwrap(),
+            &[&parent],
+        )
+        .unwrap();
+    common::assert_error(
+        &repo.errors(),
+        &[
+            "changes/c.yaml",
+            "`inc/` holds an entry named `..`, which no checkout may hold",
+        ],
+    );
+    let change_repo = ChangeRepo::open(repo.path()).unwrap();
+    let snapshot = change_repo.at(&commit.to_string()).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let checkout = outside.path().join("inc");
+    std::fs::create_dir(&checkout).unwrap();
+    let climbing = [CoveredPath {
+        path: "inc/../../x".into(),
+        blob: x.to_string(),
+    }];
+    let refused = snapshot.materialize(&climbing, &checkout).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("`inc/../../x` does not stay inside the checkout"),
+        "{refused}"
+    );
+    assert!(
+        !outside.path().join("x").exists(),
+        "nothing written outside"
+    );
 }
 
 /// Change `id` at HEAD is refused, saying `why`.

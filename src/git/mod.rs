@@ -425,6 +425,11 @@ impl<'r> Snapshot<'r> {
 /// One commit's changed paths and its author's and committer's emails.
 pub type CommitTouch = (BTreeSet<String>, Vec<String>);
 
+/// Names git refuses to check out: `.`, `..`, and `.git` in any case.
+fn is_unsafe_name(name: &str) -> bool {
+    name.is_empty() || name == "." || name == ".." || name.eq_ignore_ascii_case(".git")
+}
+
 /// The entry `name` in `tree`. A name no git tree can hold (one with a NUL
 /// byte, which makes libgit2's lookup panic) is simply not there.
 fn named<'t>(tree: &'t Tree<'_>, name: &str) -> Option<git2::TreeEntry<'t>> {
@@ -557,6 +562,15 @@ impl TreeView for Snapshot<'_> {
         // descends into it (its walk recurses once per folder).
         let walked = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
             let name = String::from_utf8_lossy(entry.name_bytes());
+            // git refuses to check these out; a path through one would
+            // leave the folder a step runs in (`inc/../../x`).
+            if is_unsafe_name(&name) {
+                refused = Some(format!(
+                    "`{dir}/{root}` holds an entry named `{}`, which no checkout may hold",
+                    name.escape_debug()
+                ));
+                return TreeWalkResult::Abort;
+            }
             let Some(left) = budget.checked_sub(1) else {
                 refused = Some(format!(
                     "the folders the change covers, up to `{dir}`, hold more than {MAX_FOLDER_ENTRIES} files and folders"
@@ -603,7 +617,19 @@ impl Snapshot<'_> {
         let mut dirs = std::fs::DirBuilder::new();
         dirs.recursive(true).mode(0o700);
         for c in covered {
-            let entry = self.tree.get_path(Path::new(&c.path))?;
+            // Only plain names: a tree can name an entry `..` (libgit2
+            // looks it up like any other), and joined to `dest` it would
+            // write outside it.
+            let relative = Path::new(&c.path);
+            if !relative
+                .components()
+                .all(|p| matches!(p, std::path::Component::Normal(n) if !is_unsafe_name(&n.to_string_lossy())))
+            {
+                return Err(GitError::Refused {
+                    reason: format!("`{}` does not stay inside the checkout", c.path),
+                });
+            }
+            let entry = self.tree.get_path(relative)?;
             if entry.id().to_string() != c.blob || entry.filemode() == LINK_MODE {
                 return Err(GitError::NotCovered {
                     path: c.path.clone(),
