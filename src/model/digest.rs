@@ -90,23 +90,21 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// cannot: too deep, too long, a name too long, or a NUL byte (no git name
 /// holds one, and libgit2's lookup by name panics on it).
 pub fn unreadable_path(path: &str) -> Option<String> {
+    // Checked on every lookup: nothing is formatted unless refused.
+    let why = if is_too_deep(path) {
+        return Some(too_deep(path));
+    } else if path.contains('\0') {
+        "holds a NUL byte".to_string()
+    } else if path.len() > MAX_PATH_BYTES {
+        format!("is longer than {MAX_PATH_BYTES} bytes")
+    } else if path.split('/').any(|name| name.len() > MAX_NAME_BYTES) {
+        format!("holds a name longer than {MAX_NAME_BYTES} bytes")
+    } else {
+        return None;
+    };
     let shown: String = path.chars().take(60).collect();
     let more = if shown.len() < path.len() { "…" } else { "" };
-    if is_too_deep(path) {
-        Some(too_deep(path))
-    } else if path.contains('\0') {
-        Some(format!("`{}` holds a NUL byte", shown.escape_debug()))
-    } else if path.len() > MAX_PATH_BYTES {
-        Some(format!(
-            "`{shown}{more}` is longer than {MAX_PATH_BYTES} bytes"
-        ))
-    } else if path.split('/').any(|name| name.len() > MAX_NAME_BYTES) {
-        Some(format!(
-            "`{shown}{more}` holds a name longer than {MAX_NAME_BYTES} bytes"
-        ))
-    } else {
-        None
-    }
+    Some(format!("`{}{more}` {why}", shown.escape_debug()))
 }
 
 /// At most this many entries (files and folders) are read below the
