@@ -411,16 +411,23 @@ fn a_tree_bomb_under_an_included_folder_is_an_error_not_an_outage() {
     assert_walk_refused(&repo, "lib");
 }
 
-#[test]
-fn a_folder_naming_one_huge_blob_many_times_is_not_read() {
+/// A repository whose `policies/` names one blob of `size` zero bytes
+/// `count` times (`p000.yaml` on), written by hand; and that blob.
+fn policies_naming_one_blob(size: usize, count: usize) -> (TestRepo, git2::Oid) {
     let repo = TestRepo::new();
     repo.write("run.sh", "true\n");
     repo.commit("initial");
+    let zeros = repo.repo.blob(&vec![0u8; size]).unwrap();
+    let policies = repo.folder((0..count).map(|i| (format!("p{i:03}.yaml"), zeros, 0o100644)));
+    repo.commit_folders(&[("policies", policies)]);
+    (repo, zeros)
+}
+
+#[test]
+fn a_folder_naming_one_huge_blob_many_times_is_not_read() {
     // 64 MiB of zeros compress to about 64 KiB; `policies/` names that
     // blob 200 times (12.5 GiB if each were read).
-    let zeros = repo.repo.blob(&vec![0u8; 64 << 20]).unwrap();
-    let policies = repo.folder((0..200).map(|i| (format!("p{i}.yaml"), zeros, 0o100644)));
-    repo.commit_folders(&[("policies", policies)]);
+    let (repo, zeros) = policies_naming_one_blob(64 << 20, 200);
     let errors = repo.errors();
     common::assert_error(
         &errors,
@@ -443,14 +450,9 @@ fn a_folder_naming_one_huge_blob_many_times_is_not_read() {
 
 #[test]
 fn a_folder_naming_one_large_blob_past_the_total_is_refused() {
-    let repo = TestRepo::new();
-    repo.write("run.sh", "true\n");
-    repo.commit("initial");
     // 1 MiB of zeros, just within one file's limit, named 300 times in
     // `policies/`: 300 MiB held at once.
-    let zeros = repo.repo.blob(&vec![0u8; 1 << 20]).unwrap();
-    let policies = repo.folder((0..300).map(|i| (format!("p{i:03}.yaml"), zeros, 0o100644)));
-    repo.commit_folders(&[("policies", policies)]);
+    let (repo, _) = policies_naming_one_blob(1 << 20, 300);
     let change_repo = ChangeRepo::open(repo.path()).unwrap();
     let at_head = change_repo.at("HEAD").unwrap();
     match at_head.load_model() {

@@ -339,11 +339,12 @@ impl<'r> Snapshot<'r> {
         if dir.is_empty() {
             return Some(self.tree.clone());
         }
-        if unreadable_path(dir).is_some() {
-            return None;
-        }
         if let Some(known) = self.dirs.borrow().get(dir) {
             return known.clone();
+        }
+        // Checked once per path: only paths that pass are cached.
+        if unreadable_path(dir).is_some() {
+            return None;
         }
         let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
         let tree = self.dir(parent).and_then(|p| {
@@ -534,12 +535,13 @@ impl TreeView for Snapshot<'_> {
     }
 
     fn entry(&self, path: &str) -> Option<Entry> {
-        // Each folder on the way is a frame of `dir`.
-        if unreadable_path(path).is_some() {
-            return None;
-        }
         if let Some(known) = self.entries.borrow().get(path) {
             return known.clone();
+        }
+        // Each folder on the way is a frame of `dir`; only paths that pass
+        // are cached.
+        if unreadable_path(path).is_some() {
+            return None;
         }
         let trimmed = path.trim_end_matches('/');
         let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
