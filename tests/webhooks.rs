@@ -304,8 +304,9 @@ fn one_batch_with_a_repeated_delivery_id_stores_it_once() {
             "large payloads are stored compressed"
         );
         // Rows written under each setting read back alike.
-        let stored = store
-            .store_deliveries(vec![
+        let mut inbox = store.inbox_writer();
+        let stored = inbox
+            .store(&[
                 d("a", InboxCompression::Lz4),
                 d("b", InboxCompression::Deflate),
                 d("a", InboxCompression::None),
@@ -314,14 +315,14 @@ fn one_batch_with_a_repeated_delivery_id_stores_it_once() {
             .unwrap();
         assert_eq!(stored, [true, true, false], "{backend}");
         assert_eq!(
-            store
-                .store_deliveries(vec![d("b", InboxCompression::None)])
+            inbox
+                .store(&[d("b", InboxCompression::None)])
                 .await
                 .unwrap(),
             [false]
         );
-        store
-            .store_deliveries(vec![d("c", InboxCompression::None)])
+        inbox
+            .store(&[d("c", InboxCompression::None)])
             .await
             .unwrap();
         let inbox = store.inbox().await.unwrap();
@@ -335,6 +336,52 @@ fn one_batch_with_a_repeated_delivery_id_stores_it_once() {
 }
 
 #[test]
+fn a_batch_that_fails_stores_none_of_it_and_the_writer_goes_on() {
+    use changegate::store::{InboxCompression, PreparedDelivery};
+    db::with_store(&db::BACKENDS, |store, url, backend| async move {
+        let big = fixture("pull_request_review.submitted.json");
+        let d = |id: &str| {
+            PreparedDelivery::new(id, "pull_request_review", &big, InboxCompression::Lz4)
+        };
+        let mut inbox = store.inbox_writer();
+        assert_eq!(inbox.store(&[d("a")]).await.unwrap(), [true]);
+        // Another writer appends between batches: the next batch chains
+        // after its event, not after the head the inbox writer last saw.
+        let mut w = store.write().await.unwrap();
+        w.audit("test", "between.batches", None, serde_json::json!({}))
+            .await
+            .unwrap();
+        w.commit().await.unwrap();
+        // The batch fails after its insert ran: the audit head is gone.
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let raw = |sql: &'static str| sqlx::query(sql).execute(&pool);
+        raw("DELETE FROM audit_head").await.unwrap();
+        assert!(inbox.store(&[d("b"), d("c")]).await.is_err(), "{backend}");
+        // Restored, the same writer stores again, and "b" is new: the
+        // failed batch left nothing behind.
+        raw("INSERT INTO audit_head (id, seq, hash) SELECT 1, seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .await
+            .unwrap();
+        pool.close().await;
+        assert_eq!(
+            inbox.store(&[d("b"), d("a")]).await.unwrap(),
+            [true, false],
+            "{backend}"
+        );
+        let ids: Vec<String> = store
+            .inbox()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(ids.len(), 2, "{backend}: {ids:?}");
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(3), "{backend}");
+    });
+}
+
+#[test]
 fn an_inbox_row_that_cannot_be_read_is_failed_and_the_rest_go_on() {
     use changegate::store::{InboxCompression, PreparedDelivery};
     db::with_store(&db::BACKENDS, |store, url, backend| async move {
@@ -343,7 +390,8 @@ fn an_inbox_row_that_cannot_be_read_is_failed_and_the_rest_go_on() {
             PreparedDelivery::new(id, "pull_request_review", &big, InboxCompression::Lz4)
         };
         store
-            .store_deliveries(vec![d("bad"), d("good")])
+            .inbox_writer()
+            .store(&[d("bad"), d("good")])
             .await
             .unwrap();
         // A damaged row (or one in an encoding this version lacks).

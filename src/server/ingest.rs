@@ -76,11 +76,12 @@ async fn checkpointer(store: Store, wake: Arc<Notify>) {
 }
 
 async fn writer(store: Store, mut rx: mpsc::Receiver<Job>, checkpoint: Arc<Notify>) {
+    let mut inbox = store.inbox_writer();
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (deliveries, replies): (Vec<PreparedDelivery>, Vec<_>) =
             batch.drain(..).map(|j| (j.delivery, j.reply)).unzip();
-        match store.store_deliveries(deliveries).await {
+        match inbox.store(&deliveries).await {
             Ok(stored) => {
                 checkpoint.notify_one();
                 for (reply, new) in replies.into_iter().zip(stored) {

@@ -268,71 +268,185 @@ impl WriteTx {
     }
 }
 
+/// Stores ingest batches for the one ingest writer (`server::ingest`): each
+/// delivery once per delivery id, a batch in one transaction (one fsync)
+/// with one audit event naming the new ones.
+///
+/// On SQLite the writer keeps a connection of its own and a batch takes two
+/// round trips to sqlx's SQLite thread, not the six of a [`WriteTx`]
+/// (begin, audit head, insert, audit, head, commit). The writer is the
+/// ingest bottleneck and each round trip waits for a busy core to wake that
+/// thread (README, "Webhook ingest").
+pub struct InboxWriter {
+    store: Store,
+    /// SQLite: the writer's connection, taken out of the pool. It is
+    /// dropped after any error: closing it rolls back what a failed batch
+    /// left open, and the next batch opens a fresh one.
+    conn: Option<sqlx::AnyConnection>,
+}
+
 impl Store {
-    /// Stores webhook deliveries in the inbox, each once per delivery id,
-    /// in one transaction (one fsync for the batch) with one audit event
-    /// naming them. Returns, per delivery, false for a redelivery.
-    pub async fn store_deliveries(
-        &self,
-        deliveries: Vec<PreparedDelivery>,
+    /// The handle the ingest writer stores batches with.
+    pub fn inbox_writer(&self) -> InboxWriter {
+        InboxWriter {
+            store: self.clone(),
+            conn: None,
+        }
+    }
+}
+
+impl InboxWriter {
+    /// Stores a batch. Returns, per delivery, false for a redelivery. An
+    /// error means none of the batch was stored.
+    pub async fn store(
+        &mut self,
+        deliveries: &[PreparedDelivery],
     ) -> Result<Vec<bool>, StoreError> {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut w = self.write().await?;
-        // One statement for the batch; RETURNING names the rows inserted.
-        // (`$N` written out: the Any driver's query builder writes `?`,
-        // which Postgres refuses.)
-        let rows: Vec<String> = (0..deliveries.len())
-            .map(|i| {
-                let n = i * 4;
-                format!("(${}, ${}, ${}, ${}, $1)", n + 2, n + 3, n + 4, n + 5)
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO inbox (delivery_id, event, body, encoding, received_at) VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
-            rows.join(", ")
-        );
-        let mut insert = sqlx::query(&sql).bind(now_ms());
-        let mut summary = Vec::with_capacity(deliveries.len());
-        for d in deliveries {
-            summary.push((d.delivery_id.clone(), d.event.clone(), d.bytes));
-            insert = insert
-                .bind(d.delivery_id)
-                .bind(d.event)
-                .bind(d.stored)
-                .bind(d.encoding);
+        if self.store.backend != super::Backend::Sqlite {
+            return store_in_write_tx(&self.store, deliveries).await;
         }
-        let mut inserted: BTreeSet<String> = insert
-            .fetch_all(w.conn())
-            .await?
-            .iter()
-            .map(|r| r.try_get("delivery_id"))
-            .collect::<Result<_, _>>()?;
-        // A delivery id twice in one batch: the first one is the new one.
-        let stored: Vec<bool> = summary
-            .iter()
-            .map(|(id, _, _)| inserted.remove(id))
-            .collect();
-        let received: Vec<serde_json::Value> = summary
-            .iter()
-            .zip(&stored)
-            .filter(|(_, new)| **new)
-            .map(|((id, event, bytes), _)| serde_json::json!({"delivery": id, "event": event, "bytes": bytes}))
-            .collect();
-        if !received.is_empty() {
-            w.audit(
-                "github",
-                "webhook.received",
-                None,
-                serde_json::json!({"deliveries": received}),
-            )
-            .await?;
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.store.pool.acquire().await?.detach()),
+        };
+        let stored = store_in_two_round_trips(conn, deliveries).await;
+        if stored.is_err() {
+            self.conn = None;
         }
-        w.commit().await?;
-        Ok(stored)
+        stored
     }
+}
 
+/// The batch's insert: `$1` the time received, then four per delivery.
+/// RETURNING names the rows inserted. (`$N` written out: the Any driver's
+/// query builder writes `?`, which Postgres refuses.)
+fn insert_batch(n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let n = i * 4;
+            format!("(${}, ${}, ${}, ${}, $1)", n + 2, n + 3, n + 4, n + 5)
+        })
+        .collect();
+    format!(
+        "INSERT INTO inbox (delivery_id, event, body, encoding, received_at) VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
+        rows.join(", ")
+    )
+}
+
+fn bind_batch<'q>(
+    sql: &'q str,
+    deliveries: &'q [PreparedDelivery],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut insert = sqlx::query(sql).bind(now_ms());
+    for d in deliveries {
+        insert = insert
+            .bind(d.delivery_id.as_str())
+            .bind(d.event.as_str())
+            .bind(d.stored.as_slice())
+            .bind(d.encoding);
+    }
+    insert
+}
+
+/// Which deliveries were new (a delivery id twice in one batch: the first
+/// one), and the audit event's data naming them, if any was.
+fn received(
+    deliveries: &[PreparedDelivery],
+    mut inserted: BTreeSet<String>,
+) -> (Vec<bool>, Option<serde_json::Value>) {
+    let stored: Vec<bool> = deliveries
+        .iter()
+        .map(|d| inserted.remove(&d.delivery_id))
+        .collect();
+    let received: Vec<serde_json::Value> = deliveries
+        .iter()
+        .zip(&stored)
+        .filter(|(_, new)| **new)
+        .map(|(d, _)| serde_json::json!({"delivery": d.delivery_id, "event": d.event, "bytes": d.bytes}))
+        .collect();
+    let data = (!received.is_empty()).then(|| serde_json::json!({"deliveries": received}));
+    (stored, data)
+}
+
+const RECEIVED_BY: &str = "github";
+const RECEIVED: &str = "webhook.received";
+
+/// SQLite: `BEGIN IMMEDIATE` takes the write lock, so the audit head read
+/// next is the head this batch appends to; the insert goes in the same
+/// round trip. The second appends the event, moves the head and commits.
+async fn store_in_two_round_trips(
+    conn: &mut sqlx::AnyConnection,
+    deliveries: &[PreparedDelivery],
+) -> Result<Vec<bool>, StoreError> {
+    let open = format!(
+        "BEGIN IMMEDIATE; SELECT seq, hash FROM audit_head WHERE id = 1; {}",
+        insert_batch(deliveries.len())
+    );
+    let mut head = None;
+    let mut inserted = BTreeSet::new();
+    for row in bind_batch(&open, deliveries).fetch_all(&mut *conn).await? {
+        if row.try_column("hash").is_ok() {
+            head = Some(super::Head {
+                seq: row.try_get("seq")?,
+                hash: row.try_get("hash")?,
+            });
+        } else {
+            inserted.insert(row.try_get::<String, _>("delivery_id")?);
+        }
+    }
+    let head = head.ok_or_else(|| StoreError::Corrupt("the audit head row is missing".into()))?;
+    let (stored, data) = received(deliveries, inserted);
+    match data {
+        Some(data) => {
+            let next = head.next(now_ms(), RECEIVED_BY, RECEIVED, None, &data);
+            let close = format!(
+                "{}; UPDATE audit_head SET seq = $1, hash = $8 WHERE id = 1; COMMIT",
+                super::INSERT_AUDIT
+            );
+            sqlx::query(&close)
+                .bind(next.seq)
+                .bind(next.at)
+                .bind(RECEIVED_BY)
+                .bind(RECEIVED)
+                .bind(None::<&str>)
+                .bind(data.to_string())
+                .bind(&head.hash)
+                .bind(&next.hash)
+                .execute(&mut *conn)
+                .await?;
+        }
+        None => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+        }
+    }
+    Ok(stored)
+}
+
+/// Postgres (and any backend): an ordinary write transaction.
+async fn store_in_write_tx(
+    store: &Store,
+    deliveries: &[PreparedDelivery],
+) -> Result<Vec<bool>, StoreError> {
+    let mut w = store.write().await?;
+    let sql = insert_batch(deliveries.len());
+    let inserted: BTreeSet<String> = bind_batch(&sql, deliveries)
+        .fetch_all(w.conn())
+        .await?
+        .iter()
+        .map(|r| r.try_get("delivery_id"))
+        .collect::<Result<_, _>>()?;
+    let (stored, data) = received(deliveries, inserted);
+    if let Some(data) = data {
+        w.audit(RECEIVED_BY, RECEIVED, None, data).await?;
+    }
+    w.commit().await?;
+    Ok(stored)
+}
+
+impl Store {
     /// Deliveries in the inbox: (delivery id, event, body bytes, processed).
     pub async fn inbox(&self) -> Result<Vec<(String, String, Vec<u8>, bool)>, StoreError> {
         let rows = sqlx::query("SELECT delivery_id, event, body, encoding, processed_at FROM inbox ORDER BY received_at, delivery_id").fetch_all(&self.pool).await?;

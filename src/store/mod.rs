@@ -386,6 +386,44 @@ struct Head {
     hash: String,
 }
 
+/// Appends one audit event: `$1` seq, `$2` at, `$3` actor, `$4` kind, `$5`
+/// change, `$6` data, `$7` the previous hash, `$8` its hash.
+const INSERT_AUDIT: &str = "INSERT INTO audit (seq, at, actor, kind, change_id, data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// The audit event after a head: its place in the chain.
+struct NextEvent {
+    seq: i64,
+    at: i64,
+    hash: String,
+}
+
+impl Head {
+    fn next(
+        &self,
+        at: i64,
+        actor: &str,
+        kind: &str,
+        change: Option<&str>,
+        data: &Value,
+    ) -> NextEvent {
+        let seq = self.seq + 1;
+        let hash = audit::chain_hash(
+            &self.hash,
+            &audit::canonical(seq, at, actor, kind, change, data),
+        );
+        NextEvent { seq, at, hash }
+    }
+}
+
+impl NextEvent {
+    fn head(self) -> Head {
+        Head {
+            seq: self.seq,
+            hash: self.hash,
+        }
+    }
+}
+
 /// A write transaction holding the audit head: the only writer until it
 /// commits or drops (which rolls back).
 pub struct WriteTx {
@@ -412,24 +450,19 @@ impl WriteTx {
         change: Option<&str>,
         data: Value,
     ) -> Result<(), StoreError> {
-        let seq = self.head.seq + 1;
-        let at = now_ms();
-        let hash = audit::chain_hash(
-            &self.head.hash,
-            &audit::canonical(seq, at, actor, kind, change, &data),
-        );
-        sqlx::query("INSERT INTO audit (seq, at, actor, kind, change_id, data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(seq)
-            .bind(at)
+        let next = self.head.next(now_ms(), actor, kind, change, &data);
+        sqlx::query(INSERT_AUDIT)
+            .bind(next.seq)
+            .bind(next.at)
             .bind(actor)
             .bind(kind)
             .bind(change)
             .bind(data.to_string())
             .bind(&self.head.hash)
-            .bind(&hash)
+            .bind(&next.hash)
             .execute(&mut *self.tx)
             .await?;
-        self.head = Head { seq, hash };
+        self.head = next.head();
         Ok(())
     }
 
