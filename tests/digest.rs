@@ -396,6 +396,48 @@ fn a_change_naming_one_large_folder_many_times_is_refused_past_the_limit() {
 }
 
 #[test]
+fn many_change_sets_covering_one_large_folder_share_one_bounded_budget() {
+    let repo = TestRepo::new();
+    repo.write("run.sh", "true\n");
+    repo.commit("initial");
+    // One tree of 60,000 empty folders under 300 names (a push of a few
+    // MiB), and 300 change sets of a few bytes, each covering one name.
+    // Each is under its own limit; together they would list 18 million
+    // entries at every read, twice.
+    let empty = repo.folder([]);
+    let big = repo.folder((0..60_000).map(|i| (format!("{i}"), empty, 0o040000)));
+    let names: Vec<String> = (0..300).map(|i| format!("f{i:03}")).collect();
+    let folders = repo.folder(names.iter().map(|n| (n.clone(), big, 0o040000)));
+    let changes = repo.folder(names.iter().map(|n| {
+        let change = format!("title: t\nkind: k\ntargets: [web]\ninclude: [big/{n}/]\nsteps:\n  - id: a\n    run: ./run.sh\n");
+        (format!("{n}.yaml"), repo.repo.blob(change.as_bytes()).unwrap(), 0o100644)
+    }));
+    repo.commit_folders(&[("big", folders), ("changes", changes)]);
+    let errors = repo.errors();
+    let over: Vec<&String> = errors
+        .iter()
+        .filter(|e| e.contains("hold more than 16000000 files and folders in all"))
+        .collect();
+    // The first change sets are read; the rest are refused, each saying why.
+    assert!(
+        !errors.iter().any(|e| e.contains("changes/f000.yaml")),
+        "{:?}",
+        &errors[..errors.len().min(3)]
+    );
+    // Each is listed once as it is validated: 266 of them fit.
+    assert_eq!(
+        over.len(),
+        300 - 16_000_000 / 60_000,
+        "{:?}",
+        errors.first()
+    );
+    assert!(over[0].starts_with("changes/f266.yaml"), "{}", over[0]);
+    // The bound is per read of a commit: read alone, the last one passes.
+    let change_repo = ChangeRepo::open(repo.path()).unwrap();
+    assert!(change_repo.at("HEAD").unwrap().change("f299").is_ok());
+}
+
+#[test]
 fn a_tree_bomb_under_an_included_folder_is_an_error_not_an_outage() {
     let repo = TestRepo::new();
     repo.write(

@@ -256,7 +256,7 @@ fn a_pull_request_whose_only_change_set_does_not_validate_gets_its_errors() {
     let github = FakeGithub::start();
     let repo = origin();
     let (server, _db) = start_server(&repo, "sqlite", &github);
-    open_pr(
+    let pr = open_pr(
         &repo,
         &server,
         &github,
@@ -270,6 +270,22 @@ fn a_pull_request_whose_only_change_set_does_not_validate_gets_its_errors() {
     });
     let body = the_comment(&github);
     assert!(body.contains("changes/typo.yaml:5:1"), "{body}");
+    // Its statuses fail too: the head touches a change set, a broken one.
+    let head = pr["head"]["sha"].as_str().unwrap().parse().unwrap();
+    wait_status_containing(
+        &github,
+        head,
+        "changegate/typo",
+        "failure",
+        "does not validate: changes/typo.yaml:",
+    );
+    wait_status_containing(
+        &github,
+        head,
+        "changegate",
+        "failure",
+        "changegate/typo: does not validate",
+    );
 }
 
 #[test]

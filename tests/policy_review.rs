@@ -39,20 +39,6 @@ fn state(server: &Server, id: &str) -> (String, u64, u64) {
     )
 }
 
-fn last_status(github: &FakeGithub, sha: git2::Oid, context: &str) -> Option<(String, String)> {
-    github.statuses(&sha.to_string(), context).last().cloned()
-}
-
-fn wait_status(github: &FakeGithub, sha: git2::Oid, context: &str, state: &str, text: &str) {
-    wait_for(
-        || last_status(github, sha, context).is_some_and(|(s, d)| s == state && d.contains(text)),
-        &format!(
-            "{context} {state} \"{text}\" on {sha}; got {:?}",
-            last_status(github, sha, context)
-        ),
-    );
-}
-
 fn firing_policy_alerts(server: &Server) -> Vec<Value> {
     client(server, "alice")
         .alerts()
@@ -131,21 +117,21 @@ fn a_pull_request_that_loosens_its_own_policy_does_not_govern_after_merge() {
         deliver_pr(&server, "pr2", "opened", &pr, "carol-gh");
         let r = review(21, "bob-gh", "approved", head, 2_000);
         deliver_review(&server, "r21", "submitted", &pr, &r);
-        wait_status(
+        wait_status_containing(
             &github,
             head,
             "changegate/policies",
             "pending",
             "policy edit needs the approvers in force: policies/p.yaml 1 of 2",
         );
-        wait_status(
+        wait_status_containing(
             &github,
             head,
             "changegate/e",
             "pending",
             "1 of 2 approvals (policy p)",
         );
-        wait_status(
+        wait_status_containing(
             &github,
             head,
             "changegate",
@@ -175,7 +161,7 @@ fn a_pull_request_that_loosens_its_own_policy_does_not_govern_after_merge() {
             "not-approved",
             "{backend}"
         );
-        wait_status(
+        wait_status_containing(
             &github,
             head,
             "changegate/policies",
@@ -207,14 +193,14 @@ fn a_pull_request_that_loosens_its_own_policy_does_not_govern_after_merge() {
         let pr3 = pull(3, head3, repo.main_tip(), "carol-gh");
         github.state.lock().unwrap().pulls.insert(3, pr3.clone());
         deliver_pr(&server, "pr3", "opened", &pr3, "carol-gh");
-        wait_status(
+        wait_status_containing(
             &github,
             head3,
             "changegate/policies",
             "pending",
             "policies/p.yaml 0 of 2",
         );
-        wait_status(
+        wait_status_containing(
             &github,
             head3,
             "changegate",
@@ -235,14 +221,14 @@ fn a_pull_request_that_loosens_its_own_policy_does_not_govern_after_merge() {
                 &review(id, who, "approved", head3, at),
             );
         }
-        wait_status(
+        wait_status_containing(
             &github,
             head3,
             "changegate/policies",
             "success",
             "policy edit approved: policies/p.yaml 2 of 2",
         );
-        wait_status(&github, head3, "changegate", "success", "all 1 approved");
+        wait_status_containing(&github, head3, "changegate", "success", "all 1 approved");
         merge(&repo, &server, &github, 3, &pr3);
         wait_for(
             || state(&server, "e") == ("ready".into(), 1, 1),
@@ -269,7 +255,7 @@ fn a_pull_request_that_touches_nothing_still_gets_the_aggregate_status() {
     let pr = pull(4, head, base, "carol-gh");
     github.state.lock().unwrap().pulls.insert(4, pr.clone());
     deliver_pr(&server, "pr4", "opened", &pr, "carol-gh");
-    wait_status(
+    wait_status_containing(
         &github,
         head,
         "changegate",
@@ -304,7 +290,7 @@ fn approving_a_commit_that_never_had_the_file_does_not_approve_its_deletion() {
                 &review(id, who, "approved", c1, at),
             );
         }
-        wait_status(&github, c1, "changegate/e", "success", "approved");
+        wait_status_containing(&github, c1, "changegate/e", "success", "approved");
         // Then the branch takes main in, and deletes `freeze.yaml`: the two
         // approvals were of a commit that never had it, not of its deletion.
         let git = &repo.repo;
@@ -358,14 +344,14 @@ fn approving_a_commit_that_never_had_the_file_does_not_approve_its_deletion() {
         let pr = pull(6, c2, m1, "carol-gh");
         github.state.lock().unwrap().pulls.insert(6, pr.clone());
         deliver_pr(&server, "pr6-sync", "synchronize", &pr, "carol-gh");
-        wait_status(
+        wait_status_containing(
             &github,
             c2,
             "changegate/policies",
             "pending",
             "policy edit needs the approvers in force: policies/freeze.yaml 0 of 2",
         );
-        wait_status(&github, c2, "changegate", "pending", "changegate/policies:");
+        wait_status_containing(&github, c2, "changegate", "pending", "changegate/policies:");
         let _ = m0;
     }
 }
@@ -407,7 +393,7 @@ fn restoring_an_older_approved_text_needs_fresh_approvals() {
                 &review(id, who, "approved", head, at),
             );
         }
-        wait_status(
+        wait_status_containing(
             &github,
             head,
             "changegate/policies",
@@ -435,7 +421,7 @@ fn restoring_an_older_approved_text_needs_fresh_approvals() {
     let pr = pull(4, head, repo.main_tip(), "carol-gh");
     github.state.lock().unwrap().pulls.insert(4, pr.clone());
     deliver_pr(&server, "pr4", "opened", &pr, "carol-gh");
-    wait_status(
+    wait_status_containing(
         &github,
         head,
         "changegate/policies",

@@ -3,9 +3,10 @@
 mod diff;
 pub mod touched;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::rc::Rc;
 
 use git2::{ObjectType, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
@@ -170,6 +171,8 @@ impl ChangeRepo {
             tree: commit.tree()?,
             entries: RefCell::default(),
             dirs: RefCell::default(),
+            listings: RefCell::default(),
+            listed: Cell::new(0),
         })
     }
 
@@ -260,7 +263,66 @@ pub struct Snapshot<'r> {
     entries: RefCell<HashMap<String, Option<Entry>>>,
     /// Folders looked up so far, parsed ([`Snapshot::dir`]).
     dirs: RefCell<HashMap<String, Option<Tree<'r>>>>,
+    /// Folder listings by tree id ([`Snapshot::listing`]): many change
+    /// sets may cover one folder, and many names may hold one tree.
+    listings: RefCell<HashMap<git2::Oid, Rc<Listing>>>,
+    /// Entries listed to change sets so far, against
+    /// [`MAX_SNAPSHOT_FOLDER_ENTRIES`].
+    listed: Cell<usize>,
 }
+
+/// The entries below one folder, pre-order, with paths relative to it; or
+/// why they cannot all be listed.
+type Listing = Result<Vec<(String, ListedKind)>, Unlisted>;
+
+/// Why a folder's entries cannot all be listed (paths relative to it).
+#[derive(Debug)]
+enum Unlisted {
+    UnsafeName { root: String, name: String },
+    TooMany,
+    TooLong,
+    TooDeep(String),
+    Unreadable(String),
+}
+
+impl Unlisted {
+    /// The reason, for folder `dir`.
+    fn explain(&self, dir: &str) -> String {
+        match self {
+            // git refuses to check these out; a path through one would
+            // leave the folder a step runs in (`inc/../../x`).
+            Unlisted::UnsafeName { root, name } => format!(
+                "`{dir}/{root}` holds an entry named `{}`, which no checkout may hold",
+                name.escape_debug()
+            ),
+            Unlisted::TooMany => format!(
+                "the folders the change covers, up to `{dir}`, hold more than {MAX_FOLDER_ENTRIES} files and folders"
+            ),
+            Unlisted::TooLong => format!(
+                "the paths below `{dir}` run past {} MiB",
+                MAX_FOLDER_PATH_BYTES >> 20
+            ),
+            Unlisted::TooDeep(below) => too_deep(&format!("{dir}/{below}")),
+            Unlisted::Unreadable(e) => format!("`{dir}` cannot be read: {e}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum ListedKind {
+    Folder,
+    File(Entry),
+    /// A submodule or anything else that is not a file: not listed.
+    Other,
+}
+
+/// At most this many entries are listed below covered folders for all the
+/// change sets of one commit together. [`MAX_FOLDER_ENTRIES`] bounds one
+/// change set; without this, N change sets covering one large folder
+/// (free to push: each is a few bytes) would cost N times its walk. At
+/// 100,000 change sets, each may still cover 80 entries (each is listed
+/// twice: to validate and to digest).
+pub const MAX_SNAPSHOT_FOLDER_ENTRIES: usize = 16_000_000;
 
 /// At most this many bytes of files are read from one folder at once
 /// ([`Snapshot::files_in`]): `changes/` at 100,000 change sets holds about
@@ -559,53 +621,96 @@ impl TreeView for Snapshot<'_> {
         let Some(subtree) = self.dir(dir.trim_end_matches('/')) else {
             return Ok(Vec::new());
         };
-        let (mut out, mut bytes, mut refused) = (Vec::new(), 0usize, None);
-        // Pre-order: a folder is seen, and can be refused, before libgit2
-        // descends into it (its walk recurses once per folder).
-        let walked = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
-            let name = String::from_utf8_lossy(entry.name_bytes());
-            // git refuses to check these out; a path through one would
-            // leave the folder a step runs in (`inc/../../x`).
-            if is_unsafe_name(&name) {
-                refused = Some(format!(
-                    "`{dir}/{root}` holds an entry named `{}`, which no checkout may hold",
-                    name.escape_debug()
-                ));
-                return TreeWalkResult::Abort;
-            }
+        let listing = self.listing(&subtree);
+        let listing = listing.as_ref().as_ref().map_err(|why| why.explain(dir))?;
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for (below, kind) in listing {
             let Some(left) = budget.checked_sub(1) else {
-                refused = Some(format!(
+                return Err(format!(
                     "the folders the change covers, up to `{dir}`, hold more than {MAX_FOLDER_ENTRIES} files and folders"
                 ));
-                return TreeWalkResult::Abort;
             };
             *budget = left;
-            let path = format!("{dir}/{root}{name}");
+            let listed = self.listed.get() + 1;
+            if listed > MAX_SNAPSHOT_FOLDER_ENTRIES {
+                return Err(format!(
+                    "the folders that this commit's change sets cover hold more than {MAX_SNAPSHOT_FOLDER_ENTRIES} files and folders in all, up to `{dir}`"
+                ));
+            }
+            self.listed.set(listed);
+            let path = format!("{dir}/{below}");
             bytes += path.len();
             if bytes > MAX_FOLDER_PATH_BYTES {
-                refused = Some(format!(
+                return Err(format!(
                     "the paths below `{dir}` run past {} MiB",
                     MAX_FOLDER_PATH_BYTES >> 20
                 ));
-                return TreeWalkResult::Abort;
             }
             if is_too_deep(&path) {
-                refused = Some(too_deep(&path));
+                return Err(too_deep(&path));
+            }
+            if let ListedKind::File(e) = kind {
+                out.push((path, e.clone()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl<'r> Snapshot<'r> {
+    /// Every entry below `tree`, read from git once per tree id. A walk
+    /// stops past [`MAX_FOLDER_ENTRIES`], which no change set may exceed.
+    fn listing(&self, tree: &Tree<'r>) -> Rc<Listing> {
+        if let Some(known) = self.listings.borrow().get(&tree.id()) {
+            return known.clone();
+        }
+        let (mut out, mut bytes, mut refused) = (Vec::new(), 0usize, None);
+        // Pre-order: a folder is seen, and can be refused, before libgit2
+        // descends into it (its walk recurses once per folder). Each bound
+        // below holds for the relative paths, so it holds for the full
+        // ones too: the caller checks those again.
+        let walked = tree.walk(TreeWalkMode::PreOrder, |root, entry| {
+            let name = String::from_utf8_lossy(entry.name_bytes());
+            let path = format!("{root}{name}");
+            refused = if is_unsafe_name(&name) {
+                Some(Unlisted::UnsafeName {
+                    root: root.to_string(),
+                    name: name.to_string(),
+                })
+            } else if out.len() == MAX_FOLDER_ENTRIES {
+                Some(Unlisted::TooMany)
+            } else if bytes + path.len() > MAX_FOLDER_PATH_BYTES {
+                Some(Unlisted::TooLong)
+            } else if is_too_deep(&path) {
+                Some(Unlisted::TooDeep(path.clone()))
+            } else {
+                None
+            };
+            if refused.is_some() {
                 return TreeWalkResult::Abort;
             }
-            if entry.kind() == Some(ObjectType::Blob) {
-                if let Some(e) = file_entry(ObjectType::Blob, entry.filemode(), entry.id()) {
-                    out.push((path, e));
+            bytes += path.len();
+            let kind = match entry.kind() {
+                Some(ObjectType::Tree) => ListedKind::Folder,
+                Some(ObjectType::Blob) => {
+                    file_entry(ObjectType::Blob, entry.filemode(), entry.id())
+                        .map_or(ListedKind::Other, ListedKind::File)
                 }
-            }
+                _ => ListedKind::Other,
+            };
+            out.push((path, kind));
             TreeWalkResult::Ok
         });
-        match (refused, walked) {
+        let listing = Rc::new(match (refused, walked) {
             (Some(why), _) => Err(why),
             // A tree that cannot be read must not list as fewer files.
-            (None, Err(e)) => Err(format!("`{dir}` cannot be read: {}", e.message())),
+            (None, Err(e)) => Err(Unlisted::Unreadable(e.message().to_string())),
             (None, Ok(())) => Ok(out),
-        }
+        });
+        self.listings
+            .borrow_mut()
+            .insert(tree.id(), listing.clone());
+        listing
     }
 }
 
@@ -856,5 +961,42 @@ impl Snapshot<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_tree_under_many_names_is_walked_once_and_charged_per_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let blob = repo.blob(b"x\n").unwrap();
+        let mut inner = repo.treebuilder(None).unwrap();
+        for i in 0..10 {
+            inner.insert(format!("{i}"), blob, 0o100644).unwrap();
+        }
+        let inner = inner.write().unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        for name in ["a", "b", "c"] {
+            root.insert(name, inner, 0o040000).unwrap();
+        }
+        let root = repo.find_tree(root.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let commit = repo
+            .commit(Some("HEAD"), &sig, &sig, "three names", &root, &[])
+            .unwrap();
+        let changes = ChangeRepo::open(dir.path()).unwrap();
+        let snapshot = changes.at(&commit.to_string()).unwrap();
+        let mut budget = MAX_FOLDER_ENTRIES;
+        for name in ["a", "b", "c", "a"] {
+            let files = snapshot.blobs_under(name, &mut budget).unwrap();
+            assert_eq!(files.len(), 10);
+            assert_eq!(files[0].0, format!("{name}/0"));
+        }
+        assert_eq!(snapshot.listings.borrow().len(), 1, "one walk");
+        assert_eq!(snapshot.listed.get(), 40, "four listings charged");
+        assert_eq!(budget, MAX_FOLDER_ENTRIES - 40);
     }
 }

@@ -240,6 +240,7 @@ impl Github {
             .trim_end_matches('/')
             .to_string();
         let mut changed = 0;
+        let view = self.engine.view();
         for pr in store.pull_requests(true).await? {
             if pr.state != "open" && !pr.merged {
                 continue;
@@ -257,6 +258,20 @@ impl Github {
                     ));
                 }
             }
+            // Change sets the head adds or edits that do not validate have
+            // no digest, so `pr_changes` lacks them; without a context of
+            // their own the aggregate would read as touching nothing.
+            for (_, id, problems) in view.proposal_errors.iter().filter(|e| e.0 == pr.number) {
+                let context = format!("changegate/{id}");
+                if !parts.iter().any(|(c, _, _)| *c == context) {
+                    let first = problems.first().map_or("", String::as_str);
+                    parts.push((
+                        context,
+                        wanted("failure", format!("does not validate: {first}")),
+                        format!("{public}/"),
+                    ));
+                }
+            }
             if !policies.is_empty() {
                 let w = if pr.state == "open" {
                     let edits = self.engine.pr_policy_edits(pr.number, &pr.head_sha).await?;
@@ -268,7 +283,7 @@ impl Github {
                         policy_edits(&edits)
                     }
                 } else {
-                    merged_policy_edits(&policies, &self.engine.view().unapproved_policies)
+                    merged_policy_edits(&policies, &view.unapproved_policies)
                 };
                 parts.push((POLICIES.to_string(), w, format!("{public}/")));
             }

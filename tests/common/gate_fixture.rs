@@ -106,6 +106,33 @@ pub fn wait_for(cond: impl FnMut() -> bool, what: &str) {
     super::receivers::eventually(20, what, cond);
 }
 
+/// The last status posted on `sha` in `context`: (state, description).
+pub fn last_status(
+    github: &super::github::FakeGithub,
+    sha: git2::Oid,
+    context: &str,
+) -> Option<(String, String)> {
+    github.statuses(&sha.to_string(), context).last().cloned()
+}
+
+/// Waits until the last status on `sha` in `context` is `state` with a
+/// description containing `text`.
+pub fn wait_status_containing(
+    github: &super::github::FakeGithub,
+    sha: git2::Oid,
+    context: &str,
+    state: &str,
+    text: &str,
+) {
+    wait_for(
+        || last_status(github, sha, context).is_some_and(|(s, d)| s == state && d.contains(text)),
+        &format!(
+            "{context} {state} \"{text}\" on {sha}; got {:?}",
+            last_status(github, sha, context)
+        ),
+    );
+}
+
 /// The project's own `changes/` and `policies/`, committed by Carol (the
 /// author) on `main`: the 2017 upgrade and its decommission.
 pub fn incident_repo() -> TestRepo {
