@@ -437,3 +437,37 @@ steps:
         "code blocks and the header are painted ({code_grey} pixels)"
     );
 }
+
+#[test]
+fn a_head_under_which_a_merged_change_set_stops_validating_fails_its_status() {
+    let github = FakeGithub::start();
+    let repo = origin();
+    repo.write("deploy/run.sh", "echo v1\n").write(
+        "changes/web.yaml",
+        "title: web\nkind: config\ntargets: [web]\ninclude: [deploy/]\nsteps:\n  - id: only\n    run: ./ok.sh\n    timeout: 5m\n",
+    );
+    repo.commit("web, covering deploy/");
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    // The pull request edits the script `web` covers and puts a symbolic
+    // link beside it: at the head `web` does not validate, so it has no
+    // digest there, and it must not drop out of what the head touches.
+    let base = repo.main_tip();
+    repo.push_to_pr(1, &[("README", "docs\n")], "carol");
+    let run = repo.repo.blob(b"echo v2, never reviewed\n").unwrap();
+    let target = repo.repo.blob(b"run.sh").unwrap();
+    let deploy = repo.folder([
+        ("run.sh".to_string(), run, 0o100644),
+        ("link".to_string(), target, 0o120000),
+    ]);
+    let head = repo.push_folder_to_pr(1, "deploy", Some(deploy), "carol");
+    let pr = pull(1, head, base, "carol-gh");
+    github.state.lock().unwrap().pulls.insert(1, pr.clone());
+    deliver_pr(&server, "pr1-opened", "opened", &pr, "carol-gh");
+    wait_status_containing(
+        &github,
+        head,
+        "changegate",
+        "failure",
+        "head refused: change set `web` stops validating at this head",
+    );
+}

@@ -172,7 +172,9 @@ impl ChangeRepo {
             entries: RefCell::default(),
             dirs: RefCell::default(),
             listings: RefCell::default(),
+            cached: Cell::new(0),
             listed: Cell::new(0),
+            over_budget: Cell::new(false),
         })
     }
 
@@ -264,11 +266,16 @@ pub struct Snapshot<'r> {
     /// Folders looked up so far, parsed ([`Snapshot::dir`]).
     dirs: RefCell<HashMap<String, Option<Tree<'r>>>>,
     /// Folder listings by tree id ([`Snapshot::listing`]): many change
-    /// sets may cover one folder, and many names may hold one tree.
+    /// sets may cover one folder, and many names may hold one tree. At
+    /// most [`MAX_CACHED_ENTRIES`] entries in all.
     listings: RefCell<HashMap<git2::Oid, Rc<Listing>>>,
-    /// Entries listed to change sets so far, against
+    /// Entries in `listings`.
+    cached: Cell<usize>,
+    /// Entries walked and listed to change sets so far, against
     /// [`MAX_SNAPSHOT_FOLDER_ENTRIES`].
     listed: Cell<usize>,
+    /// Whether a change set was refused for that budget.
+    over_budget: Cell<bool>,
 }
 
 /// The entries below one folder, pre-order, with paths relative to it; or
@@ -278,12 +285,21 @@ type Listing = Result<Vec<(String, ListedKind)>, Unlisted>;
 /// Why a folder's entries cannot all be listed (paths relative to it).
 #[derive(Debug)]
 enum Unlisted {
-    UnsafeName { root: String, name: String },
+    UnsafeName {
+        root: String,
+        name: String,
+    },
     TooMany,
     TooLong,
     TooDeep(String),
     Unreadable(String),
+    /// More entries than the walk was allowed (the read's budget).
+    OverCap,
 }
+
+/// At most this many entries are kept in one snapshot's listing cache;
+/// past it, folders are walked again (and charged again) each time.
+const MAX_CACHED_ENTRIES: usize = 1_000_000;
 
 impl Unlisted {
     /// The reason, for folder `dir`.
@@ -304,6 +320,7 @@ impl Unlisted {
             ),
             Unlisted::TooDeep(below) => too_deep(&format!("{dir}/{below}")),
             Unlisted::Unreadable(e) => format!("`{dir}` cannot be read: {e}"),
+            Unlisted::OverCap => over_snapshot_budget(dir),
         }
     }
 }
@@ -311,9 +328,16 @@ impl Unlisted {
 #[derive(Debug, Clone)]
 enum ListedKind {
     Folder,
-    File(Entry),
+    /// A blob: its git mode and id ([`file_entry`] makes the entry).
+    File(i32, git2::Oid),
     /// A submodule or anything else that is not a file: not listed.
     Other,
+}
+
+fn over_snapshot_budget(dir: &str) -> String {
+    format!(
+        "the folders that this commit's change sets cover hold more than {MAX_SNAPSHOT_FOLDER_ENTRIES} files and folders in all, up to `{dir}`"
+    )
 }
 
 /// At most this many entries are listed below covered folders for all the
@@ -621,36 +645,39 @@ impl TreeView for Snapshot<'_> {
         let Some(subtree) = self.dir(dir.trim_end_matches('/')) else {
             return Ok(Vec::new());
         };
-        let listing = self.listing(&subtree);
-        let listing = listing.as_ref().as_ref().map_err(|why| why.explain(dir))?;
+        // Checked before any walk: once either budget is spent, a folder
+        // costs nothing more to refuse.
+        let left = MAX_SNAPSHOT_FOLDER_ENTRIES - self.listed.get();
+        let listing = self.listing(&subtree, (*budget).min(left));
+        let listing = match listing.as_ref() {
+            Ok(listing) => listing,
+            Err(Unlisted::OverCap) if left <= *budget => return Err(self.refuse_over_budget(dir)),
+            Err(Unlisted::OverCap) => return Err(Unlisted::TooMany.explain(dir)),
+            Err(why) => return Err(why.explain(dir)),
+        };
+        // A cached listing is charged again for each change set it serves.
+        if listing.len() > *budget {
+            return Err(Unlisted::TooMany.explain(dir));
+        }
+        if listing.len() > left {
+            return Err(self.refuse_over_budget(dir));
+        }
+        *budget -= listing.len();
+        self.listed.set(self.listed.get() + listing.len());
         let (mut out, mut bytes) = (Vec::new(), 0usize);
         for (below, kind) in listing {
-            let Some(left) = budget.checked_sub(1) else {
-                return Err(format!(
-                    "the folders the change covers, up to `{dir}`, hold more than {MAX_FOLDER_ENTRIES} files and folders"
-                ));
-            };
-            *budget = left;
-            let listed = self.listed.get() + 1;
-            if listed > MAX_SNAPSHOT_FOLDER_ENTRIES {
-                return Err(format!(
-                    "the folders that this commit's change sets cover hold more than {MAX_SNAPSHOT_FOLDER_ENTRIES} files and folders in all, up to `{dir}`"
-                ));
-            }
-            self.listed.set(listed);
             let path = format!("{dir}/{below}");
             bytes += path.len();
             if bytes > MAX_FOLDER_PATH_BYTES {
-                return Err(format!(
-                    "the paths below `{dir}` run past {} MiB",
-                    MAX_FOLDER_PATH_BYTES >> 20
-                ));
+                return Err(Unlisted::TooLong.explain(dir));
             }
             if is_too_deep(&path) {
                 return Err(too_deep(&path));
             }
-            if let ListedKind::File(e) = kind {
-                out.push((path, e.clone()));
+            if let ListedKind::File(mode, id) = kind {
+                if let Some(e) = file_entry(ObjectType::Blob, *mode, *id) {
+                    out.push((path, e));
+                }
             }
         }
         Ok(out)
@@ -658,9 +685,22 @@ impl TreeView for Snapshot<'_> {
 }
 
 impl<'r> Snapshot<'r> {
-    /// Every entry below `tree`, read from git once per tree id. A walk
-    /// stops past [`MAX_FOLDER_ENTRIES`], which no change set may exceed.
-    fn listing(&self, tree: &Tree<'r>) -> Rc<Listing> {
+    /// Whether a change set read from this snapshot was refused because
+    /// the read as a whole ran past [`MAX_SNAPSHOT_FOLDER_ENTRIES`]: what
+    /// was read after that depends on the order of reading.
+    pub fn over_budget(&self) -> bool {
+        self.over_budget.get()
+    }
+
+    fn refuse_over_budget(&self, dir: &str) -> String {
+        self.over_budget.set(true);
+        over_snapshot_budget(dir)
+    }
+
+    /// Every entry below `tree`, read from git once per tree id while the
+    /// cache has room. A walk stops past `cap` entries ([`Unlisted::OverCap`],
+    /// not cached); every entry walked is charged to the read's budget.
+    fn listing(&self, tree: &Tree<'r>, cap: usize) -> Rc<Listing> {
         if let Some(known) = self.listings.borrow().get(&tree.id()) {
             return known.clone();
         }
@@ -677,8 +717,8 @@ impl<'r> Snapshot<'r> {
                     root: root.to_string(),
                     name: name.to_string(),
                 })
-            } else if out.len() == MAX_FOLDER_ENTRIES {
-                Some(Unlisted::TooMany)
+            } else if out.len() == cap {
+                Some(Unlisted::OverCap)
             } else if bytes + path.len() > MAX_FOLDER_PATH_BYTES {
                 Some(Unlisted::TooLong)
             } else if is_too_deep(&path) {
@@ -692,24 +732,37 @@ impl<'r> Snapshot<'r> {
             bytes += path.len();
             let kind = match entry.kind() {
                 Some(ObjectType::Tree) => ListedKind::Folder,
-                Some(ObjectType::Blob) => {
-                    file_entry(ObjectType::Blob, entry.filemode(), entry.id())
-                        .map_or(ListedKind::Other, ListedKind::File)
-                }
+                Some(ObjectType::Blob) => ListedKind::File(entry.filemode(), entry.id()),
                 _ => ListedKind::Other,
             };
             out.push((path, kind));
             TreeWalkResult::Ok
         });
-        let listing = Rc::new(match (refused, walked) {
+        let walked_entries = out.len();
+        let listing = match (refused, walked) {
             (Some(why), _) => Err(why),
             // A tree that cannot be read must not list as fewer files.
             (None, Err(e)) => Err(Unlisted::Unreadable(e.message().to_string())),
             (None, Ok(())) => Ok(out),
-        });
-        self.listings
-            .borrow_mut()
-            .insert(tree.id(), listing.clone());
+        };
+        let listing = Rc::new(listing);
+        match listing.as_ref() {
+            // The caller charges what it lists; a cap depends on the
+            // caller, so such a walk is neither kept nor listed.
+            Ok(_) => {}
+            Err(Unlisted::OverCap) => {
+                self.listed.set(self.listed.get() + walked_entries);
+                return listing;
+            }
+            Err(_) => self.listed.set(self.listed.get() + walked_entries),
+        }
+        let size = listing.as_ref().as_ref().map_or(1, Vec::len);
+        if self.cached.get() + size <= MAX_CACHED_ENTRIES {
+            self.cached.set(self.cached.get() + size);
+            self.listings
+                .borrow_mut()
+                .insert(tree.id(), listing.clone());
+        }
         listing
     }
 }
@@ -998,5 +1051,49 @@ mod tests {
         assert_eq!(snapshot.listings.borrow().len(), 1, "one walk");
         assert_eq!(snapshot.listed.get(), 40, "four listings charged");
         assert_eq!(budget, MAX_FOLDER_ENTRIES - 40);
+    }
+
+    #[test]
+    fn a_walk_stops_at_the_budget_left_and_none_starts_once_it_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let blob = repo.blob(b"x\n").unwrap();
+        let folder = |n: usize| {
+            let mut b = repo.treebuilder(None).unwrap();
+            for i in 0..n {
+                b.insert(format!("{i}"), blob, 0o100644).unwrap();
+            }
+            b.write().unwrap()
+        };
+        let (big, small) = (folder(10), folder(3));
+        let mut root = repo.treebuilder(None).unwrap();
+        root.insert("big", big, 0o040000).unwrap();
+        root.insert("small", small, 0o040000).unwrap();
+        let root = repo.find_tree(root.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let commit = repo
+            .commit(Some("HEAD"), &sig, &sig, "two folders", &root, &[])
+            .unwrap();
+        let changes = ChangeRepo::open(dir.path()).unwrap();
+        let snapshot = changes.at(&commit.to_string()).unwrap();
+        // A change set with 5 entries left: the walk of `big` stops at the
+        // sixth, is charged what it walked, and is not kept.
+        let mut budget = 5;
+        let refused = snapshot.blobs_under("big", &mut budget).unwrap_err();
+        assert!(refused.contains("more than 100000"), "{refused}");
+        assert_eq!(snapshot.listed.get(), 5);
+        assert!(snapshot.listings.borrow().is_empty());
+        assert!(!snapshot.over_budget());
+        // With nothing left, no walk starts.
+        let mut spent = 0;
+        assert!(snapshot.blobs_under("small", &mut spent).is_err());
+        assert_eq!(snapshot.listed.get(), 5);
+        // The read's own budget: once it is spent, the read is marked.
+        snapshot.listed.set(MAX_SNAPSHOT_FOLDER_ENTRIES - 2);
+        let mut budget = MAX_FOLDER_ENTRIES;
+        let refused = snapshot.blobs_under("small", &mut budget).unwrap_err();
+        assert!(refused.contains("in all"), "{refused}");
+        assert!(snapshot.over_budget());
+        assert_eq!(snapshot.listed.get(), MAX_SNAPSHOT_FOLDER_ENTRIES);
     }
 }

@@ -111,18 +111,48 @@ pub fn touched(
             .collect();
         candidates.extend(RootIndex::new(there.iter()).covering(&changed));
     }
-    let digests = |snapshot: &super::Snapshot<'_>| -> BTreeMap<String, String> {
-        snapshot
-            .changes_by_id(&candidates)
-            .into_iter()
-            .filter_map(|(id, at)| at.ok().map(|at| (id, at.digest.to_string())))
-            .collect()
-    };
-    let (head_digests, base_digests) = (digests(&at_head), digests(&at_base));
-    let mut out: Vec<(String, String)> = head_digests
+    let base_digests: BTreeMap<String, String> = at_base
+        .changes_by_id(&candidates)
         .into_iter()
-        .filter(|(id, d)| base_digests.get(id) != Some(d))
+        .filter_map(|(id, at)| at.ok().map(|at| (id, at.digest.to_string())))
         .collect();
+    let mut out = Vec::new();
+    for (id, at) in at_head.changes_by_id(&candidates) {
+        match at {
+            Ok(at) => {
+                let digest = at.digest.to_string();
+                if base_digests.get(&id) != Some(&digest) {
+                    out.push((id, digest));
+                }
+            }
+            // A change set that validates at the base and not at the head
+            // (a symbolic link or `..` entry under a folder it includes, say)
+            // would otherwise drop out of what the head touches, and its
+            // edited scripts would merge with a passing status.
+            Err(GitError::InvalidChange { problems, .. }) if base_digests.contains_key(&id) => {
+                let first = problems
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                return Err(GitError::Refused {
+                    reason: format!("change set `{id}` stops validating at this head: {first}"),
+                });
+            }
+            // New change sets that do not validate are reported with their
+            // errors (`read_proposals`), and their statuses fail.
+            Err(GitError::InvalidChange { .. } | GitError::NoSuchChange { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Past the read's budget, what validated depends on the order read.
+    if at_head.over_budget() || at_base.over_budget() {
+        return Err(GitError::Refused {
+            reason: format!(
+                "the change sets it touches cover more than {} files and folders in all",
+                super::MAX_SNAPSHOT_FOLDER_ENTRIES
+            ),
+        });
+    }
     // Policy files as `policy_files` finds them: YAML directly in `policies/`.
     let policy_file = |p: &&String| {
         p.strip_prefix("policies/")

@@ -9,12 +9,17 @@ use crate::clock::{backoff_ms, now_ms};
 use crate::engine::view::{ChangeStatus, UnapprovedPolicy};
 use crate::gate::approval::NotCounted;
 use crate::gate::{ApprovalStatus, ChangeState, StepState};
+use crate::model::is_valid_change_id;
 use crate::store::PullRequestRecord;
 
 /// The aggregate context: success only when every other one is.
 pub const AGGREGATE: &str = "changegate";
 /// The context for the policy files a pull request edits.
 pub const POLICIES: &str = "changegate/policies";
+
+/// The context of change set files whose names are no change id: no id
+/// holds a space, so no change set's context is this.
+pub const INVALID_FILE_NAMES: &str = "changegate/other change set files";
 
 /// One commit status: GitHub's state and the text beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,9 +265,21 @@ impl Github {
             }
             // Change sets the head adds or edits that do not validate have
             // no digest, so `pr_changes` lacks them; without a context of
-            // their own the aggregate would read as touching nothing.
-            for (_, id, problems) in view.proposal_errors.iter().filter(|e| e.0 == pr.number) {
-                let context = format!("changegate/{id}");
+            // their own the aggregate would read as touching nothing. Only
+            // errors read at this head count (the view may lag a push).
+            let read_here = view
+                .proposal_heads
+                .iter()
+                .any(|(n, head, _)| *n == pr.number && *head == pr.head_sha);
+            let errors = view.proposal_errors.iter().filter(|e| e.0 == pr.number);
+            for (_, id, problems) in errors.filter(|_| read_here) {
+                // A file name that is no change id gets one shared context,
+                // and `changegate/policies` is taken.
+                let context = if is_valid_change_id(id) && id != "policies" {
+                    format!("changegate/{id}")
+                } else {
+                    INVALID_FILE_NAMES.to_string()
+                };
                 if !parts.iter().any(|(c, _, _)| *c == context) {
                     let first = problems.first().map_or("", String::as_str);
                     parts.push((

@@ -308,15 +308,16 @@ impl InboxWriter {
         if self.store.backend != super::Backend::Sqlite {
             return store_in_write_tx(&self.store, deliveries).await;
         }
-        let conn = match &mut self.conn {
+        // Taken out for the batch and put back only when it committed: a
+        // batch that fails, or whose future is dropped half-way, takes
+        // its connection (and the transaction it may have left open) with it.
+        let mut conn = match self.conn.take() {
             Some(conn) => conn,
-            None => self.conn.insert(self.store.pool.acquire().await?.detach()),
+            None => self.store.pool.acquire().await?.detach(),
         };
-        let stored = store_in_two_round_trips(conn, deliveries).await;
-        if stored.is_err() {
-            self.conn = None;
-        }
-        stored
+        let stored = store_in_two_round_trips(&mut conn, deliveries).await?;
+        self.conn = Some(conn);
+        Ok(stored)
     }
 }
 
