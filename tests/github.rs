@@ -67,18 +67,8 @@ fn wait_state(server: &Server, id: &str, state: &str, counted: u64) {
 }
 
 fn wait_status(github: &FakeGithub, sha: git2::Oid, context: &str, state: &str, text: &str) {
-    wait_for(
-        || {
-            github
-                .statuses(&sha.to_string(), context)
-                .last()
-                .is_some_and(|(s, d)| s == state && d == text)
-        },
-        &format!(
-            "status {state} \"{text}\" on {sha}; got {:?}",
-            github.statuses(&sha.to_string(), context)
-        ),
-    );
+    let what = format!("status {state} \"{text}\" on {sha}");
+    wait_status_where(github, sha, context, &what, |s, d| s == state && d == text);
 }
 
 /// The review events of one review id in the audit log.

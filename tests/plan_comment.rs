@@ -471,3 +471,32 @@ fn a_head_under_which_a_merged_change_set_stops_validating_fails_its_status() {
         "head refused: change set `web` stops validating at this head",
     );
 }
+
+#[test]
+fn a_change_set_mended_on_main_after_a_pull_request_branched_is_not_its_error() {
+    let github = FakeGithub::start();
+    let repo = origin();
+    repo.write("changes/e.yaml", "title: [broken\n");
+    repo.commit("e, broken");
+    let base = repo.main_tip();
+    let head = repo.push_to_pr(1, &[("changes/d.yaml", &change("d", "./ok.sh"))], "carol");
+    // `main` mends `e` after the pull request branched; the pull request
+    // never touched it.
+    repo.write("changes/e.yaml", change("e", "./ok.sh"));
+    repo.commit("e, mended");
+    let (server, _db) = start_server(&repo, "sqlite", &github);
+    let pr = pull(1, head, base, "carol-gh");
+    github.state.lock().unwrap().pulls.insert(1, pr.clone());
+    deliver_pr(&server, "pr1-opened", "opened", &pr, "carol-gh");
+    wait_status_containing(&github, head, "changegate", "pending", "changegate/d");
+    let aggregate = last_status(&github, head, "changegate").unwrap();
+    assert!(!aggregate.1.contains("changegate/e"), "{aggregate:?}");
+    assert!(github
+        .statuses(&head.to_string(), "changegate/e")
+        .is_empty());
+    assert!(
+        !the_comment(&github).contains("changes/e.yaml"),
+        "{}",
+        the_comment(&github)
+    );
+}

@@ -59,8 +59,10 @@ pub fn read_proposals(
         }
         // A head that touches no valid change may still add or edit one
         // that does not validate: its errors belong in the plan comment.
-        let edited: BTreeSet<String> = match repo
-            .changed_paths(&format!("refs/heads/{default_branch}"), head)
+        // Compared with where it left the branch, so that a change set
+        // mended on the branch since is not the pull request's edit.
+        let edited: BTreeSet<String> = match merge_base(&repo, head, default_branch)
+            .and_then(|base| repo.changed_paths(&base, head))
         {
             Ok(changed) => changed
                 .into_iter()
@@ -96,6 +98,14 @@ pub fn read_proposals(
         }
     }
     (out, policies, errors)
+}
+
+/// Where `head` left the default branch.
+fn merge_base(repo: &ChangeRepo, head: &str, default_branch: &str) -> Result<String, GitError> {
+    let git = repo.git();
+    let tip = git.refname_to_id(&format!("refs/heads/{default_branch}"))?;
+    let head = git.revparse_single(head)?.peel_to_commit()?.id();
+    Ok(git.merge_base(head, tip)?.to_string())
 }
 
 /// What [`read_proposals`] finds: valid changes, policy files, and the

@@ -124,13 +124,33 @@ pub fn wait_status_containing(
     state: &str,
     text: &str,
 ) {
-    wait_for(
-        || last_status(github, sha, context).is_some_and(|(s, d)| s == state && d.contains(text)),
-        &format!(
-            "{context} {state} \"{text}\" on {sha}; got {:?}",
-            last_status(github, sha, context)
-        ),
-    );
+    let what = format!("{context} {state} \"{text}\" on {sha}");
+    wait_status_where(github, sha, context, &what, |s, d| {
+        s == state && d.contains(text)
+    });
+}
+
+/// Waits until the last status on `sha` in `context`, (state,
+/// description), satisfies `ok`; the timeout names the last one seen.
+pub fn wait_status_where(
+    github: &super::github::FakeGithub,
+    sha: git2::Oid,
+    context: &str,
+    what: &str,
+    ok: impl Fn(&str, &str) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let last = last_status(github, sha, context);
+        if last.as_ref().is_some_and(|(s, d)| ok(s, d)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after 20s waiting for {what}; the last status: {last:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// The project's own `changes/` and `policies/`, committed by Carol (the
