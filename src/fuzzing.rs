@@ -14,7 +14,7 @@ impl Tree {
     fn new() -> Tree {
         Tree(BTreeMap::from([
             ("scripts", Entry::Tree),
-            ("scripts/apply.sh", Entry::Blob("a".repeat(40))),
+            ("scripts/apply.sh", Entry::Executable("a".repeat(40))),
             ("check.sh", Entry::Blob("b".repeat(40))),
         ]))
     }

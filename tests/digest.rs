@@ -68,7 +68,13 @@ fn digest_is_sha256_over_sorted_path_nul_blob_id_lines() {
             || path == "scripts/apply.sh"
             || path == "scripts/check.sh";
         if covered && entry.kind() == Some(git2::ObjectType::Blob) {
-            lines.push(format!("{path}\0{}\n", entry.id()));
+            // An executable file's line names git's mode for it.
+            let mode = if entry.filemode() == 0o100755 {
+                "\x00100755"
+            } else {
+                ""
+            };
+            lines.push(format!("{path}\0{}{mode}\n", entry.id()));
         }
         git2::TreeWalkResult::Ok
     })
@@ -79,6 +85,55 @@ fn digest_is_sha256_over_sorted_path_nul_blob_id_lines() {
         hex::encode(Sha256::digest(lines.concat().as_bytes()))
     );
     assert_eq!(digest(&repo, "HEAD"), expected);
+}
+
+#[test]
+fn flipping_a_covered_script_s_executable_bit_changes_the_digest_and_what_exec_writes() {
+    let repo = repo();
+    let approved = ChangeRepo::open(repo.path()).unwrap();
+    let before = approved.at("HEAD").unwrap().change("c").unwrap();
+    // The same bytes, made executable: `exec` would write it 0755, so the
+    // approval of the inert file must not carry over.
+    std::fs::set_permissions(
+        repo.path().join("scripts/apply.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    repo.commit("chmod +x a covered script");
+    let changes = ChangeRepo::open(repo.path()).unwrap();
+    let snapshot = changes.at("HEAD").unwrap();
+    let after = snapshot.change("c").unwrap();
+    assert_ne!(after.digest, before.digest);
+    let apply = |c: &[CoveredPath]| {
+        c.iter()
+            .find(|p| p.path == "scripts/apply.sh")
+            .unwrap()
+            .clone()
+    };
+    assert!(!apply(&before.covered).executable);
+    assert!(apply(&after.covered).executable);
+    // What was approved before the flip is not what this commit holds.
+    let dest = tempfile::tempdir().unwrap();
+    let refused = snapshot
+        .materialize(&before.covered, &dest.path().join("old"))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("scripts/apply.sh"),
+        "{refused}"
+    );
+    // What is approved now is written with its mode.
+    snapshot
+        .materialize(&after.covered, &dest.path().join("new"))
+        .unwrap();
+    let mode = |p: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dest.path().join("new").join(p))
+                .unwrap()
+                .permissions(),
+        ) & 0o777
+    };
+    assert_eq!(mode("scripts/apply.sh"), 0o755);
+    assert_eq!(mode("scripts/check.sh"), 0o644);
 }
 
 #[test]
@@ -345,6 +400,7 @@ fn an_entry_named_dot_dot_neither_validates_nor_leaves_the_checkout() {
     let climbing = [CoveredPath {
         path: "inc/../../x".into(),
         blob: x.to_string(),
+        executable: false,
     }];
     let refused = snapshot.materialize(&climbing, &checkout).unwrap_err();
     assert!(

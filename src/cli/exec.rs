@@ -10,7 +10,7 @@ use crate::client::{Client, ClientError};
 use crate::executor::{run_step, StepEnd, StopSignal};
 use crate::gate::RefusalReason;
 use crate::git::ChangeRepo;
-use crate::model::{has_parent_component, CoveredPath, Digest, Entry, TreeView};
+use crate::model::{has_parent_component, CoveredPath, Digest, TreeView};
 use crate::redact::{is_secret_name, redact};
 use crate::store::Phase;
 use crate::wire::{Outcome, Report};
@@ -104,7 +104,7 @@ impl Checkout {
             .map(|t| t.trim_start_matches("./").trim_end_matches(['.', '/']))
             .filter(|t| t.contains('/') && !t.starts_with('/') && !has_parent_component(t))
             .filter(|t| !covered.contains(t) && seen.insert(t.to_string()))
-            .filter(|t| matches!(snapshot.entry(t), Some(Entry::Blob(_))))
+            .filter(|t| snapshot.entry(t).is_some_and(|e| e.file_blob().is_some()))
             .map(|t| {
                 let folder = t.rsplit_once('/').map_or(t, |(d, _)| d);
                 format!("hint: `{t}` is in the repository but not covered by the digest, so the step cannot see it; add `include: [{folder}/]` (or `{t}`) to the change and have it approved")
@@ -163,24 +163,39 @@ fn checkout(dir: &Path, id: &str) -> Result<Checkout, (u8, String)> {
 /// Which covered paths differ between the checkout and what was approved
 /// (the server's `covered_paths` for the change on main).
 fn differing_paths(ours: &[CoveredPath], approved: &serde_json::Value) -> Vec<String> {
-    let theirs: BTreeMap<&str, &str> = approved["covered_paths"]
+    let theirs: BTreeMap<&str, (&str, bool)> = approved["covered_paths"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|c| Some((c["path"].as_str()?, c["blob"].as_str()?)))
+        .filter_map(|c| {
+            let executable = c["executable"].as_bool().unwrap_or(false);
+            Some((c["path"].as_str()?, (c["blob"].as_str()?, executable)))
+        })
         .collect();
-    let ours: BTreeMap<&str, &str> = ours
+    let ours: BTreeMap<&str, (&str, bool)> = ours
         .iter()
-        .map(|c| (c.path.as_str(), c.blob.as_str()))
+        .map(|c| (c.path.as_str(), (c.blob.as_str(), c.executable)))
         .collect();
+    let mode = |executable: bool| {
+        if executable {
+            "executable"
+        } else {
+            "not executable"
+        }
+    };
     let mut out = Vec::new();
-    for (path, blob) in &ours {
+    for (path, (blob, executable)) in &ours {
         match theirs.get(path) {
             None => out.push(format!("{path}: not covered by the approved digest")),
-            Some(b) if b != blob => out.push(format!(
+            Some((b, _)) if b != blob => out.push(format!(
                 "{path}: blob {} here, {} approved",
                 &blob[..blob.len().min(12)],
                 &b[..b.len().min(12)]
+            )),
+            Some((_, x)) if x != executable => out.push(format!(
+                "{path}: {} here, {} approved",
+                mode(*executable),
+                mode(*x)
             )),
             Some(_) => {}
         }

@@ -287,7 +287,8 @@ pub(super) fn plan(id: &str, args: &RepoArgs, default_branch: &str, format: Form
         line(String::new());
         line("covered paths (bound into the digest):".into());
         for c in &covered {
-            line(format!("  {}  {}", c.blob, c.path));
+            let mode = if c.executable { "  (executable)" } else { "" };
+            line(format!("  {}  {}{mode}", c.blob, c.path));
         }
         line(format!("digest {digest}"));
         line(String::new());

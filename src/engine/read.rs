@@ -127,9 +127,9 @@ fn policy_at(
     path: &str,
     default_branch: &str,
 ) -> PolicyProposal {
-    let blob = match snapshot.entry(path) {
-        Some(Entry::Blob(id)) => id,
-        _ => policy_deletion(repo, snapshot.commit_id(), path, default_branch)
+    let blob = match snapshot.entry(path).as_ref().and_then(Entry::file_blob) {
+        Some(id) => id.to_string(),
+        None => policy_deletion(repo, snapshot.commit_id(), path, default_branch)
             .unwrap_or_else(|_| ABSENT.to_string()),
     };
     let policy = files.iter().find(|f| f.path == path).and_then(|file| {

@@ -576,7 +576,10 @@ impl Snapshot<'_> {
             commit: self.commit_id.clone(),
         };
         let path = format!("changes/{id}.yaml");
-        let Some(Entry::Blob(blob)) = self.entry(&path) else {
+        let Some(blob) = self
+            .entry(&path)
+            .and_then(|e| e.file_blob().map(str::to_string))
+        else {
             return Err(missing());
         };
         let file = self.source_file(path, git2::Oid::from_str(&blob)?)?;
@@ -605,10 +608,14 @@ impl Snapshot<'_> {
 
 /// git's mode for a symbolic link.
 const LINK_MODE: i32 = 0o120000;
+/// git's mode for an executable file (libgit2 reads any mode with an
+/// execute bit as this one).
+const EXECUTABLE_MODE: i32 = 0o100755;
 
 fn file_entry(kind: ObjectType, mode: i32, id: git2::Oid) -> Option<Entry> {
     match kind {
         ObjectType::Blob if mode == LINK_MODE => Some(Entry::Link(id.to_string())),
+        ObjectType::Blob if mode == EXECUTABLE_MODE => Some(Entry::Executable(id.to_string())),
         ObjectType::Blob => Some(Entry::Blob(id.to_string())),
         ObjectType::Tree => Some(Entry::Tree),
         _ => None,
@@ -790,7 +797,11 @@ impl Snapshot<'_> {
                 });
             }
             let entry = self.tree.get_path(relative)?;
-            if entry.id().to_string() != c.blob || entry.filemode() == LINK_MODE {
+            let mode = entry.filemode();
+            if entry.id().to_string() != c.blob
+                || mode == LINK_MODE
+                || (mode == EXECUTABLE_MODE) != c.executable
+            {
                 return Err(GitError::NotCovered {
                     path: c.path.clone(),
                     commit: self.commit_id.clone(),
@@ -811,11 +822,8 @@ impl Snapshot<'_> {
             if let Some(parent) = path.parent() {
                 dirs.create(parent).map_err(|e| io_error(&path, e))?;
             }
-            let mode = if entry.filemode() == 0o100755 {
-                0o755
-            } else {
-                0o644
-            };
+            // The mode the digest bound, which the check above made git's.
+            let mode = if c.executable { 0o755 } else { 0o644 };
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -833,11 +841,12 @@ impl Snapshot<'_> {
     /// lookup goes through the entry cache: a path under a 10,000-entry
     /// folder would otherwise re-parse that folder's tree on every read.
     fn text(&self, path: &str) -> Option<String> {
-        let Some(Entry::Blob(id)) = self.entry(path) else {
-            return None;
-        };
+        let entry = self.entry(path)?;
         let file = self
-            .source_file(path.to_string(), git2::Oid::from_str(&id).ok()?)
+            .source_file(
+                path.to_string(),
+                git2::Oid::from_str(entry.file_blob()?).ok()?,
+            )
             .ok()?;
         if file.oversize.is_some() {
             return None;
@@ -877,7 +886,7 @@ impl Snapshot<'_> {
             };
             let covered: BTreeSet<&str> = covered.iter().map(|c| c.path.as_str()).collect();
             let own = format!("changes/{}.yaml", change.id);
-            let exists = |p: &str| matches!(self.entry(p), Some(Entry::Blob(_)));
+            let exists = |p: &str| self.entry(p).is_some_and(|e| e.file_blob().is_some());
             let include = |p: &str| match p.rsplit_once('/') {
                 Some((dir, _)) => format!("{dir}/"),
                 None => p.to_string(),

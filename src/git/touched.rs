@@ -159,10 +159,7 @@ pub fn touched(
             .is_some_and(|f| !f.contains('/') && (f.ends_with(".yaml") || f.ends_with(".yml")))
     };
     for path in changed.iter().filter(policy_file) {
-        let blob = |s: &super::Snapshot<'_>| match s.entry(path) {
-            Some(Entry::Blob(id)) => Some(id),
-            _ => None,
-        };
+        let blob = |s: &super::Snapshot<'_>| s.entry(path)?.file_blob().map(str::to_string);
         match (blob(&at_base), blob(&at_head)) {
             (before, Some(now)) if before.as_ref() != Some(&now) => out.push((path.clone(), now)),
             (Some(before), None) => out.push((path.clone(), deletion_of(&before))),
@@ -191,9 +188,9 @@ pub fn digests_at(
         let changes = snapshot.changes_by_id(change_keys.iter().copied());
         for key in keys {
             let digest = if is_policy_path(key) {
-                match snapshot.entry(key) {
-                    Some(Entry::Blob(blob)) => blob,
-                    _ => policy_deletion(repo, commit, key, default_branch)?,
+                match snapshot.entry(key).as_ref().and_then(Entry::file_blob) {
+                    Some(blob) => blob.to_string(),
+                    None => policy_deletion(repo, commit, key, default_branch)?,
                 }
             } else {
                 match changes.get(key) {
@@ -221,8 +218,15 @@ pub fn policy_deletion(
         git2::Oid::from_str(repo.at(commit)?.commit_id())?,
         git2::Oid::from_str(tip.commit_id())?,
     )?;
-    Ok(match repo.at(&base.to_string())?.entry(path) {
-        Some(Entry::Blob(blob)) => deletion_of(&blob),
-        _ => ABSENT.to_string(),
-    })
+    Ok(
+        match repo
+            .at(&base.to_string())?
+            .entry(path)
+            .as_ref()
+            .and_then(Entry::file_blob)
+        {
+            Some(blob) => deletion_of(blob),
+            None => ABSENT.to_string(),
+        },
+    )
 }

@@ -3,7 +3,10 @@
 //! The covered paths of change `C` are `changes/C.yaml`, every `./PATH`
 //! token in its commands, and every blob under its `include` entries. The
 //! digest is `sha256:` + hex(sha256(concat over the sorted covered paths of
-//! `PATH \0 BLOB_OID_HEX \n`)).
+//! `PATH \0 BLOB_OID_HEX \n`, or `PATH \0 BLOB_OID_HEX \0 100755 \n` for an
+//! executable file)). SPEC §1 has no mode; but `exec` writes files with
+//! git's modes, so a mode the digest does not bind would let a push turn a
+//! reviewed, inert file into a program without a new approval.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -128,6 +131,10 @@ pub struct CoveredPath {
     pub path: String,
     /// The git blob id, hex.
     pub blob: String,
+    /// Whether git's mode for it is 100755; the digest binds it. Always
+    /// written and required when read: a stored view from before it was
+    /// bound has no such field, so it is read again from git.
+    pub executable: bool,
 }
 
 /// The paths a change's digest starts from: its own file, the paths its
@@ -177,12 +184,16 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
         }
         match tree.entry(path) {
             Some(Entry::Blob(oid)) => {
-                covered.insert(path.to_string(), oid);
+                covered.insert(path.to_string(), (oid, false));
+            }
+            Some(Entry::Executable(oid)) => {
+                covered.insert(path.to_string(), (oid, true));
             }
             Some(Entry::Tree) => {
                 for (below, entry) in tree.blobs_under(path, &mut budget)? {
                     match entry {
-                        Entry::Blob(oid) => covered.insert(below, oid),
+                        Entry::Blob(oid) => covered.insert(below, (oid, false)),
+                        Entry::Executable(oid) => covered.insert(below, (oid, true)),
                         _ => return Err(symlink(&below)),
                     };
                 }
@@ -193,7 +204,11 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
     }
     Ok(covered
         .into_iter()
-        .map(|(path, blob)| CoveredPath { path, blob })
+        .map(|(path, (blob, executable))| CoveredPath {
+            path,
+            blob,
+            executable,
+        })
         .collect())
 }
 
@@ -215,6 +230,9 @@ impl Digest {
             hasher.update(c.path.as_bytes());
             hasher.update([0]);
             hasher.update(c.blob.as_bytes());
+            if c.executable {
+                hasher.update(b"\x00100755");
+            }
             hasher.update(b"\n");
         }
         hasher.finalize().into()
@@ -256,11 +274,25 @@ mod tests {
 
     #[test]
     fn digest_matches_the_documented_formula() {
-        let covered = vec![CoveredPath {
-            path: "changes/a.yaml".into(),
-            blob: "ab".into(),
-        }];
-        let expected = hex::encode(Sha256::digest(b"changes/a.yaml\0ab\n"));
+        let mut covered = vec![
+            CoveredPath {
+                path: "changes/a.yaml".into(),
+                blob: "ab".into(),
+                executable: false,
+            },
+            CoveredPath {
+                path: "run.sh".into(),
+                blob: "cd".into(),
+                executable: true,
+            },
+        ];
+        let expected = hex::encode(Sha256::digest(
+            b"changes/a.yaml\0ab\nrun.sh\0cd\x00100755\n",
+        ));
         assert_eq!(Digest::of(&covered).as_str(), format!("sha256:{expected}"));
+        // The same bytes, not executable: another digest.
+        covered[1].executable = false;
+        let plain = hex::encode(Sha256::digest(b"changes/a.yaml\0ab\nrun.sh\0cd\n"));
+        assert_eq!(Digest::of(&covered).as_str(), format!("sha256:{plain}"));
     }
 }

@@ -423,11 +423,23 @@ impl fmt::Display for Diagnostic {
 pub enum Entry {
     /// A file, with its git blob id in hex.
     Blob(String),
+    /// An executable file (git's mode 100755), with its git blob id in hex.
+    Executable(String),
     /// A folder.
     Tree,
     /// A symbolic link, with the blob id of its target text. Never covered:
     /// a digest over the link text says nothing about what it runs.
     Link(String),
+}
+
+impl Entry {
+    /// The blob id of a file, executable or not.
+    pub fn file_blob(&self) -> Option<&str> {
+        match self {
+            Entry::Blob(id) | Entry::Executable(id) => Some(id),
+            Entry::Tree | Entry::Link(_) => None,
+        }
+    }
 }
 
 /// A read-only view of one commit's tree. The git layer implements it over

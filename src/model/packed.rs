@@ -198,10 +198,13 @@ impl OnBranch {
     ) -> OnBranch {
         let own = format!("changes/{id}.yaml");
         // Taken out only when it reads back as it was (lowercase hex).
-        let own_blob = covered.iter().find(|c| c.path == own).and_then(|c| {
-            let bytes = <[u8; 20]>::try_from(hex::decode(&c.blob).ok()?).ok()?;
-            (hex::encode(bytes) == c.blob).then_some(bytes)
-        });
+        let own_blob = covered
+            .iter()
+            .find(|c| c.path == own && !c.executable)
+            .and_then(|c| {
+                let bytes = <[u8; 20]>::try_from(hex::decode(&c.blob).ok()?).ok()?;
+                (hex::encode(bytes) == c.blob).then_some(bytes)
+            });
         let others: Vec<CoveredPath> = covered
             .iter()
             .filter(|c| own_blob.is_none() || c.path != own)
@@ -259,6 +262,7 @@ impl OnBranch {
             let own = CoveredPath {
                 path: format!("changes/{id}.yaml"),
                 blob: hex::encode(blob),
+                executable: false,
             };
             let at = covered.partition_point(|c| c.path < own.path);
             covered.insert(at, own);

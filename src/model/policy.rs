@@ -185,6 +185,7 @@ mod tests {
             .map(|p| CoveredPath {
                 path: p.to_string(),
                 blob: "0".repeat(40),
+                executable: false,
             })
             .collect()
     }

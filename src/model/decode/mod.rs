@@ -307,7 +307,7 @@ impl<'p> Decoder<'p> {
                     return;
                 }
             },
-            Some(Entry::Blob(_)) => None,
+            Some(Entry::Blob(_) | Entry::Executable(_)) => None,
         };
         if let Some(link) = link {
             self.error(pos, format!("{subject} `{path}`, but `{link}` is a symbolic link: the digest would cover the link's text, not what it runs; commit the file itself"));
