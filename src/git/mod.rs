@@ -387,7 +387,7 @@ impl<'r> Snapshot<'r> {
             let path = format!("{dir}/{}", String::from_utf8_lossy(entry.name_bytes()));
             known.insert(
                 path.clone(),
-                file_entry(ObjectType::Blob, entry.filemode(), entry.id()),
+                file_entry(ObjectType::Blob, entry.filemode_raw(), entry.id()),
             );
             let file = self.source_file(path, entry.id())?;
             held += file.bytes.len();
@@ -496,7 +496,7 @@ impl<'r> Snapshot<'r> {
             let path = format!("changes/{}", String::from_utf8_lossy(entry.name_bytes()));
             self.entries.borrow_mut().insert(
                 path.clone(),
-                file_entry(ObjectType::Blob, entry.filemode(), entry.id()),
+                file_entry(ObjectType::Blob, entry.filemode_raw(), entry.id()),
             );
             if let Some(change) = checker.check(&self.source_file(path, entry.id())?) {
                 keep(change);
@@ -612,11 +612,18 @@ const LINK_MODE: i32 = 0o120000;
 /// execute bit as this one).
 const EXECUTABLE_MODE: i32 = 0o100755;
 
+/// What a tree entry of `kind` under git mode `mode` (raw, as the tree
+/// holds it: libgit2's `filemode()` reads any mode with an execute bit as
+/// 100755, `120755` too) is.
 fn file_entry(kind: ObjectType, mode: i32, id: git2::Oid) -> Option<Entry> {
     match kind {
-        ObjectType::Blob if mode == LINK_MODE => Some(Entry::Link(id.to_string())),
-        ObjectType::Blob if mode == EXECUTABLE_MODE => Some(Entry::Executable(id.to_string())),
-        ObjectType::Blob => Some(Entry::Blob(id.to_string())),
+        ObjectType::Blob => Some(match mode {
+            LINK_MODE => Entry::Link(id.to_string()),
+            EXECUTABLE_MODE => Entry::Executable(id.to_string()),
+            // 100664: written by early versions of git; git reads it as 100644.
+            0o100644 | 0o100664 => Entry::Blob(id.to_string()),
+            odd => Entry::OddMode(odd),
+        }),
         ObjectType::Tree => Some(Entry::Tree),
         _ => None,
     }
@@ -640,7 +647,7 @@ impl TreeView for Snapshot<'_> {
         let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
         let entry = self
             .dir(parent)
-            .and_then(|t| named(&t, name).map(|e| (e.kind(), e.filemode(), e.id())))
+            .and_then(|t| named(&t, name).map(|e| (e.kind(), e.filemode_raw(), e.id())))
             .and_then(|(kind, mode, id)| file_entry(kind?, mode, id));
         self.entries
             .borrow_mut()
@@ -739,7 +746,7 @@ impl<'r> Snapshot<'r> {
             bytes += path.len();
             let kind = match entry.kind() {
                 Some(ObjectType::Tree) => ListedKind::Folder,
-                Some(ObjectType::Blob) => ListedKind::File(entry.filemode(), entry.id()),
+                Some(ObjectType::Blob) => ListedKind::File(entry.filemode_raw(), entry.id()),
                 _ => ListedKind::Other,
             };
             out.push((path, kind));
@@ -797,11 +804,12 @@ impl Snapshot<'_> {
                 });
             }
             let entry = self.tree.get_path(relative)?;
-            let mode = entry.filemode();
-            if entry.id().to_string() != c.blob
-                || mode == LINK_MODE
-                || (mode == EXECUTABLE_MODE) != c.executable
-            {
+            let as_approved = match file_entry(ObjectType::Blob, entry.filemode_raw(), entry.id()) {
+                Some(Entry::Blob(_)) => !c.executable,
+                Some(Entry::Executable(_)) => c.executable,
+                _ => false,
+            };
+            if entry.id().to_string() != c.blob || !as_approved {
                 return Err(GitError::NotCovered {
                     path: c.path.clone(),
                     commit: self.commit_id.clone(),

@@ -138,6 +138,20 @@ pub fn touched(
                     reason: format!("change set `{id}` stops validating at this head: {first}"),
                 });
             }
+            // Its file replaced by something that is no file (a symbolic
+            // link, a folder, a submodule): the same, or the change would
+            // drop out of what the head touches. (A deleted file is a
+            // deleted change: nothing of it runs.)
+            Err(GitError::NoSuchChange { .. })
+                if base_digests.contains_key(&id)
+                    && at_head.entry(&format!("changes/{id}.yaml")).is_some() =>
+            {
+                return Err(GitError::Refused {
+                    reason: format!(
+                        "change set `{id}` stops validating at this head: `changes/{id}.yaml` is no longer a file"
+                    ),
+                });
+            }
             // New change sets that do not validate are reported with their
             // errors (`read_proposals`), and their statuses fail.
             Err(GitError::InvalidChange { .. } | GitError::NoSuchChange { .. }) => {}

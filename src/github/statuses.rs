@@ -310,8 +310,11 @@ impl Github {
                 .collect();
             // A head that could not be read touches nothing that is known,
             // which must not read as "touches no change set".
+            // Until the view has read this head, what it touches that does
+            // not validate is unknown: "nothing" must not read as green.
             let overall = match &pr.refused {
                 Some(why) => wanted("failure", format!("head refused: {why}")),
+                None if pr.state == "open" && !read_here => wanted("pending", "reading this head"),
                 None => aggregate(&summary),
             };
             parts.push((AGGREGATE.to_string(), overall, format!("{public}/")));

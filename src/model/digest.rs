@@ -120,7 +120,13 @@ pub const MAX_FOLDER_ENTRIES: usize = 100_000;
 /// deep folders with long names make long paths.
 pub const MAX_FOLDER_PATH_BYTES: usize = 16 << 20;
 
-fn symlink(path: &str) -> String {
+/// Why a blob under an odd git mode is not covered, for diagnostics.
+pub fn odd_mode(path: &str, mode: i32) -> String {
+    format!("`{path}` has git mode {mode:o}, which git checks out as something other than a file: the digest would cover what no reviewer sees as a file; commit it as 100644 or 100755")
+}
+
+/// Why a symbolic link is not covered, for diagnostics.
+pub fn symlink(path: &str) -> String {
     format!("`{path}` is a symbolic link: the digest would cover the link's text, not what it runs; commit the file itself")
 }
 
@@ -194,11 +200,13 @@ pub fn covered_paths(change: &ChangeSet, tree: &dyn TreeView) -> Result<Vec<Cove
                     match entry {
                         Entry::Blob(oid) => covered.insert(below, (oid, false)),
                         Entry::Executable(oid) => covered.insert(below, (oid, true)),
-                        _ => return Err(symlink(&below)),
+                        Entry::OddMode(mode) => return Err(odd_mode(&below, mode)),
+                        Entry::Link(_) | Entry::Tree => return Err(symlink(&below)),
                     };
                 }
             }
             Some(Entry::Link(_)) => return Err(symlink(path)),
+            Some(Entry::OddMode(mode)) => return Err(odd_mode(path, mode)),
             None => return Err(format!("`{path}` is not in the tree")),
         }
     }

@@ -430,6 +430,10 @@ pub enum Entry {
     /// A symbolic link, with the blob id of its target text. Never covered:
     /// a digest over the link text says nothing about what it runs.
     Link(String),
+    /// A blob under a mode git does not write for a file (`120755`,
+    /// `010755`): libgit2 reads it as executable, while git checks it out,
+    /// and GitHub shows it, as a link or a submodule. Never covered.
+    OddMode(i32),
 }
 
 impl Entry {
@@ -437,7 +441,7 @@ impl Entry {
     pub fn file_blob(&self) -> Option<&str> {
         match self {
             Entry::Blob(id) | Entry::Executable(id) => Some(id),
-            Entry::Tree | Entry::Link(_) => None,
+            Entry::Tree | Entry::Link(_) | Entry::OddMode(_) => None,
         }
     }
 }

@@ -10,7 +10,9 @@ pub use policy::decode_policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::digest::{command_paths, has_parent_component, unreadable_path, MAX_FOLDER_ENTRIES};
+use super::digest::{
+    command_paths, has_parent_component, odd_mode, symlink, unreadable_path, MAX_FOLDER_ENTRIES,
+};
 use super::yaml::{Key, Node, Pos, Value};
 use super::{
     is_valid_change_id, is_valid_step_id, ActionBudget, Approvals, Approver, ChangeSet, Diagnostic,
@@ -282,8 +284,9 @@ impl<'p> Decoder<'p> {
             return;
         }
         // A covered symbolic link would bind the approval to the link's
-        // text, not to what it runs.
-        let link = match (!lookup.is_empty())
+        // text, not to what it runs; a blob under an odd mode, to what no
+        // reviewer sees as a file.
+        let refused = match (!lookup.is_empty())
             .then(|| ctx.tree.entry(lookup))
             .flatten()
         {
@@ -296,12 +299,14 @@ impl<'p> Decoder<'p> {
                 );
                 return;
             }
-            Some(Entry::Link(_)) => Some(lookup.to_string()),
+            Some(Entry::Link(_)) => Some(symlink(lookup)),
+            Some(Entry::OddMode(mode)) => Some(odd_mode(lookup, mode)),
             Some(Entry::Tree) => match ctx.tree.blobs_under(lookup, &mut self.folder_budget) {
-                Ok(below) => below
-                    .into_iter()
-                    .find(|(_, e)| matches!(e, Entry::Link(_)))
-                    .map(|(p, _)| p),
+                Ok(below) => below.into_iter().find_map(|(p, e)| match e {
+                    Entry::Link(_) => Some(symlink(&p)),
+                    Entry::OddMode(mode) => Some(odd_mode(&p, mode)),
+                    _ => None,
+                }),
                 Err(why) => {
                     self.error(pos, format!("{subject} `{path}`, but {why}"));
                     return;
@@ -309,8 +314,8 @@ impl<'p> Decoder<'p> {
             },
             Some(Entry::Blob(_) | Entry::Executable(_)) => None,
         };
-        if let Some(link) = link {
-            self.error(pos, format!("{subject} `{path}`, but `{link}` is a symbolic link: the digest would cover the link's text, not what it runs; commit the file itself"));
+        if let Some(why) = refused {
+            self.error(pos, format!("{subject} `{path}`, but {why}"));
         }
     }
 }
