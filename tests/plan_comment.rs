@@ -438,8 +438,9 @@ steps:
     );
 }
 
-#[test]
-fn a_head_under_which_a_merged_change_set_stops_validating_fails_its_status() {
+/// `main` holding change set `web`, which includes `deploy/`; a pull
+/// request whose head `push` writes (from `main`) is refused, saying `why`.
+fn refused_head(push: impl FnOnce(&TestRepo) -> git2::Oid, why: &str) {
     let github = FakeGithub::start();
     let repo = origin();
     repo.write("deploy/run.sh", "echo v1\n").write(
@@ -448,26 +449,30 @@ fn a_head_under_which_a_merged_change_set_stops_validating_fails_its_status() {
     );
     repo.commit("web, covering deploy/");
     let (server, _db) = start_server(&repo, "sqlite", &github);
-    // The pull request edits the script `web` covers and puts a symbolic
-    // link beside it: at the head `web` does not validate, so it has no
-    // digest there, and it must not drop out of what the head touches.
     let base = repo.main_tip();
-    repo.push_to_pr(1, &[("README", "docs\n")], "carol");
-    let run = repo.repo.blob(b"echo v2, never reviewed\n").unwrap();
-    let target = repo.repo.blob(b"run.sh").unwrap();
-    let deploy = repo.folder([
-        ("run.sh".to_string(), run, 0o100644),
-        ("link".to_string(), target, 0o120000),
-    ]);
-    let head = repo.push_folder_to_pr(1, "deploy", Some(deploy), "carol");
+    let head = push(&repo);
     let pr = pull(1, head, base, "carol-gh");
     github.state.lock().unwrap().pulls.insert(1, pr.clone());
     deliver_pr(&server, "pr1-opened", "opened", &pr, "carol-gh");
-    wait_status_containing(
-        &github,
-        head,
-        "changegate",
-        "failure",
+    wait_status_containing(&github, head, "changegate", "failure", why);
+}
+
+#[test]
+fn a_head_under_which_a_merged_change_set_stops_validating_fails_its_status() {
+    // The pull request edits the script `web` covers and puts a symbolic
+    // link beside it: at the head `web` does not validate, so it has no
+    // digest there, and it must not drop out of what the head touches.
+    refused_head(
+        |repo| {
+            repo.push_to_pr(1, &[("README", "docs\n")], "carol");
+            let run = repo.repo.blob(b"echo v2, never reviewed\n").unwrap();
+            let target = repo.repo.blob(b"run.sh").unwrap();
+            let deploy = repo.folder([
+                ("run.sh".to_string(), run, 0o100644),
+                ("link".to_string(), target, 0o120000),
+            ]);
+            repo.push_folder_to_pr(1, "deploy", Some(deploy), "carol")
+        },
         "head refused: change set `web` stops validating at this head",
     );
 }
@@ -503,33 +508,16 @@ fn a_change_set_mended_on_main_after_a_pull_request_branched_is_not_its_error() 
 
 #[test]
 fn a_head_that_turns_a_merged_change_set_file_into_a_link_fails_its_status() {
-    let github = FakeGithub::start();
-    let repo = origin();
-    let web = "title: web\nkind: config\ntargets: [web]\ninclude: [deploy/]\nsteps:\n  - id: only\n    run: ./ok.sh\n    timeout: 5m\n";
-    repo.write("deploy/run.sh", "echo v1\n")
-        .write("changes/web.yaml", web);
-    repo.commit("web, covering deploy/");
-    let (server, _db) = start_server(&repo, "sqlite", &github);
     // The head edits the script `web` covers and makes `changes/web.yaml`
     // a symbolic link: `web` is then no change set at the head, and must
     // not drop out of what the head touches.
-    let base = repo.main_tip();
-    repo.push_to_pr(
-        1,
-        &[("deploy/run.sh", "echo v2, never reviewed\n")],
-        "carol",
-    );
-    let link = repo.repo.blob(b"../web.yaml").unwrap();
-    let changes = repo.folder([("web.yaml".to_string(), link, 0o120000)]);
-    let head = repo.push_folder_to_pr(1, "changes", Some(changes), "carol");
-    let pr = pull(1, head, base, "carol-gh");
-    github.state.lock().unwrap().pulls.insert(1, pr.clone());
-    deliver_pr(&server, "pr1-opened", "opened", &pr, "carol-gh");
-    wait_status_containing(
-        &github,
-        head,
-        "changegate",
-        "failure",
+    refused_head(
+        |repo| {
+            repo.push_to_pr(1, &[("deploy/run.sh", "echo v2, never reviewed\n")], "carol");
+            let link = repo.repo.blob(b"../web.yaml").unwrap();
+            let changes = repo.folder([("web.yaml".to_string(), link, 0o120000)]);
+            repo.push_folder_to_pr(1, "changes", Some(changes), "carol")
+        },
         "head refused: change set `web` stops validating at this head: `changes/web.yaml` is no longer a file",
     );
 }
