@@ -93,6 +93,10 @@ fn a_browser_shows_the_failed_change_first_in_red_with_its_approvals_and_the_blo
         detail.contains("pg_ctl promote timed out"),
         "the output tail is shown"
     );
+    assert!(
+        detail.contains("<td>100755</td>"),
+        "the scripts' mode is shown: the digest binds it"
+    );
 
     // The screenshot is kept as an artifact, and its pixels prove the red.
     let artifacts = common::project_root().join("target/test-artifacts");

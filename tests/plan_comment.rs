@@ -131,8 +131,12 @@ fn one_comment_follows_the_pushes_reviews_and_a_restart() {
         );
         assert!(body.contains("timeout 5m"), "{body}");
         assert!(
-            body.contains("<code>changes/d.yaml</code>"),
+            body.contains("| <code>changes/d.yaml</code> | 100644 |"),
             "covered paths: {body}"
+        );
+        assert!(
+            body.contains("| <code>ok.sh</code> | 100755 |"),
+            "an executable's mode: {body}"
         );
         assert!(
             body.contains(

@@ -176,11 +176,19 @@ fn section(change: &PlanChange<'_>, base: &str) -> String {
             let _ = writeln!(out, "\n**digest** {}\n", code(digest));
             let _ = writeln!(
                 out,
-                "<details><summary>{} covered path(s)</summary>\n\n| path | blob |\n| --- | --- |",
+                "<details><summary>{} covered path(s)</summary>\n\n| path | mode | blob |\n| --- | --- | --- |",
                 covered.len()
             );
+            // The mode is bound too: a `chmod +x` shows here, not only in
+            // the digest.
             for c in covered.iter() {
-                let _ = writeln!(out, "| {} | {} |", code(&c.path), code(&c.blob));
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} |",
+                    code(&c.path),
+                    mode(c.executable),
+                    code(&c.blob)
+                );
             }
             out.push_str("\n</details>\n");
         }
@@ -339,6 +347,15 @@ fn url_part(s: &str) -> String {
             b => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// git's mode of a covered file, as `git ls-tree` shows it.
+pub fn mode(executable: bool) -> &'static str {
+    if executable {
+        "100755"
+    } else {
+        "100644"
+    }
 }
 
 #[cfg(test)]

@@ -386,7 +386,7 @@ pub async fn change(
         }
         h2 { "Digest" }
         p { code { (c.digest) } " at " code { (c.commit.get(..12).unwrap_or(&c.commit)) } }
-        table { tr { th { "covered path" } th { "blob" } } @for p in &c.covered_paths { tr { td { code { (p.path) } } td { code { (p.blob) } } } } }
+        table { tr { th { "covered path" } th { "mode" } th { "blob" } } @for p in &c.covered_paths { tr { td { code { (p.path) } } td { (crate::github::plan::mode(p.executable)) } td { code { (p.blob) } } } } }
         h2 { "Audit trail" }
         table id="audit" { tr { th { "#" } th { "when" } th { "who" } th { "what" } th { "details" } }
             @for e in &audit { tr { td { (e.seq) } td { (format_ms(e.at)) } td { (e.actor) } td { (e.kind) } td { code { (e.data.to_string()) } } } }
