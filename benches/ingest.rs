@@ -11,7 +11,10 @@
 //!   `synchronous=FULL`) on the same disk, one after another;
 //! - when `wrk` is installed, the same against `wrk -t2 -c64` running
 //!   `benches/webhook.lua` (a fresh `X-GitHub-Delivery` per request),
-//!   checking afterwards that every 202 left a row.
+//!   in-process and against `serve` as a process of its own, checking
+//!   afterwards that every 202 left a row.
+//!
+//! Every server is stopped after its round.
 //!
 //! Set `CHANGEGATE_BENCH_POSTGRES_URL` to also measure Postgres, and
 //! `CHANGEGATE_BENCH_DELIVERIES` to change the count (default 20,000).
@@ -127,7 +130,7 @@ fn drive(url: &str, load: &Load) -> Outcome {
 }
 
 /// A no-op axum handler that reads the body and answers 202.
-fn noop_server(rt: &tokio::runtime::Runtime) -> String {
+fn noop_server(rt: &tokio::runtime::Runtime) -> support::Served {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -136,82 +139,110 @@ fn noop_server(rt: &tokio::runtime::Runtime) -> String {
         "/webhooks/github",
         axum::routing::post(|_body: axum::body::Bytes| async { axum::http::StatusCode::ACCEPTED }),
     );
-    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    support::Served::spawn(rt, url, |shutdown| async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .unwrap()
+    })
 }
 
-/// `changegate serve` in-process, storing deliveries (the inbox worker off,
-/// so only ingest is measured).
+/// The configuration of a changegate that stores deliveries (the inbox
+/// worker off, so only ingest is measured), with `change_sets` on `main`.
+fn changegate_config(
+    data: &std::path::Path,
+    database_url: &str,
+    compression: &str,
+    change_sets: usize,
+) -> String {
+    let repo = data.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    support::generate(&repo, change_sets);
+    format!(
+        "[server]\ndata_dir = {:?}\ndatabase_url = {database_url:?}\ninbox_compression = {compression:?}\n[repo]\nurl = {:?}\n[github]\napi_url = \"http://127.0.0.1:9\"\nrepository = \"acme/infra\"\nwebhook_secret_env = \"CHANGEGATE_BENCH_SECRET\"\nworker = false\n",
+        data, repo
+    )
+}
+
+/// `changegate serve` in-process, storing deliveries.
 fn changegate_server(
     rt: &tokio::runtime::Runtime,
     data: &std::path::Path,
     database_url: &str,
     compression: &str,
-) -> String {
-    let repo = data.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    support::generate(&repo, 1);
-    let text = format!(
-        "[server]\ndata_dir = {:?}\ndatabase_url = {database_url:?}\ninbox_compression = {compression:?}\n[repo]\nurl = {:?}\n[github]\napi_url = \"http://127.0.0.1:9\"\nrepository = \"acme/infra\"\nwebhook_secret_env = \"CHANGEGATE_BENCH_SECRET\"\nworker = false\n",
-        data, repo
-    );
-    support::serve(rt, &text)
+) -> support::Served {
+    support::serve(rt, &changegate_config(data, database_url, compression, 1))
+}
+
+/// `changegate serve` as a process of its own (the release binary, run as
+/// an operator runs it); killed when dropped.
+struct ServeProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ServeProcess {
+    fn start(data: &std::path::Path, compression: &str, change_sets: usize) -> ServeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = data.join("changegate.toml");
+        let text = changegate_config(data, "sqlite://bench.db", compression, change_sets).replacen(
+            "[server]\n",
+            &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("CHANGEGATE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while reqwest::blocking::get(format!("{url}/readyz"))
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "serve did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ServeProcess { child, url }
+    }
+
+    /// A line of `/proc/PID/status`, in MiB.
+    fn mib(&self, field: &str) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap()
+            / 1024.0
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `serve` as a process of its own, with 10,000 change sets on `main`:
 /// (idle RSS, peak RSS under one round of the load), in MiB.
 fn memory_under_load(load: &Load) -> (f64, f64) {
     let data = tempfile::tempdir().unwrap();
-    let repo = data.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    support::generate(&repo, 10_000);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = data.path().join("changegate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n[repo]\nurl = {:?}\n[github]\napi_url = \"http://127.0.0.1:9\"\nrepository = \"acme/infra\"\nwebhook_secret_env = \"CHANGEGATE_BENCH_SECRET\"\nworker = false\n",
-            data.path(),
-            repo
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_changegate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("CHANGEGATE_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while reqwest::blocking::get(format!("{url}/readyz"))
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = ServeProcess::start(data.path(), "lz4", 10_000);
     std::thread::sleep(Duration::from_secs(2));
-    let kib = |field: &str| -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap()
-    };
-    let idle = kib("VmRSS") / 1024.0;
-    drive(&url, load);
-    let peak = kib("VmHWM") / 1024.0;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    (idle, peak)
+    let idle = server.mib("VmRSS");
+    drive(&server.url, load);
+    (idle, server.mib("VmHWM"))
 }
 
 /// Single-row durable transactions per second: 30 KB blobs, one commit each.
@@ -415,25 +446,27 @@ fn main() {
     let mut noop = Vec::new();
     let mut sqlite: Vec<Vec<Outcome>> = COMPRESSIONS.iter().map(|_| Vec::new()).collect();
     let mut postgres = Vec::new();
+    // Each server is stopped after its round, so no round shares the
+    // runtime with an earlier one's connections and background work.
     for round in 0..ROUNDS {
-        noop.push(drive(&noop_server(&server_rt), &load));
+        let server = noop_server(&server_rt);
+        noop.push(drive(&server.url, &load));
+        server.stop(&server_rt);
         for (c, compression) in COMPRESSIONS.iter().enumerate() {
             let dir = data.path().join(format!("round-{round}-{compression}"));
             std::fs::create_dir_all(&dir).unwrap();
-            sqlite[c].push(drive(
-                &changegate_server(&server_rt, &dir, "sqlite://bench.db", compression),
-                &load,
-            ));
+            let server = changegate_server(&server_rt, &dir, "sqlite://bench.db", compression);
+            sqlite[c].push(drive(&server.url, &load));
+            server.stop(&server_rt);
         }
         if let Some(admin) = &pg_admin {
             let url =
                 support::fresh_postgres(&server_rt, admin, &format!("changegate_bench_{round}"));
             let pg_dir = data.path().join(format!("pg-{round}"));
             std::fs::create_dir_all(&pg_dir).unwrap();
-            postgres.push(drive(
-                &changegate_server(&server_rt, &pg_dir, &url, "lz4"),
-                &load,
-            ));
+            let server = changegate_server(&server_rt, &pg_dir, &url, "lz4");
+            postgres.push(drive(&server.url, &load));
+            server.stop(&server_rt);
         }
     }
     println!("  in-process clients:");
@@ -482,40 +515,54 @@ fn wrk_rounds(rt: &tokio::runtime::Runtime, data: &std::path::Path, load: &Load)
     std::fs::write(&body_path, body).unwrap();
     const SECONDS: u64 = 10;
     let mut noop = Vec::new();
-    let mut runs: [Vec<Outcome>; 2] = [Vec::new(), Vec::new()];
+    let mut runs: [Vec<Outcome>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    // Every 202 is a stored row; a request cut off at the end may be
+    // stored without its answer having been counted.
+    let all_stored = |w: &WrkOutcome, dir: &std::path::Path| {
+        let rows = inbox_rows(&dir.join("bench.db"));
+        assert_eq!(w.other, 0, "every fresh delivery gets 202");
+        assert!(
+            w.accepted <= rows && rows <= w.sent,
+            "{} accepted, {rows} stored, {} sent",
+            w.accepted,
+            w.sent
+        );
+    };
     for round in 0..ROUNDS_WRK {
-        let w = wrk(&noop_server(rt), &body_path, signature, SECONDS);
+        let server = noop_server(rt);
+        let w = wrk(&server.url, &body_path, signature, SECONDS);
+        server.stop(rt);
         assert_eq!(w.other, 0, "the no-op handler answers 202");
         noop.push(w.outcome);
         for (c, compression) in ["lz4", "deflate"].iter().enumerate() {
             let dir = data.join(format!("wrk-{round}-{compression}"));
             std::fs::create_dir_all(&dir).unwrap();
-            let w = wrk(
-                &changegate_server(rt, &dir, "sqlite://bench.db", compression),
-                &body_path,
-                signature,
-                SECONDS,
-            );
-            // Every 202 is a stored row; a request cut off at the end may
-            // be stored without its answer having been counted.
-            let rows = inbox_rows(&dir.join("bench.db"));
-            assert_eq!(w.other, 0, "every fresh delivery gets 202");
-            assert!(
-                w.accepted <= rows && rows <= w.sent,
-                "{} accepted, {rows} stored, {} sent",
-                w.accepted,
-                w.sent
-            );
+            let server = changegate_server(rt, &dir, "sqlite://bench.db", compression);
+            let w = wrk(&server.url, &body_path, signature, SECONDS);
+            all_stored(&w, &dir);
+            server.stop(rt);
             runs[c].push(w.outcome);
         }
+        let dir = data.join(format!("wrk-{round}-process"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = ServeProcess::start(&dir, "lz4", 1);
+        let w = wrk(&server.url, &body_path, signature, SECONDS);
+        all_stored(&w, &dir);
+        drop(server);
+        runs[2].push(w.outcome);
     }
     println!("  wrk -t2 -c64 -d{SECONDS}s, benches/webhook.lua ({ROUNDS_WRK} rounds, median; every 202 checked stored):");
     let noop = median(noop);
     report("no-op axum handler", &noop, None);
-    let [lz4, deflate] = runs;
+    let [lz4, deflate, process] = runs;
     report(
         "changegate, SQLite, lz4 (default)",
         &median(lz4),
+        Some(&noop),
+    );
+    report(
+        "changegate `serve` process, lz4",
+        &median(process),
         Some(&noop),
     );
     report("changegate, SQLite, deflate", &median(deflate), Some(&noop));

@@ -57,13 +57,13 @@ fn repository(dir: &Path, targets: usize) {
     support::commit_all(dir);
 }
 
-/// `serve` in-process on `database_url`; returns its URL.
+/// `serve` in-process on `database_url`.
 fn start_server(
     rt: &tokio::runtime::Runtime,
     repo: &Path,
     data: &Path,
     database_url: &str,
-) -> String {
+) -> support::Served {
     let hash = |t: &str| changegate::server::auth::token_hash(t);
     let text = format!(
         "[server]\ndata_dir = {data:?}\ndatabase_url = {database_url:?}\n[repo]\nurl = {repo:?}\n[[tokens]]\nname = \"alice\"\nrole = \"operator\"\nsha256 = {:?}\n[[tokens]]\nname = \"ci\"\nrole = \"executor\"\nsha256 = {:?}\n",
@@ -80,7 +80,8 @@ fn measure(backend: &str, database_url: &str, repo: &Path, data: &Path, targets:
         .enable_all()
         .build()
         .unwrap();
-    let url = start_server(&rt, repo, data, database_url);
+    let server = start_server(&rt, repo, data, database_url);
+    let url = server.url.clone();
     let alice = Client::new(&url, "alice-token");
     let ci = Client::new(&url, "ci-token");
     let snapshot_repo = ChangeRepo::open(repo).unwrap();
@@ -176,6 +177,7 @@ fn measure(backend: &str, database_url: &str, repo: &Path, data: &Path, targets:
     }
     let status = alice.change("p16").unwrap();
     assert_eq!(status["state"], "completed");
+    server.stop(&rt);
 }
 
 fn main() {

@@ -94,26 +94,62 @@ pub fn fresh_postgres(rt: &tokio::runtime::Runtime, admin_url: &str, name: &str)
     format!("{base}/{name}")
 }
 
+/// A server running in-process on a bench's runtime. Dropping it asks it
+/// to shut down; [`Served::stop`] also waits until it has, so the rounds
+/// after it do not share the runtime with its connections and background
+/// work.
+pub struct Served {
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Runs `server` on `rt`, answering at `url`; the future `server` is
+    /// given resolves when the server is to shut down.
+    pub fn spawn<F>(
+        rt: &tokio::runtime::Runtime,
+        url: String,
+        server: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+    ) -> Served
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(server(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        Served { url, stop, task }
+    }
+
+    /// Shuts the server down gracefully and waits until it has.
+    pub fn stop(self, rt: &tokio::runtime::Runtime) {
+        let _ = self.stop.send(());
+        rt.block_on(self.task)
+            .expect("the server shuts down cleanly");
+    }
+}
+
 /// `serve` in-process on `rt` with the configuration `text`, once it
-/// answers `/readyz`; returns its URL.
-pub fn serve(rt: &tokio::runtime::Runtime, text: &str) -> String {
+/// answers `/readyz`.
+pub fn serve(rt: &tokio::runtime::Runtime, text: &str) -> Served {
     let config = changegate::config::Config::parse(text).unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(changegate::server::run(
-        config,
-        listener,
-        std::future::pending(),
-    ));
+    let served = Served::spawn(rt, url, |shutdown| async move {
+        changegate::server::run(config, listener, shutdown)
+            .await
+            .expect("serve runs and stops cleanly")
+    });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while reqwest::blocking::get(format!("{url}/readyz"))
+    while reqwest::blocking::get(format!("{}/readyz", served.url))
         .map(|r| r.status() != 200)
         .unwrap_or(true)
     {
         assert!(std::time::Instant::now() < deadline, "server did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    url
+    served
 }
