@@ -207,6 +207,27 @@ fn the_id_is_the_file_stem_and_must_match_the_pattern() {
 }
 
 #[test]
+fn the_id_policies_is_reserved_for_the_policy_edits_status() {
+    let repo = TestRepo::new();
+    repo.write("run.sh", "")
+        .write("changes/policies.yaml", simple_change("x"))
+        .write("changes/policies-v2.yaml", simple_change("y"));
+    repo.commit("a change named like the policy status");
+    let errors = repo.errors();
+    assert_error(
+        &errors,
+        &[
+            "changes/policies.yaml:1:1:",
+            "change id `policies` is reserved",
+        ],
+    );
+    assert!(
+        !errors.iter().any(|e| e.contains("policies-v2")),
+        "only the exact id is reserved: {errors:?}"
+    );
+}
+
+#[test]
 fn only_yaml_files_directly_under_changes_are_change_sets() {
     let repo = TestRepo::new();
     repo.write("run.sh", "")

@@ -9,7 +9,7 @@ use crate::clock::{backoff_ms, now_ms};
 use crate::engine::view::{ChangeStatus, UnapprovedPolicy};
 use crate::gate::approval::NotCounted;
 use crate::gate::{ApprovalStatus, ChangeState, StepState};
-use crate::model::is_valid_change_id;
+use crate::model::{is_valid_change_id, RESERVED_CHANGE_ID};
 use crate::store::PullRequestRecord;
 
 /// The aggregate context: success only when every other one is.
@@ -275,7 +275,7 @@ impl Github {
             for (_, id, problems) in errors.filter(|_| read_here) {
                 // A file name that is no change id gets one shared context,
                 // and `changegate/policies` is taken.
-                let context = if is_valid_change_id(id) && id != "policies" {
+                let context = if is_valid_change_id(id) && id != RESERVED_CHANGE_ID {
                     format!("changegate/{id}")
                 } else {
                     INVALID_FILE_NAMES.to_string()

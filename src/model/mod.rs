@@ -44,6 +44,12 @@ pub use yaml::Pos;
 /// The pattern every change id (a file stem under `changes/`) must match.
 pub const CHANGE_ID_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,99}$";
 
+/// The one id a change set may not have: `changegate/policies` is the
+/// commit status of policy edits, and a change's status is
+/// `changegate/<id>`, so a change named so would overwrite it or be
+/// overwritten by it.
+pub const RESERVED_CHANGE_ID: &str = "policies";
+
 /// Is `id` a valid change id: `[a-z0-9][a-z0-9._-]{0,99}`?
 pub fn is_valid_change_id(id: &str) -> bool {
     let mut chars = id.chars();

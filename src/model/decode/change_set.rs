@@ -1,7 +1,7 @@
 //! Change sets (SPEC §1): every field checked, every problem reported.
 
 use super::*;
-use crate::model::CHANGE_ID_PATTERN;
+use crate::model::{CHANGE_ID_PATTERN, RESERVED_CHANGE_ID};
 
 /// Unknown `depends_on` ids past this many get no "did you mean" hint.
 const MAX_DEPENDS_ON_HINTS: usize = 5;
@@ -25,6 +25,11 @@ pub fn decode_change_set(
         d.error(
             Pos { line: 1, col: 1 },
             format!("change id `{id}` (the file name) must match [a-z0-9][a-z0-9._-]{{0,99}}"),
+        );
+    } else if id == RESERVED_CHANGE_ID {
+        d.error(
+            Pos { line: 1, col: 1 },
+            format!("change id `{id}` is reserved: `changegate/{id}` is the commit status of policy edits; rename the file"),
         );
     }
     let Some(root) = root else {
