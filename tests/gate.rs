@@ -497,6 +497,50 @@ fn abandon_releases_the_locks_and_dependents_stay_refused() {
 }
 
 #[test]
+fn a_change_is_not_abandoned_while_its_step_runs() {
+    for backend in db::BACKENDS {
+        let repo = simple_repo("true", "");
+        repo.write(
+            "changes/other.yaml",
+            "title: o\nkind: config\ntargets: [web]\nsteps:\n  - id: only\n    run: ./step.sh\n",
+        );
+        repo.commit("neighbour");
+        let (server, _db) = start(&repo, backend, "");
+        for id in ["c", "other"] {
+            approve(&server, "alice", &repo, id);
+        }
+        let grant = client(&server, "ci")
+            .claim("c", &digest(&repo, "c"), None)
+            .unwrap();
+        // Abandoning now would free `web` while the step still changes it.
+        let refused = client(&server, "bob").abandon("c", "stop it").unwrap_err();
+        assert_eq!(
+            refused.reason(),
+            Some("step-running"),
+            "{backend}: {refused}"
+        );
+        assert_eq!(
+            claim_reason(&server, &repo, "other"),
+            "locked",
+            "{backend}: web stays locked"
+        );
+        let failed = changegate::wire::Report {
+            outcome: changegate::wire::Outcome::Failed,
+            exit_code: Some(1),
+            duration_ms: 5,
+            output_tail: String::new(),
+        };
+        client(&server, "ci")
+            .report(&grant.attempt, &failed)
+            .unwrap();
+        client(&server, "bob").abandon("c", "stop it").unwrap();
+        let s = client(&server, "alice").change("c").unwrap();
+        assert_eq!(s["state"], "abandoned", "{backend}");
+        assert_eq!(s["locks"], serde_json::json!([]), "{backend}");
+    }
+}
+
+#[test]
 fn the_breaker_opens_after_three_failures_until_reset() {
     for backend in db::BACKENDS {
         let repo = simple_repo("false", "");

@@ -255,6 +255,42 @@ fn a_go_ahead_given_at_an_older_digest_does_not_let_the_step_run() {
 }
 
 #[test]
+fn a_go_ahead_is_refused_while_its_step_runs_so_none_waits_for_a_retry() {
+    for backend in db::BACKENDS {
+        let repo = repo_with(
+            "approvals:\n  required: 1\n  from: [alice, bob, dave]\nexecution:\n  retry_requires_approval: false\n",
+            "exit 1",
+            "    confirm: true\n",
+        );
+        let (server, _db) = start(&repo, backend, "");
+        approve(&server, "alice", &repo, "c");
+        let bob = client(&server, "bob");
+        bob.proceed("c", "only", "go").unwrap();
+        let grant = client(&server, "ci")
+            .claim("c", &digest(&repo, "c"), None)
+            .unwrap();
+        // Given now, it would be for attempt 2: a retry of a failure no
+        // one has seen yet.
+        let early = bob.proceed("c", "only", "in advance").unwrap_err();
+        assert_eq!(early.reason(), Some("step-running"), "{backend}: {early}");
+        let failed = changegate::wire::Report {
+            outcome: changegate::wire::Outcome::Failed,
+            exit_code: Some(1),
+            duration_ms: 5,
+            output_tail: String::new(),
+        };
+        client(&server, "ci")
+            .report(&grant.attempt, &failed)
+            .unwrap();
+        bob.retry("c", "flaky host").unwrap();
+        let refusal = client(&server, "ci")
+            .claim("c", &digest(&repo, "c"), None)
+            .unwrap_err();
+        assert_eq!(refusal.reason(), Some("needs-confirmation"), "{backend}");
+    }
+}
+
+#[test]
 fn a_retried_attempt_needs_a_new_go_ahead() {
     for backend in db::BACKENDS {
         let repo = repo_with(

@@ -557,6 +557,60 @@ fn an_executor_killed_mid_wave_leaves_its_target_interrupted_never_re_run() {
 }
 
 #[test]
+fn a_failed_rollout_is_neither_rolled_back_nor_abandoned_while_a_target_still_runs() {
+    for backend in db::BACKENDS {
+        let repo = sweep_repo(3, "  canary: 1\n  waves: [\"100%\"]\n  parallel: 2\n", "");
+        let (server, _db) = start_sweep(&repo, backend, "", "");
+        let ci = client(&server, "ci");
+        let sweep = digest(&repo, "sweep");
+        let report = |attempt: &str, ok: bool| {
+            let outcome = if ok {
+                changegate::wire::Outcome::Succeeded
+            } else {
+                changegate::wire::Outcome::Failed
+            };
+            let report = changegate::wire::Report {
+                outcome,
+                exit_code: Some(if ok { 0 } else { 1 }),
+                duration_ms: 5,
+                output_tail: String::new(),
+            };
+            ci.report(attempt, &report).unwrap();
+        };
+        for _ in ["prep", "canary"] {
+            let grant = ci.claim("sweep", &sweep, None).unwrap();
+            report(&grant.attempt, true);
+        }
+        let first = ci.claim("sweep", &sweep, None).unwrap();
+        let second = ci.claim("sweep", &sweep, None).unwrap();
+        report(&first.attempt, false);
+        assert_eq!(status(&server)["state"], "failed", "{backend}");
+        // The change failed, but a target is still being restarted.
+        let operator = client(&server, "bob");
+        for refusal in [
+            operator.rollback("sweep", "undo").unwrap_err(),
+            operator.abandon("sweep", "give up").unwrap_err(),
+        ] {
+            assert_eq!(
+                refusal.reason(),
+                Some("step-running"),
+                "{backend}: {refusal}"
+            );
+            assert!(refusal.to_string().contains(&second.attempt), "{refusal}");
+        }
+        assert_eq!(
+            status(&server)["locks"].as_array().map(Vec::len),
+            Some(3),
+            "{backend}: every target stays locked: {}",
+            status(&server)["locks"]
+        );
+        report(&second.attempt, true);
+        operator.abandon("sweep", "give up").unwrap();
+        assert_eq!(status(&server)["state"], "abandoned", "{backend}");
+    }
+}
+
+#[test]
 fn two_executors_on_two_postgres_replicas_share_200_targets_within_parallel() {
     let repo = sweep_repo(
         200,

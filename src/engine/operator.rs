@@ -26,10 +26,23 @@ impl Engine {
             )));
         }
         let mut w = self.store.write().await?;
+        let facts = w.change_facts(id).await?;
+        let now = now_ms();
+        // A go-ahead given while the step runs would be for its next
+        // attempt, a retry no one has seen fail yet.
+        if let Some(a) = facts.attempts.iter().find(|a| {
+            a.step_id == step && a.state == AttemptState::Running && a.lease_expires_at > now
+        }) {
+            return Err(refused(
+                "step-running",
+                format!(
+                    "step {step} of `{id}` is running (attempt {}); a go-ahead now would count for a retry: give it once the attempt has ended",
+                    a.id
+                ),
+            ));
+        }
         // For the step's next attempt, at the digest on main now.
-        let attempt_no = w
-            .change_facts(id)
-            .await?
+        let attempt_no = facts
             .attempts
             .iter()
             .filter(|a| a.step_id == step)
@@ -221,6 +234,7 @@ impl Engine {
                 format!("`{id}` is {state}; only a failed change is rolled back"),
             ));
         }
+        nothing_running(id, facts, "rolled back")?;
         let needs_approval = match view.governing(change, covered) {
             PoliciesInForce::Matched { policies } => policies
                 .iter()
@@ -331,6 +345,7 @@ impl Engine {
                 None => return Err(EngineError::NotFound(format!("no change `{id}`"))),
             },
         };
+        nothing_running(id, &facts, "abandoned")?;
         if w.insert_abandonment(id, &digest, actor, reason, now_ms())
             .await?
         {
@@ -415,4 +430,31 @@ fn failed_attempt<'f>(
         })
         .min_by_key(|a| a.attempt_no)
         .map(|a| &**a)
+}
+
+/// Refuses to end a change while one of its steps runs under a live lease.
+/// Ending it releases its locks (and resolves its alerts), and the step
+/// would go on changing targets that another change, or a fleet action,
+/// could then take. Once the step reports, or its lease runs out (the
+/// attempt is then interrupted), the change can be ended.
+fn nothing_running(
+    id: &str,
+    facts: &crate::store::ChangeFacts,
+    ended: &str,
+) -> Result<(), EngineError> {
+    let now = now_ms();
+    match facts
+        .attempts
+        .iter()
+        .find(|a| a.state == AttemptState::Running && a.lease_expires_at > now)
+    {
+        Some(a) => Err(refused(
+            "step-running",
+            format!(
+                "`{id}` is not {ended} while attempt {} of step {} runs (claimed by {}): its targets stay locked until it reports or its lease runs out",
+                a.id, a.step_id, a.executor
+            ),
+        )),
+        None => Ok(()),
+    }
 }

@@ -333,7 +333,8 @@ fn need_reason(reason: &str) -> Result<(), ApiError> {
 /// Records the go-ahead for a step that needs confirmation.
 #[utoipa::path(post, path = "/api/v1/changes/{id}/proceed", security(("bearer" = [])),
     params(("id" = String, Path, description = "change id")), request_body = ProceedRequest,
-    responses((status = 200, body = Done), (status = 404), (status = 409)))]
+    responses((status = 200, body = Done), (status = 404),
+              (status = 409, description = "`step-running` (the step has an attempt under a live lease), `reason-required`")))]
 pub async fn proceed(
     who: Identity,
     State(state): State<AppState>,
@@ -382,7 +383,7 @@ pub async fn retry(
 #[utoipa::path(post, path = "/api/v1/changes/{id}/rollback", security(("bearer" = [])),
     params(("id" = String, Path, description = "change id")), request_body = ReasonRequest,
     responses((status = 200, body = Done), (status = 404),
-              (status = 409, description = "`not-failed`, `needs-approval`, `superseded` or `reason-required`")))]
+              (status = 409, description = "`not-failed`, `needs-approval`, `superseded`, `step-running` or `reason-required`")))]
 pub async fn rollback(
     who: Identity,
     State(state): State<AppState>,
@@ -410,7 +411,7 @@ pub async fn rollback(
 #[utoipa::path(post, path = "/api/v1/changes/{id}/abandon", security(("bearer" = [])),
     params(("id" = String, Path, description = "change id")), request_body = ReasonRequest,
     responses((status = 200, body = Done), (status = 404),
-              (status = 409, description = "`reason-required`, or nothing to abandon")))]
+              (status = 409, description = "`step-running` (a step of the change has an attempt under a live lease), `reason-required`, or nothing to abandon")))]
 pub async fn abandon(
     who: Identity,
     State(state): State<AppState>,
