@@ -583,9 +583,13 @@ fn within_blast_radius(
     next: Next,
 ) -> Result<(), Refusal> {
     let step = &change.steps[next.step()];
-    let touched = match c.rollout {
-        Some(_) => claim_targets(change, next).len(),
-        None => step.effective_targets(change).len(),
+    // A rollout's unit is one target. A step run once acts on the fleet
+    // unless it names its own targets, as `targets_free` already takes it:
+    // counting only the targets it locks (none) let any change with a
+    // per-target block run a sweeping step past `max_targets_per_step`.
+    let touched = match next {
+        Next::Target { .. } => 1,
+        Next::Step(_) | Next::Rollback { .. } => step.effective_targets(change).len(),
     };
     if let Some(max) = c.max_targets_per_step.filter(|&max| touched > max as usize) {
         return refuse(

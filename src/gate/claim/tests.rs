@@ -776,6 +776,19 @@ fn a_step_run_once_in_a_rollout_waits_for_any_target_it_acts_on() {
     assert_eq!(decide_rollout(&r, |_| {}), Ok(Next::Step(3)));
     // It locks nothing it does not name.
     assert!(claim_targets(&fleet(), Next::Step(3)).is_empty());
+    // But it counts against the blast radius as the fleet it acts on, as
+    // it would in a change without a per-target block.
+    let refusal = decide_rollout(&r, |c| c.max_targets_per_step = Some(1)).unwrap_err();
+    assert_eq!(refusal.reason, RefusalReason::BlastRadius);
+    assert!(
+        refusal.detail.contains("touches 6 targets"),
+        "{}",
+        refusal.detail
+    );
+    assert_eq!(
+        decide_rollout(&r, |c| c.max_targets_per_step = Some(6)),
+        Ok(Next::Step(3))
+    );
 }
 
 #[test]
