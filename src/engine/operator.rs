@@ -327,6 +327,9 @@ impl Engine {
     pub async fn abandon(&self, id: &str, actor: &str, reason: &str) -> Result<(), EngineError> {
         let view = self.view();
         let mut w = self.store.write().await?;
+        // A lease that ran out is interrupted (and alerted) here, before the
+        // abandonment resolves the change's alerts, not a moment after it.
+        self.expire_in(&mut w).await?;
         let facts = w.change_facts(id).await?;
         let main = view.changes.get(id).map(|h| h.digest());
         let digest = match view::revision_focus(main.as_ref().map(|d| d.as_str()), &facts) {
