@@ -524,15 +524,7 @@ fn a_change_is_not_abandoned_while_its_step_runs() {
             "locked",
             "{backend}: web stays locked"
         );
-        let failed = changegate::wire::Report {
-            outcome: changegate::wire::Outcome::Failed,
-            exit_code: Some(1),
-            duration_ms: 5,
-            output_tail: String::new(),
-        };
-        client(&server, "ci")
-            .report(&grant.attempt, &failed)
-            .unwrap();
+        report(&server, &grant.attempt, false);
         client(&server, "bob").abandon("c", "stop it").unwrap();
         let s = client(&server, "alice").change("c").unwrap();
         assert_eq!(s["state"], "abandoned", "{backend}");

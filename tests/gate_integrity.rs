@@ -254,18 +254,25 @@ fn a_go_ahead_given_at_an_older_digest_does_not_let_the_step_run() {
     }
 }
 
+/// One failing step that needs a go-ahead, approved by alice; retries need
+/// no fresh approval; bob has given the go-ahead for its first attempt.
+fn failing_step_with_its_go_ahead(backend: &str) -> (TestRepo, Server, db::TestDatabase) {
+    let repo = repo_with(
+        "approvals:\n  required: 1\n  from: [alice, bob, dave]\nexecution:\n  retry_requires_approval: false\n",
+        "exit 1",
+        "    confirm: true\n",
+    );
+    let (server, database) = start(&repo, backend, "");
+    approve(&server, "alice", &repo, "c");
+    client(&server, "bob").proceed("c", "only", "go").unwrap();
+    (repo, server, database)
+}
+
 #[test]
 fn a_go_ahead_is_refused_while_its_step_runs_so_none_waits_for_a_retry() {
     for backend in db::BACKENDS {
-        let repo = repo_with(
-            "approvals:\n  required: 1\n  from: [alice, bob, dave]\nexecution:\n  retry_requires_approval: false\n",
-            "exit 1",
-            "    confirm: true\n",
-        );
-        let (server, _db) = start(&repo, backend, "");
-        approve(&server, "alice", &repo, "c");
+        let (repo, server, _db) = failing_step_with_its_go_ahead(backend);
         let bob = client(&server, "bob");
-        bob.proceed("c", "only", "go").unwrap();
         let grant = client(&server, "ci")
             .claim("c", &digest(&repo, "c"), None)
             .unwrap();
@@ -273,15 +280,7 @@ fn a_go_ahead_is_refused_while_its_step_runs_so_none_waits_for_a_retry() {
         // one has seen yet.
         let early = bob.proceed("c", "only", "in advance").unwrap_err();
         assert_eq!(early.reason(), Some("step-running"), "{backend}: {early}");
-        let failed = changegate::wire::Report {
-            outcome: changegate::wire::Outcome::Failed,
-            exit_code: Some(1),
-            duration_ms: 5,
-            output_tail: String::new(),
-        };
-        client(&server, "ci")
-            .report(&grant.attempt, &failed)
-            .unwrap();
+        report(&server, &grant.attempt, false);
         bob.retry("c", "flaky host").unwrap();
         let refusal = client(&server, "ci")
             .claim("c", &digest(&repo, "c"), None)
@@ -293,15 +292,8 @@ fn a_go_ahead_is_refused_while_its_step_runs_so_none_waits_for_a_retry() {
 #[test]
 fn a_retried_attempt_needs_a_new_go_ahead() {
     for backend in db::BACKENDS {
-        let repo = repo_with(
-            "approvals:\n  required: 1\n  from: [alice, bob, dave]\nexecution:\n  retry_requires_approval: false\n",
-            "exit 1",
-            "    confirm: true\n",
-        );
-        let (server, _db) = start(&repo, backend, "");
-        approve(&server, "alice", &repo, "c");
+        let (repo, server, _db) = failing_step_with_its_go_ahead(backend);
         let bob = client(&server, "bob");
-        bob.proceed("c", "only", "go").unwrap();
         let runs = tempfile::NamedTempFile::new().unwrap();
         let failed = exec_command(&repo, &server, "c", runs.path())
             .output()

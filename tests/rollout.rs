@@ -563,27 +563,13 @@ fn a_failed_rollout_is_neither_rolled_back_nor_abandoned_while_a_target_still_ru
         let (server, _db) = start_sweep(&repo, backend, "", "");
         let ci = client(&server, "ci");
         let sweep = digest(&repo, "sweep");
-        let report = |attempt: &str, ok: bool| {
-            let outcome = if ok {
-                changegate::wire::Outcome::Succeeded
-            } else {
-                changegate::wire::Outcome::Failed
-            };
-            let report = changegate::wire::Report {
-                outcome,
-                exit_code: Some(if ok { 0 } else { 1 }),
-                duration_ms: 5,
-                output_tail: String::new(),
-            };
-            ci.report(attempt, &report).unwrap();
-        };
         for _ in ["prep", "canary"] {
             let grant = ci.claim("sweep", &sweep, None).unwrap();
-            report(&grant.attempt, true);
+            report(&server, &grant.attempt, true);
         }
         let first = ci.claim("sweep", &sweep, None).unwrap();
         let second = ci.claim("sweep", &sweep, None).unwrap();
-        report(&first.attempt, false);
+        report(&server, &first.attempt, false);
         assert_eq!(status(&server)["state"], "failed", "{backend}");
         // The change failed, but a target is still being restarted.
         let operator = client(&server, "bob");
@@ -604,7 +590,7 @@ fn a_failed_rollout_is_neither_rolled_back_nor_abandoned_while_a_target_still_ru
             "{backend}: every target stays locked: {}",
             status(&server)["locks"]
         );
-        report(&second.attempt, true);
+        report(&server, &second.attempt, true);
         operator.abandon("sweep", "give up").unwrap();
         assert_eq!(status(&server)["state"], "abandoned", "{backend}");
     }

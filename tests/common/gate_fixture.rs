@@ -95,6 +95,22 @@ pub fn approve(server: &Server, who: &str, repo: &TestRepo, id: &str) {
         .unwrap();
 }
 
+/// Reports `attempt` as the executor `ci`: succeeded, or failed with exit 1.
+pub fn report(server: &Server, attempt: &str, succeeded: bool) {
+    use changegate::wire::{Outcome, Report};
+    let (outcome, exit_code) = match succeeded {
+        true => (Outcome::Succeeded, 0),
+        false => (Outcome::Failed, 1),
+    };
+    let report = Report {
+        outcome,
+        exit_code: Some(exit_code),
+        duration_ms: 5,
+        output_tail: String::new(),
+    };
+    client(server, "ci").report(attempt, &report).unwrap();
+}
+
 pub fn claim_reason(server: &Server, repo: &TestRepo, id: &str) -> String {
     match client(server, "ci").claim(id, &digest(repo, id), None) {
         Ok(g) => panic!("claim unexpectedly granted: {g:?}"),
