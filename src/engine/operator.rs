@@ -30,9 +30,11 @@ impl Engine {
         let now = now_ms();
         // A go-ahead given while the step runs would be for its next
         // attempt, a retry no one has seen fail yet.
-        if let Some(a) = facts.attempts.iter().find(|a| {
-            a.step_id == step && a.state == AttemptState::Running && a.lease_expires_at > now
-        }) {
+        if let Some(a) = facts
+            .attempts
+            .iter()
+            .find(|a| a.step_id == step && a.runs_at(now))
+        {
             return Err(refused(
                 "step-running",
                 format!(
@@ -446,11 +448,7 @@ fn nothing_running(
     ended: &str,
 ) -> Result<(), EngineError> {
     let now = now_ms();
-    match facts
-        .attempts
-        .iter()
-        .find(|a| a.state == AttemptState::Running && a.lease_expires_at > now)
-    {
+    match facts.attempts.iter().find(|a| a.runs_at(now)) {
         Some(a) => Err(refused(
             "step-running",
             format!(

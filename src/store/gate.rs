@@ -50,6 +50,14 @@ pub struct Attempt {
     pub target: Option<String>,
 }
 
+impl Attempt {
+    /// Still running at `now`: not yet reported, and its lease has not run
+    /// out (an expired lease is interrupted by the next write).
+    pub fn runs_at(&self, now: i64) -> bool {
+        self.state == super::AttemptState::Running && self.lease_expires_at > now
+    }
+}
+
 pub(super) const ATTEMPT_COLUMNS: &str =
     "id, change_id, step_id, attempt_no, executor, digest, state, lease_expires_at, started_at, ended_at, exit_code, duration_ms, output_tail, late_report, phase, target";
 
